@@ -1,0 +1,29 @@
+"""Mixture of Tokens: continuous mixture of experts through cross-example aggregation, with dense and sparse
+baselines, a trainer and a command line (`mot`)."""
+
+from .config import ModelConfig, TrainConfig
+from .counting import ModelCounts, count_model
+from .layers import FeedForward, MixtureOfTokens, MoTSizing, group_by_position, mot_sizing, ungroup
+from .model import ModelOutput, Transformer, mot_mode
+from .presets import PRESETS, Preset, get_preset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "FeedForward",
+    "MixtureOfTokens",
+    "ModelConfig",
+    "ModelCounts",
+    "ModelOutput",
+    "MoTSizing",
+    "Preset",
+    "TrainConfig",
+    "Transformer",
+    "count_model",
+    "get_preset",
+    "group_by_position",
+    "mot_mode",
+    "mot_sizing",
+    "ungroup",
+]

@@ -1,0 +1,120 @@
+"""Configuration dataclasses. Every field has a one-line help string, surfaced by `mot train --help`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+FFN_KINDS: tuple[str, ...] = ("dense", "mot")
+FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only pre-LN Transformer whose feed-forward sublayers are dense or MoT, block by block."""
+
+    vocab_size: int = _help("vocabulary size: the byte-level BPE trained on the data has this many tokens", default=8192)
+    max_seq_len: int = _help("context length (learned absolute positions)", default=128)
+    d_model: int = _help("model width", default=128)
+    n_blocks: int = _help("number of Transformer blocks", default=4)
+    n_heads: int = _help("attention heads (must divide d_model)", default=4)
+    d_ff: int = _help("dense feed-forward width (4*d_model in the paper)", default=512)
+    ffn: str = _help("feed-forward kind of the selected blocks: dense | mot", default="dense")
+    ffn_blocks: str = _help(
+        "which blocks get `ffn` (the rest are dense): all | second-half (the authors' 2024 layout) | "
+        "first-half | every-other | comma-separated block indices",
+        default="all",
+    )
+    group_size: int = _help("MoT group size G: tokens mixed per group (must divide the batch)", default=8)
+    n_experts: int = _help("MoT number of experts E", default=8)
+    expert_size: int = _help("MoT expert width h (E*h = G*d_ff matches dense FLOPs)", default=512)
+    mot_temperature: float = _help("MoT softmax temperature tau (> 0)", default=1.0)
+    mot_learnable_temperature: str = _help("MoT learnable temperature: none | scalar | per_expert", default="none")
+    mot_routing: str = _help("MoT routing: softmax | uniform | discrete (argmax, for evaluation)", default="softmax")
+    mot_emit: str = _help("MoT emit weights: group (the method) | experts (softmax over experts)", default="group")
+    tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
+    init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}.")
+        if self.ffn not in FFN_KINDS:
+            raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(FFN_KINDS)}.")
+        self.block_ffn_kinds()  # validates ffn_blocks
+
+    def block_ffn_kinds(self) -> list[str]:
+        """The feed-forward kind of every block, in order."""
+        n = self.n_blocks
+        pattern = self.ffn_blocks.strip()
+        if pattern == "all":
+            selected = set(range(n))
+        elif pattern == "second-half":
+            selected = set(range(n // 2, n))
+        elif pattern == "first-half":
+            selected = set(range(n // 2))
+        elif pattern == "every-other":
+            selected = set(range(1, n, 2))
+        else:
+            try:
+                selected = {int(part) for part in pattern.split(",") if part.strip()}
+            except ValueError:
+                selected = {-1}
+            if not selected or not all(0 <= i < n for i in selected):
+                raise ValueError(
+                    f"ffn_blocks={self.ffn_blocks!r} is not valid; allowed values: "
+                    f"{', '.join(FFN_BLOCK_PATTERNS)}, or comma-separated block indices in 0..{n - 1}."
+                )
+        return [self.ffn if i in selected else "dense" for i in range(n)]
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, data and logging settings of one training run."""
+
+    steps: int = _help("optimizer steps", default=400)
+    batch_size: int = _help("sequences per step (a multiple of the MoT group size)", default=32)
+    lr: float = _help("peak learning rate", default=3e-3)
+    min_lr_ratio: float = _help("cosine decays to this fraction of the peak", default=0.1)
+    warmup_steps: int = _help("linear warmup steps", default=40)
+    weight_decay: float = _help("AdamW weight decay (tensors with dim >= 2; not biases, norms, temperatures)", default=0.1)
+    beta1: float = _help("AdamW beta1", default=0.9)
+    beta2: float = _help("AdamW beta2", default=0.999)
+    grad_clip: float = _help("clip the global gradient norm to this (0: off)", default=0.5)
+    eval_every: int = _help("evaluate on held-out text every N steps", default=100)
+    eval_batches: int = _help("held-out batches per evaluation (fixed windows)", default=8)
+    log_every: int = _help("write a metrics line every N steps", default=10)
+    seed: int = _help("seed for initialisation and batch sampling", default=0)
+    data: str = _help("text source: packaged (offline English corpus) | text:PATH", default="packaged")
+    device: str = _help("cpu | cuda | auto", default="auto")
+    out_dir: str = _help("run directory (metrics.jsonl, config.json, model.safetensors)", default="")
+    threads: int = _help("torch CPU threads (0: torch default)", default=0)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}.")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps and grad_clip must be >= 0.")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device={self.device!r} is not supported; allowed values: cpu, cuda, auto.")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """{field name: help text} of a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

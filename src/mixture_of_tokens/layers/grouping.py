@@ -1,0 +1,35 @@
+"""Same-position groups across consecutive examples: the one grouping helper of every grouped layer.
+
+A group is `group_size` tokens at the same sequence position taken from consecutive examples of the batch:
+examples b = g*G ... g*G+G-1 form group g. Tokens never meet tokens at other positions, so grouped layers add
+no future-token leakage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_group_size(batch_size: int, group_size: int) -> None:
+    """Fail before any compute when the group size cannot tile the batch."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size}.")
+    if batch_size % group_size != 0:
+        divisors = [g for g in range(1, batch_size + 1) if batch_size % g == 0]
+        raise ValueError(
+            f"group_size={group_size} must divide the batch size {batch_size}: "
+            f"allowed group sizes for this batch are {divisors}."
+        )
+
+
+def group_by_position(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B, S, D] -> [B/G, G, S, D] (a view: consecutive examples form a group)."""
+    batch_size, seq_len, dim = x_BSD.shape
+    check_group_size(batch_size, group_size)
+    return x_BSD.view(batch_size // group_size, group_size, seq_len, dim)
+
+
+def ungroup(x_NGSD: torch.Tensor) -> torch.Tensor:
+    """[B/G, G, S, D] -> [B, S, D], the inverse of `group_by_position`."""
+    n_groups, group_size, seq_len, dim = x_NGSD.shape
+    return x_NGSD.reshape(n_groups * group_size, seq_len, dim)

@@ -1,0 +1,210 @@
+"""Mixture of Tokens (Antoniak et al., 2024): a continuous MoE that mixes tokens across examples.
+
+Axes used in tensor names:
+    B batch, S sequence position, D d_model, N groups (B / G), G tokens per group, E experts, H expert width.
+
+For each group of G tokens at the same position (consecutive examples), every expert e gets one mixed token
+    merge:  m[n,s,e] = sum_g w[n,g,s,e] * x[n,g,s]         w = softmax over the group of (x @ W_c) / tau
+    expert: y[n,s,e] = relu(m[n,s,e] @ W1[e]) @ W2[e]
+    emit:   dx[n,g,s] = sum_e w[n,g,s,e] * y[n,s,e]
+Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .grouping import group_by_position, ungroup
+from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
+
+Routing = Literal["softmax", "uniform", "discrete"]
+Emit = Literal["group", "experts"]
+LearnableTemperature = Literal["none", "scalar", "per_expert"]
+
+ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
+EMITS: tuple[str, ...] = ("group", "experts")
+LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
+
+
+def _check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{setting}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
+
+
+def _check_positive(setting: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{setting} must be positive, got {value}.")
+
+
+class MixtureOfTokens(nn.Module):
+    """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`.
+
+    Args:
+        d_model: model width D.
+        n_experts: number of experts E.
+        expert_size: hidden width H of each expert.
+        group_size: tokens mixed per group G (consecutive examples at one position); must divide the batch.
+            It may be changed after training (`layer.group_size = 1`); no parameter depends on it.
+        temperature: softmax temperature tau (> 0); the initial value when learnable.
+        learnable_temperature: "none", "scalar" (one learned tau) or "per_expert" (one tau per expert).
+        routing: "softmax" (the method), "uniform" (plain averaging: every weight 1/G, the paper's baseline), or
+            "discrete" (each expert takes the argmax token of its group and writes back to it alone: the
+            tau -> 0 limit, equal to Expert Choice with one token per expert per group; for evaluation).
+        emit: "group" (emit with the merge weights, the method) or "experts" (emit weights are a softmax of the
+            same logits over experts).
+        init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        expert_size: int,
+        group_size: int,
+        *,
+        temperature: float = 1.0,
+        learnable_temperature: LearnableTemperature = "none",
+        routing: Routing = "softmax",
+        emit: Emit = "group",
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        super().__init__()
+        for setting, value in (
+            ("d_model", d_model),
+            ("n_experts", n_experts),
+            ("expert_size", expert_size),
+            ("group_size", group_size),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+        _check_positive("temperature", temperature)
+        _check_positive("init_scale", init_scale)
+        _check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
+        _check_choice("routing", routing, ROUTINGS)
+        _check_choice("emit", emit, EMITS)
+
+        self.d_model = d_model
+        self.n_experts = n_experts
+        self.expert_size = expert_size
+        self.group_size = group_size
+        self.routing = routing
+        self.emit = emit
+        self.learnable_temperature = learnable_temperature
+
+        self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, expert_size))  # [E, D, H]
+        self.w2 = nn.Parameter(torch.empty(n_experts, expert_size, d_model))  # [E, H, D]
+        if learnable_temperature == "none":
+            self.register_buffer("log_temperature", torch.tensor(math.log(temperature)), persistent=False)
+        else:
+            shape = () if learnable_temperature == "scalar" else (n_experts,)
+            self.log_temperature = nn.Parameter(torch.full(shape, math.log(temperature)))
+        self.init_scale = init_scale
+        self.reset_parameters()
+        self._last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reset_parameters(self) -> None:
+        scaled_trunc_normal_(self.controller, fan_in=self.d_model, scale=self.init_scale)
+        scaled_trunc_normal_(self.w1, fan_in=self.d_model, scale=self.init_scale)
+        scaled_trunc_normal_(self.w2, fan_in=self.expert_size, scale=self.init_scale)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """tau as a tensor: [] or [E]."""
+        return self.log_temperature.exp()
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        """1. group consecutive examples at each position; 2. per-expert softmax over the group;
+        3. merge each group into one token per expert; 4. run every expert on its mixed tokens (one bmm);
+        5. emit expert outputs back to the group's tokens with the emit weights.
+
+        T below indexes group-positions (n, s): the batch axis of the merge and emit matmuls.
+        """
+        x_NGSD = group_by_position(x_BSD, self.group_size)
+        n_groups, group_size, seq_len, dim = x_NGSD.shape
+        x_TGD = x_NGSD.transpose(1, 2).reshape(n_groups * seq_len, group_size, dim)  # the layer's one input copy
+        logits_TGE = x_TGD @ self.controller.to(x_TGD.dtype)
+        merge_TGE, emit_TGE = self._routing_weights(logits_TGE)
+
+        mixed_TED = torch.bmm(merge_TGE.transpose(1, 2), x_TGD)
+        # Strided views feed bmm directly: [T, E, D] read as [E, T, D] without a copy.
+        hidden_ETH = torch.relu(torch.bmm(mixed_TED.transpose(0, 1), self.w1.to(x_TGD.dtype)))
+        out_ETD = torch.bmm(hidden_ETH, self.w2.to(hidden_ETH.dtype))
+        dx_TGD = torch.bmm(emit_TGE, out_ETD.transpose(0, 1))
+
+        self._last_routing = (logits_TGE.detach(), merge_TGE.detach())
+        return dx_TGD.view(n_groups, seq_len, group_size, dim).transpose(1, 2).reshape(x_BSD.shape)
+
+    def _routing_weights(self, logits_TGE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge weights (normalised over the group axis, dim 1) and emit weights."""
+        if self.routing == "uniform":
+            merge_TGE = torch.full_like(logits_TGE, 1.0 / logits_TGE.shape[1])
+        elif self.routing == "discrete":
+            top_T1E = logits_TGE.argmax(dim=1, keepdim=True)
+            merge_TGE = torch.zeros_like(logits_TGE).scatter_(1, top_T1E, 1.0)
+        else:
+            scaled_TGE = logits_TGE.float() / self.temperature
+            merge_TGE = torch.softmax(scaled_TGE, dim=1).to(logits_TGE.dtype)
+        if self.emit == "group":
+            return merge_TGE, merge_TGE
+        emit_TGE = torch.softmax(logits_TGE.float() / self.temperature, dim=-1).to(logits_TGE.dtype)
+        return merge_TGE, emit_TGE
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Routing diagnostics of the last forward (detached), the ones the authors log.
+
+        The forward keeps detached logits and merge weights; the statistics are computed when read, so a
+        training step that does not log pays nothing for them.
+        """
+        if self._last_routing is None:
+            return {}
+        learned = self.temperature.detach() if self.learnable_temperature != "none" else None
+        return routing_statistics(*self._last_routing, learned_temperature=learned)
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs (2 x multiply-adds) per token at the current group size.
+
+        Experts: E*H*D*2 per group position, i.e. per token 2*2*D*E*H/G; controller, merge and emit add 3*D*E.
+        """
+        experts = 2 * 2 * self.d_model * self.n_experts * self.expert_size // self.group_size
+        return experts + 2 * 3 * self.d_model * self.n_experts
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
+            f"group_size={self.group_size}, routing={self.routing}, emit={self.emit}, "
+            f"learnable_temperature={self.learnable_temperature}"
+        )
+
+
+@torch.no_grad()
+def routing_statistics(
+    logits_TGE: torch.Tensor, merge_TGE: torch.Tensor, *, learned_temperature: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Mean/std of the normalised entropy H(w)/log G of merge weights along the group axis (dim 1), of the
+    weights themselves and of the logits. With G = 1 the normalised entropy is defined as 1 (uniform)."""
+    weights = merge_TGE.float()
+    group_size = weights.shape[1]
+    if group_size > 1:
+        entropy_TE = -torch.special.xlogy(weights, weights).sum(dim=1) / math.log(group_size)
+    else:
+        entropy_TE = torch.ones_like(weights[:, 0])
+    entropy_std, entropy_mean = torch.std_mean(entropy_TE, correction=0)
+    weight_std, weight_mean = torch.std_mean(weights, correction=0)
+    logit_std, logit_mean = torch.std_mean(logits_TGE.float(), correction=0)
+    stats = {
+        "entropy_mean": entropy_mean,
+        "entropy_std": entropy_std,
+        "weight_mean": weight_mean,
+        "weight_std": weight_std,
+        "logit_mean": logit_mean,
+        "logit_std": logit_std,
+    }
+    if learned_temperature is not None:
+        stats["temperature_mean"] = learned_temperature.float().mean()
+    return stats
