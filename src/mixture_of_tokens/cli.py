@@ -23,11 +23,22 @@ def _add_config_fields(parser: argparse.ArgumentParser, cls: type, title: str) -
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if f.type == "bool":
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{helps[f.name]} (default {default})")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{helps[f.name]} (default {default})",
+            )
         else:
-            group.add_argument(flag, dest=f.name, type=_CASTS[f.type], default=None, metavar=f.type.upper(),
-                               help=f"{helps[f.name]} (default {default!r})")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_CASTS[f.type],
+                default=None,
+                metavar=f.type.upper(),
+                help=f"{helps[f.name]} (default {default!r})",
+            )
 
 
 def _overrides(args: argparse.Namespace, cls: type) -> dict:

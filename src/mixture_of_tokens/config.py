@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
+
 FFN_KINDS: tuple[str, ...] = ("dense", "mot")
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
 
@@ -16,7 +18,7 @@ def _help(text: str, **kwargs):
 class ModelConfig:
     """A decoder-only pre-LN Transformer whose feed-forward sublayers are dense or MoT, block by block."""
 
-    vocab_size: int = _help("vocabulary size: the byte-level BPE trained on the data has this many tokens", default=8192)
+    vocab_size: int = _help("vocabulary size (the BPE trained on the data gets this many tokens)", default=8192)
     max_seq_len: int = _help("context length (learned absolute positions)", default=128)
     d_model: int = _help("model width", default=128)
     n_blocks: int = _help("number of Transformer blocks", default=4)
@@ -39,7 +41,8 @@ class ModelConfig:
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff"):
+        positive = ("vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff")
+        for name in positive + ("group_size", "n_experts", "expert_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -48,6 +51,19 @@ class ModelConfig:
         if self.ffn not in FFN_KINDS:
             raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(FFN_KINDS)}.")
         self.block_ffn_kinds()  # validates ffn_blocks
+        for name, allowed in (
+            ("mot_routing", ROUTINGS),
+            ("mot_emit", EMITS),
+            ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
+                )
+        if not self.mot_temperature > 0 or not self.init_scale > 0:
+            raise ValueError(
+                f"mot_temperature and init_scale must be positive, got {self.mot_temperature}, {self.init_scale}."
+            )
 
     def block_ffn_kinds(self) -> list[str]:
         """The feed-forward kind of every block, in order."""
@@ -87,7 +103,7 @@ class TrainConfig:
     lr: float = _help("peak learning rate", default=3e-3)
     min_lr_ratio: float = _help("cosine decays to this fraction of the peak", default=0.1)
     warmup_steps: int = _help("linear warmup steps", default=40)
-    weight_decay: float = _help("AdamW weight decay (tensors with dim >= 2; not biases, norms, temperatures)", default=0.1)
+    weight_decay: float = _help("AdamW weight decay (tensors of dim >= 2; not biases, norms)", default=0.1)
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.999)
     grad_clip: float = _help("clip the global gradient norm to this (0: off)", default=0.5)

@@ -49,7 +49,7 @@ def comparison_table(runs: list[RunSummary]) -> str:
     lines = [header, "-" * len(header)]
     for run in runs:
         lines.append(
-            f"{run.name:<16} {run.final_eval_loss:>9.3f} {2.718281828 ** run.final_eval_loss:>8.1f} "
+            f"{run.name:<16} {run.final_eval_loss:>9.3f} {2.718281828**run.final_eval_loss:>8.1f} "
             f"{run.total_params / 1e6:>7.2f}M {run.active_params / 1e6:>7.2f}M {run.tokens_per_s:>8,.0f} "
             f"{run.seconds:>6.0f}s"
         )

@@ -98,9 +98,7 @@ def train(
     optimizer = build_optimizer(model, train_config)
     sampler = BatchSampler(data.train_tokens, train_config.batch_size, seq_len, seed=train_config.seed)
     (out_dir / "config.json").write_text(
-        json.dumps(
-            {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, indent=2
-        )
+        json.dumps({"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config)}, indent=2)
     )
     if progress:
         print(f"[{run_name}] {counts.summary()}; unigram entropy of held-out text {entropy:.3f} nats")

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .grouping import group_by_position, ungroup
+from .grouping import group_by_position
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
 Routing = Literal["softmax", "uniform", "discrete"]
@@ -28,6 +28,11 @@ LearnableTemperature = Literal["none", "scalar", "per_expert"]
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
+
+
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Softmax statistics in float32 for low-precision inputs; float64 stays float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def _check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -147,11 +152,10 @@ class MixtureOfTokens(nn.Module):
             top_T1E = logits_TGE.argmax(dim=1, keepdim=True)
             merge_TGE = torch.zeros_like(logits_TGE).scatter_(1, top_T1E, 1.0)
         else:
-            scaled_TGE = logits_TGE.float() / self.temperature
-            merge_TGE = torch.softmax(scaled_TGE, dim=1).to(logits_TGE.dtype)
+            merge_TGE = torch.softmax(_at_least_fp32(logits_TGE) / self.temperature, dim=1).to(logits_TGE.dtype)
         if self.emit == "group":
             return merge_TGE, merge_TGE
-        emit_TGE = torch.softmax(logits_TGE.float() / self.temperature, dim=-1).to(logits_TGE.dtype)
+        emit_TGE = torch.softmax(_at_least_fp32(logits_TGE) / self.temperature, dim=-1).to(logits_TGE.dtype)
         return merge_TGE, emit_TGE
 
     @property

@@ -1,0 +1,62 @@
+"""Plain containers shared by every text source, kept apart so sources never import each other."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class Document:
+    """One whole document; the unit that is held out for evaluation and followed by eos."""
+
+    name: str
+    text: str
+
+
+@dataclass
+class SkipCounts:
+    """What a loader skipped or repaired instead of crashing, so the caller can report it."""
+
+    invalid_utf8_files: int = 0  # decoded with errors="replace" (kept, not dropped)
+    empty_files: int = 0
+    unreadable_files: int = 0  # e.g. a corrupt .gz
+    unsupported_files: int = 0  # matched by a glob/directory but not .txt/.jsonl/.gz
+    invalid_json_lines: int = 0
+    missing_text_lines: int = 0  # valid JSON without a string "text" field
+    empty_documents: int = 0  # a JSONL record whose text is blank
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict for manifests."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, int]) -> SkipCounts:
+        """Inverse of to_dict; unknown keys are ignored so old manifests still load."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in values.items() if k in names})
+
+    def total(self) -> int:
+        """Number of problems seen (files and lines)."""
+        return sum(self.to_dict().values())
+
+    def summary(self) -> str:
+        """Short human text such as 'empty_files=1, invalid_json_lines=2' or 'none'."""
+        parts = [f"{k}={v}" for k, v in self.to_dict().items() if v]
+        return ", ".join(parts) if parts else "none"
+
+
+@dataclass
+class SplitDocuments:
+    """Both splits of one source plus what was skipped while reading it."""
+
+    train: list[Document]
+    eval: list[Document]
+    skipped: SkipCounts
+
+
+def default_cache_dir() -> Path:
+    """`$MOT_CACHE_DIR`, else ~/.cache/mixture-of-tokens: one home for downloads, tokenizers, token files."""
+    env = os.environ.get("MOT_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mixture-of-tokens"

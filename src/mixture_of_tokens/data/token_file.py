@@ -1,0 +1,173 @@
+"""The corpus tokenised once into a flat memory-mapped array, so training never re-tokenises.
+
+Layout: the ids of every document followed by eos, concatenated; uint16 when the vocabulary fits, else
+uint32. A JSON manifest beside it (train.bin -> train.json) says what was tokenised with what, so a
+stale file is detected and rebuilt instead of silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .documents import Document
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "TOKEN_FILE_FORMAT",
+    "build_token_file",
+    "load_token_file",
+    "token_file_is_current",
+    "expected_manifest",
+    "manifest_path",
+    "read_manifest",
+    "token_dtype",
+]
+
+TOKEN_FILE_FORMAT = 1
+_PIECE_CHARS = 1 << 16  # long documents are cut into ~64k-character pieces so both cores stay busy
+_CHUNK_CHARS = 4 << 20  # characters handed to encode_batch per progress step
+_SAFE_BEFORE = frozenset(string.ascii_letters + string.digits + string.punctuation)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65536), else uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}.")
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def manifest_path(path: Path) -> Path:
+    """The manifest that describes a token file: same name with .json."""
+    return Path(path).with_suffix(".json")
+
+
+def expected_manifest(tokenizer: Tokenizer, manifest_extra: dict[str, Any]) -> dict[str, Any]:
+    """Fields a token file must match to be reused (counts such as n_tokens are added when built)."""
+    return {
+        "format_version": TOKEN_FILE_FORMAT,
+        "tokenizer": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        **manifest_extra,
+    }
+
+
+def split_for_encoding(text: str, piece_chars: int = _PIECE_CHARS) -> list[str]:
+    """Cut text at whitespace that follows a letter, digit or ASCII punctuation mark.
+
+    The byte-level pre-tokenizer always starts a new pre-token there, so encoding the pieces and
+    concatenating gives exactly the ids of the whole text; the pieces only spread work over cores.
+    """
+    pieces = []
+    start = 0
+    while len(text) - start > piece_chars:
+        cut = start + piece_chars
+        while cut < len(text) and not (text[cut] in " \n" and text[cut - 1] in _SAFE_BEFORE):
+            cut += 1
+        if cut >= len(text):
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temp.replace(path)
+
+
+def build_token_file(
+    documents: list[Document],
+    tokenizer: Tokenizer,
+    path: Path,
+    manifest_extra: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> np.ndarray:
+    """Tokenise `documents` (eos after each) into `path` plus its manifest; returns the read-only memmap."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n_tokens = 0
+    bar = tqdm(
+        total=len(documents), desc=f"tokenising {path.name}", unit="doc", leave=False, disable=not progress
+    )
+    try:
+        with temp.open("wb") as handle:
+            index = 0
+            while index < len(documents):
+                chunk, chars = [], 0
+                while index < len(documents) and (not chunk or chars < _CHUNK_CHARS):
+                    chunk.append(documents[index])
+                    chars += len(documents[index].text)
+                    index += 1
+                pieces: list[str] = []
+                owners: list[int] = []
+                for position, document in enumerate(chunk):
+                    split = split_for_encoding(document.text)
+                    pieces.extend(split)
+                    owners.extend([position] * len(split))
+                encoded = tokenizer.encode_batch(pieces)
+                for position, ids in enumerate(encoded):
+                    ends_document = position + 1 == len(owners) or owners[position + 1] != owners[position]
+                    array = np.asarray(ids + [tokenizer.eos_id] if ends_document else ids, dtype=np.int64)
+                    array.astype(dtype).tofile(handle)
+                    n_tokens += array.size
+                bar.update(len(chunk))
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    counts = {"n_documents": len(documents), "n_tokens": n_tokens}
+    manifest = {**expected_manifest(tokenizer, manifest_extra), **counts}
+    _atomic_write_json(manifest_path(path), manifest)
+    return load_token_file(path)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a token file, or None when it is missing or unreadable."""
+    try:
+        return json.loads(manifest_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def load_token_file(path: Path) -> np.ndarray:
+    """Read-only memmap of a token file; dtype comes from its manifest (uint16 if it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Token file {path} does not exist; build it with build_token_file.")
+    manifest = read_manifest(path) or {}
+    dtype = np.dtype(manifest.get("dtype", "uint16"))
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def token_file_is_current(path: Path, expected_manifest: dict[str, Any]) -> bool:
+    """True when the file exists, its manifest holds every expected field unchanged and its size fits."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None or not path.is_file():
+        return False
+    if any(manifest.get(key) != value for key, value in expected_manifest.items()):
+        return False
+    try:
+        itemsize = np.dtype(manifest["dtype"]).itemsize
+        return path.stat().st_size == int(manifest["n_tokens"]) * itemsize
+    except (KeyError, TypeError, ValueError):
+        return False

@@ -1,0 +1,146 @@
+"""Plain-loop float64 references of the feed-forward sublayers, written from METHOD.md §1 and §2.
+
+Deliberately slow and explicit: loops over groups, positions, experts and tokens; the only vectorised
+operation is one token's vector-matrix product. Used by the tests to check the batched layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _temperatures(temperature: float | torch.Tensor, n_experts: int) -> list[float]:
+    """tau per expert as Python floats (a float, a 0-d tensor or an [E] tensor)."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.dim() == 0:
+            return [float(temperature)] * n_experts
+        assert temperature.shape == (n_experts,)
+        return [float(t) for t in temperature]
+    return [float(temperature)] * n_experts
+
+
+def _softmax(values: list[float]) -> list[float]:
+    """Numerically stable softmax of a list of floats."""
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def reference_merge_weights(
+    logits: list[list[float]], temperature: list[float], routing: str
+) -> list[list[float]]:
+    """Merge weights w[t][e] of one group from its logits z[t][e] (t over the G tokens of the group)."""
+    group_size = len(logits)
+    n_experts = len(logits[0])
+    weights = [[0.0] * n_experts for _ in range(group_size)]
+    for e in range(n_experts):
+        column = [logits[t][e] for t in range(group_size)]
+        if routing == "softmax":
+            column_w = _softmax([z / temperature[e] for z in column])
+        elif routing == "uniform":
+            column_w = [1.0 / group_size] * group_size
+        elif routing == "discrete":
+            best = max(range(group_size), key=lambda t: column[t])
+            column_w = [1.0 if t == best else 0.0 for t in range(group_size)]
+        else:
+            raise ValueError(routing)
+        for t in range(group_size):
+            weights[t][e] = column_w[t]
+    return weights
+
+
+def reference_logits(x: torch.Tensor, controller: torch.Tensor) -> torch.Tensor:
+    """z[b, s, e] = x[b, s] . W_c[:, e], one token at a time."""
+    batch, seq_len, _ = x.shape
+    out = torch.zeros(batch, seq_len, controller.shape[1], dtype=torch.float64)
+    for b in range(batch):
+        for s in range(seq_len):
+            out[b, s] = x[b, s].double() @ controller.double()
+    return out
+
+
+def reference_group_weights(
+    x: torch.Tensor,
+    controller: torch.Tensor,
+    group_size: int,
+    temperature: float | torch.Tensor = 1.0,
+    routing: str = "softmax",
+) -> torch.Tensor:
+    """Merge weights w[b, s, e] of every token (normalised over the G tokens of each same-position group)."""
+    batch, seq_len, _ = x.shape
+    n_experts = controller.shape[1]
+    taus = _temperatures(temperature, n_experts)
+    z = reference_logits(x, controller)
+    weights = torch.zeros(batch, seq_len, n_experts, dtype=torch.float64)
+    for g in range(batch // group_size):
+        members = [g * group_size + i for i in range(group_size)]
+        for s in range(seq_len):
+            logits = [[float(z[b, s, e]) for e in range(n_experts)] for b in members]
+            w = reference_merge_weights(logits, taus, routing)
+            for i, b in enumerate(members):
+                for e in range(n_experts):
+                    weights[b, s, e] = w[i][e]
+    return weights
+
+
+def reference_mot(
+    x: torch.Tensor,
+    controller: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    group_size: int,
+    temperature: float | torch.Tensor = 1.0,
+    routing: str = "softmax",
+    emit: str = "group",
+) -> torch.Tensor:
+    """Mixture of Tokens, METHOD.md §1: x[B, S, D] -> dx[B, S, D] in float64.
+
+    Group g = examples g*G ... g*G+G-1 at one position s. Per expert e: merge m = sum_t w[t,e] x_t,
+    y = relu(m W1[e]) W2[e], emit dx_t += v[t,e] y, with v = w ("group") or the per-token softmax over experts
+    of z/tau ("experts").
+    """
+    x = x.double()
+    controller, w1, w2 = controller.double(), w1.double(), w2.double()
+    batch, seq_len, dim = x.shape
+    n_experts = controller.shape[1]
+    assert batch % group_size == 0
+    taus = _temperatures(temperature, n_experts)
+    z = reference_logits(x, controller)
+    merge = reference_group_weights(x, controller, group_size, temperature, routing)
+    out = torch.zeros(batch, seq_len, dim, dtype=torch.float64)
+    for g in range(batch // group_size):
+        members = [g * group_size + i for i in range(group_size)]
+        for s in range(seq_len):
+            if emit == "group":
+                emit_w = {b: [float(merge[b, s, e]) for e in range(n_experts)] for b in members}
+            elif emit == "experts":
+                emit_w = {
+                    b: _softmax([float(z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members
+                }
+            else:
+                raise ValueError(emit)
+            for e in range(n_experts):
+                mixed = torch.zeros(dim, dtype=torch.float64)
+                for b in members:
+                    mixed = mixed + float(merge[b, s, e]) * x[b, s]
+                y = torch.relu(mixed @ w1[e]) @ w2[e]
+                for b in members:
+                    out[b, s] = out[b, s] + emit_w[b][e] * y
+    return out
+
+
+def reference_feed_forward(
+    x: torch.Tensor, w_up: torch.Tensor, b_up: torch.Tensor, w_down: torch.Tensor, b_down: torch.Tensor
+) -> torch.Tensor:
+    """Dense FF token by token: relu(x W_up^T + b_up) W_down^T + b_down (nn.Linear layout [out, in])."""
+    x = x.double()
+    batch, seq_len, dim = x.shape
+    out = torch.zeros(batch, seq_len, w_down.shape[0], dtype=torch.float64)
+    for b in range(batch):
+        for s in range(seq_len):
+            hidden = torch.relu(x[b, s] @ w_up.double().T + b_up.double())
+            out[b, s] = hidden @ w_down.double().T + b_down.double()
+    return out

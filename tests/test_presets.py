@@ -1,0 +1,120 @@
+"""The paper's presets against METHOD.md §4, and their parameter counts from the architecture formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixture_of_tokens.counting import count_model
+from mixture_of_tokens.model import Transformer
+from mixture_of_tokens.presets import PRESETS, get_preset
+
+# METHOD.md §4: model -> (blocks, d_model, d_ff, heads, G, E, h); None for the dense models
+PAPER_TABLE = {
+    "transformer-medium": (8, 512, 2048, 8, None, None, None),
+    "mot-medium-32e": (8, 512, 2048, 8, 32, 32, 2048),
+    "mot-medium-32e-8": (8, 512, 2048, 8, 32, 256, 256),
+    "mot-medium-32e-16": (8, 512, 2048, 8, 32, 512, 128),
+    "transformer-base": (12, 768, 3072, 12, None, None, None),
+    "mot-base-32e": (12, 768, 3072, 12, 32, 32, 3072),
+    "mot-base-64e-16": (12, 768, 3072, 12, 64, 1024, 192),
+}
+PAPER_LR = {
+    "transformer-medium": 7e-4,
+    "mot-medium-32e": 7e-4,
+    "mot-medium-32e-8": 7e-4,
+    "mot-medium-32e-16": 7e-4,
+    "transformer-base": 4e-4,
+    "mot-base-32e": 2e-4,
+    "mot-base-64e-16": 2e-4,
+}
+GPT2_VOCAB, CONTEXT = 50257, 256
+
+
+def hand_count(vocab, seq, d, d_ff, kinds, n_experts, expert_size, tied=False) -> int:
+    """Parameters of the pre-LN decoder from its formula."""
+    total = vocab * d + seq * d  # token and position embeddings
+    for kind in kinds:
+        total += 4 * d * d + 4 * d  # attention (q, k, v, out; no biases) and two LayerNorms
+        if kind == "dense":
+            total += 2 * d * d_ff + d_ff + d
+        else:
+            total += d * n_experts + 2 * n_experts * d * expert_size
+    total += 2 * d  # final LayerNorm
+    if not tied:
+        total += d * vocab
+    return total
+
+
+def test_every_paper_preset_exists():
+    assert set(PAPER_TABLE) <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_paper_preset_matches_table(name):
+    blocks, d, d_ff, heads, g, e, h = PAPER_TABLE[name]
+    preset = get_preset(name)
+    cfg = preset.model
+    assert preset.name == name
+    assert (cfg.n_blocks, cfg.d_model, cfg.d_ff, cfg.n_heads) == (blocks, d, d_ff, heads)
+    assert d_ff == 4 * d
+    assert (cfg.vocab_size, cfg.max_seq_len) == (GPT2_VOCAB, CONTEXT)
+    if g is None:
+        assert cfg.ffn == "dense"
+        assert set(cfg.block_ffn_kinds()) == {"dense"}
+    else:
+        assert cfg.ffn == "mot"
+        assert (cfg.group_size, cfg.n_experts, cfg.expert_size) == (g, e, h)
+        assert cfg.n_experts * cfg.expert_size == cfg.group_size * cfg.d_ff
+        # the authors' 2024 layout: dense first half, MoT second half
+        assert cfg.block_ffn_kinds() == ["dense"] * (blocks // 2) + ["mot"] * (blocks - blocks // 2)
+    train = preset.train
+    assert (train.steps, train.batch_size, train.warmup_steps) == (150_000, 256, 2500)
+    assert train.lr == pytest.approx(PAPER_LR[name])
+    assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip) == (0.9, 0.999, 0.1, 0.5)
+    assert train.min_lr_ratio == pytest.approx(0.1)
+    assert train.batch_size % (g or 1) == 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_count(name):
+    cfg = get_preset(name).model
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = hand_count(
+        cfg.vocab_size,
+        cfg.max_seq_len,
+        cfg.d_model,
+        cfg.d_ff,
+        cfg.block_ffn_kinds(),
+        cfg.n_experts,
+        cfg.expert_size,
+        cfg.tie_embeddings,
+    )
+    assert sum(p.numel() for p in model.parameters()) == expected
+    counts = count_model(model)
+    assert counts.total_params == expected
+    if cfg.ffn == "mot":
+        assert cfg.n_experts * cfg.expert_size == cfg.group_size * cfg.d_ff
+
+
+def test_medium_parameter_counts_by_hand():
+    """Spot values computed independently: MoT-Medium/32E holds 32x the FF of its four MoT blocks."""
+    d, v, s = 512, GPT2_VOCAB, CONTEXT
+    dense_ff = 2 * d * 2048 + 2048 + d
+    block_common = 4 * d * d + 4 * d
+    dense_total = 2 * v * d + s * d + 2 * d + 8 * (block_common + dense_ff)
+    mot_ff = d * 32 + 2 * 32 * d * 2048
+    mot_total = 2 * v * d + s * d + 2 * d + 8 * block_common + 4 * dense_ff + 4 * mot_ff
+    for name, expected in (("transformer-medium", dense_total), ("mot-medium-32e", mot_total)):
+        with torch.device("meta"):
+            model = Transformer(get_preset(name).model)
+        assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="nope") as info:
+        get_preset("nope")
+    message = str(info.value)
+    for name in PRESETS:
+        assert name in message
