@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
+from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .counting import count_model
 from .data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
@@ -161,7 +161,7 @@ def train(
     metrics.close()
     seconds = time.perf_counter() - start
 
-    save_model(model, str(out_dir / "model.safetensors"))
+    save_checkpoint(out_dir, model, model_config, train_config, data.tokenizer, extra={"run": run_name})
     result = RunResult(
         out_dir=out_dir,
         final_eval_loss=eval_losses[train_config.steps],

@@ -136,8 +136,9 @@ class MixtureOfTokens(nn.Module):
         merge_TGE, emit_TGE = self._routing_weights(logits_TGE)
 
         mixed_TED = torch.bmm(merge_TGE.transpose(1, 2), x_TGD)
-        # Strided views feed bmm directly: [T, E, D] read as [E, T, D] without a copy.
-        hidden_ETH = torch.relu(torch.bmm(mixed_TED.transpose(0, 1), self.w1.to(x_TGD.dtype)))
+        # Strided views feed bmm directly: [T, E, D] read as [E, T, D] without a copy. ReLU in place: bmm's
+        # backward does not need its output.
+        hidden_ETH = torch.bmm(mixed_TED.transpose(0, 1), self.w1.to(x_TGD.dtype)).relu_()
         out_ETD = torch.bmm(hidden_ETH, self.w2.to(hidden_ETH.dtype))
         dx_TGD = torch.bmm(emit_TGE, out_ETD.transpose(0, 1))
 

@@ -1,0 +1,40 @@
+"""The `mot` command line. Each subcommand lives in its own module with a `register(subparsers)` function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import compare, demo, presets, train
+
+COMMAND_MODULES = (train, demo, compare, presets)
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one sentence without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mot", description="Mixture of Tokens: train, compare and inspect models.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+        print(f"mot {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mot {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
