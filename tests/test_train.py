@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from corpus import write_corpus
 from safetensors.torch import load_model
 
 from mixture_of_tokens import ModelConfig, TrainConfig, Transformer
@@ -16,22 +16,6 @@ from mixture_of_tokens.metrics import read_metrics
 from mixture_of_tokens.report import comparison_table, load_run, plot_runs
 from mixture_of_tokens.schedule import lr_multiplier
 from mixture_of_tokens.train import evaluate_loss, train
-
-SUBJECTS = ["the cat", "a dog", "my neighbour", "the old sailor", "every child", "the queen"]
-VERBS = ["sees", "follows", "remembers", "writes to", "laughs at", "waits for"]
-OBJECTS = ["the river", "a letter", "the garden", "his brother", "the ship", "a small bird"]
-
-
-def _write_corpus(directory: Path, n_documents: int = 40) -> None:
-    """Documents of sentences from a tiny grammar: context predicts the next token far better than unigrams."""
-    rng = random.Random(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for index in range(n_documents):
-        sentences = [
-            f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(60)
-        ]
-        (directory / f"doc{index:03d}.txt").write_text(" ".join(sentences))
-
 
 TINY_MODEL = ModelConfig(
     vocab_size=300,
@@ -51,7 +35,7 @@ TINY_MODEL = ModelConfig(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("train")
-    _write_corpus(root / "corpus")
+    write_corpus(root / "corpus")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("MOT_CACHE_DIR", str(root / "cache"))
     runs = {}

@@ -3,7 +3,17 @@ baselines, a trainer and a command line (`mot`)."""
 
 from .config import ModelConfig, TrainConfig
 from .counting import ModelCounts, count_model
-from .layers import FeedForward, MixtureOfTokens, MoTSizing, group_by_position, mot_sizing, ungroup
+from .layers import (
+    CollapseMonitor,
+    ExpertChoice,
+    FeedForward,
+    MixtureOfTokens,
+    MoTSizing,
+    TokenChoice,
+    group_by_position,
+    mot_sizing,
+    ungroup,
+)
 from .model import ModelOutput, Transformer, mot_mode
 from .presets import PRESETS, Preset, get_preset
 
@@ -11,6 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CollapseMonitor",
+    "ExpertChoice",
     "FeedForward",
     "MixtureOfTokens",
     "ModelConfig",
@@ -18,6 +30,7 @@ __all__ = [
     "ModelOutput",
     "MoTSizing",
     "Preset",
+    "TokenChoice",
     "TrainConfig",
     "Transformer",
     "count_model",

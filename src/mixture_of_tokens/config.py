@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
+from .layers.token_choice import SCOPES as TC_SCOPES
 
-FFN_KINDS: tuple[str, ...] = ("dense", "mot")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16-pure")
+PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
+
+FFN_KINDS: tuple[str, ...] = ("dense", "mot", "token_choice", "expert_choice")
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
 
 
@@ -24,19 +28,38 @@ class ModelConfig:
     n_blocks: int = _help("number of Transformer blocks", default=4)
     n_heads: int = _help("attention heads (must divide d_model)", default=4)
     d_ff: int = _help("dense feed-forward width (4*d_model in the paper)", default=512)
-    ffn: str = _help("feed-forward kind of the selected blocks: dense | mot", default="dense")
+    ffn: str = _help(
+        "feed-forward kind of the selected blocks: dense | mot | token_choice | expert_choice", default="dense"
+    )
     ffn_blocks: str = _help(
         "which blocks get `ffn` (the rest are dense): all | second-half (the authors' 2024 layout) | "
         "first-half | every-other | comma-separated block indices",
         default="all",
     )
-    group_size: int = _help("MoT group size G: tokens mixed per group (must divide the batch)", default=8)
-    n_experts: int = _help("MoT number of experts E", default=8)
-    expert_size: int = _help("MoT expert width h (E*h = G*d_ff matches dense FLOPs)", default=512)
+    group_size: int = _help(
+        "group size G (MoT, Expert Choice, group-scope Token Choice): same-position tokens of G consecutive "
+        "examples (must divide the batch)",
+        default=8,
+    )
+    n_experts: int = _help("number of experts E (MoT, Token Choice, Expert Choice)", default=8)
+    expert_size: int = _help("expert width h (MoT: E*h = G*d_ff matches dense FLOPs)", default=512)
     mot_temperature: float = _help("MoT softmax temperature tau (> 0)", default=1.0)
     mot_learnable_temperature: str = _help("MoT learnable temperature: none | scalar | per_expert", default="none")
     mot_routing: str = _help("MoT routing: softmax | uniform | discrete (argmax, for evaluation)", default="softmax")
     mot_emit: str = _help("MoT emit weights: group (the method) | experts (softmax over experts)", default="group")
+    top_k: int = _help("Token Choice: experts per token k (1..n_experts; 1 = Switch)", default=1)
+    capacity_factor: float = _help(
+        "Token Choice capacity factor cf: C = min(floor(cf*T*k/E), T) slots per expert per routing group; 0: dropless",
+        default=1.25,
+    )
+    tc_scope: str = _help(
+        "Token Choice routing group: batch (whole batch, the common way; leaks future tokens through capacity) | "
+        "group (same-position groups of group_size: causal-safe)",
+        default="batch",
+    )
+    load_balance_weight: float = _help("Token Choice load-balancing loss weight alpha (0: off)", default=0.01)
+    z_loss_weight: float = _help("Token Choice router z-loss weight (0: off)", default=0.0)
+    ec_tokens_per_expert: int = _help("Expert Choice: tokens each expert picks per group (1..group_size)", default=1)
     tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
 
@@ -63,6 +86,18 @@ class ModelConfig:
         if not self.mot_temperature > 0 or not self.init_scale > 0:
             raise ValueError(
                 f"mot_temperature and init_scale must be positive, got {self.mot_temperature}, {self.init_scale}."
+            )
+        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}.")
+        if self.tc_scope not in TC_SCOPES:
+            raise ValueError(f"tc_scope={self.tc_scope!r} is not supported; allowed values: {', '.join(TC_SCOPES)}.")
+        for name in ("capacity_factor", "load_balance_weight", "z_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not isinstance(self.ec_tokens_per_expert, int) or not 1 <= self.ec_tokens_per_expert <= self.group_size:
+            raise ValueError(
+                f"ec_tokens_per_expert must be an integer in 1..group_size={self.group_size}, "
+                f"got {self.ec_tokens_per_expert!r}."
             )
 
     def block_ffn_kinds(self) -> list[str]:
@@ -112,15 +147,35 @@ class TrainConfig:
     log_every: int = _help("write a metrics line every N steps", default=10)
     seed: int = _help("seed for initialisation and batch sampling", default=0)
     data: str = _help("text source: packaged (offline English corpus) | text:PATH", default="packaged")
+    tokenizer: str = _help("bpe (trained on the data, vocab_size tokens) | gpt2 (GPT-2's 50,257 tokens)", default="bpe")
     device: str = _help("cpu | cuda | auto", default="auto")
     out_dir: str = _help("run directory (metrics.jsonl, config.json, model.safetensors)", default="")
     threads: int = _help("torch CPU threads (0: torch default)", default=0)
+    precision: str = _help("auto (fp32 on CPU, bf16-mixed on CUDA) | fp32 | bf16-mixed | bf16-pure", default="auto")
+    grad_accum_steps: int = _help("micro-batches per optimizer step (per rank)", default=1)
+    parallel: str = _help("with torchrun: ddp | fsdp (FSDP2 fully_shard)", default="ddp")
+    checkpoint_every: int = _help("write a resumable checkpoint every N steps (0: only at the end)", default=0)
+    keep_checkpoints: int = _help("keep the newest N checkpoints", default=2)
+    compile: bool = _help("torch.compile the model", default=False)
+    deterministic: bool = _help("deterministic kernels (bit-identical resume on CPU)", default=False)
+    tensorboard: bool = _help("also write TensorBoard logs to RUN_DIR/tensorboard", default=False)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every"):
+        for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "grad_accum_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError(
+                f"checkpoint_every must be >= 0 and keep_checkpoints >= 1, got {self.checkpoint_every}, "
+                f"{self.keep_checkpoints}."
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not supported; allowed values: {', '.join(PRECISIONS)}.")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(
+                f"parallel={self.parallel!r} is not supported; allowed values: {', '.join(PARALLEL_MODES)}."
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
         if not 0 <= self.min_lr_ratio <= 1:

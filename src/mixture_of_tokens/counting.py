@@ -3,7 +3,9 @@
 FLOPs are 2 x multiply-adds of matmuls (norms, softmaxes and biases are ignored, as in Kaplan et al.).
 Attention scores count the full S x S product (the causal mask is not subtracted), like nanoGPT's MFU estimate.
 "Active" parameters are those whose multiply-adds one token pays for: for an MoT layer the experts' share
-2*D*E*H/G plus the controller D*E, so an MoT model and its dense twin have nearly equal active counts.
+2*D*E*H/G plus the controller D*E, so an MoT model and its dense twin have nearly equal active counts. Token
+Choice pays k experts (2*D*H*k) plus the router D*E (nominal: capacity drops are not subtracted); Expert Choice
+pays K*E/G experts (K tokens per expert per group of G) plus the router.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def _ffn_active_params(ffn: nn.Module) -> int:
         return 2 * ffn.d_model * ffn.n_experts * ffn.expert_size // ffn.group_size + ffn.d_model * ffn.n_experts
     if isinstance(ffn, FeedForward):
         return 2 * ffn.d_model * ffn.d_ff
+    if hasattr(ffn, "active_params_per_token"):  # Token Choice: k experts + router; Expert Choice: K*E/G + router
+        return int(ffn.active_params_per_token())
     return sum(p.numel() for p in ffn.parameters())
 
 

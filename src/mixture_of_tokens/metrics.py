@@ -9,10 +9,10 @@ from typing import Any
 
 
 class MetricsWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = path.open("w", encoding="utf-8")
+        self._file = path.open("a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, default=_jsonable) + "\n")
@@ -33,6 +33,8 @@ def _jsonable(value: Any) -> Any:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics file (blank or truncated last lines are ignored)."""
     records = []
+    if not Path(path).exists():
+        return records
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))

@@ -15,8 +15,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import FeedForward, MixtureOfTokens
+from .layers import ExpertChoice, FeedForward, MixtureOfTokens, TokenChoice
 from .layers.init import scaled_trunc_normal_
+
+
+@dataclass
+class LayerKVCache:
+    """Keys and values [B, heads, L, D/heads] one attention layer has seen so far."""
+
+    keys_BHLK: torch.Tensor | None = None
+    values_BHLK: torch.Tensor | None = None
+
+    def append(self, k_BHSK: torch.Tensor, v_BHSK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys_BHLK is None or self.values_BHLK is None:
+            self.keys_BHLK, self.values_BHLK = k_BHSK, v_BHSK
+        else:
+            self.keys_BHLK = torch.cat([self.keys_BHLK, k_BHSK], dim=2)
+            self.values_BHLK = torch.cat([self.values_BHLK, v_BHSK], dim=2)
+        return self.keys_BHLK, self.values_BHLK
+
+
+class KVCache:
+    """Incremental decoding state: `model(new_ids, cache=cache)` attends to every earlier position and appends.
+
+    All rows advance together (one position per call per row), which is also what MoT's same-position groups need.
+    """
+
+    def __init__(self, n_blocks: int) -> None:
+        self.layers = [LayerKVCache() for _ in range(n_blocks)]
+        self.length = 0
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype (bf16-pure training keeps norms in float32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -28,13 +64,22 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
         batch, seq_len, dim = x_BSD.shape
         # [B, S, 3D] -> 3 x [B, heads, S, D/heads]
         q_BHSK, k_BHSK, v_BHSK = (
             self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
         )
-        y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
+        if cache is None:
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
+        else:
+            k_BHLK, v_BHLK = cache.append(k_BHSK, v_BHSK)
+            # the S new queries sit at the last S of L positions: query i sees keys 0 .. L-S+i
+            total = k_BHLK.shape[2]
+            mask_SL = None
+            if seq_len > 1:
+                mask_SL = torch.ones(seq_len, total, dtype=torch.bool, device=x_BSD.device).tril(total - seq_len)
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHLK, v_BHLK, attn_mask=mask_SL)
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
@@ -54,7 +99,31 @@ def build_ffn(kind: str, config: ModelConfig) -> nn.Module:
             emit=config.mot_emit,
             init_scale=config.init_scale,
         )
-    raise ValueError(f"feed-forward kind {kind!r} is not supported; allowed values: dense, mot.")
+    if kind == "token_choice":
+        return TokenChoice(
+            config.d_model,
+            config.n_experts,
+            config.expert_size,
+            top_k=config.top_k,
+            capacity_factor=config.capacity_factor,
+            scope=config.tc_scope,
+            group_size=config.group_size,
+            load_balance_weight=config.load_balance_weight,
+            z_loss_weight=config.z_loss_weight,
+            init_scale=config.init_scale,
+        )
+    if kind == "expert_choice":
+        return ExpertChoice(
+            config.d_model,
+            config.n_experts,
+            config.expert_size,
+            config.group_size,
+            tokens_per_expert=config.ec_tokens_per_expert,
+            init_scale=config.init_scale,
+        )
+    raise ValueError(
+        f"feed-forward kind {kind!r} is not supported; allowed values: dense, mot, token_choice, expert_choice."
+    )
 
 
 class Block(nn.Module):
@@ -62,13 +131,13 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, ffn_kind: str) -> None:
         super().__init__()
-        self.attn_norm = nn.LayerNorm(config.d_model)
+        self.attn_norm = LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config.d_model, config.n_heads)
-        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn_norm = LayerNorm(config.d_model)
         self.ffn = build_ffn(ffn_kind, config)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD))
+    def forward(self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cache)
         return x_BSD + self.ffn(self.ffn_norm(x_BSD))
 
 
@@ -91,7 +160,7 @@ class Transformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
         self.blocks = nn.ModuleList(Block(config, kind) for kind in config.block_ffn_kinds())
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.final_norm = LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
@@ -113,14 +182,20 @@ class Transformer(nn.Module):
             elif isinstance(module, MixtureOfTokens):
                 module.reset_parameters()
 
-    def forward(self, ids_BS: torch.Tensor, targets_BS: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, ids_BS: torch.Tensor, targets_BS: torch.Tensor | None = None, *, cache: KVCache | None = None
+    ) -> ModelOutput:
+        """With `cache`, ids are the next positions after `cache.length` (incremental decoding); the cache grows."""
         batch, seq_len = ids_BS.shape
-        if seq_len > self.config.max_seq_len:
-            raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.config.max_seq_len}.")
-        positions_S = torch.arange(seq_len, device=ids_BS.device)
+        start = cache.length if cache is not None else 0
+        if start + seq_len > self.config.max_seq_len:
+            raise ValueError(f"sequence length {start + seq_len} exceeds max_seq_len={self.config.max_seq_len}.")
+        positions_S = torch.arange(start, start + seq_len, device=ids_BS.device)
         x_BSD = self.token_embedding(ids_BS) + self.position_embedding(positions_S)
-        for block in self.blocks:
-            x_BSD = block(x_BSD)
+        for index, block in enumerate(self.blocks):
+            x_BSD = block(x_BSD) if cache is None else block(x_BSD, cache.layers[index])
+        if cache is not None:
+            cache.length += seq_len
         logits_BSV = self.head(self.final_norm(x_BSD))
         if targets_BS is None:
             return ModelOutput(logits=logits_BSV)

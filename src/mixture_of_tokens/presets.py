@@ -51,6 +51,20 @@ PRESETS: dict[str, Preset] = {
             _mot(_TINY, "/8E", "second-half"),
             _TINY_TRAIN,
         ),
+        Preset(
+            "tiny-token-choice",
+            "tiny-mot's layout with Token Choice (Switch top-1, E = 8 experts of width d_ff, capacity 1.25, "
+            "batch-wide routing, load balancing 0.01): the FLOPs of tiny-dense",
+            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn="token_choice", top_k=1),
+            _TINY_TRAIN,
+        ),
+        Preset(
+            "tiny-expert-choice",
+            "tiny-mot's layout with Expert Choice (E = 8 experts of width d_ff, one token per expert per group of 8): "
+            "the FLOPs of tiny-dense",
+            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn="expert_choice", ec_tokens_per_expert=1),
+            _TINY_TRAIN,
+        ),
         Preset("transformer-medium", "paper: Transformer-Medium", _MEDIUM, _paper_train(7e-4)),
         Preset("mot-medium-32e", "paper: MoT-Medium/32E", _mot(_MEDIUM, "/32E", "second-half"), _paper_train(7e-4)),
         Preset(

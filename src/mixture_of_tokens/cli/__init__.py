@@ -6,9 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import compare, demo, presets, train
+from . import audit, compare, data, demo, presets, scaling, train
+from . import eval as eval_command
+from . import generate as generate_command
 
-COMMAND_MODULES = (train, demo, compare, presets)
+COMMAND_MODULES = (train, demo, compare, presets, scaling, eval_command, generate_command, data, audit)
 
 
 class UserError(Exception):

@@ -37,7 +37,7 @@ def add_config_fields(parser: argparse.ArgumentParser, cls: type, title: str) ->
 
 
 def add_preset_and_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)}")
     add_config_fields(parser, ModelConfig, "model (overrides the preset)")
     add_config_fields(parser, TrainConfig, "training (overrides the preset)")
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BatchSampler", "eval_batches", "unigram_entropy"]
+__all__ = ["BatchSampler", "entropy_from_counts", "eval_batches", "unigram_entropy"]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -98,6 +98,11 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     counts = np.bincount(np.asarray(tokens), minlength=vocab_size)
     if counts.size > vocab_size:
         raise ValueError(f"tokens contain id {counts.size - 1}, outside vocab_size {vocab_size}.")
-    probabilities = counts[counts > 0] / len(tokens)
+    return entropy_from_counts(counts)
+
+
+def entropy_from_counts(counts: np.ndarray) -> float:
+    """Entropy in nats of the distribution proportional to non-negative `counts` (at least one positive)."""
+    probabilities = counts[counts > 0] / counts.sum()
     entropy = float(-(probabilities * np.log(probabilities)).sum())
     return 0.0 if math.isclose(entropy, 0.0, abs_tol=1e-12) else entropy

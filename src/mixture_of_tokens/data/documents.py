@@ -26,6 +26,7 @@ class SkipCounts:
     invalid_json_lines: int = 0
     missing_text_lines: int = 0  # valid JSON without a string "text" field
     empty_documents: int = 0  # a JSONL record whose text is blank
+    untagged_words: int = 0  # Brown tokens without a /tag (kept as they are)
 
     def to_dict(self) -> dict[str, int]:
         """Plain dict for manifests."""
@@ -36,6 +37,11 @@ class SkipCounts:
         """Inverse of to_dict; unknown keys are ignored so old manifests still load."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: int(v) for k, v in values.items() if k in names})
+
+    def add(self, other: SkipCounts) -> None:
+        """Add another loader's counts (sources combined with '+')."""
+        for name, value in other.to_dict().items():
+            setattr(self, name, getattr(self, name) + value)
 
     def total(self) -> int:
         """Number of problems seen (files and lines)."""

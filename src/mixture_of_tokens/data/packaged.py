@@ -85,9 +85,7 @@ def fetch_package(package: NpmPackage, cache_dir: Path | None = None) -> Path:
     npm_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=npm_dir) as tmp:
         spec = f"{package.name}@{package.version}"
-        result = subprocess.run(
-            [npm, "pack", spec, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=600
-        )
+        result = subprocess.run([npm, "pack", spec, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=600)
         fetched = Path(tmp) / package.tgz_name
         if result.returncode != 0 or not fetched.is_file():
             detail = (result.stderr or result.stdout).strip()[-500:]

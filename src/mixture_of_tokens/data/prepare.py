@@ -1,23 +1,30 @@
 """From a source string to ready token arrays, reusing every cached step whose inputs did not change.
 
-Cache layout: `<cache_dir>/<source-slug>/bpe-<vocab>/{tokenizer.json, tokenizer.source.json,
-train.bin, train.json, eval.bin, eval.json}`. The tokenizer is trained on the train split only.
+Cache layout: `<cache_dir>/<source-slug>/<bpe-VOCAB | gpt2>/{tokenizer.json, tokenizer.source.json,
+train.bin, train.json, eval.bin, eval.json}`. A BPE is trained on the train split only (for a streaming
+source: on its first BPE_SAMPLE_CHARS characters of train documents); GPT-2 needs no training.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .documents import SkipCounts, SplitDocuments, default_cache_dir
-from .sources import load_splits, source_fingerprint, source_slug
+from .gpt2 import load_gpt2
+from .sources import is_streaming, load_splits, source_fingerprint, source_slug
+from .streaming import open_stream, parse_stream_source, route_documents
 from .token_file import (
+    TokenFileWriter,
     build_token_file,
+    encode_documents,
     expected_manifest,
     load_token_file,
     read_manifest,
@@ -25,7 +32,13 @@ from .token_file import (
 )
 from .tokenizer import BPETokenizer, Tokenizer, train_bpe
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["PreparedData", "prepare_data", "TOKENIZERS", "DEFAULT_STREAM_MAX_TOKENS", "tokenizer_directory"]
+
+TOKENIZERS = ("bpe", "gpt2")
+DEFAULT_STREAM_MAX_TOKENS = 20_000_000  # train tokens taken from a streaming source unless told otherwise
+EVAL_FRACTION = 20  # a streaming source's eval budget is 1/20 of its train budget
+BPE_SAMPLE_CHARS = 20_000_000
+_STREAM_CHUNK_CHARS = 1 << 20
 
 
 @dataclass
@@ -39,9 +52,13 @@ class PreparedData:
     skipped: SkipCounts
 
 
-def _load_or_train_tokenizer(
-    directory: Path, fingerprint: str, vocab_size: int, splits: _LazySplits
-) -> BPETokenizer:
+def tokenizer_directory(tokenizer: str, vocab_size: int) -> str:
+    """Name of the cache sub-directory of one tokenizer: 'bpe-8192' or 'gpt2'."""
+    return "gpt2" if tokenizer == "gpt2" else f"bpe-{vocab_size}"
+
+
+def _load_or_train_bpe(directory: Path, fingerprint: str, vocab_size: int, texts: Iterable[str]) -> BPETokenizer:
+    """Reuse the BPE trained on the same source and vocab; `texts` is only consumed when training."""
     tokenizer_path = directory / "tokenizer.json"
     stamp_path = directory / "tokenizer.source.json"
     stamp = {"source_fingerprint": fingerprint, "vocab_size": vocab_size}
@@ -50,13 +67,13 @@ def _load_or_train_tokenizer(
             return BPETokenizer.load(tokenizer_path)
     except (OSError, ValueError):
         pass
-    tokenizer = train_bpe((d.text for d in splits.get().train), vocab_size, tokenizer_path)
+    tokenizer = train_bpe(texts, vocab_size, tokenizer_path)
     stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return tokenizer
 
 
 class _LazySplits:
-    """Reads the source at most once, and only when something has to be (re)built."""
+    """Reads an in-memory source at most once, and only when something has to be (re)built."""
 
     def __init__(self, source: str, cache_dir: Path) -> None:
         self.source = source
@@ -72,50 +89,205 @@ class _LazySplits:
             self._splits = load_splits(self.source, self.cache_dir)
         return self._splits
 
+    def train_texts(self) -> Iterable[str]:
+        return (d.text for d in self.get().train)
+
+
+def _check_settings(
+    source: str, tokenizer: str, max_tokens: int | None, max_documents: int | None, shuffle_buffer: int
+) -> None:
+    """Every bad setting fails here, before anything is read, downloaded or written."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}.")
+    streaming = is_streaming(source)  # also rejects unknown sources
+    for name, value in (("max_tokens", max_tokens), ("max_documents", max_documents)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer or unset, got {value!r}.")
+        if not streaming:
+            raise ValueError(f"{name} applies to streaming sources (c4, c4:PATH, hf:NAME) only, not {source!r}.")
+    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be a positive integer, got {shuffle_buffer!r}.")
+
+
+def _stream_texts(source: str, seed: int, shuffle_buffer: int) -> Iterable[str]:
+    """Train texts of a streaming source, up to BPE_SAMPLE_CHARS characters, for training a BPE."""
+    stream = parse_stream_source(source)
+    assert stream is not None
+    train, held = open_stream(stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=SkipCounts())
+    chars = [0]  # a cell the `full` callback reads
+    for split, document in route_documents(train, held, lambda _split: chars[0] >= BPE_SAMPLE_CHARS):
+        if split == "train":
+            chars[0] += len(document.text)
+            yield document.text
+
+
+def _write_routed(
+    pending: list[tuple[str, str]],
+    tokenizer: Tokenizer,
+    writers: dict[str, TokenFileWriter],
+    full: Callable[[str], bool],
+    bar: tqdm,
+) -> None:
+    """Encode a chunk of (split, text) in one batch; write each whole document while its split has room."""
+    encoded, ends = encode_documents(tokenizer, [text for _, text in pending])
+    owners = iter(split for split, _ in pending)
+    start = 0
+    for index, end in enumerate(ends):
+        if not end:
+            continue
+        split = next(owners)  # pieces start..index are one whole document
+        if not full(split):
+            before = writers[split].n_tokens
+            writers[split].write_pieces(encoded[start : index + 1], ends[start : index + 1])
+            bar.update(writers[split].n_tokens - before)
+        start = index + 1
+
+
+def _build_streamed(
+    source: str,
+    tokenizer: Tokenizer,
+    directory: Path,
+    budgets: dict[str, dict[str, int | None]],
+    extra: dict[str, Any],
+    *,
+    seed: int,
+    shuffle_buffer: int,
+    progress: bool,
+) -> None:
+    """One pass over the stream, writing train.bin and eval.bin until their budgets are met."""
+    stream = parse_stream_source(source)
+    assert stream is not None
+    skipped = SkipCounts()
+    train, held = open_stream(stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=skipped)
+    writers = {split: TokenFileWriter(directory / f"{split}.bin", tokenizer) for split in ("train", "eval")}
+
+    def full(split: str) -> bool:
+        writer, budget = writers[split], budgets[split]
+        return writer.n_tokens >= (budget["max_tokens"] or 0) or (
+            budget["max_documents"] is not None and writer.n_documents >= budget["max_documents"]
+        )
+
+    total = sum(b["max_tokens"] or 0 for b in budgets.values())
+    bar = tqdm(total=total, desc=f"tokenising {source}", unit="tok", unit_scale=True, disable=not progress)
+    try:
+        pending: list[tuple[str, str]] = []
+        pending_chars = 0
+        routed = route_documents(train, held, full)
+        while True:
+            item = next(routed, None)
+            if item is not None:
+                pending.append((item[0], item[1].text))
+                pending_chars += len(item[1].text)
+                if pending_chars < _STREAM_CHUNK_CHARS:
+                    continue
+            _write_routed(pending, tokenizer, writers, full, bar)
+            pending, pending_chars = [], 0
+            if item is None or (full("train") and full("eval")):
+                break
+        exhausted = not (full("train") and full("eval"))
+        for split, writer in writers.items():
+            if writer.n_tokens == 0:
+                raise ValueError(f"{source} gave no usable {split} documents (skipped: {skipped.summary()}).")
+        for split, writer in writers.items():
+            info = {"split": split, "stream_exhausted": exhausted, "skipped": skipped.to_dict()}
+            writer.finish({**extra, **budgets[split], **info})
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+
 
 def prepare_data(
-    source: str = "packaged", vocab_size: int = 8192, cache_dir: Path | None = None, progress: bool = True
+    source: str = "packaged",
+    vocab_size: int = 8192,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    *,
+    tokenizer: str = "bpe",
+    max_tokens: int | None = None,
+    max_documents: int | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
 ) -> PreparedData:
-    """Load documents, train or reuse the BPE, build or reuse train.bin / eval.bin; print one summary line."""
+    """Load documents, train or reuse the tokenizer, build or reuse train.bin / eval.bin; print one summary line.
+
+    `tokenizer`: "bpe" (trained on the source, `vocab_size` tokens) or "gpt2" (50,257 tokens; `vocab_size`
+    is ignored). Streaming sources only: `max_tokens` / `max_documents` bound the train split (eval gets
+    1/20 of each); unset means "reuse whatever is prepared for this source, else DEFAULT_STREAM_MAX_TOKENS";
+    `seed` and `shuffle_buffer` set the shuffle of the train stream.
+    """
+    _check_settings(source, tokenizer, max_tokens, max_documents, shuffle_buffer)
     started = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = source_fingerprint(source)
-    directory = cache_dir / source_slug(source) / f"bpe-{vocab_size}"
+    directory = cache_dir / source_slug(source) / tokenizer_directory(tokenizer, vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
+    streaming = is_streaming(source)
     splits = _LazySplits(source, cache_dir)
-    tokenizer = _load_or_train_tokenizer(directory, fingerprint, vocab_size, splits)
 
-    manifests: dict[str, dict[str, Any]] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for split in ("train", "eval"):
-        path = directory / f"{split}.bin"
-        extra = {"source": source, "source_fingerprint": fingerprint, "split": split}
-        if token_file_is_current(path, expected_manifest(tokenizer, extra)):
-            arrays[split] = load_token_file(path)
-        else:
-            loaded = splits.get()
-            documents = loaded.train if split == "train" else loaded.eval
-            extra["skipped"] = loaded.skipped.to_dict()
-            arrays[split] = build_token_file(documents, tokenizer, path, extra, progress=progress)
-        manifests[split] = read_manifest(path) or {}
+    if tokenizer == "gpt2":
+        loaded_tokenizer: Tokenizer = load_gpt2()
+    else:
+        texts = _stream_texts(source, seed, shuffle_buffer) if streaming else splits.train_texts()
+        loaded_tokenizer = _load_or_train_bpe(directory, fingerprint, vocab_size, texts)
+
+    extra: dict[str, Any] = {"source": source, "source_fingerprint": fingerprint}
+    budgets: dict[str, dict[str, int | None]] = {}
+    if streaming:
+        extra.update(seed=seed, shuffle_buffer=shuffle_buffer)
+        train_tokens = max_tokens or DEFAULT_STREAM_MAX_TOKENS
+        budgets["train"] = {"max_tokens": train_tokens, "max_documents": max_documents}
+        budgets["eval"] = {
+            "max_tokens": max(1, train_tokens // EVAL_FRACTION),
+            "max_documents": None if max_documents is None else max(1, max_documents // EVAL_FRACTION),
+        }
+
+    def current(split: str) -> bool:
+        wanted = {**extra, "split": split}
+        if max_tokens is not None or max_documents is not None:
+            wanted.update(budgets[split])  # an explicit budget must match; unset reuses any
+        return token_file_is_current(directory / f"{split}.bin", expected_manifest(loaded_tokenizer, wanted))
+
+    built = False
+    if streaming:
+        if not (current("train") and current("eval")):
+            stream_args = {"seed": seed, "shuffle_buffer": shuffle_buffer, "progress": progress}
+            _build_streamed(source, loaded_tokenizer, directory, budgets, extra, **stream_args)
+            built = True
+    else:
+        for split in ("train", "eval"):
+            if not current(split):
+                loaded = splits.get()
+                documents = loaded.train if split == "train" else loaded.eval
+                split_extra = {**extra, "split": split, "skipped": loaded.skipped.to_dict()}
+                build_token_file(
+                    documents, loaded_tokenizer, directory / f"{split}.bin", split_extra, progress=progress
+                )
+                built = True
+    arrays = {split: load_token_file(directory / f"{split}.bin") for split in ("train", "eval")}
+    manifests = {split: read_manifest(directory / f"{split}.bin") or {} for split in ("train", "eval")}
 
     skipped = SkipCounts.from_dict(manifests["train"].get("skipped", {}))
     manifest = {
         "source": source,
         "source_fingerprint": fingerprint,
-        "tokenizer": tokenizer.name,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
+        "tokenizer": loaded_tokenizer.name,
+        "tokenizer_fingerprint": loaded_tokenizer.fingerprint(),
+        "vocab_size": loaded_tokenizer.vocab_size,
         "directory": str(directory),
         "train": manifests["train"],
         "eval": manifests["eval"],
     }
     if progress:
-        reused = "built" if splits.loaded else "cached"
         train, held = manifests["train"], manifests["eval"]
         print(
             f"data {source}: train {train.get('n_documents')} docs / {len(arrays['train']):,} tokens, "
             f"eval {held.get('n_documents')} docs / {len(arrays['eval']):,} tokens, "
-            f"{tokenizer.name}, skipped: {skipped.summary()} ({reused}, {time.perf_counter() - started:.1f}s)"
+            f"{loaded_tokenizer.name}, skipped: {skipped.summary()} "
+            f"({'built' if built else 'cached'}, {time.perf_counter() - started:.1f}s)"
         )
-    return PreparedData(arrays["train"], arrays["eval"], tokenizer, manifest, skipped)
+    return PreparedData(arrays["train"], arrays["eval"], loaded_tokenizer, manifest, skipped)

@@ -1,7 +1,10 @@
 """One entry point for every text source, chosen by a string such as "packaged" or "text:PATH".
 
-`text:` sources hold out every 10th document (sorted by name) for evaluation; malformed input is
-skipped and counted, never fatal, so one bad line in a large JSONL file does not stop a run.
+In-memory sources ("packaged", "packaged+brown", "brown", "text:PATH") are read whole by `load_splits`;
+streaming sources ("c4", "c4:PATH", "hf:NAME[:CONFIG]", see streaming.py) are read by `prepare_data`
+up to a token budget. `text:` sources hold out every 10th document (sorted by name) for evaluation;
+malformed input is skipped and counted, never fatal, so one bad line in a large JSONL file does not
+stop a run.
 """
 
 from __future__ import annotations
@@ -13,23 +16,40 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from .brown import BROWN, BROWN_FORMAT, brown_splits
 from .documents import Document, SkipCounts, SplitDocuments
 from .packaged import packaged_fingerprint, packaged_splits
+from .streaming import parse_stream_source, stream_fingerprint
 
-__all__ = ["load_documents", "load_splits", "source_fingerprint", "source_slug", "SOURCE_FORMS"]
+__all__ = ["is_streaming", "load_documents", "load_splits", "source_fingerprint", "source_slug", "SOURCE_FORMS"]
 
-SOURCE_FORMS = "'packaged' or 'text:PATH' (PATH: a file, glob or directory of .txt, .jsonl or .gz of either)"
+SOURCE_FORMS = (
+    "'packaged', 'packaged+brown', 'brown', 'text:PATH' (a file, glob or directory of .txt, .jsonl or .gz of "
+    "either), 'c4', 'c4:PATH' (local C4 .json/.jsonl files) or 'hf:NAME[:CONFIG]'"
+)
+_PACKAGED_KINDS = ("packaged", "packaged+brown", "brown")
 TEXT_FORMAT = 1  # bump when reading or splitting of text: sources changes
 EVAL_EVERY = 10
 _SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz", ".gz")
 
 
 def _parse(source: str) -> tuple[str, str]:
-    if source == "packaged":
-        return "packaged", ""
+    if source in _PACKAGED_KINDS:
+        return source, ""
     if source.startswith("text:") and source[len("text:") :].strip():
         return "text", source[len("text:") :].strip()
+    if source == "c4" or source.startswith(("c4:", "hf:")):
+        return "stream", source
     raise ValueError(f"Unknown data source {source!r}: use {SOURCE_FORMS}.")
+
+
+def is_streaming(source: str) -> bool:
+    """True for sources read through HF datasets up to a budget (c4, c4:PATH, hf:NAME)."""
+    return _parse(source)[0] == "stream"
+
+
+def _brown_fingerprint() -> str:
+    return f"{BROWN.name}@{BROWN.version}:{BROWN.sha256}|brown-format={BROWN_FORMAT}"
 
 
 def _supported(path: Path) -> bool:
@@ -60,6 +80,11 @@ def source_fingerprint(source: str) -> str:
     kind, spec = _parse(source)
     if kind == "packaged":
         return packaged_fingerprint()
+    if kind in ("brown", "packaged+brown"):
+        parts = [packaged_fingerprint()] if kind == "packaged+brown" else []
+        return hashlib.sha256("|".join([*parts, _brown_fingerprint()]).encode()).hexdigest()
+    if kind == "stream":
+        return stream_fingerprint(parse_stream_source(source))  # type: ignore[arg-type]
     digest = hashlib.sha256(f"text-format={TEXT_FORMAT}".encode())
     for path in _text_files(spec):
         stat = path.stat()
@@ -68,10 +93,16 @@ def source_fingerprint(source: str) -> str:
 
 
 def source_slug(source: str) -> str:
-    """Directory name for a source's cache: 'packaged' or 'text-<name>-<hash of the spec>'."""
+    """Directory name for a source's cache: 'packaged', 'c4' or '<kind>-<name>-<hash of the spec>'."""
     kind, spec = _parse(source)
-    if kind == "packaged":
-        return "packaged"
+    if kind in _PACKAGED_KINDS:
+        return kind.replace("+", "-")
+    if source == "c4":
+        return "c4"
+    if kind == "stream":
+        prefix, _, rest = source.partition(":")
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(rest).name)[:40] or prefix
+        return f"{prefix}-{stem}-{hashlib.sha256(source.encode()).hexdigest()[:10]}"
     resolved = str(Path(spec).expanduser().resolve()) if "*" not in spec else str(Path(spec).expanduser())
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)[:40] or "text"
     return f"text-{stem}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
@@ -162,6 +193,15 @@ def load_splits(source: str, cache_dir: Path | None = None) -> SplitDocuments:
     kind, spec = _parse(source)
     if kind == "packaged":
         return packaged_splits(cache_dir)
+    if kind in ("brown", "packaged+brown"):
+        brown = brown_splits(cache_dir)
+        if kind == "brown":
+            return brown
+        splits = packaged_splits(cache_dir)
+        splits.skipped.add(brown.skipped)
+        return SplitDocuments(splits.train + brown.train, splits.eval + brown.eval, splits.skipped)
+    if kind == "stream":
+        raise ValueError(f"{source} is a streaming source: read it through prepare_data (mot data prepare).")
     skipped = SkipCounts()
     documents = _read_text_documents(spec, skipped)
     if not documents:
@@ -175,10 +215,8 @@ def load_splits(source: str, cache_dir: Path | None = None) -> SplitDocuments:
     return SplitDocuments(train=train, eval=held, skipped=skipped)
 
 
-def load_documents(
-    source: str, split: Literal["train", "eval"], cache_dir: Path | None = None
-) -> list[Document]:
-    """Documents of one split of `source` ('packaged' or 'text:PATH'); see `load_splits` for skip counts."""
+def load_documents(source: str, split: Literal["train", "eval"], cache_dir: Path | None = None) -> list[Document]:
+    """Documents of one split of an in-memory source; see `load_splits` for skip counts."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
     splits = load_splits(source, cache_dir)

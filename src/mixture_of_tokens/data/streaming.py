@@ -1,0 +1,175 @@
+"""Streaming sources (C4, any HF text dataset) read through HF `datasets`, tokenised up to a budget.
+
+The paper trains on C4 English (`allenai/c4`, config `en`); 10B tokens cannot be held in memory, so a
+streaming source is read one pass, shuffled with a seeded buffer, and tokenised straight into the token
+files until `max_tokens` train tokens (or `max_documents` documents) are written. Training then samples
+from those files, so its position is resumable by step like any other source (see batches.py).
+
+Source strings:
+  c4              `allenai/c4` config `en` from the hub; eval documents from its validation split.
+  c4:PATH         local JSON-lines files in the C4 schema (text, timestamp, url), e.g. downloaded C4 shards
+                  (.json, .jsonl, optionally .gz; a file, glob or directory). Files named *validation* are
+                  the eval split; without them the eval split is a held-out slice of the train stream.
+  hf:NAME[:CONFIG] any HF dataset with a string `text` column (a hub name or a local directory); eval from
+                  its validation split when it has one, else a held-out slice.
+Held-out slice: every 10th document of the shuffled train stream goes to eval until eval is full.
+Records whose text is missing, not a string or blank are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .documents import Document, SkipCounts
+
+__all__ = ["StreamSource", "parse_stream_source", "open_stream", "stream_fingerprint", "import_datasets"]
+
+STREAM_FORMAT = 1  # bump when reading, shuffling or routing changes
+EVAL_EVERY = 10
+C4_HUB_NAME, C4_CONFIG = "allenai/c4", "en"
+_JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+def import_datasets() -> Any:
+    """HF `datasets`, imported only when a streaming source is used (it is heavy and optional)."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise RuntimeError(
+            "Sources 'c4' and 'hf:' need the HF datasets package: pip install 'mixture-of-tokens[c4]'."
+        ) from error
+    return datasets
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """How to open one streaming source with `datasets.load_dataset`."""
+
+    source: str
+    path: str  # the dataset name, a local directory, or "json" for local C4 files
+    config: str | None = None
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()
+
+    @property
+    def local_files(self) -> tuple[str, ...]:
+        return self.train_files + self.eval_files
+
+
+def _c4_files(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [p for p in path.rglob("*") if p.is_file()]
+    else:
+        candidates = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+    files = sorted(str(p.resolve()) for p in candidates if p.name.lower().endswith(_JSON_SUFFIXES))
+    if not files:
+        raise ValueError(f"c4:{spec} matched no .json/.jsonl files (optionally .gz); give a file, glob or directory.")
+    is_eval = ["validation" in Path(f).name.lower() for f in files]
+    train = tuple(f for f, held in zip(files, is_eval, strict=True) if not held)
+    if not train:
+        raise ValueError(f"c4:{spec} matched only validation files; it needs train files too.")
+    return train, tuple(f for f, held in zip(files, is_eval, strict=True) if held)
+
+
+def parse_stream_source(source: str) -> StreamSource | None:
+    """The streaming source a string names, or None when it is not a streaming source."""
+    if source == "c4":
+        return StreamSource(source, C4_HUB_NAME, C4_CONFIG)
+    if source.startswith("c4:"):
+        spec = source[len("c4:") :].strip()
+        if not spec:
+            raise ValueError("c4:PATH needs a PATH of C4-style .json/.jsonl files; use 'c4' for the hub.")
+        train, held = _c4_files(spec)
+        return StreamSource(source, "json", None, train, held)
+    if source.startswith("hf:"):
+        name, _, config = source[len("hf:") :].partition(":")
+        if not name.strip():
+            raise ValueError(f"{source!r} names no dataset: use hf:NAME or hf:NAME:CONFIG.")
+        return StreamSource(source, name.strip(), config.strip() or None)
+    return None
+
+
+def stream_fingerprint(stream: StreamSource) -> str:
+    """Identity of the data read: the name and config, plus paths, sizes and mtimes of local files."""
+    digest = hashlib.sha256(f"stream-format={STREAM_FORMAT}|{stream.path}|{stream.config}".encode())
+    local = list(stream.local_files)
+    if not local and Path(stream.path).expanduser().is_dir():  # hf: with a local dataset directory
+        local = sorted(str(p.resolve()) for p in Path(stream.path).expanduser().rglob("*") if p.is_file())
+    for name in local:
+        stat = Path(name).stat()
+        digest.update(f"|{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _documents(records: Any, split: str, skipped: SkipCounts) -> Iterator[Document]:
+    for index, record in enumerate(records):
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            skipped.missing_text_lines += 1
+        elif not text.strip():
+            skipped.empty_documents += 1
+        else:
+            yield Document(str(record.get("url") or f"{split}:{index:09d}"), text)
+
+
+def open_stream(
+    stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts
+) -> tuple[Iterator[Document], Iterator[Document] | None]:
+    """(shuffled train documents, eval documents or None when the eval split is a held-out slice)."""
+    datasets = import_datasets()
+    try:
+        if stream.path == "json":
+            data_files = {"train": list(stream.train_files)}
+            if stream.eval_files:
+                data_files["validation"] = list(stream.eval_files)
+            splits = datasets.load_dataset("json", data_files=data_files, streaming=True)
+        else:
+            splits = datasets.load_dataset(stream.path, stream.config, streaming=True)
+    except (ConnectionError, OSError) as error:  # hub unreachable, dataset or config not found
+        raise RuntimeError(
+            f"HF datasets could not open {stream.source} ({error}); hub datasets need access to huggingface.co, "
+            "local C4 files can be read with c4:PATH."
+        ) from error
+    if "train" not in splits:
+        raise ValueError(f"{stream.source} has no 'train' split (it has: {', '.join(splits)}).")
+    train = splits["train"].shuffle(seed=seed, buffer_size=shuffle_buffer)
+    held = splits["validation"] if "validation" in splits else None
+    return (
+        _documents(train, "train", skipped),
+        None if held is None else _documents(held, "validation", skipped),
+    )
+
+
+def route_documents(
+    train: Iterator[Document], held: Iterator[Document] | None, full: Callable[[str], bool]
+) -> Iterator[tuple[str, Document]]:
+    """("train" | "eval", document) pairs until both splits are full (`full(split)`) or the stream ends.
+
+    With no eval stream, every 10th train document is held out until the eval split is full, so no
+    document is in both splits.
+    """
+    if held is not None:
+        for document in held:
+            if full("eval"):
+                break
+            yield "eval", document
+        for document in train:
+            if full("train"):
+                break
+            yield "train", document
+        return
+    for index, document in enumerate(train):
+        if full("train") and full("eval"):
+            break
+        if index % EVAL_EVERY == EVAL_EVERY - 1 and not full("eval"):
+            yield "eval", document
+        elif not full("train"):
+            yield "train", document

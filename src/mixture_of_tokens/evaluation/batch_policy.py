@@ -1,0 +1,119 @@
+"""How queries are put into batches when a model's output for one row depends on the other rows.
+
+MoT mixes tokens across the examples of a group, so a score measured in a batch depends on what else is in that
+batch. Three policies make that explicit:
+
+    plain     batch-independent models (dense feed-forward everywhere): queries are batched freely.
+    protocol  the paper's protocol (METHOD.md §5): every query is scored alone in a batch of `rows` sequences
+              (32 by default, a multiple of the group size); the other rows are random training-set sequences cut
+              to the query's length, the query sits in one random row, and only that row counts.
+    discrete  the same isolated batches with argmax routing (`mot_mode(routing="discrete")`). The argmax is still
+              taken over the group, so a discrete score still depends on the other rows: it is isolated like
+              `protocol`, not batched freely.
+
+The filler rows and the query's row come from a generator seeded by (seed, a hash of the query's identity), e.g.
+task + doc id + choice, never by its position in a file: a query's score does not depend on the other queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..layers import check_group_size
+from ..model import mot_mode
+
+POLICIES: tuple[str, ...] = ("auto", "plain", "protocol", "discrete")
+BATCH_INDEPENDENT_KINDS: frozenset[str] = frozenset({"dense"})
+DEFAULT_PROTOCOL_ROWS = 32
+
+
+def is_batch_dependent(config: ModelConfig) -> bool:
+    """True when any block's feed-forward mixes or routes across the batch (every kind but dense, to be safe)."""
+    return any(kind not in BATCH_INDEPENDENT_KINDS for kind in config.block_ffn_kinds())
+
+
+def query_seed(seed: int, *identity: object) -> list[int]:
+    """A generator seed from the run seed and a query's identity (stable across runs and processes)."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in identity).encode()).digest()
+    return [int(seed), *np.frombuffer(digest[:16], dtype=np.uint32).tolist()]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The resolved policy: `name` is plain | protocol | discrete; `rows` is the isolated batch size."""
+
+    name: str
+    rows: int = DEFAULT_PROTOCOL_ROWS
+    seed: int = 0
+    group_size: int | None = None
+
+    @property
+    def isolated(self) -> bool:
+        return self.name in ("protocol", "discrete")
+
+    def describe(self) -> str:
+        if self.name == "plain":
+            return "plain batches (the model is batch-independent)"
+        routing = "argmax (discrete) routing" if self.name == "discrete" else "trained routing"
+        return (
+            f"{self.name}: each query alone in a batch of {self.rows} (group size {self.group_size}), "
+            f"{self.rows - 1} training-set filler rows, {routing}, seed {self.seed}"
+        )
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """The model in the policy's routing mode for the duration of the block."""
+        if self.name == "discrete":
+            with mot_mode(model, routing="discrete"):
+                yield
+        else:
+            yield
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "rows": self.rows, "seed": self.seed, "group_size": self.group_size}
+
+
+def resolve_policy(config: ModelConfig, name: str = "auto", *, rows: int = DEFAULT_PROTOCOL_ROWS, seed: int = 0):
+    """Pick the policy for a model: `auto` is protocol for batch-dependent models and plain otherwise."""
+    if name not in POLICIES:
+        raise ValueError(f"mot-eval={name!r} is not supported; allowed values: {', '.join(POLICIES)}.")
+    dependent = is_batch_dependent(config)
+    if name == "auto":
+        name = "protocol" if dependent else "plain"
+    if not dependent:
+        if name != "plain":
+            raise ValueError(f"mot-eval={name!r} needs a batch-dependent (MoT) model; this model allows: plain.")
+        return BatchPolicy("plain", rows=rows, seed=seed)
+    if name == "plain":
+        raise ValueError(
+            "mot-eval='plain' would let one query's score depend on the others in its batch; "
+            "allowed values for this model: auto, protocol, discrete."
+        )
+    try:
+        check_group_size(rows, config.group_size)
+    except ValueError as error:
+        raise ValueError(f"protocol-rows={rows}: {error}") from None
+    return BatchPolicy(name, rows=rows, seed=seed, group_size=config.group_size)
+
+
+def isolated_batch(
+    query_ids: list[int], filler_tokens: np.ndarray, policy: BatchPolicy, identity: tuple[object, ...]
+) -> tuple[torch.Tensor, int]:
+    """ids[rows, len(query)] with the query in one seeded random row and filler windows elsewhere; and that row."""
+    length = len(query_ids)
+    if len(filler_tokens) < length + 1:
+        raise ValueError(f"the filler text has {len(filler_tokens)} tokens, fewer than the query's {length}.")
+    generator = np.random.default_rng(query_seed(policy.seed, *identity))
+    row = int(generator.integers(0, policy.rows))
+    starts = generator.integers(0, len(filler_tokens) - length, size=policy.rows)
+    ids = np.asarray(filler_tokens[starts[:, None] + np.arange(length)], dtype=np.int64)
+    ids[row] = query_ids
+    return torch.from_numpy(ids), row

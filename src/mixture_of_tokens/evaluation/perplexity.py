@@ -1,0 +1,75 @@
+"""Held-out loss and perplexity, and for MoT the same batches in its other evaluation modes (METHOD.md §1):
+discrete (argmax) routing and other group sizes, each reported separately."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ModelConfig
+from ..model import Transformer, mot_mode
+
+__all__ = ["EvalMode", "LossResult", "eval_modes", "evaluate_modes"]
+
+
+@dataclass(frozen=True)
+class EvalMode:
+    """A named MoT evaluation mode: group size and routing (None: as trained)."""
+
+    name: str
+    group_size: int | None = None
+    routing: str | None = None
+
+
+@dataclass
+class LossResult:
+    mode: EvalMode
+    loss: float
+    n_tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss) if self.loss < 700 else float("inf")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode.name,
+            "group_size": self.mode.group_size,
+            "routing": self.mode.routing,
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "tokens": self.n_tokens,
+        }
+
+
+def eval_modes(config: ModelConfig, batch_size: int) -> list[EvalMode]:
+    """As trained; for MoT also discrete routing and group sizes 1, G/4, 2G (those dividing the batch)."""
+    trained = EvalMode("trained")
+    if "mot" not in config.block_ffn_kinds():
+        return [trained]
+    group = config.group_size
+    modes = [EvalMode(f"trained (G={group}, {config.mot_routing})"), EvalMode(f"discrete G={group}", None, "discrete")]
+    for size in dict.fromkeys((1, group // 4, 2 * group)):
+        if size >= 1 and size != group and batch_size % size == 0:
+            modes.append(EvalMode(f"G={size}", size))
+    return modes
+
+
+@torch.no_grad()
+def evaluate_modes(
+    model: Transformer,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    modes: list[EvalMode],
+    device: torch.device | str = "cpu",
+) -> list[LossResult]:
+    """Mean LM loss over the same fixed batches in each mode (token-weighted; the batches have equal sizes)."""
+    model.eval()
+    results = []
+    n_tokens = sum(targets.numel() for _, targets in batches)
+    for mode in modes:
+        with mot_mode(model, group_size=mode.group_size, routing=mode.routing):
+            losses = [float(model(x.to(device), y.to(device)).lm_loss) for x, y in batches]
+        results.append(LossResult(mode, sum(losses) / len(losses), n_tokens))
+    return results

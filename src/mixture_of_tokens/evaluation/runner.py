@@ -1,0 +1,80 @@
+"""Loading a checkpoint and its text for evaluation or generation, with one-sentence errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model, load_tokenizer, read_config, write_json_atomic
+from ..config import ModelConfig, TrainConfig
+from ..data import Tokenizer, prepare_data
+from ..model import Transformer
+
+__all__ = ["LoadedCheckpoint", "load_checkpoint", "load_texts", "write_results"]
+
+
+@dataclass
+class LoadedCheckpoint:
+    directory: Path
+    model: Transformer
+    model_config: ModelConfig
+    train_config: TrainConfig
+    tokenizer: Tokenizer
+    device: torch.device
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not supported; allowed values: auto, cpu, cuda.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA device is available; allowed here: cpu, auto.")
+    return torch.device(name)
+
+
+def load_checkpoint(directory: Path | str, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedCheckpoint:
+    """Model (eval mode), configs and tokenizer of a checkpoint directory; a clear error when it is not one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} does not exist (expected a run or checkpoint directory).")
+    torch_device = _device(device)
+    read_config(directory)  # the not-a-checkpoint error comes first
+    try:
+        model, model_config, train_config = load_model(directory, device=torch_device)
+        tokenizer = load_tokenizer(directory)
+    except (FileNotFoundError, ValueError):
+        raise
+    except (TypeError, KeyError, RuntimeError, json.JSONDecodeError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"checkpoint {directory} is incompatible with this version of mixture-of-tokens ({reason})."
+        ) from None
+    if dtype is not None:
+        model = model.to(dtype)
+    return LoadedCheckpoint(directory, model, model_config, train_config, tokenizer, torch_device)
+
+
+def load_texts(loaded: LoadedCheckpoint, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(train tokens, held-out tokens) of the checkpoint's data source, encoded with the checkpoint's tokenizer."""
+    data = prepare_data(loaded.train_config.data, vocab_size=loaded.model_config.vocab_size, progress=progress)
+    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise ValueError(
+            f"the cached data for source {loaded.train_config.data!r} was encoded with another tokenizer than "
+            f"checkpoint {loaded.directory}; evaluate on the machine and data cache it was trained with."
+        )
+    return data.train_tokens, data.eval_tokens
+
+
+def write_results(directory: Path, payload: dict[str, Any], out: Path | None = None) -> Path:
+    """Write results as JSON next to the checkpoint (eval-<timestamp>.json) unless a path is given."""
+    path = Path(out) if out is not None else Path(directory) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, payload)
+    return path

@@ -1,0 +1,145 @@
+"""Expert Choice sparse MoE (Zhou et al. 2022) in same-position groups (METHOD.md §2).
+
+Axes used in tensor names:
+    B batch, S sequence position, D d_model, R rows = (group, position) pairs, G tokens per group,
+    E experts, K tokens each expert picks per group (`tokens_per_expert`).
+
+Per group of G tokens at one position (consecutive examples, as in MoT): p[t, :] = softmax over experts of
+x_t @ W_g (float32); each expert e picks the K tokens of the group with the largest p[t, e] and processes them;
+a token's update is LayerNorm(sum over the experts that picked it of p[t, e] * expert_e(x_t)); tokens no expert
+picked get a zero update. Groups never span positions, so the layer adds no future-token leakage.
+
+The LayerNorm is applied to picked tokens only: the authors' code normalises every token, so an unpicked token
+gets the LayerNorm bias; here it gets exactly zero, as METHOD.md §2 says. Ties between tokens with equal
+probabilities (e.g. E = 1, where every p is 1) go to the earlier example of the group (a stable sort).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .grouping import from_position_groups, position_groups
+from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
+from .mot import _at_least_fp32
+from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
+
+
+class ExpertChoice(nn.Module):
+    """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`; sets `stats` (no aux losses).
+
+    Args:
+        d_model: model width D.
+        n_experts: number of experts E.
+        expert_size: hidden width H of each expert.
+        group_size: tokens per group G (consecutive examples at one position); must divide the batch.
+        tokens_per_expert: tokens K each expert picks per group (1 <= K <= G; the paper: 1 of 32).
+        init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        expert_size: int,
+        group_size: int,
+        *,
+        tokens_per_expert: int = 1,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        super().__init__()
+        for setting, value in (
+            ("d_model", d_model),
+            ("n_experts", n_experts),
+            ("expert_size", expert_size),
+            ("group_size", group_size),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+        self._check_tokens_per_expert(tokens_per_expert, group_size)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}.")
+        self.d_model = d_model
+        self.n_experts = n_experts
+        self.expert_size = expert_size
+        self.group_size = group_size
+        self.tokens_per_expert = tokens_per_expert
+        self.init_scale = init_scale
+
+        self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        self.norm = nn.LayerNorm(d_model)
+        self.reset_parameters()
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self._last_routing: SparseRouting | None = None
+
+    @staticmethod
+    def _check_tokens_per_expert(tokens_per_expert: int, group_size: int) -> None:
+        if not isinstance(tokens_per_expert, int) or not 1 <= tokens_per_expert <= group_size:
+            raise ValueError(
+                f"tokens_per_expert must be an integer in 1..group_size={group_size}, got {tokens_per_expert!r}."
+            )
+
+    def reset_parameters(self) -> None:
+        scaled_trunc_normal_(self.router, fan_in=self.d_model, scale=self.init_scale)
+        init_expert_weights_(self.w1, self.w2, self.init_scale)
+        self.norm.reset_parameters()
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        """1. same-position groups; 2. softmax over experts per token; 3. each expert takes its top-K tokens of
+        every group (gather); 4. one batched expert MLP; 5. gate-scale, scatter-add back, LayerNorm picked tokens.
+        """
+        self._check_tokens_per_expert(self.tokens_per_expert, self.group_size)  # group_size may be changed
+        x_RGD = position_groups(x_BSD, self.group_size)
+        n_rows, group_size, dim = x_RGD.shape
+        n_experts, k = self.n_experts, self.tokens_per_expert
+
+        logits_RGE = _at_least_fp32(x_RGD) @ _at_least_fp32(self.router)
+        probs_RGE = torch.softmax(logits_RGE, dim=-1)
+        # each expert's top-K tokens of the group; a stable sort makes ties go to the earlier example
+        gate_RGE, token_RGE = torch.sort(probs_RGE, dim=1, descending=True, stable=True)
+        gate_RKE, token_RKE = gate_RGE[:, :k], token_RGE[:, :k]
+        gate_REK, token_REK = gate_RKE.transpose(1, 2), token_RKE.transpose(1, 2)
+        index_RXD = token_REK.reshape(n_rows, n_experts * k, 1).expand(-1, -1, dim)
+
+        picked_RXD = x_RGD.gather(1, index_RXD)  # [R, E*K, D]
+        x_EXD = picked_RXD.view(n_rows, n_experts, k, dim).transpose(0, 1).reshape(n_experts, n_rows * k, dim)
+        out_EXD = expert_mlp(x_EXD, self.w1, self.w2)
+        y_REKD = out_EXD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REK[..., None].to(out_EXD.dtype)
+        sum_RGD = x_RGD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_REKD.reshape(n_rows, -1, dim))
+        picked_RG = torch.zeros(n_rows, group_size, dtype=torch.bool, device=x_BSD.device)
+        picked_RG.scatter_(1, token_REK.reshape(n_rows, -1), True)
+        dx_RGD = self.norm(sum_RGD) * picked_RG[..., None].to(sum_RGD.dtype)
+
+        token_A = (token_REK + torch.arange(n_rows, device=x_BSD.device)[:, None, None] * group_size).reshape(-1)
+        expert_A = torch.arange(n_experts, device=x_BSD.device).repeat_interleave(k).repeat(n_rows)
+        self._last_routing = SparseRouting(
+            probs_RGE.detach().reshape(-1, n_experts), expert_A, token_A, torch.ones_like(expert_A, dtype=torch.bool)
+        )
+        return from_position_groups(dx_RGD, x_BSD.shape[1])
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Routing diagnostics of the last forward (detached, computed when read). Load is balanced by
+        construction; `unrouted_ratio` is the share of tokens no expert picked."""
+        return sparse_routing_statistics(self._last_routing)
+
+    @property
+    def expert_load(self) -> torch.Tensor | None:
+        """[E] share of the last forward's assignments per expert (uniform by construction)."""
+        return expert_load(self._last_routing)
+
+    def active_params_per_token(self) -> int:
+        """K * E / G experts' worth of weights per token plus the router (the output LayerNorm is ignored)."""
+        experts = 2 * self.d_model * self.expert_size * self.tokens_per_expert * self.n_experts // self.group_size
+        return experts + self.d_model * self.n_experts
+
+    def flops_per_token(self) -> int:
+        return 2 * self.active_params_per_token()
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
+            f"group_size={self.group_size}, tokens_per_expert={self.tokens_per_expert}"
+        )

@@ -1,0 +1,239 @@
+"""Token Choice sparse MoE (Switch Transformer, top-k; METHOD.md §2).
+
+Axes used in tensor names:
+    B batch, S sequence position, D d_model, R routing groups, T tokens per routing group, E experts,
+    K choices per token (top_k), A = R*T*K token-expert assignments, C capacity (slots per expert per group).
+
+Each token picks its top-k experts by router probability p = softmax_e(x @ W_g) (float32; ties: lower expert
+index). Every expert takes at most C = min(floor(capacity_factor * T * k / E), T) assignments per routing group;
+the rest are dropped (zero update: the token passes on the residual). Output = sum over kept choices of
+p[t, e] * expert_e(x_t) (the top-k probabilities are not renormalised).
+
+Priority when an expert overflows: its assignments are ranked by router probability p[t, e], highest first; equal
+probabilities are ranked by token order in the routing group (for scope "batch": example, then position; for
+scope "group": the example's index within its group). This is "batch prioritized routing" (Riquelme et al. 2021):
+with several choices per token, a confident second choice may win over a hesitant first choice.
+
+Routing scopes:
+    "batch": the whole batch is one routing group (T = B*S), the common implementation. When capacity binds, a
+        token at position s can be dropped because of tokens at later positions: a future-token leak.
+    "group": routing groups are `group_size` consecutive examples at one position (T = G, as MoT groups), so a
+        token's fate depends only on same-position tokens of its group: causal-safe.
+With capacity_factor None or 0 the layer is dropless and the scope does not matter (no coupling at all).
+
+Dispatch is index-based: assignments are sorted by (group, expert, priority), copied into an [E, R*C, D] slot
+buffer, run through the shared batched expert MLP, and added back with `index_add`. There is no dense
+tokens x experts x capacity tensor and no loop over experts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .grouping import check_group_size, from_position_groups, position_groups
+from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
+from .mot import _at_least_fp32, _check_choice
+from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
+
+Scope = Literal["batch", "group"]
+SCOPES: tuple[str, ...] = ("batch", "group")
+
+
+def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int) -> int | None:
+    """C = min(floor(cf * T * k / E), T); None when dropless (cf None or 0)."""
+    if not capacity_factor:
+        return None
+    capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens)
+    if capacity < 1:
+        raise ValueError(
+            f"capacity_factor={capacity_factor} gives every expert 0 slots for {n_tokens} tokens per routing group "
+            f"(top_k={top_k}, n_experts={n_experts}); use capacity_factor >= {n_experts / (n_tokens * top_k):.3g} "
+            "or 0 (dropless)."
+        )
+    return capacity
+
+
+def rank_within_expert(
+    expert_A: torch.Tensor, priority_A: torch.Tensor, group_A: torch.Tensor, n_experts: int, n_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank of each assignment among its (group, expert)'s assignments, by priority (descending), ties by index.
+
+    Two stable sorts: first by priority, then by (group, expert). Returns (rank_A, count per (group, expert)).
+    """
+    order_A = torch.argsort(priority_A, descending=True, stable=True)
+    bucket_A = group_A * n_experts + expert_A
+    order_A = order_A[torch.argsort(bucket_A[order_A], stable=True)]
+    count_RE = torch.bincount(bucket_A, minlength=n_groups * n_experts)
+    start_RE = torch.cumsum(count_RE, 0) - count_RE
+    sorted_bucket_A = bucket_A[order_A]
+    rank_A = torch.empty_like(order_A)
+    rank_A[order_A] = torch.arange(order_A.numel(), device=order_A.device) - start_RE[sorted_bucket_A]
+    return rank_A, count_RE
+
+
+class TokenChoice(nn.Module):
+    """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`; sets `aux_losses` and `stats`.
+
+    Args:
+        d_model: model width D.
+        n_experts: number of experts E.
+        expert_size: hidden width H of each expert.
+        top_k: experts per token k (1 = Switch).
+        capacity_factor: cf in C = min(floor(cf * T * k / E), T); None or 0: dropless (no token is dropped).
+        scope: "batch" (one routing group: the common implementation, leaks future tokens through capacity) or
+            "group" (same-position groups of `group_size` consecutive examples: causal-safe).
+        group_size: G for scope "group" (must divide the batch).
+        load_balance_weight: alpha of the Switch load-balancing loss (0: not computed).
+        z_loss_weight: w_z of the router z-loss (0: not computed).
+        init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int,
+        expert_size: int,
+        *,
+        top_k: int = 1,
+        capacity_factor: float | None = 1.25,
+        scope: Scope = "batch",
+        group_size: int | None = None,
+        load_balance_weight: float = 0.01,
+        z_loss_weight: float = 0.0,
+        init_scale: float = DEFAULT_INIT_SCALE,
+    ) -> None:
+        super().__init__()
+        for setting, value in (("d_model", d_model), ("n_experts", n_experts), ("expert_size", expert_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+        if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
+        _check_choice("scope", scope, SCOPES)
+        if scope == "group" and (not isinstance(group_size, int) or group_size < 1):
+            raise ValueError(f"scope='group' needs group_size, a positive integer; got {group_size!r}.")
+        if capacity_factor is not None and capacity_factor < 0:
+            raise ValueError(f"capacity_factor must be >= 0 (0 or None: dropless), got {capacity_factor}.")
+        if load_balance_weight < 0 or z_loss_weight < 0:
+            raise ValueError(
+                f"load_balance_weight and z_loss_weight must be >= 0, got {load_balance_weight}, {z_loss_weight}."
+            )
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}.")
+        self.d_model = d_model
+        self.n_experts = n_experts
+        self.expert_size = expert_size
+        self.top_k = top_k
+        self.capacity_factor = capacity_factor or None
+        self.scope = scope
+        self.group_size = group_size
+        self.load_balance_weight = load_balance_weight
+        self.z_loss_weight = z_loss_weight
+        self.init_scale = init_scale
+
+        self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        self.reset_parameters()
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self._last_routing: SparseRouting | None = None
+
+    def reset_parameters(self) -> None:
+        scaled_trunc_normal_(self.router, fan_in=self.d_model, scale=self.init_scale)
+        init_expert_weights_(self.w1, self.w2, self.init_scale)
+
+    def _routing_groups(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        """[B, S, D] -> [R, T, D]. Dropless routing has no capacity, so it always uses one group."""
+        if self.scope == "group" and self.capacity_factor is not None:
+            return position_groups(x_BSD, self.group_size)
+        return x_BSD.reshape(1, -1, x_BSD.shape[-1])
+
+    def _from_routing_groups(self, y_RTD: torch.Tensor, x_BSD: torch.Tensor) -> torch.Tensor:
+        if self.scope == "group" and self.capacity_factor is not None:
+            return from_position_groups(y_RTD, x_BSD.shape[1])
+        return y_RTD.view(x_BSD.shape)
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        """1. router probabilities (float32) and top-k experts per token; 2. rank each expert's assignments per
+        routing group by probability and drop those beyond capacity; 3. copy kept tokens into per-expert slots,
+        run all experts in one batched MLP; 4. add p * expert output back to each token; 5. aux losses.
+        """
+        if self.scope == "group" and self.capacity_factor is not None:
+            check_group_size(x_BSD.shape[0], self.group_size)
+        x_RTD = self._routing_groups(x_BSD)
+        n_groups, n_tokens, dim = x_RTD.shape
+        capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts)
+        n_experts, top_k = self.n_experts, self.top_k
+
+        logits_RTE = _at_least_fp32(x_RTD) @ _at_least_fp32(self.router)
+        probs_RTE = torch.softmax(logits_RTE, dim=-1)
+        # top-k experts per token; a stable sort makes equal probabilities go to the lower expert index
+        gate_RTE, expert_RTE = torch.sort(probs_RTE, dim=-1, descending=True, stable=True)
+        gate_RTK, expert_RTK = gate_RTE[..., :top_k], expert_RTE[..., :top_k]
+
+        # Flat assignments in (group, token, choice) order; `token_A` indexes the rows of x_RTD.view(R*T, D).
+        expert_A = expert_RTK.reshape(-1)
+        token_A = torch.arange(n_groups * n_tokens, device=x_BSD.device).repeat_interleave(top_k)
+        group_A = token_A // n_tokens
+        rank_A, count_RE = rank_within_expert(expert_A, gate_RTK.detach().reshape(-1), group_A, n_experts, n_groups)
+        if capacity is None:  # dropless: as many slots as the busiest expert needs (one device sync)
+            capacity = max(int(count_RE.max()), 1)
+        kept_A = rank_A < capacity
+        kept = kept_A.nonzero().squeeze(-1)
+        slot_K = ((expert_A[kept] * n_groups + group_A[kept]) * capacity + rank_A[kept]).contiguous()
+        token_K = token_A[kept]
+
+        x_ND = x_RTD.reshape(n_groups * n_tokens, dim)
+        slots_XD = x_ND.new_zeros(n_experts * n_groups * capacity, dim).index_copy(0, slot_K, x_ND[token_K])
+        out_ECD = expert_mlp(slots_XD.view(n_experts, n_groups * capacity, dim), self.w1, self.w2)
+        gate_K = gate_RTK.reshape(-1)[kept].to(out_ECD.dtype)
+        y_KD = out_ECD.reshape(-1, dim)[slot_K] * gate_K[:, None]
+        dx_ND = x_ND.new_zeros(x_ND.shape).index_add(0, token_K, y_KD.to(x_ND.dtype))
+
+        probs_NE = probs_RTE.reshape(-1, n_experts)
+        self.aux_losses = self._aux_losses(probs_NE, logits_RTE.reshape(-1, n_experts), expert_A)
+        self._last_routing = SparseRouting(probs_NE.detach(), expert_A.detach(), token_A, kept_A.detach())
+        return self._from_routing_groups(dx_ND.view(n_groups, n_tokens, dim), x_BSD)
+
+    def _aux_losses(
+        self, probs_NE: torch.Tensor, logits_NE: torch.Tensor, expert_A: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Switch load balancing alpha * E * sum_e mean_t p[t,e] * count_e / N (counts before drops, N = all
+        tokens of the forward) and router z-loss w_z * mean_t logsumexp(z_t)^2; each only when its weight > 0."""
+        losses: dict[str, torch.Tensor] = {}
+        n_tokens = probs_NE.shape[0]
+        if self.load_balance_weight > 0:
+            fraction_E = torch.bincount(expert_A, minlength=self.n_experts).to(probs_NE.dtype) / n_tokens
+            losses["load_balance"] = (
+                self.load_balance_weight * self.n_experts * (probs_NE.mean(dim=0) * fraction_E).sum()
+            )
+        if self.z_loss_weight > 0:
+            losses["router_z"] = self.z_loss_weight * torch.logsumexp(logits_NE, dim=-1).square().mean()
+        return losses
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Routing diagnostics of the last forward (detached, computed when read)."""
+        return sparse_routing_statistics(self._last_routing)
+
+    @property
+    def expert_load(self) -> torch.Tensor | None:
+        """[E] share of the last forward's assignments per expert, before drops (for `CollapseMonitor`)."""
+        return expert_load(self._last_routing)
+
+    def active_params_per_token(self) -> int:
+        """k experts' worth of weights plus the router (nominal: capacity drops are not subtracted)."""
+        return 2 * self.d_model * self.expert_size * self.top_k + self.d_model * self.n_experts
+
+    def flops_per_token(self) -> int:
+        return 2 * self.active_params_per_token()
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
+            f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, scope={self.scope}, "
+            f"group_size={self.group_size}"
+        )

@@ -1,0 +1,139 @@
+"""lm-evaluation-harness adapter: a model registered as "mot" that scores with this package's batch policy.
+
+    pip install lm_eval                  # optional, not a dependency of this package
+    python -m mixture_of_tokens.lm_eval_adapter --model mot --model_args checkpoint=runs/tiny-mot --tasks piqa
+
+`python -m mixture_of_tokens.lm_eval_adapter` registers the model and then runs lm-eval's own command line with the
+same arguments (lm-eval does not discover third-party models by itself). From Python:
+
+    from mixture_of_tokens.lm_eval_adapter import register
+    MoTLM = register()
+    lm_eval.simple_evaluate(model=MoTLM(checkpoint="runs/tiny-mot"), tasks=["piqa"])
+
+model_args: checkpoint (required), mot_eval (auto | protocol | discrete | plain), protocol_rows (32), seed (0),
+device (auto), batch_size (32, plain policy). The request -> score logic lives in `MoTBackend`, which needs no
+lm_eval and is what the tests check; the lm_eval class only unpacks `request.args`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from .evaluation import Request, Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
+from .generate import generate_tokens
+
+__all__ = ["MoTBackend", "main", "register"]
+
+
+class MoTBackend:
+    """The three lm-eval request types as plain functions over strings, under one batch policy."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        mot_eval: str = "auto",
+        protocol_rows: int = 32,
+        seed: int = 0,
+        device: str = "auto",
+        batch_size: int = 32,
+        train_tokens: np.ndarray | None = None,
+    ) -> None:
+        self.loaded = load_checkpoint(checkpoint, device)
+        self.policy = resolve_policy(self.loaded.model_config, mot_eval, rows=int(protocol_rows), seed=int(seed))
+        if self.policy.isolated and train_tokens is None:
+            train_tokens, _ = load_texts(self.loaded, progress=False)
+        self.filler_tokens = train_tokens
+        self.scorer = Scorer(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.policy,
+            filler_tokens=train_tokens,
+            batch_size=int(batch_size),
+            device=self.loaded.device,
+        )
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(context, continuation) -> (sum log-probability of the continuation, is it the greedy continuation)."""
+        requests = [
+            Request(context, continuation, ("lm_eval", context, continuation)) for context, continuation in pairs
+        ]
+        return [(s.logprob, s.is_greedy) for s in self.scorer.score(requests)]
+
+    def loglikelihood_rolling(self, texts: list[str]) -> list[float]:
+        return [self.scorer.rolling(text, ("lm_eval-rolling", text)) for text in texts]
+
+    def generate_until(self, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """One request at a time (MoT: in its own group, with seeded filler rows); cut at the first stop string."""
+        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        outputs = []
+        for context, options in items:
+            until = options.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(options.get("max_gen_toks", 64))
+            max_new = max(1, min(max_new, model.config.max_seq_len - 1))
+            temperature = float(options.get("temperature", 0.0)) if options.get("do_sample", False) else 0.0
+            prompt = (tokenizer.encode_batch([context])[0] or [tokenizer.eos_id])[-(model.config.max_seq_len - 1) :]
+            seed = int(np.random.default_rng(query_seed(self.policy.seed, "generate", context)).integers(2**62))
+            with self.policy.applied(model):
+                result = generate_tokens(
+                    model,
+                    [prompt],
+                    max_new_tokens=max_new,
+                    temperature=temperature,
+                    top_k=int(options.get("top_k", 0) or 0),
+                    top_p=float(options.get("top_p", 1.0) or 1.0),
+                    seed=seed,
+                    eos_id=tokenizer.eos_id,
+                    filler_tokens=self.filler_tokens,
+                )
+            text = tokenizer.decode(result.new_tokens[0])
+            for stop in until:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            outputs.append(text)
+        return outputs
+
+
+def register() -> type:
+    """Import lm_eval (lazily), define and register the "mot" model class, and return it."""
+    try:
+        from lm_eval.api.model import LM
+        from lm_eval.api.registry import register_model
+    except ImportError:
+        raise ImportError("the lm-eval adapter needs lm_eval: pip install lm_eval") from None
+
+    class MoTLM(LM):
+        def __init__(self, checkpoint: str, **options: Any) -> None:
+            super().__init__()
+            allowed = ("mot_eval", "protocol_rows", "seed", "device", "batch_size")
+            device = str(options.get("device") or "auto")  # lm-eval passes its --device, e.g. cuda:0
+            options["device"] = "cuda" if device.startswith("cuda") else device
+            self.backend = MoTBackend(checkpoint, **{k: v for k, v in options.items() if k in allowed})
+
+        def loglikelihood(self, requests):
+            return self.backend.loglikelihood([tuple(r.args[:2]) for r in requests])
+
+        def loglikelihood_rolling(self, requests):
+            return self.backend.loglikelihood_rolling([r.args[0] for r in requests])
+
+        def generate_until(self, requests):
+            return self.backend.generate_until([(r.args[0], dict(r.args[1])) for r in requests])
+
+    return register_model("mot")(MoTLM)
+
+
+def main() -> None:
+    """Register "mot", then hand the command line to lm-eval."""
+    register()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

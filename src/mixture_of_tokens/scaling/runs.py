@@ -1,0 +1,163 @@
+"""Runs to fit a law to: a CSV/JSON table, or a folder of this project's run directories.
+
+Mapping of a run directory (summary.json + config.json written by `mot train`) to the law's variables:
+N = summary "counts" -> "non_embedding_params" (every expert counted), D = train.steps * train.batch_size *
+model.max_seq_len (tokens seen), loss = "final_eval_loss". An MoT run (model.ffn = "mot") has granularity
+G = d_ff / expert_size (the k of "/nE/k") and expansion rate = group_size (the n); a dense run is kind "dense"
+with G = 1 and is fitted only by the dense law, never mixed into the fine-grained one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("N", "D", "G", "loss")
+KINDS = ("mot", "dense")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run, reduced to the law's variables."""
+
+    name: str
+    params: float
+    """N: non-embedding parameters."""
+    tokens: float
+    """D: training tokens."""
+    granularity: float
+    """G: dense FF width / expert width (1 for dense runs)."""
+    loss: float
+    """final eval loss, nats/token."""
+    kind: str = "mot"
+    """"mot" (any fine-grained MoE/MoT) or "dense"."""
+    expansion: float | None = None
+    """expansion rate (MoT group size) when known."""
+
+
+def _number(value, column: str, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: column {column} holds {value!r}, not a number.") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{where}: column {column} must be a positive number, got {value!r}.")
+    return number
+
+
+def _from_rows(rows: list[dict], source: Path) -> list[Run]:
+    if not rows:
+        raise ValueError(f"runs table {source} has no rows.")
+    columns = set(rows[0])
+    kinds = [str(row.get("kind") or "mot").strip().lower() for row in rows]
+    required = [c for c in REQUIRED_COLUMNS if not (c == "G" and all(k == "dense" for k in kinds))]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(
+            f"runs table {source} lacks column(s) {', '.join(missing)}; required: N, D, G, loss "
+            "(optional: name, kind = mot|dense)."
+        )
+    runs = []
+    for index, (row, kind) in enumerate(zip(rows, kinds)):
+        where = f"runs table {source}, row {index + 1}"
+        if kind not in KINDS:
+            raise ValueError(f"{where}: kind {kind!r} is not supported; allowed values: {', '.join(KINDS)}.")
+        granularity = 1.0 if kind == "dense" and row.get("G") in (None, "") else _number(row.get("G"), "G", where)
+        runs.append(
+            Run(
+                name=str(row.get("name") or f"run{index + 1}"),
+                params=_number(row.get("N"), "N", where),
+                tokens=_number(row.get("D"), "D", where),
+                granularity=granularity,
+                loss=_number(row.get("loss"), "loss", where),
+                kind=kind,
+            )
+        )
+    return runs
+
+
+def run_from_directory(directory: Path) -> Run:
+    """A finished run directory of `mot train` as a Run (see the module docstring for the mapping)."""
+    directory = Path(directory)
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+        config = json.loads((directory / "config.json").read_text())
+        model, train = config["model"], config["train"]
+        loss = float(summary["final_eval_loss"])
+        params = float(summary["counts"]["non_embedding_params"])
+        tokens = float(train["steps"]) * float(train["batch_size"]) * float(model["max_seq_len"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{directory} is not a finished run directory (summary.json with final_eval_loss and counts, "
+            f"config.json with model and train): {error!r}."
+        ) from None
+    is_mot = model.get("ffn") == "mot"
+    return Run(
+        name=summary.get("run") or directory.name,
+        params=params,
+        tokens=tokens,
+        granularity=float(model["d_ff"]) / float(model["expert_size"]) if is_mot else 1.0,
+        loss=loss,
+        kind="mot" if is_mot else "dense",
+        expansion=float(model["group_size"]) if is_mot else None,
+    )
+
+
+def load_runs(source: str | Path) -> list[Run]:
+    """Runs from a .csv or .json table (columns N, D, G, loss; optional name, kind) or a folder of run dirs."""
+    source = Path(source)
+    if source.is_dir():
+        candidates = [source] if (source / "summary.json").exists() else []
+        candidates += sorted(p.parent for p in source.glob("*/summary.json"))
+        if not candidates:
+            raise ValueError(f"--runs {source} holds no run directories (folders with summary.json and config.json).")
+        return [run_from_directory(d) for d in candidates]
+    if not source.is_file():
+        raise ValueError(f"--runs {source} does not exist; pass a .csv or .json table or a folder of run directories.")
+    if source.suffix.lower() == ".csv":
+        with source.open(newline="") as handle:
+            rows = [dict(row) for row in csv.DictReader(handle)]
+    elif source.suffix.lower() == ".json":
+        data = json.loads(source.read_text())
+        rows = data.get("runs") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"runs table {source} must be a JSON list of objects (or {{'runs': [...]}}).")
+    else:
+        raise ValueError(f"--runs {source} has suffix {source.suffix!r}; allowed: .csv, .json, or a directory.")
+    return _from_rows(rows, source)
+
+
+def write_runs_csv(runs: list[Run], path: Path) -> Path:
+    """The table `load_runs` reads back."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "N", "D", "G", "loss", "kind"])
+        for r in runs:
+            writer.writerow([r.name, repr(r.params), repr(r.tokens), repr(r.granularity), repr(r.loss), r.kind])
+    return path
+
+
+def synthetic_runs(
+    law,
+    *,
+    params=(1e7, 3e7, 1e8, 3e8, 1e9),
+    tokens=(1e9, 3e9, 1e10, 3e10),
+    granularities=(1, 2, 4, 8, 16, 32),
+    noise: float = 0.0,
+    seed: int = 0,
+) -> list[Run]:
+    """Runs on a grid of (N, D, G) whose losses follow `law` times log-normal noise of relative size `noise`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for N in params:
+        for D in tokens:
+            for G in granularities:
+                loss = float(law.loss(N, D, G)) * math.exp(noise * rng.standard_normal())
+                runs.append(Run(name=f"N{N:.0e}-D{D:.0e}-G{G}", params=N, tokens=D, granularity=G, loss=loss))
+    return runs

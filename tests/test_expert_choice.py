@@ -1,0 +1,193 @@
+"""Expert Choice against the plain-loop float64 reference (METHOD.md §2), edge cases, structure and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import reference_feed_forward
+from reference_sparse import reference_expert_choice
+
+from mixture_of_tokens.config import ModelConfig
+from mixture_of_tokens.counting import count_model
+from mixture_of_tokens.layers import ExpertChoice
+from mixture_of_tokens.model import Transformer
+from mixture_of_tokens.presets import get_preset
+
+TOL = 1e-10
+
+
+def make_layer(d, e, h, g, *, seed=0, router_std=2.0, **kwargs) -> ExpertChoice:
+    """A float64 layer with spread-out router probabilities and a non-trivial output LayerNorm."""
+    torch.manual_seed(seed)
+    layer = ExpertChoice(d, e, h, g, **kwargs).double()
+    with torch.no_grad():
+        layer.router.normal_(0.0, router_std / math.sqrt(d))
+        layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
+        layer.w2.normal_(0.0, 1.0 / math.sqrt(h))
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.normal_()
+    return layer
+
+
+def reference_of(layer: ExpertChoice, x: torch.Tensor):
+    return reference_expert_choice(
+        x,
+        layer.router.detach(),
+        layer.w1.detach(),
+        layer.w2.detach(),
+        layer.group_size,
+        tokens_per_expert=layer.tokens_per_expert,
+        ln_weight=layer.norm.weight.detach(),
+        ln_bias=layer.norm.bias.detach(),
+        eps=layer.norm.eps,
+    )
+
+
+def assert_close(actual, expected, tol=TOL):
+    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    group_size=st.sampled_from([1, 2, 3, 4]),
+    n_groups=st.integers(1, 2),
+    seq_len=st.integers(1, 4),
+    d=st.integers(2, 6),
+    e=st.integers(1, 5),
+    h=st.integers(1, 5),
+    k=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference(group_size, n_groups, seq_len, d, e, h, k, seed):
+    k = min(k, group_size)
+    layer = make_layer(d, e, h, group_size, seed=seed, tokens_per_expert=k)
+    x = torch.randn(group_size * n_groups, seq_len, d, dtype=torch.float64)
+    out = layer(x)
+    expected, picked = reference_of(layer, x)
+    assert out.shape == x.shape and out.dtype == torch.float64
+    assert_close(out, expected)
+    n_tokens = x.shape[0] * seq_len
+    picked_tokens = {(b, s) for b, s, _ in picked}
+    assert layer.stats["unrouted_ratio"].item() == pytest.approx(1 - len(picked_tokens) / n_tokens, abs=1e-6)
+    assert layer.aux_losses == {}
+
+
+def test_unpicked_tokens_get_zero_update():
+    """One token per expert, 2 experts, groups of 8: at most 2 of every 8 tokens are updated."""
+    layer = make_layer(5, 2, 4, 8, seed=1)
+    x = torch.randn(16, 3, 5, dtype=torch.float64)
+    out = layer(x)
+    updated_GS = (out.abs().amax(dim=-1) > 0).view(2, 8, 3).sum(dim=1)
+    assert torch.all((updated_GS >= 1) & (updated_GS <= 2))
+    assert layer.stats["unrouted_ratio"].item() == pytest.approx(1 - updated_GS.sum().item() / 48)
+    torch.testing.assert_close(layer.expert_load, torch.full((2,), 0.5))  # balanced by construction
+
+
+def test_each_expert_takes_its_most_probable_token():
+    layer = make_layer(4, 3, 5, 4, seed=2)
+    x = torch.randn(4, 1, 4, dtype=torch.float64)
+    out = layer(x)
+    probs = torch.softmax(x[:, 0] @ layer.router.detach(), dim=-1)  # [G, E]
+    expected_picked = set(probs.argmax(dim=0).tolist())
+    assert {b for b in range(4) if out[b, 0].abs().max() > 0} == expected_picked
+
+
+def test_single_expert_picking_every_token_is_a_normalised_dense_feed_forward():
+    d, h, g = 5, 7, 4
+    layer = make_layer(d, 1, h, g, seed=3, tokens_per_expert=g)
+    x = torch.randn(8, 3, d, dtype=torch.float64)
+    dense = reference_feed_forward(
+        x,
+        layer.w1[0].detach().T,
+        torch.zeros(h, dtype=torch.float64),
+        layer.w2[0].detach().T,
+        torch.zeros(d, dtype=torch.float64),
+    )
+    assert_close(layer(x), layer.norm(dense).detach())
+
+
+@pytest.mark.parametrize("example,position", [(5, 2), (0, 0), (7, 3)])
+def test_perturbation_stays_in_its_group_and_position(example, position):
+    g, batch, seq_len = 4, 8, 4
+    layer = make_layer(5, 4, 6, g, seed=4, tokens_per_expert=2)
+    x = torch.randn(batch, seq_len, 5, dtype=torch.float64)
+    x2 = x.clone()
+    x2[example, position] += 5.0 * layer.router.detach()[:, 0]  # push it up expert 0's ranking
+    moved = (layer(x2) - layer(x)).abs().amax(dim=-1)
+    allowed = torch.zeros(batch, seq_len, dtype=torch.bool)
+    allowed[(example // g) * g : (example // g + 1) * g, position] = True
+    assert moved[~allowed].max() == 0
+    assert moved[example, position] > 1e-6
+
+
+def test_permutation_inside_a_group_permutes_outputs():
+    layer = make_layer(5, 3, 4, 4, seed=5, tokens_per_expert=2)
+    x = torch.randn(8, 3, 5, dtype=torch.float64)
+    perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7])
+    torch.testing.assert_close(layer(x[perm]), layer(x)[perm], atol=1e-12, rtol=1e-12)
+
+
+def test_gradcheck():
+    layer = make_layer(3, 3, 4, 3, seed=6, tokens_per_expert=2)
+    names = [name for name, _ in layer.named_parameters()]
+    assert set(names) == {"router", "w1", "w2", "norm.weight", "norm.bias"}
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *tensors):
+        return torch.func.functional_call(layer, dict(zip(names, tensors, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_router_gets_gradient_through_the_gate():
+    layer = make_layer(4, 3, 5, 4, seed=7)
+    x = torch.randn(8, 2, 4, dtype=torch.float64)
+    (layer(x) * torch.randn(8, 2, 4, dtype=torch.float64)).sum().backward()
+    assert layer.router.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tokens_per_expert": 5}, "tokens_per_expert must be an integer in 1..group_size=4"),
+        ({"tokens_per_expert": 0}, "tokens_per_expert"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExpertChoice(8, 4, 16, 4, **kwargs)
+
+
+def test_batch_must_be_a_multiple_of_the_group_size():
+    with pytest.raises(ValueError, match="group_size=4 must divide the batch size 6"):
+        ExpertChoice(8, 4, 16, 4)(torch.randn(6, 2, 8))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="ec_tokens_per_expert must be an integer in 1..group_size=8"):
+        ModelConfig(ffn="expert_choice", ec_tokens_per_expert=9)
+
+
+def test_presets_match_dense_active_flops():
+    """tiny-token-choice and tiny-expert-choice pay one dense FF per token (plus the router), like tiny-mot."""
+    counts = {}
+    for name in ("tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice"):
+        config = get_preset(name).model
+        with torch.device("meta"):
+            counts[name] = count_model(Transformer(config))
+    d, e, n_sparse_blocks = 128, 8, 2
+    router = d * e * n_sparse_blocks
+    dense = counts["tiny-dense"].active_params_per_token
+    assert counts["tiny-token-choice"].active_params_per_token == dense + router
+    assert counts["tiny-expert-choice"].active_params_per_token == dense + router
+    for name in ("tiny-token-choice", "tiny-expert-choice"):
+        config = get_preset(name).model
+        assert config.block_ffn_kinds() == ["dense", "dense", config.ffn, config.ffn]
+        assert (config.n_experts, config.expert_size, config.group_size) == (8, 512, 8)
+    assert get_preset("tiny-token-choice").model.top_k == 1
+    assert get_preset("tiny-expert-choice").model.ec_tokens_per_expert == 1

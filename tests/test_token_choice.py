@@ -1,0 +1,404 @@
+"""Token Choice against the plain-loop float64 reference (METHOD.md §2), hand-computed cases, edge cases,
+gradients, the routing statistics and the collapse monitor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import reference_feed_forward
+from reference_sparse import reference_token_choice
+
+from mixture_of_tokens.config import ModelConfig
+from mixture_of_tokens.layers import CollapseMonitor, TokenChoice
+from mixture_of_tokens.layers.token_choice import expert_capacity
+from mixture_of_tokens.model import Transformer
+
+TOL = 1e-10
+
+
+def make_layer(d, e, h, *, seed=0, router_std=2.0, **kwargs) -> TokenChoice:
+    """A float64 layer with spread-out router probabilities (random weights, not the small init)."""
+    torch.manual_seed(seed)
+    layer = TokenChoice(d, e, h, **kwargs).double()
+    with torch.no_grad():
+        layer.router.normal_(0.0, router_std / math.sqrt(d))
+        layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
+        layer.w2.normal_(0.0, 1.0 / math.sqrt(h))
+    return layer
+
+
+def reference_of(layer: TokenChoice, x: torch.Tensor):
+    return reference_token_choice(
+        x,
+        layer.router.detach(),
+        layer.w1.detach(),
+        layer.w2.detach(),
+        top_k=layer.top_k,
+        capacity_factor=layer.capacity_factor,
+        scope=layer.scope,
+        group_size=layer.group_size,
+        load_balance_weight=layer.load_balance_weight,
+        z_loss_weight=layer.z_loss_weight,
+    )
+
+
+def assert_close(actual, expected, tol=TOL):
+    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
+
+
+def check_against_reference(layer: TokenChoice, x: torch.Tensor) -> None:
+    out = layer(x)
+    expected, aux, kept = reference_of(layer, x)
+    assert out.shape == x.shape and out.dtype == torch.float64
+    assert_close(out, expected)
+    assert set(layer.aux_losses) == set(aux)
+    for name, value in aux.items():
+        assert layer.aux_losses[name].item() == pytest.approx(value, rel=1e-9, abs=1e-12)
+    n_assigned = x.shape[0] * x.shape[1] * layer.top_k
+    assert layer.stats["dropped_ratio"].item() == pytest.approx(1 - len(kept) / n_assigned, abs=1e-6)
+    updated = {(b, s) for b, s, _ in kept}
+    assert layer.stats["unrouted_ratio"].item() == pytest.approx(1 - len(updated) / (n_assigned // layer.top_k))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Against the reference
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scope=st.sampled_from(["batch", "group"]),
+    group_size=st.sampled_from([1, 2, 4]),
+    n_groups=st.integers(1, 2),
+    seq_len=st.integers(1, 5),
+    d=st.integers(1, 6),
+    e=st.integers(1, 5),
+    h=st.integers(1, 5),
+    top_k=st.integers(1, 3),
+    capacity_factor=st.sampled_from([None, 0.5, 1.0, 1.25, 2.0, 100.0]),
+    z_loss_weight=st.sampled_from([0.0, 1e-3]),
+    load_balance_weight=st.sampled_from([0.0, 0.01]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference(
+    scope, group_size, n_groups, seq_len, d, e, h, top_k, capacity_factor, z_loss_weight, load_balance_weight, seed
+):
+    top_k = min(top_k, e)
+    layer = make_layer(
+        d,
+        e,
+        h,
+        seed=seed,
+        top_k=top_k,
+        capacity_factor=capacity_factor,
+        scope=scope,
+        group_size=group_size,
+        z_loss_weight=z_loss_weight,
+        load_balance_weight=load_balance_weight,
+    )
+    batch = group_size * n_groups
+    x = torch.randn(batch, seq_len, d, dtype=torch.float64)
+    tokens_per_group = group_size if scope == "group" else batch * seq_len
+    if capacity_factor and math.floor(capacity_factor * tokens_per_group * top_k / e) < 1:
+        with pytest.raises(ValueError, match="capacity_factor"):
+            layer(x)
+        return
+    check_against_reference(layer, x)
+
+
+@pytest.mark.parametrize("scope", ["batch", "group"])
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_binding_capacity_with_several_choices(scope, top_k):
+    """Larger case where drops are frequent, k > 1 and both scopes differ."""
+    layer = make_layer(6, 4, 5, seed=top_k, top_k=top_k, capacity_factor=1.0, scope=scope, group_size=4)
+    x = torch.randn(8, 6, 6, dtype=torch.float64)
+    check_against_reference(layer, x)
+    assert layer.stats["dropped_ratio"] > 0
+
+
+def test_scopes_differ_when_capacity_binds():
+    batch_layer = make_layer(6, 4, 5, seed=3, capacity_factor=1.0, scope="batch")
+    group_layer = make_layer(6, 4, 5, seed=3, capacity_factor=1.0, scope="group", group_size=4)
+    x = torch.randn(8, 6, 6, dtype=torch.float64)
+    assert (batch_layer(x) - group_layer(x)).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hand-computed case
+
+
+def test_hand_computed_drops_and_aux_losses():
+    """E = 2, router = identity, logits z chosen by hand; capacity 2 per expert over 4 tokens."""
+    z = [[2.0, 0.0], [1.0, 0.0], [0.5, 0.0], [0.0, 3.0]]
+    layer = TokenChoice(2, 2, 3, capacity_factor=1.0, load_balance_weight=0.01, z_loss_weight=0.1).double()
+    with torch.no_grad():
+        layer.router.copy_(torch.eye(2, dtype=torch.float64))
+        layer.w1.normal_()
+        layer.w2.normal_()
+    x = torch.tensor(z, dtype=torch.float64).view(1, 4, 2)
+    out = layer(x)
+
+    def sigmoid(v):
+        return 1 / (1 + math.exp(-v))
+
+    p0 = [sigmoid(a - b) for a, b in z]  # probability of expert 0
+    # C = floor(1.0 * 4 * 1 / 2) = 2: expert 0 is chosen by tokens 0, 1, 2 and keeps the two most probable (0, 1)
+    for t, (e, p) in {0: (0, p0[0]), 1: (0, p0[1]), 3: (1, 1 - p0[3])}.items():
+        expected = p * (torch.relu(x[0, t] @ layer.w1[e]) @ layer.w2[e])
+        assert_close(out[0, t], expected.detach())
+    assert torch.all(out[0, 2] == 0)  # token 2 dropped: zero update
+    # load balance: alpha * E * sum_e mean_t p[t,e] * count_e / T, counts before drops = [3, 1]
+    mean_p0 = sum(p0) / 4
+    expected_lb = 0.01 * 2 * (mean_p0 * 3 / 4 + (1 - mean_p0) * 1 / 4)
+    assert layer.aux_losses["load_balance"].item() == pytest.approx(expected_lb, rel=1e-12)
+    expected_z = 0.1 * sum(math.log(math.exp(a) + math.exp(b)) ** 2 for a, b in z) / 4
+    assert layer.aux_losses["router_z"].item() == pytest.approx(expected_z, rel=1e-12)
+    assert layer.stats["dropped_ratio"].item() == pytest.approx(0.25)
+    torch.testing.assert_close(layer.expert_load, torch.tensor([0.75, 0.25]))
+
+
+def test_priority_ties_go_to_the_earlier_token():
+    """Identical tokens have equal probabilities: with capacity 1 the first of them in the group wins."""
+    layer = make_layer(3, 2, 4, seed=1, capacity_factor=0.5)  # 4 tokens, E = 2: C = floor(0.5 * 4 / 2) = 1
+    token = torch.randn(3, dtype=torch.float64)
+    x = token.expand(1, 4, 3).clone()
+    out = layer(x)
+    assert out[0, 0].abs().max() > 0
+    assert torch.all(out[0, 1:] == 0)
+    check_against_reference(layer, x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Edge cases
+
+
+def test_capacity_formula():
+    assert expert_capacity(1.25, 64, 1, 8) == 10
+    assert expert_capacity(1.25, 64, 2, 8) == 20
+    assert expert_capacity(100.0, 64, 2, 8) == 64  # never more than T
+    assert expert_capacity(None, 64, 1, 8) is None and expert_capacity(0.0, 64, 1, 8) is None
+    with pytest.raises(ValueError, match="capacity_factor=0.1 gives every expert 0 slots"):
+        expert_capacity(0.1, 8, 1, 8)
+
+
+def test_capacity_larger_than_tokens_equals_dropless():
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    big = make_layer(5, 3, 4, seed=2, top_k=2, capacity_factor=100.0)
+    dropless = make_layer(5, 3, 4, seed=2, top_k=2, capacity_factor=None)
+    assert_close(big(x), dropless(x))
+    assert big.stats["dropped_ratio"] == 0 and dropless.stats["dropped_ratio"] == 0
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+def test_single_expert_is_a_dense_feed_forward(capacity_factor):
+    d, h = 5, 7
+    layer = make_layer(d, 1, h, seed=4, capacity_factor=capacity_factor)
+    x = torch.randn(3, 4, d, dtype=torch.float64)
+    expected = reference_feed_forward(
+        x,
+        layer.w1[0].detach().T,
+        torch.zeros(h, dtype=torch.float64),
+        layer.w2[0].detach().T,
+        torch.zeros(d, dtype=torch.float64),
+    )
+    assert_close(layer(x), expected)
+    assert layer.aux_losses["load_balance"].item() == pytest.approx(0.01)  # E * p * f = 1 * 1 * 1
+    assert layer.stats["router_entropy"] == 1.0
+
+
+@pytest.mark.parametrize("scope", ["batch", "group"])
+def test_all_tokens_to_one_expert(scope):
+    """Every token prefers expert 0: exactly C per routing group are kept, the most probable ones."""
+    d, e = 4, 4
+    layer = make_layer(d, e, 6, seed=5, capacity_factor=1.25, scope=scope, group_size=4)
+    with torch.no_grad():
+        layer.router[0].zero_()
+        layer.router[0, 0] = 10.0
+    x = torch.randn(8, 5, d, dtype=torch.float64)
+    x[..., 0] = 2.0 + torch.rand(8, 5, dtype=torch.float64)
+    out = layer(x)
+    check_against_reference(layer, x)
+    updated = out.abs().amax(dim=-1) > 0  # [B, S]
+    p0 = torch.softmax(x @ layer.router.detach(), dim=-1)[..., 0]
+    if scope == "batch":
+        capacity = math.floor(1.25 * 40 / e)
+        assert updated.sum() == capacity
+        assert p0[updated].min() > p0[~updated].max()
+    else:
+        capacity = math.floor(1.25 * 4 / e)  # 1 per group of 4 tokens at one position
+        updated_GS = updated.view(2, 4, 5).sum(dim=1)
+        assert torch.all(updated_GS == capacity)
+    assert layer.expert_load[0] == 1.0
+    assert layer.stats["max_over_mean_load"].item() == pytest.approx(e)
+
+
+def test_aux_losses_only_when_weighted():
+    layer = make_layer(4, 3, 5, load_balance_weight=0.0, z_loss_weight=0.0)
+    layer(torch.randn(2, 3, 4, dtype=torch.float64))
+    assert layer.aux_losses == {}
+    layer.z_loss_weight = 0.5
+    layer(torch.randn(2, 3, 4, dtype=torch.float64))
+    assert set(layer.aux_losses) == {"router_z"}
+
+
+def test_low_precision_input_keeps_router_in_float32():
+    layer = TokenChoice(8, 4, 16)
+    x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    assert layer.aux_losses["load_balance"].dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_k": 5}, "top_k must be an integer in 1..n_experts=4"),
+        ({"top_k": 0}, "top_k"),
+        ({"scope": "global"}, "scope='global' is not supported; allowed values: batch, group"),
+        ({"scope": "group"}, "scope='group' needs group_size"),
+        ({"capacity_factor": -1.0}, "capacity_factor must be >= 0"),
+        ({"load_balance_weight": -0.1}, "load_balance_weight"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TokenChoice(8, 4, 16, **kwargs)
+
+
+def test_group_scope_needs_divisible_batch():
+    layer = TokenChoice(8, 4, 16, scope="group", group_size=4)
+    with pytest.raises(ValueError, match="group_size=4 must divide the batch size 6"):
+        layer(torch.randn(6, 2, 8))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("scope", ["batch", "group"])
+def test_gradcheck(scope):
+    layer = make_layer(3, 3, 4, seed=6, top_k=2, capacity_factor=1.0, scope=scope, group_size=2, z_loss_weight=0.1)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *tensors):
+        out = torch.func.functional_call(layer, dict(zip(names, tensors, strict=True)), (x,))
+        return out, layer.aux_losses["load_balance"], layer.aux_losses["router_z"]
+
+    layer(x)
+    assert layer.stats["dropped_ratio"] > 0  # the check covers dropped tokens too
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_router_learns_through_gate_and_load_balance():
+    layer = make_layer(4, 3, 5, seed=7, load_balance_weight=0.0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    layer(x).sum().backward()
+    assert layer.router.grad.abs().sum() > 0  # through p * expert output
+    layer.zero_grad()
+    layer.load_balance_weight = 0.01
+    layer(x)
+    layer.aux_losses["load_balance"].backward()
+    assert layer.router.grad.abs().sum() > 0  # through mean_t p
+
+
+# ----------------------------------------------------------------------------------------------------
+# In the model
+
+
+def test_model_adds_aux_losses_to_the_loss():
+    config = ModelConfig(
+        vocab_size=50, max_seq_len=8, d_model=16, n_blocks=2, n_heads=2, d_ff=32, ffn="token_choice",
+        n_experts=4, expert_size=32, z_loss_weight=1e-3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(config)
+    ids = torch.randint(50, (4, 8))
+    output = model(ids, ids)
+    assert set(output.aux_losses) == {f"block{i}.{k}" for i in range(2) for k in ("load_balance", "router_z")}
+    torch.testing.assert_close(output.loss, output.lm_loss + sum(output.aux_losses.values()))
+    stats = model.routing_stats()
+    assert {"block0.dropped_ratio", "block1.router_entropy"} <= set(stats)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="tc_scope='nope' is not supported; allowed values: batch, group"):
+        ModelConfig(ffn="token_choice", tc_scope="nope")
+    with pytest.raises(ValueError, match="top_k must be an integer in 1..n_experts=8"):
+        ModelConfig(ffn="token_choice", top_k=9)
+    with pytest.raises(ValueError, match="capacity_factor must be >= 0"):
+        ModelConfig(ffn="token_choice", capacity_factor=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Collapse monitor
+
+
+class _FakeLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.expert_load = torch.tensor([0.25, 0.25, 0.25, 0.25])
+
+
+def test_collapse_monitor_warns_after_patience():
+    model = torch.nn.Sequential(_FakeLayer(), _FakeLayer())
+    monitor = CollapseMonitor(share=0.5, patience=3)
+    model[1].expert_load = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    warnings = [monitor.update(model, step) for step in range(7)]
+    assert [len(w) for w in warnings] == [0, 0, 1, 0, 0, 1, 0]
+    assert "1" in warnings[2][0] and "expert 0" in warnings[2][0] and "70%" in warnings[2][0]
+    model[1].expert_load = torch.tensor([0.4, 0.2, 0.2, 0.2])  # recovers: the streak restarts
+    assert monitor.update(model, 7) == []
+    model[1].expert_load = torch.tensor([0.1, 0.1, 0.1, 0.7])
+    assert [len(monitor.update(model, step)) for step in range(8, 11)] == [0, 0, 1]
+
+
+def test_collapse_monitor_reads_real_layers():
+    layer = make_layer(4, 4, 5, seed=8)
+    with torch.no_grad():
+        layer.router[0].zero_()
+        layer.router[0, 2] = 10.0
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    x[..., 0] = 3.0
+    monitor = CollapseMonitor(share=0.9, patience=2)
+    model = torch.nn.Sequential(layer)
+    layer(x)
+    assert monitor.update(model, 0) == []
+    warnings = monitor.update(model, 1)
+    assert len(warnings) == 1 and "expert 2" in warnings[0]
+    with pytest.raises(ValueError, match="share"):
+        CollapseMonitor(share=1.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training smoke test of the two new presets' layout (scaled down)
+
+
+@pytest.mark.parametrize("ffn", ["token_choice", "expert_choice"])
+def test_training_smoke(ffn, tmp_path, monkeypatch):
+    from corpus import write_corpus
+
+    from mixture_of_tokens.config import TrainConfig
+    from mixture_of_tokens.metrics import read_metrics
+    from mixture_of_tokens.train import train
+
+    write_corpus(tmp_path / "corpus", n_documents=20)
+    monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
+    model_config = ModelConfig(
+        vocab_size=300, max_seq_len=32, d_model=32, n_blocks=2, n_heads=2, d_ff=128, ffn=ffn,
+        ffn_blocks="second-half", group_size=4, n_experts=4, expert_size=128,
+    )  # fmt: skip
+    train_config = TrainConfig(
+        steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, eval_batches=2, log_every=5,
+        data=f"text:{tmp_path / 'corpus'}", out_dir=str(tmp_path / "run"), device="cpu",
+    )  # fmt: skip
+    result = train(model_config, train_config, run_name=ffn, progress=False)
+    losses = [result.eval_losses[step] for step in sorted(result.eval_losses)]
+    assert losses[-1] < losses[0]
+    logged = set().union(*(row.keys() for row in read_metrics(tmp_path / "run" / "metrics.jsonl")))
+    assert "routing.block1.router_entropy" in logged
+    assert ("aux.block1.load_balance" in logged) == (ffn == "token_choice")
