@@ -38,8 +38,10 @@ def hand_count(vocab, seq, d, d_ff, kinds, n_experts, expert_size, tied=False) -
         total += 4 * d * d + 4 * d  # attention (q, k, v, out; no biases) and two LayerNorms
         if kind == "dense":
             total += 2 * d * d_ff + d_ff + d
-        else:
+        else:  # MoT controller / router and the experts
             total += d * n_experts + 2 * n_experts * d * expert_size
+        if kind == "expert_choice":
+            total += 2 * d  # its output LayerNorm
     total += 2 * d  # final LayerNorm
     if not tied:
         total += d * vocab

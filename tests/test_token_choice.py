@@ -386,7 +386,7 @@ def test_training_smoke(ffn, tmp_path, monkeypatch):
     from mixture_of_tokens.metrics import read_metrics
     from mixture_of_tokens.train import train
 
-    write_corpus(tmp_path / "corpus", n_documents=20)
+    write_corpus(tmp_path / "corpus", n_documents=10)
     monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
     model_config = ModelConfig(
         vocab_size=300, max_seq_len=32, d_model=32, n_blocks=2, n_heads=2, d_ff=128, ffn=ffn,
@@ -394,7 +394,7 @@ def test_training_smoke(ffn, tmp_path, monkeypatch):
     )  # fmt: skip
     train_config = TrainConfig(
         steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, eval_batches=2, log_every=5,
-        data=f"text:{tmp_path / 'corpus'}", out_dir=str(tmp_path / "run"), device="cpu",
+        data=f"text:{tmp_path / 'corpus'}", out_dir=str(tmp_path / "run"), device="cpu", threads=1,
     )  # fmt: skip
     result = train(model_config, train_config, run_name=ffn, progress=False)
     losses = [result.eval_losses[step] for step in sorted(result.eval_losses)]

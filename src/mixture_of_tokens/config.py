@@ -138,6 +138,10 @@ class TrainConfig:
     lr: float = _help("peak learning rate", default=3e-3)
     min_lr_ratio: float = _help("cosine decays to this fraction of the peak", default=0.1)
     warmup_steps: int = _help("linear warmup steps", default=40)
+    lr_schedule_offset: int = _help(
+        "steps already taken on this schedule (continue a source run's schedule after --init-from; 0: fresh)",
+        default=0,
+    )
     weight_decay: float = _help("AdamW weight decay (tensors of dim >= 2; not biases, norms)", default=0.1)
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.999)
@@ -159,6 +163,10 @@ class TrainConfig:
     compile: bool = _help("torch.compile the model", default=False)
     deterministic: bool = _help("deterministic kernels (bit-identical resume on CPU)", default=False)
     tensorboard: bool = _help("also write TensorBoard logs to RUN_DIR/tensorboard", default=False)
+    collapse_share: float = _help(
+        "warn when one expert takes more than this share of a sparse layer's tokens", default=0.5
+    )
+    collapse_patience: int = _help("... for this many steps in a row (checked at log steps)", default=100)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "grad_accum_steps"):
@@ -180,8 +188,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}.")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
-        if self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("warmup_steps and grad_clip must be >= 0.")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr_schedule_offset < 0:
+            raise ValueError("warmup_steps, grad_clip and lr_schedule_offset must be >= 0.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device={self.device!r} is not supported; allowed values: cpu, cuda, auto.")
 

@@ -179,7 +179,7 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 scaled_trunc_normal_(module.weight, fan_in=module.embedding_dim, scale=scale)
-            elif isinstance(module, MixtureOfTokens):
+            elif isinstance(module, (MixtureOfTokens, TokenChoice, ExpertChoice)):
                 module.reset_parameters()
 
     def forward(

@@ -24,6 +24,7 @@ from .config import ModelConfig, TrainConfig
 from .counting import count_model
 from .data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
 from .layers import check_group_size
+from .layers.routing_stats import CollapseMonitor
 from .metrics import MetricsWriter, read_metrics
 from .model import Transformer
 from .precision import autocast, prepare_model, resolve_precision
@@ -64,7 +65,10 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
     micro = dist_utils.micro_batch_size(
         train_config.batch_size, dist_utils.DistributedContext(world_size=world_size), train_config.grad_accum_steps
     )
-    if {"mot", "expert_choice"} & set(model_config.block_ffn_kinds()):
+    grouped = {"mot", "expert_choice"}
+    if model_config.tc_scope == "group" and model_config.capacity_factor:
+        grouped.add("token_choice")
+    if grouped & set(model_config.block_ffn_kinds()):
         try:
             check_group_size(micro, model_config.group_size)
         except ValueError as error:
@@ -73,7 +77,7 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
                 if micro != train_config.batch_size
                 else f"batch_size={micro}"
             )
-            raise ValueError(f"MoT groups form inside {where}: {error}") from None
+            raise ValueError(f"same-position groups form inside {where}: {error}") from None
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -240,8 +244,12 @@ class Trainer:
 
     def _train_step(self, step: int) -> dict[str, Any]:
         config = self.config
+        offset = config.lr_schedule_offset  # a continued schedule: this run is steps offset+1 ... offset+steps
         lr = config.lr * lr_multiplier(
-            step, warmup_steps=config.warmup_steps, total_steps=config.steps, min_ratio=config.min_lr_ratio
+            step + offset,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.steps + offset,
+            min_ratio=config.min_lr_ratio,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -280,8 +288,14 @@ class Trainer:
         metrics = MetricsWriter(self.out_dir / METRICS_FILE, append=self.start_step > 0) if self.is_main else None
         tensorboard = self._tensorboard() if self.is_main and config.tensorboard else None
         interrupt = InterruptFlag()
+        collapse = CollapseMonitor(
+            share=config.collapse_share, patience=max(config.collapse_patience // config.log_every, 1)
+        )
         bar = tqdm(
-            total=config.steps, initial=self.start_step, desc=self.run_name, disable=not self.progress,
+            total=config.steps,
+            initial=self.start_step,
+            desc=self.run_name,
+            disable=not self.progress,
             dynamic_ncols=True,
         )
         start = window_start = time.perf_counter()
@@ -322,6 +336,9 @@ class Trainer:
                     }
                     if peak:
                         record["mfu"] = train_flops_per_step * tokens_per_second / tokens_per_step / peak
+                    for warning in collapse.update(self.raw_model, step):
+                        record.setdefault("warnings", []).append(warning)
+                        self._say(f"warning: {warning}")
                     if is_eval:
                         self.eval_losses[step] = record["eval_loss"] = evaluate_loss(
                             self.model, self.held_out, self.device, precision=self.precision, context=self.context

@@ -6,11 +6,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import audit, compare, data, demo, presets, scaling, train
+from . import audit, compare, convert, data, demo, experiment, presets, scaling, train
 from . import eval as eval_command
 from . import generate as generate_command
 
-COMMAND_MODULES = (train, demo, compare, presets, scaling, eval_command, generate_command, data, audit)
+COMMAND_MODULES = (
+    train,
+    demo,
+    compare,
+    presets,
+    scaling,
+    eval_command,
+    generate_command,
+    data,
+    audit,
+    convert,
+    experiment,
+)
 
 
 class UserError(Exception):
@@ -32,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"mot {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that closed early (`mot ... | head`)
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"mot {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 TOKEN_FILE_FORMAT = 1
-_PIECE_CHARS = 1 << 16  # long documents are cut into ~64k-character pieces so both cores stay busy
+_PIECE_CHARS = 1 << 12  # ~4k-character pieces: both cores stay busy, and HF tokenizers is 2x faster than on 64k
 _CHUNK_CHARS = 4 << 20  # characters handed to encode_batch per progress step
 _SAFE_BEFORE = frozenset(string.ascii_letters + string.digits + string.punctuation)
 

@@ -1,0 +1,35 @@
+"""`mot experiment transition`: the transition-tuning experiment at CPU scale."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("experiment", help="packaged experiments (transition)")
+    experiments = parser.add_subparsers(dest="experiment", required=True)
+    transition = experiments.add_parser(
+        "transition",
+        help="train tiny-mot, convert to Token Choice, continue; compare with Token Choice from scratch and dense",
+    )
+    transition.add_argument("--out", default="runs/transition", help="directory for every run, report and plot")
+    transition.add_argument("--mot-steps", type=int, default=400, help="MoT training steps before the switch")
+    transition.add_argument("--continue-steps", type=int, default=40, help="Token Choice steps after the switch")
+    transition.add_argument(
+        "--schedule",
+        default="continue",
+        help="LR after the switch: continue (the MoT run's cosine, extended) | fresh (new warmup + cosine)",
+    )
+    transition.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..transition_experiment import run_transition_experiment
+
+    report = run_transition_experiment(
+        Path(args.out), mot_steps=args.mot_steps, continue_steps=args.continue_steps, continue_schedule=args.schedule
+    )
+    print()
+    print(report.table())
+    print(f"plot: {Path(args.out) / 'transition.png'}")
