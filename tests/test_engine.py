@@ -231,3 +231,13 @@ def test_two_ranks_match_one_rank(corpus: dict, tmp_path: Path, ffn: str, parall
         [r["eval_loss"] for r in one if "eval_loss" in r], rel=1e-5
     )
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_collapse_warning_reaches_the_metrics(corpus: dict, tmp_path: Path) -> None:
+    model = ModelConfig(**{**SMALL_MODEL, "ffn": "token_choice", "ffn_blocks": "all"})
+    config = _train_config(corpus, tmp_path, steps=4, collapse_share=0.2, collapse_patience=2)  # top of 4 >= 25%
+    Trainer(model, config, data=corpus["data"], progress=False).run()
+    warned = {r["step"]: r.get("warnings", []) for r in read_metrics(tmp_path / "metrics.jsonl")}
+    assert warned[1] == [] and warned[3] == []
+    assert len(warned[2]) == 2 and len(warned[4]) == 2  # both layers, every `patience` steps
+    assert "routing collapse" in warned[2][0]
