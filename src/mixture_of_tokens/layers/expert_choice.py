@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import at_least_fp32, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
-from .mot import _at_least_fp32
 from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
 
 
@@ -49,17 +49,9 @@ class ExpertChoice(nn.Module):
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
         super().__init__()
-        for setting, value in (
-            ("d_model", d_model),
-            ("n_experts", n_experts),
-            ("expert_size", expert_size),
-            ("group_size", group_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+        check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
         self._check_tokens_per_expert(tokens_per_expert, group_size)
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}.")
+        check_positive("init_scale", init_scale)
         self.d_model = d_model
         self.n_experts = n_experts
         self.expert_size = expert_size
@@ -95,7 +87,7 @@ class ExpertChoice(nn.Module):
         n_rows, group_size, dim = x_RGD.shape
         n_experts, k = self.n_experts, self.tokens_per_expert
 
-        logits_RGE = _at_least_fp32(x_RGD) @ _at_least_fp32(self.router)
+        logits_RGE = at_least_fp32(x_RGD) @ at_least_fp32(self.router)
         probs_RGE = torch.softmax(logits_RGE, dim=-1)
         # each expert's top-K tokens of the group; a stable sort makes ties go to the earlier example
         gate_RGE, token_RGE = torch.sort(probs_RGE, dim=1, descending=True, stable=True)

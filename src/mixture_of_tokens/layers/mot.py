@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
@@ -29,21 +30,6 @@ LearnableTemperature = Literal["none", "scalar", "per_expert"]
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
-
-
-def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """Softmax statistics in float32 for low-precision inputs; float64 stays float64."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def _check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{setting}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
-
-
-def _check_positive(setting: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{setting} must be positive, got {value}.")
 
 
 class MixtureOfTokens(nn.Module):
@@ -79,19 +65,12 @@ class MixtureOfTokens(nn.Module):
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
         super().__init__()
-        for setting, value in (
-            ("d_model", d_model),
-            ("n_experts", n_experts),
-            ("expert_size", expert_size),
-            ("group_size", group_size),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
-        _check_positive("temperature", temperature)
-        _check_positive("init_scale", init_scale)
-        _check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
-        _check_choice("routing", routing, ROUTINGS)
-        _check_choice("emit", emit, EMITS)
+        check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
+        check_positive("temperature", temperature)
+        check_positive("init_scale", init_scale)
+        check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
+        check_choice("routing", routing, ROUTINGS)
+        check_choice("emit", emit, EMITS)
 
         self.d_model = d_model
         self.n_experts = n_experts
@@ -148,10 +127,10 @@ class MixtureOfTokens(nn.Module):
             top_T1E = logits_TGE.argmax(dim=1, keepdim=True)
             merge_TGE = torch.zeros_like(logits_TGE).scatter_(1, top_T1E, 1.0)
         else:
-            merge_TGE = torch.softmax(_at_least_fp32(logits_TGE) / self.temperature, dim=1).to(logits_TGE.dtype)
+            merge_TGE = torch.softmax(at_least_fp32(logits_TGE) / self.temperature, dim=1).to(logits_TGE.dtype)
         if self.emit == "group":
             return merge_TGE, merge_TGE
-        emit_TGE = torch.softmax(_at_least_fp32(logits_TGE) / self.temperature, dim=-1).to(logits_TGE.dtype)
+        emit_TGE = torch.softmax(at_least_fp32(logits_TGE) / self.temperature, dim=-1).to(logits_TGE.dtype)
         return merge_TGE, emit_TGE
 
     @property

@@ -34,10 +34,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import check_group_size, from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
-from .mot import _at_least_fp32, _check_choice
 from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
 
 Scope = Literal["batch", "group"]
@@ -108,12 +108,10 @@ class TokenChoice(nn.Module):
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
         super().__init__()
-        for setting, value in (("d_model", d_model), ("n_experts", n_experts), ("expert_size", expert_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{setting} must be a positive integer, got {value!r}.")
+        check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size)
         if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
-        _check_choice("scope", scope, SCOPES)
+        check_choice("scope", scope, SCOPES)
         if scope == "group" and (not isinstance(group_size, int) or group_size < 1):
             raise ValueError(f"scope='group' needs group_size, a positive integer; got {group_size!r}.")
         if capacity_factor is not None and capacity_factor < 0:
@@ -122,8 +120,7 @@ class TokenChoice(nn.Module):
             raise ValueError(
                 f"load_balance_weight and z_loss_weight must be >= 0, got {load_balance_weight}, {z_loss_weight}."
             )
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}.")
+        check_positive("init_scale", init_scale)
         self.d_model = d_model
         self.n_experts = n_experts
         self.expert_size = expert_size
@@ -168,7 +165,7 @@ class TokenChoice(nn.Module):
         capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts)
         n_experts, top_k = self.n_experts, self.top_k
 
-        logits_RTE = _at_least_fp32(x_RTD) @ _at_least_fp32(self.router)
+        logits_RTE = at_least_fp32(x_RTD) @ at_least_fp32(self.router)
         probs_RTE = torch.softmax(logits_RTE, dim=-1)
         # top-k experts per token; a stable sort makes equal probabilities go to the lower expert index
         gate_RTE, expert_RTE = torch.sort(probs_RTE, dim=-1, descending=True, stable=True)
