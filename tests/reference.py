@@ -29,9 +29,7 @@ def _softmax(values: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def reference_merge_weights(
-    logits: list[list[float]], temperature: list[float], routing: str
-) -> list[list[float]]:
+def reference_merge_weights(logits: list[list[float]], temperature: list[float], routing: str) -> list[list[float]]:
     """Merge weights w[t][e] of one group from its logits z[t][e] (t over the G tokens of the group)."""
     group_size = len(logits)
     n_experts = len(logits[0])
@@ -117,9 +115,7 @@ def reference_mot(
             if emit == "group":
                 emit_w = {b: [float(merge[b, s, e]) for e in range(n_experts)] for b in members}
             elif emit == "experts":
-                emit_w = {
-                    b: _softmax([float(z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members
-                }
+                emit_w = {b: _softmax([float(z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members}
             else:
                 raise ValueError(emit)
             for e in range(n_experts):

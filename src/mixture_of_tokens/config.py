@@ -150,7 +150,11 @@ class TrainConfig:
     eval_batches: int = _help("held-out batches per evaluation (fixed windows)", default=8)
     log_every: int = _help("write a metrics line every N steps", default=10)
     seed: int = _help("seed for initialisation and batch sampling", default=0)
-    data: str = _help("text source: packaged (offline English corpus) | text:PATH", default="packaged")
+    data: str = _help(
+        "text source: packaged (offline English corpus) | packaged+brown | brown | text:PATH | c4 | c4:PATH | "
+        "hf:NAME[:CONFIG]",
+        default="packaged",
+    )
     tokenizer: str = _help("bpe (trained on the data, vocab_size tokens) | gpt2 (GPT-2's 50,257 tokens)", default="bpe")
     device: str = _help("cpu | cuda | auto", default="auto")
     out_dir: str = _help("run directory (metrics.jsonl, config.json, model.safetensors)", default="")

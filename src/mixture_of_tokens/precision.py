@@ -1,9 +1,9 @@
 """Numeric precision of a training run.
 
-    fp32        everything in float32 (the default on CPU, where bf16 matmuls are several times slower)
-    bf16-mixed  bf16 autocast for the forward, float32 master weights and optimizer state (default on CUDA)
-    bf16-pure   parameters and optimizer state in bf16 (the paper's "bf16-only"), LayerNorms kept in float32;
-                routing softmaxes and their statistics are computed in float32 by the layers themselves
+fp32        everything in float32 (the default on CPU, where bf16 matmuls are several times slower)
+bf16-mixed  bf16 autocast for the forward, float32 master weights and optimizer state (default on CUDA)
+bf16-pure   parameters and optimizer state in bf16 (the paper's "bf16-only"), LayerNorms kept in float32;
+            routing softmaxes and their statistics are computed in float32 by the layers themselves
 """
 
 from __future__ import annotations

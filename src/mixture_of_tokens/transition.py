@@ -42,9 +42,7 @@ class TokenChoiceSettings:
 PAPER_SETTINGS = TokenChoiceSettings()
 
 
-def convert_config(
-    config: ModelConfig, target: str, settings: TokenChoiceSettings = PAPER_SETTINGS
-) -> ModelConfig:
+def convert_config(config: ModelConfig, target: str, settings: TokenChoiceSettings = PAPER_SETTINGS) -> ModelConfig:
     """The converted model's config: the MoT blocks change kind, everything else is kept."""
     if target not in TARGETS:
         raise ValueError(f"--to {target!r} is not a conversion target; allowed values: {', '.join(TARGETS)}.")

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-batches", type=int, default=0, help="held-out batches (0: the run's setting)")
     parser.add_argument("--no-perplexity", action="store_true", help="skip the held-out loss")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT/eval-<timestamp>.json)")
     parser.set_defaults(handler=run)
 
@@ -53,6 +54,8 @@ def _fmt(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
     from ..data import eval_batches
     from ..evaluation import (
         TASKS,
@@ -79,7 +82,11 @@ def run(args: argparse.Namespace) -> None:
     if args.no_perplexity and not tasks:
         raise ValueError("nothing to do: --no-perplexity without --tasks; name tasks with --tasks piqa,hellaswag,...")
 
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch default), got {args.threads}.")
     loaded = load_checkpoint(args.checkpoint, args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     policy = resolve_policy(loaded.model_config, args.mot_eval, rows=args.protocol_rows, seed=args.seed)
     docs = {task: load_task(task, task_files.get(task), limit=args.limit) for task in tasks}  # fail before compute
     started = time.perf_counter()

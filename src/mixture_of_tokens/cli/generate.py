@@ -17,10 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of MoT filler rows")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
     from ..evaluation import is_batch_dependent, load_checkpoint, load_texts
     from ..generate import check_sampling, generate_text
 
@@ -33,7 +36,11 @@ def run(args: argparse.Namespace) -> None:
     if not prompts:
         raise ValueError("no prompt given; pass --prompt TEXT (repeatable) or --prompts-file FILE.")
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch default), got {args.threads}.")
     loaded = load_checkpoint(args.checkpoint, args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     max_len = loaded.model_config.max_seq_len
     longest = max(len(ids) for ids in loaded.tokenizer.encode_batch(prompts))
     if longest >= max_len:

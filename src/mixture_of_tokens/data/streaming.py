@@ -27,7 +27,14 @@ from typing import Any
 
 from .documents import Document, SkipCounts
 
-__all__ = ["StreamSource", "parse_stream_source", "open_stream", "stream_fingerprint", "import_datasets"]
+__all__ = [
+    "StreamSource",
+    "import_datasets",
+    "open_stream",
+    "parse_stream_source",
+    "route_documents",
+    "stream_fingerprint",
+]
 
 STREAM_FORMAT = 1  # bump when reading, shuffling or routing changes
 EVAL_EVERY = 10
