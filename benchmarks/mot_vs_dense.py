@@ -21,6 +21,9 @@ BATCH, SEQ_LEN, D_MODEL, D_FF = 32, 128, 256, 1024
 
 
 def fwd_bwd_seconds(layer: torch.nn.Module, x_BSD: torch.Tensor, grad_BSD: torch.Tensor) -> float:
+    """One forward + backward; gradients start empty as in training (`zero_grad(set_to_none=True)`)."""
+    layer.zero_grad(set_to_none=True)
+    x_BSD.grad = None
     sync = torch.cuda.synchronize if x_BSD.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()

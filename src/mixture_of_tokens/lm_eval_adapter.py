@@ -128,7 +128,11 @@ def register() -> type:
 
 def main() -> None:
     """Register "mot", then hand the command line to lm-eval."""
-    register()
+    try:
+        register()
+    except ImportError as error:
+        print(f"mixture_of_tokens.lm_eval_adapter: error: {error}", file=sys.stderr)
+        sys.exit(2)
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv[0] = "lm_eval"
