@@ -149,3 +149,22 @@ def test_transition_experiment_reports_all_five_losses(tmp_path: Path, monkeypat
     assert saved["right_after_switch"] == pytest.approx(report.right_after_switch)
     assert (tmp_path / "out" / "transition.png").read_bytes()[:4] == b"\x89PNG"
     assert "the spike" in report.table()
+
+
+def test_converted_model_generates_alone_and_independently_of_other_prompts(trained: dict, tmp_path: Path) -> None:
+    from mixture_of_tokens.generate import generate_tokens
+
+    out = convert_checkpoint(trained["runs"]["mot"], tmp_path / "tc", "token-choice")
+    model, _, _ = load_model(out)
+    prompt = [5, 17, 42]
+    others = [[7, 8, 9, 10, 11], [3, 1, 4], [99, 98]]
+    alone = generate_tokens(model, [prompt], max_new_tokens=8, keep_logits=True)  # batch of one, no filler rows
+    assert alone.n_filler_rows == 0 and len(alone.new_tokens[0]) == 8
+    together = generate_tokens(model, [*others[:2], prompt, others[2]], max_new_tokens=8)
+    assert together.new_tokens[2] == alone.new_tokens[0]
+    # the capacities used in training come back after decoding
+    assert model.blocks[1].ffn.capacity_factor == 1.25
+    # whereas the MoT source needs a group of prompts: alone it must be filled with other text
+    mot_model, _, _ = load_model(trained["runs"]["mot"])
+    with pytest.raises(ValueError, match="needs held-out filler text"):
+        generate_tokens(mot_model, [prompt], max_new_tokens=4)

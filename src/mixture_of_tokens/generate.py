@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .evaluation.batch_policy import is_batch_dependent
-from .model import KVCache, Transformer
+from .model import KVCache, Transformer, inference_routing
 
 __all__ = ["Generation", "check_sampling", "generate_text", "generate_tokens", "sample_next"]
 
@@ -76,8 +76,16 @@ def generate_tokens(
     filler_tokens: np.ndarray | None = None,
     keep_logits: bool = False,
 ) -> Generation:
-    """Decode every prompt by max_new_tokens (fewer where eos comes first), all rows in lock-step."""
+    """Decode every prompt by max_new_tokens (fewer where eos comes first), all rows in lock-step. Token Choice
+    layers are switched to dropless routing (inference), which makes them batch-independent."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    with inference_routing(model):
+        return _generate(
+            model, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, filler_tokens, keep_logits
+        )
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, filler_tokens, keep_logits):
     config = model.config
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token.")

@@ -241,3 +241,25 @@ def mot_mode(model: nn.Module, *, group_size: int | None = None, routing: str | 
     finally:
         for layer, (old_group_size, old_routing) in zip(layers, saved):
             layer.group_size, layer.routing = old_group_size, old_routing
+
+
+def set_inference_routing(model: nn.Module) -> nn.Module:
+    """Token Choice layers route dropless (no capacity) from now on: at inference a token's output then depends on
+    that token alone, so it needs no batch (the point of transition tuning) and is batch-size independent."""
+    for module in model.modules():
+        if isinstance(module, TokenChoice):
+            module.capacity_factor = None
+    return model
+
+
+@contextlib.contextmanager
+def inference_routing(model: nn.Module) -> Iterator[None]:
+    """`set_inference_routing` for the duration of a `with` block, then the training capacities again."""
+    layers = [m for m in model.modules() if isinstance(m, TokenChoice)]
+    saved = [layer.capacity_factor for layer in layers]
+    set_inference_routing(model)
+    try:
+        yield
+    finally:
+        for layer, capacity_factor in zip(layers, saved):
+            layer.capacity_factor = capacity_factor

@@ -31,12 +31,14 @@ from ..layers import check_group_size
 from ..model import mot_mode
 
 POLICIES: tuple[str, ...] = ("auto", "plain", "protocol", "discrete")
-BATCH_INDEPENDENT_KINDS: frozenset[str] = frozenset({"dense"})
+# Token Choice is run dropless at inference (`model.set_inference_routing`), so each token's output is its own.
+BATCH_INDEPENDENT_KINDS: frozenset[str] = frozenset({"dense", "token_choice"})
 DEFAULT_PROTOCOL_ROWS = 32
 
 
 def is_batch_dependent(config: ModelConfig) -> bool:
-    """True when any block's feed-forward mixes or routes across the batch (every kind but dense, to be safe)."""
+    """True when any block's feed-forward mixes or routes across the batch at inference: MoT and Expert Choice
+    (Token Choice runs dropless at inference and is not)."""
     return any(kind not in BATCH_INDEPENDENT_KINDS for kind in config.block_ffn_kinds())
 
 

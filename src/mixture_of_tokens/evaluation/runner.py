@@ -14,7 +14,7 @@ import torch
 from ..checkpoint import load_model, load_tokenizer, read_config, write_json_atomic
 from ..config import ModelConfig, TrainConfig
 from ..data import Tokenizer, prepare_data
-from ..model import Transformer
+from ..model import Transformer, set_inference_routing
 
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "load_texts", "write_results"]
 
@@ -58,12 +58,18 @@ def load_checkpoint(directory: Path | str, device: str = "auto", dtype: torch.dt
         ) from None
     if dtype is not None:
         model = model.to(dtype)
+    set_inference_routing(model)
     return LoadedCheckpoint(directory, model, model_config, train_config, tokenizer, torch_device)
 
 
 def load_texts(loaded: LoadedCheckpoint, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(train tokens, held-out tokens) of the checkpoint's data source, encoded with the checkpoint's tokenizer."""
-    data = prepare_data(loaded.train_config.data, vocab_size=loaded.model_config.vocab_size, progress=progress)
+    data = prepare_data(
+        loaded.train_config.data,
+        vocab_size=loaded.model_config.vocab_size,
+        progress=progress,
+        tokenizer=loaded.train_config.tokenizer,
+    )
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise ValueError(
             f"the cached data for source {loaded.train_config.data!r} was encoded with another tokenizer than "
