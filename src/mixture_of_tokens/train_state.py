@@ -10,7 +10,6 @@ half-checkpoint; a corrupt or truncated one is detected by its hashes and skippe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -29,6 +28,7 @@ from .checkpoint import (
     tokenizer_spec,
     write_json_atomic,
 )
+from .hashing import sha256_file
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -61,14 +61,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def step_directory_name(step: int) -> str:
@@ -107,7 +99,7 @@ def save_training_checkpoint(
     if metrics.exists():
         shutil.copyfile(metrics, temp / METRICS_FILE)
     files = sorted(p.name for p in temp.iterdir() if p.is_file())
-    write_json_atomic(temp / MANIFEST_FILE, {"step": state.step, "sha256": {n: _sha256(temp / n) for n in files}})
+    write_json_atomic(temp / MANIFEST_FILE, {"step": state.step, "sha256": {n: sha256_file(temp / n) for n in files}})
     if final.exists():  # re-saving a step after a resume: replace the old copy
         shutil.rmtree(final)
     temp.rename(final)
@@ -137,7 +129,7 @@ def checkpoint_problem(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{path} is missing"
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             return f"{path} does not match its recorded sha256 (truncated or corrupt)"
     return None
 

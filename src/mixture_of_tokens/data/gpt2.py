@@ -8,11 +8,12 @@ downloads the same ranks; when neither works it raises one error saying what to 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ..hashing import sha256_file
 
 __all__ = ["GPT2_RANKS_SHA256", "GPT2Tokenizer", "load_gpt2", "packaged_ranks_path"]
 
@@ -42,10 +43,6 @@ def _gpt2_pattern() -> str:
 def packaged_ranks_path() -> Path:
     """Where the shipped gpt2.tiktoken lies (it may be absent from a broken install)."""
     return Path(str(resources.files("mixture_of_tokens.data") / "assets" / "gpt2.tiktoken"))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _default_threads() -> int:
@@ -95,7 +92,7 @@ def load_gpt2(ranks_path: Path | None = None, *, allow_download: bool = True) ->
     problem = ""
     if not path.is_file():
         problem = f"{path} does not exist"
-    elif (actual := _sha256(path)) != GPT2_RANKS_SHA256:
+    elif (actual := sha256_file(path)) != GPT2_RANKS_SHA256:
         problem = f"{path} has sha256 {actual}, expected {GPT2_RANKS_SHA256}"
     if not problem:
         from tiktoken.load import load_tiktoken_bpe

