@@ -406,6 +406,18 @@ def test_c4_fixture_through_datasets_streaming(tmp_path: Path, capsys: pytest.Ca
     )
 
 
+def test_c4_malformed_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    broken = tmp_path / "c4-broken.jsonl"
+    good = C4_SAMPLE.read_text(encoding="utf-8").splitlines()
+    broken.write_text("\n".join([good[0], "{not json", good[1], '{"text": 3}', "", *good[2:]]) + "\n")
+    data = prepare_data(f"c4:{broken}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=False)
+    skipped = data.skipped
+    assert skipped.invalid_json_lines == 1
+    assert skipped.missing_text_lines == 2 + 1  # the fixture's own two, plus the line whose text is a number
+    texts = _documents_of(data.train_tokens, data.tokenizer) + _documents_of(data.eval_tokens, data.tokenizer)
+    assert sorted(texts) == sorted(_c4_texts())
+
+
 def test_stream_budgets_and_reuse(tmp_path: Path) -> None:
     source = f"c4:{C4_SAMPLE}"
     data = prepare_data(source, cache_dir=tmp_path, tokenizer="gpt2", max_tokens=600, progress=False)

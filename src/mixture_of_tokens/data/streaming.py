@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,19 @@ def stream_fingerprint(stream: StreamSource) -> str:
     return digest.hexdigest()
 
 
-def _documents(records: Any, split: str, skipped: SkipCounts) -> Iterator[Document]:
+def _documents(records: Any, split: str, skipped: SkipCounts, *, json_lines: bool = False) -> Iterator[Document]:
+    """Documents of a record stream; with `json_lines` each record is one raw line of a local JSON-lines file,
+    parsed here so that a malformed line is skipped and counted instead of failing the whole file."""
     for index, record in enumerate(records):
+        if json_lines:
+            line = record.get("text", "")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                skipped.invalid_json_lines += 1
+                continue
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
             skipped.missing_text_lines += 1
@@ -137,7 +149,8 @@ def open_stream(
             data_files = {"train": list(stream.train_files)}
             if stream.eval_files:
                 data_files["validation"] = list(stream.eval_files)
-            splits = datasets.load_dataset("json", data_files=data_files, streaming=True)
+            # read as lines and parsed in `_documents`: one malformed line must not fail the whole file
+            splits = datasets.load_dataset("text", data_files=data_files, streaming=True)
         else:
             splits = datasets.load_dataset(stream.path, stream.config, streaming=True)
     except (ConnectionError, OSError) as error:  # hub unreachable, dataset or config not found
@@ -149,9 +162,10 @@ def open_stream(
         raise ValueError(f"{stream.source} has no 'train' split (it has: {', '.join(splits)}).")
     train = splits["train"].shuffle(seed=seed, buffer_size=shuffle_buffer)
     held = splits["validation"] if "validation" in splits else None
+    json_lines = stream.path == "json"
     return (
-        _documents(train, "train", skipped),
-        None if held is None else _documents(held, "validation", skipped),
+        _documents(train, "train", skipped, json_lines=json_lines),
+        None if held is None else _documents(held, "validation", skipped, json_lines=json_lines),
     )
 
 
