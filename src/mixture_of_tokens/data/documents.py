@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -66,3 +68,26 @@ def default_cache_dir() -> Path:
     """`$MOT_CACHE_DIR`, else ~/.cache/mixture-of-tokens: one home for downloads, tokenizers, token files."""
     env = os.environ.get("MOT_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mixture-of-tokens"
+
+
+def parse_json_line(line: str, skipped: SkipCounts) -> Any | None:
+    """The JSON value of one line of a JSON-lines file; None for a blank line or (counted) malformed JSON."""
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        skipped.invalid_json_lines += 1
+        return None
+
+
+def record_text(record: Any, skipped: SkipCounts) -> str | None:
+    """A record's "text"; None (counted) when it is missing, not a string, or blank."""
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        skipped.missing_text_lines += 1
+        return None
+    if not text.strip():
+        skipped.empty_documents += 1
+        return None
+    return text

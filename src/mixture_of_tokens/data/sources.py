@@ -12,12 +12,11 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
 from .brown import BROWN, BROWN_FORMAT, brown_splits
-from .documents import Document, SkipCounts, SplitDocuments
+from .documents import Document, SkipCounts, SplitDocuments, parse_json_line, record_text
 from .packaged import packaged_fingerprint, packaged_splits
 from .streaming import parse_stream_source, stream_fingerprint
 
@@ -130,19 +129,9 @@ def _decode(raw: bytes, skipped: SkipCounts) -> str:
 def _jsonl_documents(path: Path, text: str, skipped: SkipCounts) -> list[Document]:
     documents = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            skipped.invalid_json_lines += 1
-            continue
-        value = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            skipped.missing_text_lines += 1
-        elif not value.strip():
-            skipped.empty_documents += 1
-        else:
+        record = parse_json_line(line, skipped)
+        value = None if record is None else record_text(record, skipped)
+        if value is not None:
             documents.append(Document(f"{path}:{number:09d}", value))
     return documents
 

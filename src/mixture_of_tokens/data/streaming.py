@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .documents import Document, SkipCounts
+from .documents import Document, SkipCounts, parse_json_line, record_text
 
 __all__ = [
     "StreamSource",
@@ -121,21 +120,10 @@ def _documents(records: Any, split: str, skipped: SkipCounts, *, json_lines: boo
     """Documents of a record stream; with `json_lines` each record is one raw line of a local JSON-lines file,
     parsed here so that a malformed line is skipped and counted instead of failing the whole file."""
     for index, record in enumerate(records):
-        if json_lines:
-            line = record.get("text", "")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                skipped.invalid_json_lines += 1
-                continue
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            skipped.missing_text_lines += 1
-        elif not text.strip():
-            skipped.empty_documents += 1
-        else:
+        if json_lines and (record := parse_json_line(record.get("text", ""), skipped)) is None:
+            continue
+        text = record_text(record, skipped)
+        if text is not None:
             yield Document(str(record.get("url") or f"{split}:{index:09d}"), text)
 
 
