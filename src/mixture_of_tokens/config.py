@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .devices import DEVICES
 from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
 from .layers.token_choice import SCOPES as TC_SCOPES
 
@@ -194,8 +195,8 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr_schedule_offset < 0:
             raise ValueError("warmup_steps, grad_clip and lr_schedule_offset must be >= 0.")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device={self.device!r} is not supported; allowed values: cpu, cuda, auto.")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
 
 
 def field_help(cls: type) -> dict[str, str]:

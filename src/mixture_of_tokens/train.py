@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint, tied_parameter_names
 from .config import ModelConfig, TrainConfig
 from .counting import count_model
 from .data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
+from .devices import resolve_device
 from .layers import check_group_size
 from .layers.routing_stats import CollapseMonitor
 from .metrics import MetricsWriter, read_metrics
@@ -50,14 +51,6 @@ class RunResult:
     seconds: float
     tokens_per_second: float
     stopped_early: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; allowed here: cpu, auto.")
-    return torch.device(name)
 
 
 def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, world_size: int = 1) -> None:

@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import load_model, load_tokenizer, read_config, write_json_atomic
 from ..config import ModelConfig, TrainConfig
 from ..data import Tokenizer, prepare_data
+from ..devices import resolve_device
 from ..model import Transformer, set_inference_routing
 
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "load_texts", "write_results"]
@@ -29,22 +30,12 @@ class LoadedCheckpoint:
     device: torch.device
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r} is not supported; allowed values: auto, cpu, cuda.")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; allowed here: cpu, auto.")
-    return torch.device(name)
-
-
 def load_checkpoint(directory: Path | str, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedCheckpoint:
     """Model (eval mode), configs and tokenizer of a checkpoint directory; a clear error when it is not one."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint {directory} does not exist (expected a run or checkpoint directory).")
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     read_config(directory)  # the not-a-checkpoint error comes first
     try:
         model, model_config, train_config = load_model(directory, device=torch_device)
