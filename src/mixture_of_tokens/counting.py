@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .layers import FeedForward, MixtureOfTokens
-
 
 @dataclass(frozen=True)
 class ModelCounts:
@@ -50,11 +48,8 @@ def human(count: float) -> str:
 
 
 def _ffn_active_params(ffn: nn.Module) -> int:
-    if isinstance(ffn, MixtureOfTokens):
-        return 2 * ffn.d_model * ffn.n_experts * ffn.expert_size // ffn.group_size + ffn.d_model * ffn.n_experts
-    if isinstance(ffn, FeedForward):
-        return 2 * ffn.d_model * ffn.d_ff
-    if hasattr(ffn, "active_params_per_token"):  # Token Choice: k experts + router; Expert Choice: K*E/G + router
+    """Every feed-forward layer of this package says what a token pays for; any other module counts in full."""
+    if hasattr(ffn, "active_params_per_token"):
         return int(ffn.active_params_per_token())
     return sum(p.numel() for p in ffn.parameters())
 

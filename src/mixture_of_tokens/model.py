@@ -16,7 +16,9 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import ExpertChoice, FeedForward, MixtureOfTokens, TokenChoice
+from .layers.checks import check_choice, check_positive_ints
 from .layers.init import scaled_trunc_normal_
+from .layers.mot import ROUTINGS
 
 
 @dataclass
@@ -229,10 +231,10 @@ def mot_mode(model: nn.Module, *, group_size: int | None = None, routing: str | 
     """Temporarily evaluate every MoT layer at another group size and/or routing (e.g. "discrete")."""
     layers = [m for m in model.modules() if isinstance(m, MixtureOfTokens)]
     saved = [(layer.group_size, layer.routing) for layer in layers]
-    if group_size is not None and group_size < 1:
-        raise ValueError(f"group_size must be a positive integer, got {group_size}.")
-    if routing is not None and routing not in ("softmax", "uniform", "discrete"):
-        raise ValueError(f"routing={routing!r} is not supported; allowed values: softmax, uniform, discrete.")
+    if group_size is not None:
+        check_positive_ints(group_size=group_size)
+    if routing is not None:
+        check_choice("routing", routing, ROUTINGS)
     try:
         for layer in layers:
             layer.group_size = group_size or layer.group_size

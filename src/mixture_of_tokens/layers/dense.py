@@ -21,6 +21,10 @@ class FeedForward(nn.Module):
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         return self.down(torch.relu(self.up(x_BSD)))
 
+    def active_params_per_token(self) -> int:
+        """Both weight matrices (biases ignored)."""
+        return 2 * self.d_model * self.d_ff
+
     def flops_per_token(self) -> int:
         """Multiply-adds x2 of one token's forward pass (biases ignored)."""
         return 2 * 2 * self.d_model * self.d_ff

@@ -145,6 +145,10 @@ class MixtureOfTokens(nn.Module):
         learned = self.temperature.detach() if self.learnable_temperature != "none" else None
         return routing_statistics(*self._last_routing, learned_temperature=learned)
 
+    def active_params_per_token(self) -> int:
+        """Weights one token pays multiply-adds for: the experts' share 2*D*E*H/G plus the controller D*E."""
+        return 2 * self.d_model * self.n_experts * self.expert_size // self.group_size + self.d_model * self.n_experts
+
     def flops_per_token(self) -> int:
         """Forward FLOPs (2 x multiply-adds) per token at the current group size.
 
