@@ -168,3 +168,17 @@ def test_converted_model_generates_alone_and_independently_of_other_prompts(trai
     mot_model, _, _ = load_model(trained["runs"]["mot"])
     with pytest.raises(ValueError, match="needs held-out filler text"):
         generate_tokens(mot_model, [prompt], max_new_tokens=4)
+
+
+def test_init_from_starts_from_the_checkpoint_weights(trained: dict, tmp_path: Path) -> None:
+    from mixture_of_tokens.train import Trainer
+
+    converted = convert_checkpoint(trained["runs"]["mot"], tmp_path / "tc", "token-choice")
+    _, model_config, train_config = load_model(converted)
+    config = TrainConfig(**{**train_config.__dict__, "out_dir": str(tmp_path / "run"), "steps": 1})
+    trainer = Trainer(model_config, config, data=trained["data"], progress=False, init_from=converted)
+    expected = load_file(converted / "model.safetensors")
+    state = trainer.raw_model.state_dict()
+    assert expected.keys() == state.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .checkpoint import save_checkpoint, tied_parameter_names
+from .checkpoint import WEIGHTS_FILE, load_weights_into, read_weights, save_checkpoint, tied_parameter_names
 from .config import ModelConfig, TrainConfig
 from .counting import count_model
 from .data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
@@ -155,11 +155,8 @@ class Trainer:
 
         torch.manual_seed(train_config.seed)
         raw_model = Transformer(model_config)
-        if init_from is not None:
-            from .checkpoint import load_model
-
-            source, _, _ = load_model(Path(init_from))
-            raw_model.load_state_dict(source.state_dict())
+        if init_from is not None:  # the weights only: optimizer and schedule start fresh
+            load_weights_into(raw_model, read_weights(Path(init_from) / WEIGHTS_FILE))
         self.counts = count_model(raw_model)
         self.raw_model = prepare_model(raw_model, self.precision).to(self.device)
         self.model = dist_utils.wrap_model(self.raw_model, self.context, train_config.parallel, self.device)

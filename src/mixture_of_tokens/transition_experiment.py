@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
+from .config import ModelConfig
 from .data import PreparedData, eval_batches, prepare_data
 from .metrics import read_metrics
 from .presets import get_preset
@@ -45,10 +46,11 @@ class TransitionReport:
         return "\n".join(f"{name:<{width}}  eval loss {loss:.4f}" for name, loss in rows)
 
 
-def _eval_loss(checkpoint: Path, data: PreparedData, batch_size: int, n_batches: int) -> float:
+def _eval_loss(checkpoint: Path, data: PreparedData, batch_size: int, n_batches: int) -> tuple[float, ModelConfig]:
+    """Held-out loss of a checkpoint as it stands (no training), and its model config."""
     model, model_config, _ = load_model(checkpoint)
     batches = eval_batches(data.eval_tokens, batch_size, model_config.max_seq_len, n_batches)
-    return evaluate_loss(model, batches, torch.device("cpu"))
+    return evaluate_loss(model, batches, torch.device("cpu")), model_config
 
 
 def run_transition_experiment(
@@ -78,13 +80,12 @@ def run_transition_experiment(
 
     mot_loss = run("mot", mot_preset.model, mot_steps)
     converted = convert_checkpoint(out / "mot", out / "converted", "token-choice", settings=settings, force=True)
-    spike = _eval_loss(converted, data, base.batch_size, base.eval_batches)
+    spike, converted_config = _eval_loss(converted, data, base.batch_size, base.eval_batches)
     schedule = (
         {"lr_schedule_offset": mot_steps, "warmup_steps": base.warmup_steps}
         if continue_schedule == "continue"
         else {"warmup_steps": max(continue_steps // 10, 1)}
     )
-    converted_config = load_model(converted)[1]
     recovered = run(
         "token-choice-continued",
         converted_config,
