@@ -10,6 +10,7 @@ import torch
 
 from ..config import ModelConfig
 from ..model import Transformer, mot_mode
+from ..train import evaluate_loss
 
 __all__ = ["EvalMode", "LossResult", "eval_modes", "evaluate_modes"]
 
@@ -70,6 +71,6 @@ def evaluate_modes(
     n_tokens = sum(targets.numel() for _, targets in batches)
     for mode in modes:
         with mot_mode(model, group_size=mode.group_size, routing=mode.routing):
-            losses = [float(model(x.to(device), y.to(device)).lm_loss) for x, y in batches]
-        results.append(LossResult(mode, sum(losses) / len(losses), n_tokens))
+            loss = evaluate_loss(model, batches, torch.device(device))
+        results.append(LossResult(mode, loss, n_tokens))
     return results
