@@ -17,9 +17,9 @@ from corpus import write_corpus
 
 from mixture_of_tokens import ModelConfig, TrainConfig
 from mixture_of_tokens.data import prepare_data
-from mixture_of_tokens.metrics import read_metrics
-from mixture_of_tokens.train import Trainer
-from mixture_of_tokens.train_state import checkpoint_problem, list_checkpoints, resolve_resume_checkpoint
+from mixture_of_tokens.training.loop import Trainer
+from mixture_of_tokens.training.metrics import read_metrics
+from mixture_of_tokens.training.state import checkpoint_problem, list_checkpoints, resolve_resume_checkpoint
 
 SMALL_MODEL = dict(
     vocab_size=300, max_seq_len=32, d_model=32, n_blocks=2, n_heads=2, d_ff=128,
@@ -181,7 +181,7 @@ def test_unwritable_out_dir_fails_before_any_data_or_compute(corpus: dict, tmp_p
 def test_full_disk_fails_before_training(corpus: dict, tmp_path: Path, monkeypatch) -> None:
     import shutil
 
-    from mixture_of_tokens import run_guard
+    from mixture_of_tokens.training import guards as run_guard
 
     monkeypatch.setattr(run_guard.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
     with pytest.raises(ValueError, match="GB free but a checkpoint needs"):
@@ -199,7 +199,7 @@ def test_gradient_accumulation_matches_one_big_batch(corpus: dict, tmp_path: Pat
 
 
 def test_micro_batch_must_hold_whole_groups() -> None:
-    from mixture_of_tokens.train import check_run_settings
+    from mixture_of_tokens.training.loop import check_run_settings
 
     config = TrainConfig(batch_size=8, grad_accum_steps=4)  # micro-batch 2 < group size 4
     with pytest.raises(ValueError, match="micro-batch .* = 2"):

@@ -26,7 +26,7 @@ from mixture_of_tokens.evaluation import (
     load_task_file,
     resolve_policy,
 )
-from mixture_of_tokens.lm_eval_adapter import MoTBackend
+from mixture_of_tokens.evaluation.lm_eval_adapter import MoTBackend
 from mixture_of_tokens.model import Transformer, mot_mode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"

@@ -383,8 +383,8 @@ def test_training_smoke(ffn, tmp_path, monkeypatch):
     from corpus import write_corpus
 
     from mixture_of_tokens.config import TrainConfig
-    from mixture_of_tokens.metrics import read_metrics
-    from mixture_of_tokens.train import train
+    from mixture_of_tokens.training.loop import train
+    from mixture_of_tokens.training.metrics import read_metrics
 
     write_corpus(tmp_path / "corpus", n_documents=10)
     monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))

@@ -12,10 +12,11 @@ from safetensors.torch import load_model
 
 from mixture_of_tokens import ModelConfig, TrainConfig, Transformer
 from mixture_of_tokens.cli import main
-from mixture_of_tokens.metrics import read_metrics
-from mixture_of_tokens.report import comparison_table, load_run, plot_runs
-from mixture_of_tokens.schedule import lr_multiplier
-from mixture_of_tokens.train import evaluate_loss, train
+from mixture_of_tokens.evaluation import evaluate_loss
+from mixture_of_tokens.experiments.report import comparison_table, load_run, plot_runs
+from mixture_of_tokens.training.loop import train
+from mixture_of_tokens.training.metrics import read_metrics
+from mixture_of_tokens.training.schedule import lr_multiplier
 
 TINY_MODEL = ModelConfig(
     vocab_size=300,

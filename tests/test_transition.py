@@ -15,12 +15,12 @@ from mixture_of_tokens import ModelConfig, TrainConfig
 from mixture_of_tokens.checkpoint import load_model, read_config
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.data import prepare_data
+from mixture_of_tokens.experiments.transition import run_transition_experiment
 from mixture_of_tokens.layers import MixtureOfTokens
 from mixture_of_tokens.layers.token_choice import TokenChoice
-from mixture_of_tokens.schedule import lr_multiplier
-from mixture_of_tokens.train import train
+from mixture_of_tokens.training.loop import train
+from mixture_of_tokens.training.schedule import lr_multiplier
 from mixture_of_tokens.transition import TokenChoiceSettings, convert_checkpoint
-from mixture_of_tokens.transition_experiment import run_transition_experiment
 
 MOT_MODEL = ModelConfig(
     vocab_size=300, max_seq_len=16, d_model=32, n_blocks=2, n_heads=2, d_ff=64,
@@ -171,7 +171,7 @@ def test_converted_model_generates_alone_and_independently_of_other_prompts(trai
 
 
 def test_init_from_starts_from_the_checkpoint_weights(trained: dict, tmp_path: Path) -> None:
-    from mixture_of_tokens.train import Trainer
+    from mixture_of_tokens.training.loop import Trainer
 
     converted = convert_checkpoint(trained["runs"]["mot"], tmp_path / "tc", "token-choice")
     _, model_config, train_config = load_model(converted)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
+from .files import atomic_path, write_json_atomic
 from .model import Transformer
 
 CONFIG_FILE = "config.json"
@@ -32,9 +32,8 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, tied_names:
     """safetensors file of a (full, CPU) state dict, written under a temp name then renamed. Names in
     `tied_names` (weights tied to another entry, e.g. a tied output head) are not stored twice."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items() if name not in tied_names}
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(temp))
-    temp.replace(path)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -60,12 +59,6 @@ def load_weights_into(model: Transformer, weights: dict[str, torch.Tensor]) -> N
             f"checkpoint weights do not fit the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}."
         )
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(payload, indent=2, default=str))
-    temp.replace(path)
 
 
 def tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from .devices import DEVICES
 from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
 from .layers.token_choice import SCOPES as TC_SCOPES
+from .runtime.devices import DEVICES
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16-pure")
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..report import comparison_table, load_run, plot_runs
+    from ..experiments.report import comparison_table, load_run, plot_runs
 
     runs = [load_run(Path(d)) for d in args.runs]
     print(comparison_table(runs))

@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..data import prepare_data
-    from ..report import comparison_table, load_run, plot_runs
-    from ..train import train
+    from ..experiments.report import comparison_table, load_run, plot_runs
+    from ..training.loop import train
 
     out_root = Path(args.out)
     runs = []

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..transition_experiment import run_transition_experiment
+    from ..experiments.transition import run_transition_experiment
 
     report = run_transition_experiment(
         Path(args.out), mot_steps=args.mot_steps, continue_steps=args.continue_steps, continue_schedule=args.schedule

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resume_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, Path]:
-    from ..train_state import resolve_resume_checkpoint
+    from ..training.state import resolve_resume_checkpoint
 
     if overrides(args, ModelConfig):
         names = ", ".join(overrides(args, ModelConfig))
@@ -64,7 +64,7 @@ def _init_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..train import check_run_settings, train
+    from ..training.loop import check_run_settings, train
 
     if args.resume and args.init_from:
         raise ValueError("--resume and --init-from exclude each other: resume continues a run, init-from starts one.")
@@ -110,9 +110,9 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     import torch
 
     from ..counting import count_model, human
-    from ..memory import estimate_training_memory
     from ..model import Transformer
-    from ..precision import resolve_precision
+    from ..runtime.precision import resolve_precision
+    from ..training.memory import estimate_training_memory
 
     with torch.device("meta"):
         counts = count_model(Transformer(model_config))

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..hashing import sha256_file
+from ..files import sha256_file
 
 __all__ = ["GPT2_RANKS_SHA256", "GPT2Tokenizer", "load_gpt2", "packaged_ranks_path"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..hashing import sha256_file
+from ..files import sha256_file
 from .documents import Document, SkipCounts, SplitDocuments, default_cache_dir
 
 __all__ = ["Document", "NpmPackage", "PACKAGES", "packaged_documents", "packaged_splits", "fetch_package"]

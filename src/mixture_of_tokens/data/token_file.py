@@ -8,7 +8,6 @@ stale file is detected and rebuilt instead of silently reused.
 from __future__ import annotations
 
 import json
-import os
 import string
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..files import temporary_path, write_json_atomic
 from .batches import entropy_from_counts
 from .documents import Document
 from .tokenizer import Tokenizer
@@ -84,12 +84,6 @@ def split_for_encoding(text: str, piece_chars: int = _PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    temp.replace(path)
-
-
 class TokenFileWriter:
     """Appends encoded documents (each followed by eos) to a temp file; `finish` renames it and writes the manifest.
 
@@ -105,7 +99,7 @@ class TokenFileWriter:
         self.n_tokens = 0
         self.n_documents = 0
         self._counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
-        self._temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._temp = temporary_path(self.path)
         self._handle = self._temp.open("wb")
 
     def write_pieces(self, pieces: list[list[int]], ends_document: list[bool]) -> None:
@@ -135,7 +129,9 @@ class TokenFileWriter:
             "n_tokens": self.n_tokens,
             "unigram_entropy": entropy_from_counts(self._counts) if self.n_tokens else None,
         }
-        _atomic_write_json(manifest_path(self.path), {**expected_manifest(self.tokenizer, manifest_extra), **counts})
+        write_json_atomic(
+            manifest_path(self.path), {**expected_manifest(self.tokenizer, manifest_extra), **counts}, sort_keys=True
+        )
         return load_token_file(self.path)
 
     def abort(self) -> None:

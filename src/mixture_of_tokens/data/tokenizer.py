@@ -7,13 +7,14 @@ output head from dominating tiny models, and needs no download.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ..files import write_text_atomic
 
 __all__ = ["Tokenizer", "BPETokenizer", "train_bpe", "EOS_TOKEN"]
 
@@ -61,9 +62,7 @@ class BPETokenizer:
         """Write tokenizer.json atomically (temp name + rename) so a crash never leaves half a file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temp.write_text(self._tokenizer.to_str(), encoding="utf-8")
-        temp.replace(path)
+        write_text_atomic(path, self._tokenizer.to_str())
 
     def encode(self, text: str) -> list[int]:
         """Ids of one text (no special tokens added)."""

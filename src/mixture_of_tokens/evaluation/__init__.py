@@ -1,6 +1,7 @@
 """Evaluation: held-out loss in every MoT mode, zero-shot multiple choice under an explicit batch policy."""
 
 from .batch_policy import POLICIES, BatchPolicy, is_batch_dependent, isolated_batch, query_seed, resolve_policy
+from .loss import evaluate_loss
 from .perplexity import EvalMode, LossResult, eval_modes, evaluate_modes
 from .runner import LoadedCheckpoint, load_checkpoint, load_texts, write_results
 from .scoring import ContinuationScore, Request, Scorer
@@ -22,6 +23,7 @@ __all__ = [
     "doc_from_row",
     "eval_modes",
     "evaluate_docs",
+    "evaluate_loss",
     "evaluate_modes",
     "is_batch_dependent",
     "isolated_batch",

@@ -10,7 +10,7 @@ import torch
 
 from ..config import ModelConfig
 from ..model import Transformer, mot_mode
-from ..train import evaluate_loss
+from .loss import evaluate_loss
 
 __all__ = ["EvalMode", "LossResult", "eval_modes", "evaluate_modes"]
 

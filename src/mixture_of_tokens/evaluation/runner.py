@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_model, load_tokenizer, read_config, write_json_atomic
+from ..checkpoint import load_model, load_tokenizer, read_config
 from ..config import ModelConfig, TrainConfig
 from ..data import Tokenizer, prepare_data
-from ..devices import resolve_device
+from ..files import write_json_atomic
 from ..model import Transformer, set_inference_routing
+from ..runtime.devices import resolve_device
 
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "load_texts", "write_results"]
 

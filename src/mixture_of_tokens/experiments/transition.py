@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
-from .config import ModelConfig
-from .data import PreparedData, eval_batches, prepare_data
-from .metrics import read_metrics
-from .presets import get_preset
-from .train import evaluate_loss, train
-from .transition import PAPER_SETTINGS, TokenChoiceSettings, convert_checkpoint
+from ..checkpoint import load_model
+from ..config import ModelConfig
+from ..data import PreparedData, eval_batches, prepare_data
+from ..evaluation.loss import evaluate_loss
+from ..presets import get_preset
+from ..training.loop import train
+from ..training.metrics import read_metrics
+from ..transition import PAPER_SETTINGS, TokenChoiceSettings, convert_checkpoint
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import (
+from ..checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     read_weights,
@@ -28,7 +28,7 @@ from .checkpoint import (
     tokenizer_spec,
     write_json_atomic,
 )
-from .hashing import sha256_file
+from ..files import sha256_file
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ModelConfig
-from .counting import ModelCounts
+from ..config import ModelConfig
+from ..counting import ModelCounts
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .config import PRECISIONS
+from ..config import PRECISIONS
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -18,20 +18,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed as dist_utils
-from .checkpoint import WEIGHTS_FILE, load_weights_into, read_weights, save_checkpoint, tied_parameter_names
-from .config import ModelConfig, TrainConfig
-from .counting import count_model
-from .data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
-from .devices import resolve_device
-from .layers import check_group_size
-from .layers.routing_stats import CollapseMonitor
+from ..checkpoint import WEIGHTS_FILE, load_weights_into, read_weights, save_checkpoint, tied_parameter_names
+from ..config import ModelConfig, TrainConfig
+from ..counting import count_model
+from ..data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
+from ..evaluation.loss import evaluate_loss
+from ..layers import check_group_size
+from ..layers.routing_stats import CollapseMonitor
+from ..model import Transformer
+from ..runtime import distributed as dist_utils
+from ..runtime.devices import resolve_device
+from ..runtime.precision import autocast, prepare_model, resolve_precision
+from .guards import InterruptFlag, check_output_dir, peak_flops_per_second
 from .metrics import MetricsWriter, read_metrics
-from .model import Transformer
-from .precision import autocast, prepare_model, resolve_precision
-from .run_guard import InterruptFlag, check_output_dir, peak_flops_per_second
 from .schedule import lr_multiplier
-from .train_state import (
+from .state import (
     METRICS_FILE,
     TrainingState,
     capture_rng_state,
@@ -82,28 +83,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    *,
-    precision: str = "fp32",
-    context: dist_utils.DistributedContext | None = None,
-) -> float:
-    """Mean LM loss over fixed held-out batches (each rank scores its rows of every batch)."""
-    context = context or dist_utils.DistributedContext()
-    was_training = model.training
-    model.eval()
-    losses = []
-    for inputs, targets in batches:
-        inputs, targets = (dist_utils.local_rows(t, context).to(device) for t in (inputs, targets))
-        with autocast(precision, device):
-            losses.append(model(inputs, targets).lm_loss.item())
-    model.train(was_training)
-    return dist_utils.all_reduce_mean(sum(losses) / len(losses), context, device)
 
 
 class Trainer:

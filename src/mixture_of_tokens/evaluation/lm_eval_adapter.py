@@ -1,12 +1,13 @@
 """lm-evaluation-harness adapter: a model registered as "mot" that scores with this package's batch policy.
 
     pip install lm_eval                  # optional, not a dependency of this package
-    python -m mixture_of_tokens.lm_eval_adapter --model mot --model_args checkpoint=runs/tiny-mot --tasks piqa
+    python -m mixture_of_tokens.evaluation.lm_eval_adapter --model mot \
+        --model_args checkpoint=runs/tiny-mot --tasks piqa
 
-`python -m mixture_of_tokens.lm_eval_adapter` registers the model and then runs lm-eval's own command line with the
-same arguments (lm-eval does not discover third-party models by itself). From Python:
+`python -m mixture_of_tokens.evaluation.lm_eval_adapter` registers the model and then runs lm-eval's own command
+line with the same arguments (lm-eval does not discover third-party models by itself). From Python:
 
-    from mixture_of_tokens.lm_eval_adapter import register
+    from mixture_of_tokens.evaluation.lm_eval_adapter import register
     MoTLM = register()
     lm_eval.simple_evaluate(model=MoTLM(checkpoint="runs/tiny-mot"), tasks=["piqa"])
 
@@ -22,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import Request, Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
-from .generate import generate_tokens
+from ..generate import generate_tokens
+from . import Request, Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
 
 __all__ = ["MoTBackend", "main", "register"]
 
@@ -131,7 +132,7 @@ def main() -> None:
     try:
         register()
     except ImportError as error:
-        print(f"mixture_of_tokens.lm_eval_adapter: error: {error}", file=sys.stderr)
+        print(f"mixture_of_tokens.evaluation.lm_eval_adapter: error: {error}", file=sys.stderr)
         sys.exit(2)
     from lm_eval.__main__ import cli_evaluate
 

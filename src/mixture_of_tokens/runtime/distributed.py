@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import PARALLEL_MODES
+from ..config import PARALLEL_MODES
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, by a substring of the device name.
 _BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -39,8 +39,8 @@ def check_output_dir(out_dir: Path, model_config: ModelConfig, train_config: Tra
     except OSError as error:
         reason = error.strerror or error
         raise ValueError(f"out_dir={str(out_dir)!r} is not writable ({reason}); choose another out_dir.") from None
-    from .counting import count_model
-    from .model import Transformer
+    from ..counting import count_model
+    from ..model import Transformer
 
     with torch.device("meta"):
         parameters = count_model(Transformer(model_config)).total_params

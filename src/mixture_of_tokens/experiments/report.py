@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import read_metrics
+from ..training.metrics import read_metrics
 
 
 @dataclass
