@@ -1,4 +1,4 @@
-"""Plain-loop float64 references of the feed-forward sublayers, written from METHOD.md §1 and §2.
+"""Plain-loop float64 references of the feed-forward sublayers, written from docs/method.md §1 and §2.
 
 Deliberately slow and explicit: loops over groups, positions, experts and tokens; the only vectorised
 operation is one token's vector-matrix product. Used by the tests to check the batched layers.
@@ -94,7 +94,7 @@ def reference_mot(
     routing: str = "softmax",
     emit: str = "group",
 ) -> torch.Tensor:
-    """Mixture of Tokens, METHOD.md §1: x[B, S, D] -> dx[B, S, D] in float64.
+    """Mixture of Tokens, docs/method.md §1: x[B, S, D] -> dx[B, S, D] in float64.
 
     Group g = examples g*G ... g*G+G-1 at one position s. Per expert e: merge m = sum_t w[t,e] x_t,
     y = relu(m W1[e]) W2[e], emit dx_t += v[t,e] y, with v = w ("group") or the per-token softmax over experts

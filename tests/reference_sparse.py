@@ -1,4 +1,4 @@
-"""Plain-loop float64 references of the sparse baselines, written from METHOD.md §2.
+"""Plain-loop float64 references of the sparse baselines, written from docs/method.md §2.
 
 Deliberately slow and explicit: loops over routing groups, tokens and experts; the only vectorised operation is
 one token's vector-matrix product. Used by the tests to check the batched Token Choice and Expert Choice layers.
@@ -40,7 +40,7 @@ def reference_token_choice(
     load_balance_weight: float = 0.01,
     z_loss_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float], set[tuple[int, int, int]]]:
-    """Token Choice, METHOD.md §2: returns (dx[B, S, D] float64, aux losses, kept (b, s, expert) assignments).
+    """Token Choice, docs/method.md §2: returns (dx[B, S, D] float64, aux losses, kept (b, s, expert) assignments).
 
     Routing groups: "batch" = all tokens in (example, position) order; "group" = for each group g of G
     consecutive examples and each position s, the G tokens (g*G + i, s) in order of i. Dropless uses one group.
@@ -112,7 +112,7 @@ def reference_expert_choice(
     ln_bias: torch.Tensor | None = None,
     eps: float = 1e-5,
 ) -> tuple[torch.Tensor, set[tuple[int, int, int]]]:
-    """Expert Choice, METHOD.md §2: returns (dx[B, S, D] float64, picked (b, s, expert) triples).
+    """Expert Choice, docs/method.md §2: returns (dx[B, S, D] float64, picked (b, s, expert) triples).
 
     For each group of G consecutive examples at position s: p[t] = softmax over experts; expert e picks the K
     tokens with the largest p[t][e]; a picked token's update is LayerNorm(sum_e p[t][e] * expert_e(x_t)) (biased

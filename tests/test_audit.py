@@ -1,5 +1,5 @@
 """The leakage audit: every causal layer shows no future-token leakage, batch-scope Token Choice is caught, and the
-coupling each layer reports is the one METHOD.md describes. Also the `mot audit` command."""
+coupling each layer reports is the one docs/method.md describes. Also the `mot audit` command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Expert Choice against the plain-loop float64 reference (METHOD.md §2), edge cases, structure and gradients."""
+"""Expert Choice against the plain-loop float64 reference (docs/method.md §2), edge cases, structure and gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Mixture of Tokens layer against the plain-loop float64 reference (METHOD.md §1), and its properties."""
+"""The Mixture of Tokens layer against the plain-loop float64 reference (docs/method.md §1), and its properties."""
 
 from __future__ import annotations
 

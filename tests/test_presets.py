@@ -1,4 +1,4 @@
-"""The paper's presets against METHOD.md §4, and their parameter counts from the architecture formula."""
+"""The paper's presets against docs/method.md §4, and their parameter counts from the architecture formula."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from mixture_of_tokens.counting import count_model
 from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.presets import PRESETS, get_preset
 
-# METHOD.md §4: model -> (blocks, d_model, d_ff, heads, G, E, h); None for the dense models
+# docs/method.md §4: model -> (blocks, d_model, d_ff, heads, G, E, h); None for the dense models
 PAPER_TABLE = {
     "transformer-medium": (8, 512, 2048, 8, None, None, None),
     "mot-medium-32e": (8, 512, 2048, 8, 32, 32, 2048),

@@ -1,4 +1,4 @@
-"""Token Choice against the plain-loop float64 reference (METHOD.md §2), hand-computed cases, edge cases,
+"""Token Choice against the plain-loop float64 reference (docs/method.md §2), hand-computed cases, edge cases,
 gradients, the routing statistics and the collapse monitor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Named presets: small CPU runs and the paper's table (METHOD.md §4)."""
+"""Named presets: small CPU runs and the paper's table (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`mot scaling plan|predict|fit`: the fine-grained scaling law of Krajewski et al. 2024 (METHOD.md §6)."""
+"""`mot scaling plan|predict|fit`: the fine-grained scaling law of Krajewski et al. 2024 (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ MoT mixes tokens across the examples of a group, so a score measured in a batch 
 batch. Three policies make that explicit:
 
     plain     batch-independent models (dense feed-forward everywhere): queries are batched freely.
-    protocol  the paper's protocol (METHOD.md §5): every query is scored alone in a batch of `rows` sequences
+    protocol  the paper's protocol (docs/method.md §5): every query is scored alone in a batch of `rows` sequences
               (32 by default, a multiple of the group size); the other rows are random training-set sequences cut
               to the query's length, the query sits in one random row, and only that row counts.
     discrete  the same isolated batches with argmax routing (`mot_mode(routing="discrete")`). The argmax is still

@@ -1,4 +1,4 @@
-"""Held-out loss and perplexity, and for MoT the same batches in its other evaluation modes (METHOD.md §1):
+"""Held-out loss and perplexity, and for MoT the same batches in its other evaluation modes (docs/method.md §1):
 discrete (argmax) routing and other group sizes, each reported separately."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The transition experiment (METHOD.md §3) at CPU scale: train MoT, convert to Token Choice, continue, and
+"""The transition experiment (docs/method.md §3) at CPU scale: train MoT, convert to Token Choice, continue, and
 compare with Token Choice trained from scratch and a dense model for the same total steps.
 
 The paper: 150K MoT steps, then 15K Token Choice steps; the loss spikes at the switch and recovers to sparse-MoE

@@ -1,4 +1,4 @@
-"""Expert Choice sparse MoE (Zhou et al. 2022) in same-position groups (METHOD.md §2).
+"""Expert Choice sparse MoE (Zhou et al. 2022) in same-position groups (docs/method.md §2).
 
 Axes used in tensor names:
     B batch, S sequence position, D d_model, R rows = (group, position) pairs, G tokens per group,
@@ -10,7 +10,7 @@ a token's update is LayerNorm(sum over the experts that picked it of p[t, e] * e
 picked get a zero update. Groups never span positions, so the layer adds no future-token leakage.
 
 The LayerNorm is applied to picked tokens only: the authors' code normalises every token, so an unpicked token
-gets the LayerNorm bias; here it gets exactly zero, as METHOD.md §2 says. Ties between tokens with equal
+gets the LayerNorm bias; here it gets exactly zero, as docs/method.md §2 says. Ties between tokens with equal
 probabilities (e.g. E = 1, where every p is 1) go to the earlier example of the group (a stable sort).
 """
 

@@ -1,6 +1,6 @@
 """The one batched expert MLP of every sparse layer (Mixture of Tokens, Token Choice, Expert Choice).
 
-Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (METHOD.md §1), W1 [E, D, H], W2 [E, H, D]. All
+Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (docs/method.md §1), W1 [E, D, H], W2 [E, H, D]. All
 experts run as two batched matmuls over a slot axis T that the routing fills (mixed tokens for MoT, dispatched
 tokens for Token/Expert Choice); there is no Python loop over experts.
 """
@@ -32,6 +32,6 @@ def new_expert_weights(n_experts: int, d_model: int, expert_size: int) -> tuple[
 
 
 def init_expert_weights_(w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, scale: float = DEFAULT_INIT_SCALE) -> None:
-    """METHOD.md §1 init: truncated normal, std sqrt(scale / fan_in), fan-in D for W1 and H for W2."""
+    """docs/method.md §1 init: truncated normal, std sqrt(scale / fan_in), fan-in D for W1 and H for W2."""
     scaled_trunc_normal_(w1_EDH, fan_in=w1_EDH.shape[1], scale=scale)
     scaled_trunc_normal_(w2_EHD, fan_in=w2_EHD.shape[1], scale=scale)

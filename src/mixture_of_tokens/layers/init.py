@@ -1,4 +1,4 @@
-"""Initialisation of METHOD.md §1: truncated normal with std sqrt(scale / fan_in).
+"""Initialisation of docs/method.md §1: truncated normal with std sqrt(scale / fan_in).
 
 A normal cut at +-2 sigma has a std of only 0.880 sigma, so the draw is cut at two underlying std and then
 rescaled: the weights have exactly the specified std and no value beyond 2 / 0.880 = 2.27 specified std.

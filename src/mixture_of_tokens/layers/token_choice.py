@@ -1,4 +1,4 @@
-"""Token Choice sparse MoE (Switch Transformer, top-k; METHOD.md §2).
+"""Token Choice sparse MoE (Switch Transformer, top-k; docs/method.md §2).
 
 Axes used in tensor names:
     B batch, S sequence position, D d_model, R routing groups, T tokens per routing group, E experts,

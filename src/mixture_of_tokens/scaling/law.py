@@ -2,7 +2,7 @@
 
 Variables: N = non-embedding parameters (all experts counted, not the active ones), D = training tokens,
 G = granularity (dense FF width / expert width). The law was fitted at expansion rate E = 64
-(total expert parameters / dense FF parameters). See METHOD.md §6.
+(total expert parameters / dense FF parameters). See docs/method.md §6.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class DenseLaw:
 Law = FineGrainedLaw | DenseLaw
 
 PAPER_LAW = FineGrainedLaw(c=0.472, g=2.1, gamma=0.58, a=18.1, alpha=0.115, b=30.8, beta=0.147)
-"""Krajewski et al. 2024, fitted at expansion rate 64 (METHOD.md §6)."""
+"""Krajewski et al. 2024, fitted at expansion rate 64 (docs/method.md §6)."""
 PAPER_DENSE_LAW = DenseLaw(c=0.472, a=16.3, alpha=0.126, b=26.7, beta=0.127)
 """Krajewski et al. 2024, their dense Transformers on the same data."""
 
