@@ -55,10 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"B={BATCH} S={SEQ_LEN} d={D_MODEL} d_ff={D_FF}, fwd+bwd, {torch.get_num_threads()} threads, {args.device}")
-    dense = FeedForward(D_MODEL, D_FF).to(args.device)
+    dense = FeedForward(D_MODEL, d_ff=D_FF).to(args.device)
     for name in ("/16E", "/16E/8"):
         sizing = mot_sizing(name, D_FF)
-        mot = MixtureOfTokens(D_MODEL, sizing.n_experts, sizing.expert_size, sizing.group_size).to(args.device)
+        mot = MixtureOfTokens(
+            D_MODEL, n_experts=sizing.n_experts, expert_size=sizing.expert_size, group_size=sizing.group_size
+        ).to(args.device)
         compare(name, mot, dense, args.repeats, args.device)
 
 

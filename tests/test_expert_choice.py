@@ -23,7 +23,7 @@ TOL = 1e-10
 def make_layer(d, e, h, g, *, seed=0, router_std=2.0, **kwargs) -> ExpertChoice:
     """A float64 layer with spread-out router probabilities and a non-trivial output LayerNorm."""
     torch.manual_seed(seed)
-    layer = ExpertChoice(d, e, h, g, **kwargs).double()
+    layer = ExpertChoice(d, n_experts=e, expert_size=h, group_size=g, **kwargs).double()
     with torch.no_grad():
         layer.router.normal_(0.0, router_std / math.sqrt(d))
         layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
@@ -160,12 +160,12 @@ def test_router_gets_gradient_through_the_gate():
 )
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ExpertChoice(8, 4, 16, 4, **kwargs)
+        ExpertChoice(8, n_experts=4, expert_size=16, group_size=4, **kwargs)
 
 
 def test_batch_must_be_a_multiple_of_the_group_size():
     with pytest.raises(ValueError, match="group_size=4 must divide the batch size 6"):
-        ExpertChoice(8, 4, 16, 4)(torch.randn(6, 2, 8))
+        ExpertChoice(8, n_experts=4, expert_size=16, group_size=4)(torch.randn(6, 2, 8))
 
 
 def test_config_validation():

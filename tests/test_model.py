@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import mot_layers_of
 
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.counting import count_model
@@ -57,7 +58,7 @@ def test_logits_and_loss(ffn_blocks):
             lse = top + math.log(sum(math.exp(v - top) for v in row))
             total += lse - row[int(targets[b, s])]
     assert float(out.lm_loss.detach()) == pytest.approx(total / (BATCH * SEQ), rel=1e-5)
-    assert len(model.mot_layers()) == config_mot_count(model.config)
+    assert len(mot_layers_of(model)) == config_mot_count(model.config)
 
 
 def config_mot_count(config: ModelConfig) -> int:
@@ -77,7 +78,7 @@ def test_routing_stats_are_reported_per_mot_block():
 def test_no_leakage_across_positions_or_groups(ffn, ffn_blocks, b, t):
     model = build(small_config(ffn=ffn, ffn_blocks=ffn_blocks), seed=b + 10 * t).double()
     with torch.no_grad():  # larger MoT logits than the small init, so routing really depends on the tokens
-        for layer in model.mot_layers():
+        for layer in mot_layers_of(model):
             layer.controller.mul_(10.0)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
     ids2 = ids.clone()

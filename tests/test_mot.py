@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import mot_layers_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_feed_forward, reference_group_weights, reference_logits, reference_mot
@@ -20,7 +21,7 @@ TOL = 1e-10
 def make_layer(d, e, h, g, *, seed=0, weight_std=1.0, **kwargs) -> MixtureOfTokens:
     """A float64 layer with O(1) logits and outputs (random weights, not the small init)."""
     torch.manual_seed(seed)
-    layer = MixtureOfTokens(d, e, h, g, **kwargs).double()
+    layer = MixtureOfTokens(d, n_experts=e, expert_size=h, group_size=g, **kwargs).double()
     with torch.no_grad():
         layer.controller.normal_(0.0, weight_std / math.sqrt(d))
         layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
@@ -96,7 +97,7 @@ def test_softmax_routing_is_exact_in_float64(emit, learnable):
 
 def test_reference_feed_forward_matches_dense_layer():
     torch.manual_seed(0)
-    ff = FeedForward(5, 7).double()
+    ff = FeedForward(5, d_ff=7).double()
     with torch.no_grad():
         ff.up.bias.normal_()
         ff.down.bias.normal_()
@@ -273,7 +274,7 @@ def test_mot_mode_changes_and_restores_layers():
         expert_size=16,
     )
     model = Transformer(config)
-    layers = model.mot_layers()
+    layers = mot_layers_of(model)
     assert len(layers) == 2
     ids = torch.randint(0, 20, (8, 4))
     with torch.no_grad():
@@ -324,13 +325,7 @@ def test_batch_not_divisible_by_group_size():
 def test_invalid_settings_raise(kwargs, setting):
     args = {"d_model": 4, "n_experts": 2, "expert_size": 3, "group_size": 2, **kwargs}
     with pytest.raises(ValueError, match=setting):
-        MixtureOfTokens(
-            args.pop("d_model"),
-            args.pop("n_experts"),
-            args.pop("expert_size"),
-            args.pop("group_size"),
-            **args,
-        )
+        MixtureOfTokens(args.pop("d_model"), **args)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -429,7 +424,7 @@ def _truncated_std_ratio(cut: float) -> float:
 def test_init_scaled_truncated_normal():
     torch.manual_seed(14)
     d, e, h = 256, 16, 64
-    layer = MixtureOfTokens(d, e, h, 4)
+    layer = MixtureOfTokens(d, n_experts=e, expert_size=h, group_size=4)
     ratio = _truncated_std_ratio(2.0)  # about 0.88: a cut at +-2 underlying std, rescaled to the spec's std
     for name, fan_in, tol in (("controller", d, 0.05), ("w1", d, 0.02), ("w2", h, 0.02)):
         sigma = math.sqrt(0.1 / fan_in)
@@ -446,7 +441,9 @@ def test_init_scaled_truncated_normal():
 def test_flops_per_token_matches_dense_plus_routing(d, d_ff, name):
     sizing = mot_sizing(name, d_ff)
     with torch.device("meta"):
-        mot = MixtureOfTokens(d, sizing.n_experts, sizing.expert_size, sizing.group_size)
-        dense = FeedForward(d, d_ff)
+        mot = MixtureOfTokens(
+            d, n_experts=sizing.n_experts, expert_size=sizing.expert_size, group_size=sizing.group_size
+        )
+        dense = FeedForward(d, d_ff=d_ff)
     assert mot.flops_per_token() == dense.flops_per_token() + 6 * d * sizing.n_experts
     assert dense.flops_per_token() == 4 * d * d_ff

@@ -23,7 +23,7 @@ TOL = 1e-10
 def make_layer(d, e, h, *, seed=0, router_std=2.0, **kwargs) -> TokenChoice:
     """A float64 layer with spread-out router probabilities (random weights, not the small init)."""
     torch.manual_seed(seed)
-    layer = TokenChoice(d, e, h, **kwargs).double()
+    layer = TokenChoice(d, n_experts=e, expert_size=h, **kwargs).double()
     with torch.no_grad():
         layer.router.normal_(0.0, router_std / math.sqrt(d))
         layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
@@ -133,7 +133,9 @@ def test_scopes_differ_when_capacity_binds():
 def test_hand_computed_drops_and_aux_losses():
     """E = 2, router = identity, logits z chosen by hand; capacity 2 per expert over 4 tokens."""
     z = [[2.0, 0.0], [1.0, 0.0], [0.5, 0.0], [0.0, 3.0]]
-    layer = TokenChoice(2, 2, 3, capacity_factor=1.0, load_balance_weight=0.01, z_loss_weight=0.1).double()
+    layer = TokenChoice(
+        2, n_experts=2, expert_size=3, capacity_factor=1.0, load_balance_weight=0.01, z_loss_weight=0.1
+    ).double()
     with torch.no_grad():
         layer.router.copy_(torch.eye(2, dtype=torch.float64))
         layer.w1.normal_()
@@ -245,7 +247,7 @@ def test_aux_losses_only_when_weighted():
 
 
 def test_low_precision_input_keeps_router_in_float32():
-    layer = TokenChoice(8, 4, 16)
+    layer = TokenChoice(8, n_experts=4, expert_size=16)
     x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
     out = layer(x)
     assert out.dtype == torch.bfloat16
@@ -265,11 +267,11 @@ def test_low_precision_input_keeps_router_in_float32():
 )
 def test_invalid_settings(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        TokenChoice(8, 4, 16, **kwargs)
+        TokenChoice(8, n_experts=4, expert_size=16, **kwargs)
 
 
 def test_group_scope_needs_divisible_batch():
-    layer = TokenChoice(8, 4, 16, scope="group", group_size=4)
+    layer = TokenChoice(8, n_experts=4, expert_size=16, scope="group", group_size=4)
     with pytest.raises(ValueError, match="group_size=4 must divide the batch size 6"):
         layer(torch.randn(6, 2, 8))
 

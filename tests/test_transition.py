@@ -20,7 +20,7 @@ from mixture_of_tokens.layers import MixtureOfTokens
 from mixture_of_tokens.layers.token_choice import TokenChoice
 from mixture_of_tokens.training.loop import train
 from mixture_of_tokens.training.schedule import lr_multiplier
-from mixture_of_tokens.transition import TokenChoiceSettings, convert_checkpoint
+from mixture_of_tokens.transition import convert_checkpoint
 
 MOT_MODEL = ModelConfig(
     vocab_size=300, max_seq_len=16, d_model=32, n_blocks=2, n_heads=2, d_ff=64,
@@ -64,8 +64,8 @@ def test_conversion_preserves_every_tensor_bit_for_bit(trained: dict, tmp_path: 
 
 
 def test_converted_layer_computes_token_choice_on_the_mot_weights(trained: dict, tmp_path: Path) -> None:
-    settings = TokenChoiceSettings(capacity_factor=100.0)  # capacity never binds
-    out = convert_checkpoint(trained["runs"]["mot"], tmp_path / "tc", "token-choice", settings=settings)
+    # capacity never binds
+    out = convert_checkpoint(trained["runs"]["mot"], tmp_path / "tc", "token-choice", capacity_factor=100.0)
     mot_model, _, _ = load_model(trained["runs"]["mot"])
     tc_model, _, _ = load_model(out)
     mot_layer, tc_layer = mot_model.blocks[1].ffn, tc_model.blocks[1].ffn

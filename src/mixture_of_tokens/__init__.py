@@ -12,7 +12,6 @@ from .layers import (
     TokenChoice,
     group_by_position,
     mot_sizing,
-    ungroup,
 )
 from .model import ModelOutput, Transformer, mot_mode
 from .presets import PRESETS, Preset, get_preset
@@ -38,5 +37,4 @@ __all__ = [
     "group_by_position",
     "mot_mode",
     "mot_sizing",
-    "ungroup",
 ]

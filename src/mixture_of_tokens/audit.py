@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .layers import ExpertChoice, FeedForward, MixtureOfTokens, TokenChoice
+from .layers import FFN_REGISTRY, FeedForwardLayer, batch_multiple
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,13 @@ def audit_function(
 def layer_suite(
     d_model: int = 16, group_size: int = 4, n_experts: int = 4, seed: int = 0
 ) -> dict[str, tuple[nn.Module, bool]]:
-    """Every feed-forward kind in float64: {name: (layer, meant to be causal)}. The routers are biased so that
-    input coordinate 0 drives expert 0's logit alone (see `capacity_binding_input`)."""
+    """Every registered feed-forward kind in float64 (each kind supplies its variants): {name: (layer, meant to
+    be causal)}. The routers are biased so that input coordinate 0 drives expert 0's logit alone (see
+    `capacity_binding_input`)."""
     torch.manual_seed(seed)
-    hidden = 2 * d_model
-    layers: dict[str, tuple[nn.Module, bool]] = {
-        "dense": (FeedForward(d_model, 4 * d_model), True),
-        "mot": (MixtureOfTokens(d_model, n_experts, hidden, group_size), True),
-        "expert_choice": (ExpertChoice(d_model, n_experts, hidden, group_size), True),
-        "token_choice[group]": (TokenChoice(d_model, n_experts, hidden, scope="group", group_size=group_size), True),
-        "token_choice[dropless]": (TokenChoice(d_model, n_experts, hidden, capacity_factor=None), True),
-        "token_choice[batch]": (TokenChoice(d_model, n_experts, hidden, scope="batch"), False),
-    }
+    layers: dict[str, tuple[nn.Module, bool]] = {}
+    for layer_class in FFN_REGISTRY.values():
+        layers.update(layer_class.audit_examples(d_model=d_model, group_size=group_size, n_experts=n_experts))
     for layer, _ in layers.values():
         layer.double().eval()
         router = getattr(layer, "router", None)
@@ -182,10 +177,8 @@ def audit_layer_types(
 
 
 def model_is_causal(model: nn.Module) -> bool:
-    """False when some layer routes with a batch-wide capacity (batch-scope Token Choice with capacity)."""
-    return not any(
-        isinstance(m, TokenChoice) and m.scope == "batch" and m.capacity_factor is not None for m in model.modules()
-    )
+    """False when some feed-forward layer can let an output depend on a later token (e.g. batch-wide capacity)."""
+    return all(m.is_causal() for m in model.modules() if isinstance(m, FeedForwardLayer))
 
 
 def audit_model(
@@ -204,10 +197,9 @@ def audit_model(
     config = model.config
     if seq_len > config.max_seq_len:
         raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={config.max_seq_len}.")
-    kinds = set(config.block_ffn_kinds())
-    grouped = kinds & {"mot", "expert_choice"} or (kinds & {"token_choice"} and config.tc_scope == "group")
-    if grouped and batch % config.group_size != 0:
-        raise ValueError(f"batch={batch} must be a multiple of the model's group_size={config.group_size}.")
+    multiple = batch_multiple(config)
+    if batch % multiple != 0:
+        raise ValueError(f"batch={batch} must be a multiple of the model's group_size={multiple}.")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(config.vocab_size, (batch, seq_len), generator=generator)
@@ -232,7 +224,8 @@ def audit_model(
 
 def default_batch(config) -> int:
     """Two groups when the model groups sequences, else 4."""
-    return 2 * config.group_size if set(config.block_ffn_kinds()) != {"dense"} else 4
+    multiple = batch_multiple(config)
+    return 2 * multiple if multiple > 1 else 4
 
 
 # ------------------------------------------------------------------------------------------------------------

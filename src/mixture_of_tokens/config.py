@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
+from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16-pure")
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
 
-FFN_KINDS: tuple[str, ...] = ("dense", "mot", "token_choice", "expert_choice")
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
 
 
@@ -72,8 +72,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}.")
-        if self.ffn not in FFN_KINDS:
-            raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(FFN_KINDS)}.")
+        if self.ffn not in ffn_kinds():
+            raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(ffn_kinds())}.")
         self.block_ffn_kinds()  # validates ffn_blocks
         for name, allowed in (
             ("mot_routing", ROUTINGS),

@@ -6,8 +6,6 @@ Layers may record `aux_losses` (added to the LM loss) and `stats` (detached diag
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,10 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import ExpertChoice, FeedForward, MixtureOfTokens, TokenChoice
-from .layers.checks import check_choice, check_positive_ints
+from .layers import FeedForwardLayer, build_ffn
 from .layers.init import scaled_trunc_normal_
-from .layers.mot import ROUTINGS
+from .layers.modes import inference_routing, mot_mode, set_inference_routing
 
 
 @dataclass
@@ -85,49 +82,6 @@ class CausalSelfAttention(nn.Module):
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
-def build_ffn(kind: str, config: ModelConfig) -> nn.Module:
-    """The feed-forward sublayer of one block."""
-    if kind == "dense":
-        return FeedForward(config.d_model, config.d_ff)
-    if kind == "mot":
-        return MixtureOfTokens(
-            config.d_model,
-            config.n_experts,
-            config.expert_size,
-            config.group_size,
-            temperature=config.mot_temperature,
-            learnable_temperature=config.mot_learnable_temperature,
-            routing=config.mot_routing,
-            emit=config.mot_emit,
-            init_scale=config.init_scale,
-        )
-    if kind == "token_choice":
-        return TokenChoice(
-            config.d_model,
-            config.n_experts,
-            config.expert_size,
-            top_k=config.top_k,
-            capacity_factor=config.capacity_factor,
-            scope=config.tc_scope,
-            group_size=config.group_size,
-            load_balance_weight=config.load_balance_weight,
-            z_loss_weight=config.z_loss_weight,
-            init_scale=config.init_scale,
-        )
-    if kind == "expert_choice":
-        return ExpertChoice(
-            config.d_model,
-            config.n_experts,
-            config.expert_size,
-            config.group_size,
-            tokens_per_expert=config.ec_tokens_per_expert,
-            init_scale=config.init_scale,
-        )
-    raise ValueError(
-        f"feed-forward kind {kind!r} is not supported; allowed values: dense, mot, token_choice, expert_choice."
-    )
-
-
 class Block(nn.Module):
     """x + attn(LN(x)), then x + ffn(LN(x))."""
 
@@ -169,7 +123,7 @@ class Transformer(nn.Module):
             self.head.weight = self.token_embedding.weight
 
     def reset_parameters(self) -> None:
-        """Truncated normal, std sqrt(init_scale / fan_in), for every weight (METHOD.md §1); zero biases.
+        """Truncated normal, std sqrt(init_scale / fan_in), for every weight (docs/method.md §1); zero biases.
 
         Embedding tables count d_model as their fan-in (a one-hot input has no meaningful fan-in).
         """
@@ -181,8 +135,8 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 scaled_trunc_normal_(module.weight, fan_in=module.embedding_dim, scale=scale)
-            elif isinstance(module, (MixtureOfTokens, TokenChoice, ExpertChoice)):
-                module.reset_parameters()
+            elif isinstance(module, FeedForwardLayer) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # layers with their own tensors (experts, routers) initialise them
 
     def forward(
         self, ids_BS: torch.Tensor, targets_BS: torch.Tensor | None = None, *, cache: KVCache | None = None
@@ -222,46 +176,16 @@ class Transformer(nn.Module):
                 stats[f"block{index}.{name}"] = float(value)
         return stats
 
-    def mot_layers(self) -> list[MixtureOfTokens]:
-        return [block.ffn for block in self.blocks if isinstance(block.ffn, MixtureOfTokens)]
 
-
-@contextlib.contextmanager
-def mot_mode(model: nn.Module, *, group_size: int | None = None, routing: str | None = None) -> Iterator[None]:
-    """Temporarily evaluate every MoT layer at another group size and/or routing (e.g. "discrete")."""
-    layers = [m for m in model.modules() if isinstance(m, MixtureOfTokens)]
-    saved = [(layer.group_size, layer.routing) for layer in layers]
-    if group_size is not None:
-        check_positive_ints(group_size=group_size)
-    if routing is not None:
-        check_choice("routing", routing, ROUTINGS)
-    try:
-        for layer in layers:
-            layer.group_size = group_size or layer.group_size
-            layer.routing = routing or layer.routing
-        yield
-    finally:
-        for layer, (old_group_size, old_routing) in zip(layers, saved):
-            layer.group_size, layer.routing = old_group_size, old_routing
-
-
-def set_inference_routing(model: nn.Module) -> nn.Module:
-    """Token Choice layers route dropless (no capacity) from now on: at inference a token's output then depends on
-    that token alone, so it needs no batch (the point of transition tuning) and is batch-size independent."""
-    for module in model.modules():
-        if isinstance(module, TokenChoice):
-            module.capacity_factor = None
-    return model
-
-
-@contextlib.contextmanager
-def inference_routing(model: nn.Module) -> Iterator[None]:
-    """`set_inference_routing` for the duration of a `with` block, then the training capacities again."""
-    layers = [m for m in model.modules() if isinstance(m, TokenChoice)]
-    saved = [layer.capacity_factor for layer in layers]
-    set_inference_routing(model)
-    try:
-        yield
-    finally:
-        for layer, capacity_factor in zip(layers, saved):
-            layer.capacity_factor = capacity_factor
+__all__ = [
+    "Block",
+    "CausalSelfAttention",
+    "KVCache",
+    "LayerKVCache",
+    "LayerNorm",
+    "ModelOutput",
+    "Transformer",
+    "inference_routing",
+    "mot_mode",
+    "set_inference_routing",
+]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import ModelConfig, TrainConfig
-from .layers import mot_sizing
+from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ def _mot(base: ModelConfig, size_name: str, ffn_blocks: str) -> ModelConfig:
     sizing = mot_sizing(size_name, base.d_ff)
     return dataclasses.replace(
         base,
-        ffn="mot",
+        ffn=MixtureOfTokens.kind,
         ffn_blocks=ffn_blocks,
         group_size=sizing.group_size,
         n_experts=sizing.n_experts,
@@ -55,14 +55,14 @@ PRESETS: dict[str, Preset] = {
             "tiny-token-choice",
             "tiny-mot's layout with Token Choice (Switch top-1, E = 8 experts of width d_ff, capacity 1.25, "
             "batch-wide routing, load balancing 0.01): the FLOPs of tiny-dense",
-            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn="token_choice", top_k=1),
+            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn=TokenChoice.kind, top_k=1),
             _TINY_TRAIN,
         ),
         Preset(
             "tiny-expert-choice",
             "tiny-mot's layout with Expert Choice (E = 8 experts of width d_ff, one token per expert per group of 8): "
             "the FLOPs of tiny-dense",
-            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn="expert_choice", ec_tokens_per_expert=1),
+            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
             _TINY_TRAIN,
         ),
         Preset("transformer-medium", "paper: Transformer-Medium", _MEDIUM, _paper_train(7e-4)),

@@ -1,4 +1,4 @@
-"""Transition tuning (METHOD.md §3): turn a trained MoT model into a sparse model that needs no batch.
+"""Transition tuning (docs/method.md §3): turn a trained MoT checkpoint into a sparse one that needs no batch.
 
 Every MoT layer becomes a Token Choice layer that reuses the MoT tensors unchanged — router := controller,
 experts := experts — with top-1 routing, capacity factor 1.25 and load-balancing weight 0.01 by default; the same
@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -25,59 +23,7 @@ from .checkpoint import (
     write_json_atomic,
 )
 from .config import ModelConfig
-
-TARGETS: dict[str, str] = {"token-choice": "token_choice", "expert-choice": "expert_choice", "discrete-mot": "mot"}
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenChoiceSettings:
-    """Routing settings of the converted Token Choice layers (the paper's defaults)."""
-
-    top_k: int = 1
-    capacity_factor: float = 1.25
-    load_balance_weight: float = 0.01
-    scope: str = "batch"
-
-
-PAPER_SETTINGS = TokenChoiceSettings()
-
-
-def convert_config(config: ModelConfig, target: str, settings: TokenChoiceSettings = PAPER_SETTINGS) -> ModelConfig:
-    """The converted model's config: the MoT blocks change kind, everything else is kept."""
-    if target not in TARGETS:
-        raise ValueError(f"--to {target!r} is not a conversion target; allowed values: {', '.join(TARGETS)}.")
-    if "mot" not in config.block_ffn_kinds():
-        kinds = ", ".join(config.block_ffn_kinds())
-        raise ValueError(f"the checkpoint has no MoT layer to convert (its blocks are: {kinds}).")
-    if target == "discrete-mot":
-        return dataclasses.replace(config, mot_routing="discrete")
-    replaced = dataclasses.replace(config, ffn=TARGETS[target])
-    if target == "token-choice":
-        replaced = dataclasses.replace(
-            replaced,
-            top_k=settings.top_k,
-            capacity_factor=settings.capacity_factor,
-            load_balance_weight=settings.load_balance_weight,
-            tc_scope=settings.scope,
-        )
-    return replaced
-
-
-def convert_weights(weights: dict[str, torch.Tensor], config: ModelConfig, target: str) -> dict[str, torch.Tensor]:
-    """Rename each MoT controller to the router of the new layer; every tensor is kept bit for bit (Expert
-    Choice adds its output LayerNorm, initialised to the identity)."""
-    if target == "discrete-mot":
-        return dict(weights)
-    mot_blocks = [i for i, kind in enumerate(config.block_ffn_kinds()) if kind == "mot"]
-    renamed = dict(weights)
-    for index in mot_blocks:
-        prefix = f"blocks.{index}.ffn."
-        controller = renamed.pop(prefix + "controller")
-        renamed[prefix + "router"] = controller
-        if target == "expert-choice":  # Expert Choice's output LayerNorm has no MoT counterpart: identity init
-            renamed[prefix + "norm.weight"] = torch.ones(config.d_model, dtype=controller.dtype)
-            renamed[prefix + "norm.bias"] = torch.zeros(config.d_model, dtype=controller.dtype)
-    return renamed
+from .layers.conversion import ROUTING_FIELDS, TARGETS, convert_config, convert_weights
 
 
 def convert_checkpoint(
@@ -85,8 +31,8 @@ def convert_checkpoint(
     out: Path,
     target: str,
     *,
-    settings: TokenChoiceSettings = PAPER_SETTINGS,
     force: bool = False,
+    **routing: object,
 ) -> Path:
     """Write the converted checkpoint to `out` (a new directory unless `force`); returns `out`.
 
@@ -95,7 +41,7 @@ def convert_checkpoint(
     source, out = Path(source), Path(out)
     saved = read_config(source)
     model_config = ModelConfig(**saved["model"])
-    converted_config = convert_config(model_config, target, settings)
+    converted_config = convert_config(model_config, target, **routing)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"--out {out} already exists and is not empty; pass --force to overwrite it.")
     if out.resolve() == source.resolve():
@@ -122,11 +68,4 @@ def convert_checkpoint(
     return out
 
 
-__all__ = [
-    "PAPER_SETTINGS",
-    "TARGETS",
-    "TokenChoiceSettings",
-    "convert_checkpoint",
-    "convert_config",
-    "convert_weights",
-]
+__all__ = ["ROUTING_FIELDS", "TARGETS", "convert_checkpoint", "convert_config", "convert_weights"]

@@ -11,11 +11,16 @@ from ..presets import PRESETS, get_preset
 _CASTS = {"int": int, "float": float, "str": str}
 
 
-def add_config_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One --flag per dataclass field; defaults stay None so the preset's values apply unless overridden."""
+def add_config_fields(
+    parser: argparse.ArgumentParser, cls: type, title: str, *, only: tuple[str, ...] | None = None
+) -> None:
+    """One --flag per dataclass field (or per field named in `only`); defaults stay None so the preset's (or the
+    checkpoint's) values apply unless overridden."""
     group = parser.add_argument_group(title)
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             group.add_argument(
@@ -43,6 +48,7 @@ def add_preset_and_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides(args: argparse.Namespace, cls: type) -> dict:
+    """The fields of `cls` given on the command line."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
@@ -52,3 +58,19 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     model = dataclasses.replace(preset.model, **overrides(args, ModelConfig))
     train = dataclasses.replace(preset.train, **overrides(args, TrainConfig))
     return model, train
+
+
+def config_flags(config: object) -> str:
+    """The command-line flags that rebuild a config dataclass from its defaults (fields equal to the default are
+    left out): the inverse of `add_config_fields`."""
+    flags = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..transition import TARGETS, TokenChoiceSettings
+from ..config import ModelConfig
+from ..layers.conversion import ROUTING_FIELDS, TARGETS
+from .config_args import add_config_fields, overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = TokenChoiceSettings()
     parser = subparsers.add_parser(
         "convert",
         help="transition tuning: convert a trained MoT checkpoint into a sparse model",
@@ -21,29 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--to", required=True, dest="target", help=f"one of: {', '.join(TARGETS)}")
     parser.add_argument("--out", required=True, help="directory for the converted checkpoint (must be new)")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="token choice: experts per token")
-    parser.add_argument(
-        "--capacity-factor", type=float, default=defaults.capacity_factor, help="token choice: 0 for dropless"
-    )
-    parser.add_argument("--load-balance-weight", type=float, default=defaults.load_balance_weight)
-    parser.add_argument(
-        "--tc-scope", default=defaults.scope, help="token choice routing group: batch (the paper's) | group"
-    )
+    add_config_fields(parser, ModelConfig, "token choice routing (default: the paper's)", only=ROUTING_FIELDS)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..checkpoint import read_config
-    from ..config import ModelConfig
     from ..transition import convert_checkpoint
 
-    settings = TokenChoiceSettings(
-        top_k=args.top_k,
-        capacity_factor=args.capacity_factor,
-        load_balance_weight=args.load_balance_weight,
-        scope=args.tc_scope,
-    )
-    out = convert_checkpoint(Path(args.checkpoint), Path(args.out), args.target, settings=settings, force=args.force)
+    routing = overrides(args, ModelConfig)
+    out = convert_checkpoint(Path(args.checkpoint), Path(args.out), args.target, force=args.force, **routing)
     kinds = ModelConfig(**read_config(out)["model"]).block_ffn_kinds()
     print(f"converted {args.checkpoint} -> {out} ({args.target}; blocks: {', '.join(kinds)})")
     print(f"continue training with: mot train --init-from {out} --steps N [--lr-schedule-offset SOURCE_STEPS]")

@@ -65,19 +65,19 @@ def _granularities(text: str) -> tuple[int, ...]:
 
 def _describe(plan) -> str:
     from ..counting import human
-    from ..scaling.plan import mot_train_flags
+    from .config_args import config_flags
 
     best, dense, mot = plan.best, plan.dense, plan.mot
     active = 12 * best.d_model**2 * best.n_blocks
     lines = [
         f"budget {plan.flops:.3g} training FLOPs, expansion rate {plan.expansion:g}",
-        f"optimal granularity G = {best.granularity}",
+        f"optimal granularity {best.granularity} (expert width d_ff / {best.granularity})",
         f"model: n_blocks {best.n_blocks} (continuous optimum {best.n_blocks_continuous:.2f}), d_model {best.d_model}, "
         f"N = {human(best.params)} non-embedding params ({human(active)} active), D = {human(best.tokens)} tokens",
         f"predicted loss {best.loss:.4f} (continuous optimum {best.loss_continuous:.4f})",
         f"MoT preset {mot.name}: group size {mot.group_size}, {mot.n_experts} experts of width {mot.expert_size}, "
         f"d_ff {mot.d_ff}",
-        f"  mot train overrides: {mot_train_flags(mot)}",
+        f"  mot train overrides: {config_flags(mot.model_config())}",
         f"dense at the same budget: n_blocks {dense.n_blocks}, d_model {dense.d_model}, N = {human(dense.params)}, "
         f"D = {human(dense.tokens)}, predicted loss {dense.loss:.4f}",
         f"dense needs {plan.dense_flop_multiple:.1f}x the FLOPs ({plan.dense_flops_to_match:.3g}) to match "

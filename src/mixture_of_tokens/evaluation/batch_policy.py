@@ -27,19 +27,17 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import check_group_size
+from ..layers import check_group_size, rows_couple_at_inference
 from ..model import mot_mode
 
 POLICIES: tuple[str, ...] = ("auto", "plain", "protocol", "discrete")
-# Token Choice is run dropless at inference (`model.set_inference_routing`), so each token's output is its own.
-BATCH_INDEPENDENT_KINDS: frozenset[str] = frozenset({"dense", "token_choice"})
 DEFAULT_PROTOCOL_ROWS = 32
 
 
 def is_batch_dependent(config: ModelConfig) -> bool:
-    """True when any block's feed-forward mixes or routes across the batch at inference: MoT and Expert Choice
-    (Token Choice runs dropless at inference and is not)."""
-    return any(kind not in BATCH_INDEPENDENT_KINDS for kind in config.block_ffn_kinds())
+    """True when any block's feed-forward layer mixes or routes across the batch at inference (each layer kind
+    says so itself: e.g. MoT and Expert Choice do; Token Choice runs dropless at inference and does not)."""
+    return rows_couple_at_inference(config)
 
 
 def query_seed(seed: int, *identity: object) -> list[int]:

@@ -9,19 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelConfig
+from ..layers import EvaluationMode as EvalMode
+from ..layers import block_classes
 from ..model import Transformer, mot_mode
 from .loss import evaluate_loss
 
 __all__ = ["EvalMode", "LossResult", "eval_modes", "evaluate_modes"]
-
-
-@dataclass(frozen=True)
-class EvalMode:
-    """A named MoT evaluation mode: group size and routing (None: as trained)."""
-
-    name: str
-    group_size: int | None = None
-    routing: str | None = None
 
 
 @dataclass
@@ -46,16 +39,11 @@ class LossResult:
 
 
 def eval_modes(config: ModelConfig, batch_size: int) -> list[EvalMode]:
-    """As trained; for MoT also discrete routing and group sizes 1, G/4, 2G (those dividing the batch)."""
-    trained = EvalMode("trained")
-    if "mot" not in config.block_ffn_kinds():
-        return [trained]
-    group = config.group_size
-    modes = [EvalMode(f"trained (G={group}, {config.mot_routing})"), EvalMode(f"discrete G={group}", None, "discrete")]
-    for size in dict.fromkeys((1, group // 4, 2 * group)):
-        if size >= 1 and size != group and batch_size % size == 0:
-            modes.append(EvalMode(f"G={size}", size))
-    return modes
+    """As trained, plus the other modes the model's layer kinds offer (MoT: discrete routing, other group sizes)."""
+    modes: list[EvalMode] = []
+    for cls in dict.fromkeys(block_classes(config)):
+        modes += cls.evaluation_modes(config, batch_size)
+    return modes or [EvalMode("trained")]
 
 
 @torch.no_grad()

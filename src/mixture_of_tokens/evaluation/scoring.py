@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Tokenizer
-from ..layers import check_group_size
+from ..layers import batch_multiple, check_group_size
 from ..model import Transformer
 from .batch_policy import BatchPolicy, isolated_batch
 
@@ -52,17 +52,16 @@ def _only_rows(model: Transformer, rows: torch.Tensor) -> Iterator[None]:
 
 
 def _group_local(model: nn.Module) -> bool:
-    """True when the only cross-row layers are MoT (rows meet only rows of their own group)."""
-    kinds = set(model.config.block_ffn_kinds())
-    return kinds <= {"dense", "mot"}
+    """True when rows meet only rows of their own group (every cross-row layer groups by the same group size)."""
+    return batch_multiple(model.config) in (1, model.config.group_size)
 
 
 class Scorer:
     """Scores token continuations with `model` under `policy`.
 
     plain: requests are sorted by length and right-padded into batches of `batch_size` (causal attention keeps
-    padding from reaching earlier positions). protocol / discrete: one isolated batch per request; when the only
-    cross-row layers are MoT, just the query's group (G rows) of that batch is computed, since rows of other
+    padding from reaching earlier positions). protocol / discrete: one isolated batch per request; when rows
+    meet only rows of their own group, just the query's group (G rows) of that batch is computed, since rows of other
     groups cannot reach it (identical up to float rounding to computing all rows).
     """
 

@@ -21,7 +21,7 @@ from ..evaluation.loss import evaluate_loss
 from ..presets import get_preset
 from ..training.loop import train
 from ..training.metrics import read_metrics
-from ..transition import PAPER_SETTINGS, TokenChoiceSettings, convert_checkpoint
+from ..transition import convert_checkpoint
 
 
 @dataclass
@@ -60,7 +60,7 @@ def run_transition_experiment(
     mot_steps: int = 400,
     continue_steps: int = 40,
     continue_schedule: str = "continue",
-    settings: TokenChoiceSettings = PAPER_SETTINGS,
+    routing: dict[str, object] | None = None,
     data: PreparedData | None = None,
     progress: bool = True,
 ) -> TransitionReport:
@@ -80,7 +80,7 @@ def run_transition_experiment(
         return train(model_config, config, run_name=name, data=data, progress=progress, **kwargs).final_eval_loss
 
     mot_loss = run("mot", mot_preset.model, mot_steps)
-    converted = convert_checkpoint(out / "mot", out / "converted", "token-choice", settings=settings, force=True)
+    converted = convert_checkpoint(out / "mot", out / "converted", "token-choice", force=True, **(routing or {}))
     spike, converted_config = _eval_loss(converted, data, base.batch_size, base.eval_batches)
     schedule = (
         {"lr_schedule_offset": mot_steps, "warmup_steps": base.warmup_steps}

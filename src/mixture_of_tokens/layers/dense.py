@@ -1,22 +1,44 @@
-"""The dense feed-forward sublayer of the baseline Transformer."""
+"""The dense feed-forward sublayer of the baseline Transformer (docs/method.md §2)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .base import FeedForwardLayer
+from .checks import check_positive_ints
 
-class FeedForward(nn.Module):
-    """Linear(d, d_ff) + ReLU + Linear(d_ff, d), with biases (METHOD.md §2)."""
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
-    def __init__(self, d_model: int, d_ff: int) -> None:
+
+class FeedForward(FeedForwardLayer):
+    """Linear(D, d_ff) + ReLU + Linear(d_ff, D), with biases."""
+
+    kind = "dense"
+
+    def __init__(self, d_model: int, *, d_ff: int) -> None:
         super().__init__()
-        if d_model < 1 or d_ff < 1:
-            raise ValueError(f"d_model and d_ff must be positive integers, got d_model={d_model}, d_ff={d_ff}.")
+        check_positive_ints(d_model=d_model, d_ff=d_ff)
         self.d_model = d_model
         self.d_ff = d_ff
         self.up = nn.Linear(d_model, d_ff)
         self.down = nn.Linear(d_ff, d_model)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> FeedForward:
+        return cls(config.d_model, d_ff=config.d_ff)
+
+    @classmethod
+    def activation_values_per_token(cls, config: ModelConfig) -> float:
+        """The input, the hidden layer before and after ReLU, the output."""
+        return 2 * config.d_model + 2 * config.d_ff
+
+    @classmethod
+    def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
+        return {cls.kind: (cls(d_model, d_ff=4 * d_model), True)}
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         return self.down(torch.relu(self.up(x_BSD)))
@@ -24,7 +46,3 @@ class FeedForward(nn.Module):
     def active_params_per_token(self) -> int:
         """Both weight matrices (biases ignored)."""
         return 2 * self.d_model * self.d_ff
-
-    def flops_per_token(self) -> int:
-        """Multiply-adds x2 of one token's forward pass (biases ignored)."""
-        return 2 * 2 * self.d_model * self.d_ff

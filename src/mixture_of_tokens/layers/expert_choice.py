@@ -1,8 +1,7 @@
 """Expert Choice sparse MoE (Zhou et al. 2022) in same-position groups (docs/method.md §2).
 
-Axes used in tensor names:
-    B batch, S sequence position, D d_model, R rows = (group, position) pairs, G tokens per group,
-    E experts, K tokens each expert picks per group (`tokens_per_expert`).
+Tensor names carry their axes (the legend is in `layers/__init__.py`); here R indexes the (group, position) rows
+and K the tokens each expert picks per group (`tokens_per_expert`).
 
 Per group of G tokens at one position (consecutive examples, as in MoT): p[t, :] = softmax over experts of
 x_t @ W_g (float32); each expert e picks the K tokens of the group with the largest p[t, e] and processes them;
@@ -16,17 +15,23 @@ probabilities (e.g. E = 1, where every p is 1) go to the earlier example of the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from .base import FeedForwardLayer
 from .checks import at_least_fp32, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
 
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
-class ExpertChoice(nn.Module):
+
+class ExpertChoice(FeedForwardLayer):
     """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`; sets `stats` (no aux losses).
 
     Args:
@@ -38,13 +43,15 @@ class ExpertChoice(nn.Module):
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
     """
 
+    kind = "expert_choice"
+
     def __init__(
         self,
         d_model: int,
+        *,
         n_experts: int,
         expert_size: int,
         group_size: int,
-        *,
         tokens_per_expert: int = 1,
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
@@ -65,6 +72,38 @@ class ExpertChoice(nn.Module):
         self.reset_parameters()
         self.aux_losses: dict[str, torch.Tensor] = {}
         self._last_routing: SparseRouting | None = None
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> ExpertChoice:
+        return cls(
+            config.d_model,
+            n_experts=config.n_experts,
+            expert_size=config.expert_size,
+            group_size=config.group_size,
+            tokens_per_expert=config.ec_tokens_per_expert,
+            init_scale=config.init_scale,
+        )
+
+    @classmethod
+    def batch_multiple(cls, config: ModelConfig) -> int:
+        return config.group_size
+
+    @classmethod
+    def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
+        return True
+
+    @classmethod
+    def activation_values_per_token(cls, config: ModelConfig) -> float:
+        """Input, output, router logits and the LayerNorm's input, plus for each of its K*E/G picked tokens the
+        token, the expert hidden layer before and after ReLU, and the expert output."""
+        d_model, hidden = config.d_model, config.expert_size
+        picked = config.ec_tokens_per_expert * config.n_experts / config.group_size
+        return 3 * d_model + config.n_experts + picked * (2 * d_model + 2 * hidden)
+
+    @classmethod
+    def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
+        layer = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size)
+        return {cls.kind: (layer, True)}
 
     @staticmethod
     def _check_tokens_per_expert(tokens_per_expert: int, group_size: int) -> None:
@@ -126,9 +165,6 @@ class ExpertChoice(nn.Module):
         """K * E / G experts' worth of weights per token plus the router (the output LayerNorm is ignored)."""
         experts = 2 * self.d_model * self.expert_size * self.tokens_per_expert * self.n_experts // self.group_size
         return experts + self.d_model * self.n_experts
-
-    def flops_per_token(self) -> int:
-        return 2 * self.active_params_per_token()
 
     def extra_repr(self) -> str:
         return (

@@ -29,12 +29,6 @@ def group_by_position(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
     return x_BSD.view(batch_size // group_size, group_size, seq_len, dim)
 
 
-def ungroup(x_NGSD: torch.Tensor) -> torch.Tensor:
-    """[B/G, G, S, D] -> [B, S, D], the inverse of `group_by_position`."""
-    n_groups, group_size, seq_len, dim = x_NGSD.shape
-    return x_NGSD.reshape(n_groups * group_size, seq_len, dim)
-
-
 def position_groups(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
     """[B, S, D] -> [B/G * S, G, D]: one row per (group, position) holding that position's G tokens.
 

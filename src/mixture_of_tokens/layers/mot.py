@@ -1,23 +1,23 @@
 """Mixture of Tokens (Antoniak et al., 2024): a continuous MoE that mixes tokens across examples.
 
-Axes used in tensor names:
-    B batch, S sequence position, D d_model, N groups (B / G), G tokens per group, E experts, H expert width.
+Tensor names carry their axes (the legend is in `layers/__init__.py`); R indexes the (group, position) rows.
 
 For each group of G tokens at the same position (consecutive examples), every expert e gets one mixed token
-    merge:  m[n,s,e] = sum_g w[n,g,s,e] * x[n,g,s]         w = softmax over the group of (x @ W_c) / tau
-    expert: y[n,s,e] = relu(m[n,s,e] @ W1[e]) @ W2[e]
-    emit:   dx[n,g,s] = sum_e w[n,g,s,e] * y[n,s,e]
+    merge:  m[r,e] = sum_g w[r,g,e] * x[r,g]         w = softmax over the group of (x @ W_c) / tau
+    expert: y[r,e] = relu(m[r,e] @ W1[e]) @ W2[e]
+    emit:   dx[r,g] = sum_e w[r,g,e] * y[r,e]
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from .base import EvaluationMode, FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import from_position_groups, position_groups
@@ -31,8 +31,11 @@ ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
-class MixtureOfTokens(nn.Module):
+
+class MixtureOfTokens(FeedForwardLayer):
     """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`.
 
     Args:
@@ -51,13 +54,15 @@ class MixtureOfTokens(nn.Module):
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
     """
 
+    kind = "mot"
+
     def __init__(
         self,
         d_model: int,
+        *,
         n_experts: int,
         expert_size: int,
         group_size: int,
-        *,
         temperature: float = 1.0,
         learnable_temperature: LearnableTemperature = "none",
         routing: Routing = "softmax",
@@ -91,6 +96,67 @@ class MixtureOfTokens(nn.Module):
         self.reset_parameters()
         self._last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> MixtureOfTokens:
+        return cls(
+            config.d_model,
+            n_experts=config.n_experts,
+            expert_size=config.expert_size,
+            group_size=config.group_size,
+            temperature=config.mot_temperature,
+            learnable_temperature=config.mot_learnable_temperature,
+            routing=config.mot_routing,
+            emit=config.mot_emit,
+            init_scale=config.init_scale,
+        )
+
+    @classmethod
+    def batch_multiple(cls, config: ModelConfig) -> int:
+        return config.group_size
+
+    @classmethod
+    def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
+        return True
+
+    @classmethod
+    def activation_values_per_token(cls, config: ModelConfig) -> float:
+        """The input and output, plus for each of its E/G mixed tokens: the mixed token, the expert hidden layer
+        before and after ReLU, and the expert output."""
+        d_model, hidden = config.d_model, config.expert_size
+        return 2 * d_model + config.n_experts / config.group_size * (2 * d_model + 2 * hidden)
+
+    @classmethod
+    def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
+        layer = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size)
+        return {cls.kind: (layer, True)}
+
+    @classmethod
+    def evaluation_modes(cls, config: ModelConfig, batch_size: int) -> list[EvaluationMode]:
+        """As trained, discrete (argmax) routing, and group sizes 1, G/4, 2G (those dividing the batch)."""
+        group = config.group_size
+        modes = [
+            EvaluationMode(f"trained (G={group}, {config.mot_routing})"),
+            EvaluationMode(f"discrete G={group}", None, "discrete"),
+        ]
+        for size in dict.fromkeys((1, group // 4, 2 * group)):
+            if size >= 1 and size != group and batch_size % size == 0:
+                modes.append(EvaluationMode(f"G={size}", size))
+        return modes
+
+    @classmethod
+    def scaling_shape(cls, config: ModelConfig) -> tuple[float, float]:
+        """Granularity d_ff / H (the k of "/nE/k") and expansion rate G (the n)."""
+        return config.d_ff / config.expert_size, float(config.group_size)
+
+    def set_mode(self, *, group_size: int | None = None, routing: str | None = None) -> None:
+        """Evaluate at another group size and/or routing (no parameter depends on either)."""
+        if group_size is not None:
+            check_positive_ints(group_size=group_size)
+            self.group_size = group_size
+        if routing is not None:
+            check_choice("routing", routing, ROUTINGS)
+            self.routing = routing
+
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.controller, fan_in=self.d_model, scale=self.init_scale)
         init_expert_weights_(self.w1, self.w2, self.init_scale)
@@ -105,33 +171,33 @@ class MixtureOfTokens(nn.Module):
         3. merge each group into one token per expert; 4. run every expert on its mixed tokens (one bmm);
         5. emit expert outputs back to the group's tokens with the emit weights.
 
-        T below indexes group-positions (n, s): the batch axis of the merge and emit matmuls.
+        R indexes (group, position) rows: the batch axis of the merge and emit matmuls.
         """
-        x_TGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy
-        logits_TGE = x_TGD @ self.controller.to(x_TGD.dtype)
-        merge_TGE, emit_TGE = self._routing_weights(logits_TGE)
+        x_RGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy
+        logits_RGE = x_RGD @ self.controller.to(x_RGD.dtype)
+        merge_RGE, emit_RGE = self._routing_weights(logits_RGE)
 
-        mixed_TED = torch.bmm(merge_TGE.transpose(1, 2), x_TGD)
-        # Strided view fed to the shared expert MLP: [T, E, D] read as [E, T, D] without a copy.
-        out_ETD = expert_mlp(mixed_TED.transpose(0, 1), self.w1, self.w2)
-        dx_TGD = torch.bmm(emit_TGE, out_ETD.transpose(0, 1))
+        mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
+        # Strided view fed to the shared expert MLP: [R, E, D] read as [E, R, D] without a copy.
+        out_ERD = expert_mlp(mixed_RED.transpose(0, 1), self.w1, self.w2)
+        dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
 
-        self._last_routing = (logits_TGE.detach(), merge_TGE.detach())
-        return from_position_groups(dx_TGD, x_BSD.shape[1])
+        self._last_routing = (logits_RGE.detach(), merge_RGE.detach())
+        return from_position_groups(dx_RGD, x_BSD.shape[1])
 
-    def _routing_weights(self, logits_TGE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _routing_weights(self, logits_RGE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge weights (normalised over the group axis, dim 1) and emit weights."""
         if self.routing == "uniform":
-            merge_TGE = torch.full_like(logits_TGE, 1.0 / logits_TGE.shape[1])
+            merge_RGE = torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
         elif self.routing == "discrete":
-            top_T1E = logits_TGE.argmax(dim=1, keepdim=True)
-            merge_TGE = torch.zeros_like(logits_TGE).scatter_(1, top_T1E, 1.0)
+            top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
+            merge_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
         else:
-            merge_TGE = torch.softmax(at_least_fp32(logits_TGE) / self.temperature, dim=1).to(logits_TGE.dtype)
+            merge_RGE = torch.softmax(at_least_fp32(logits_RGE) / self.temperature, dim=1).to(logits_RGE.dtype)
         if self.emit == "group":
-            return merge_TGE, merge_TGE
-        emit_TGE = torch.softmax(at_least_fp32(logits_TGE) / self.temperature, dim=-1).to(logits_TGE.dtype)
-        return merge_TGE, emit_TGE
+            return merge_RGE, merge_RGE
+        emit_RGE = torch.softmax(at_least_fp32(logits_RGE) / self.temperature, dim=-1).to(logits_RGE.dtype)
+        return merge_RGE, emit_RGE
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
@@ -167,19 +233,19 @@ class MixtureOfTokens(nn.Module):
 
 @torch.no_grad()
 def routing_statistics(
-    logits_TGE: torch.Tensor, merge_TGE: torch.Tensor, *, learned_temperature: torch.Tensor | None = None
+    logits_RGE: torch.Tensor, merge_RGE: torch.Tensor, *, learned_temperature: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Mean/std of the normalised entropy H(w)/log G of merge weights along the group axis (dim 1), of the
     weights themselves and of the logits. With G = 1 the normalised entropy is defined as 1 (uniform)."""
-    weights = merge_TGE.float()
+    weights = merge_RGE.float()
     group_size = weights.shape[1]
     if group_size > 1:
-        entropy_TE = -torch.special.xlogy(weights, weights).sum(dim=1) / math.log(group_size)
+        entropy_RE = -torch.special.xlogy(weights, weights).sum(dim=1) / math.log(group_size)
     else:
-        entropy_TE = torch.ones_like(weights[:, 0])
-    entropy_std, entropy_mean = torch.std_mean(entropy_TE, correction=0)
+        entropy_RE = torch.ones_like(weights[:, 0])
+    entropy_std, entropy_mean = torch.std_mean(entropy_RE, correction=0)
     weight_std, weight_mean = torch.std_mean(weights, correction=0)
-    logit_std, logit_mean = torch.std_mean(logits_TGE.float(), correction=0)
+    logit_std, logit_mean = torch.std_mean(logits_RGE.float(), correction=0)
     stats = {
         "entropy_mean": entropy_mean,
         "entropy_std": entropy_std,

@@ -1,8 +1,7 @@
 """Token Choice sparse MoE (Switch Transformer, top-k; docs/method.md §2).
 
-Axes used in tensor names:
-    B batch, S sequence position, D d_model, R routing groups, T tokens per routing group, E experts,
-    K choices per token (top_k), A = R*T*K token-expert assignments, C capacity (slots per expert per group).
+Tensor names carry their axes (the legend is in `layers/__init__.py`); here R indexes routing groups, T the tokens
+of one routing group, K the choices per token (top_k), A = R*T*K token-expert assignments and C the capacity.
 
 Each token picks its top-k experts by router probability p = softmax_e(x @ W_g) (float32; ties: lower expert
 index). Every expert takes at most C = min(floor(capacity_factor * T * k / E), T) assignments per routing group;
@@ -29,11 +28,12 @@ tokens x experts x capacity tensor and no loop over experts.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from .base import FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import check_group_size, from_position_groups, position_groups
@@ -42,6 +42,9 @@ from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
 
 Scope = Literal["batch", "group"]
 SCOPES: tuple[str, ...] = ("batch", "group")
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int) -> int | None:
@@ -76,7 +79,7 @@ def rank_within_expert(
     return rank_A, count_RE
 
 
-class TokenChoice(nn.Module):
+class TokenChoice(FeedForwardLayer):
     """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`; sets `aux_losses` and `stats`.
 
     Args:
@@ -93,12 +96,14 @@ class TokenChoice(nn.Module):
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
     """
 
+    kind = "token_choice"
+
     def __init__(
         self,
         d_model: int,
+        *,
         n_experts: int,
         expert_size: int,
-        *,
         top_k: int = 1,
         capacity_factor: float | None = 1.25,
         scope: Scope = "batch",
@@ -137,6 +142,63 @@ class TokenChoice(nn.Module):
         self.reset_parameters()
         self.aux_losses: dict[str, torch.Tensor] = {}
         self._last_routing: SparseRouting | None = None
+        self._training_capacity_factor: float | None = None
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> TokenChoice:
+        return cls(
+            config.d_model,
+            n_experts=config.n_experts,
+            expert_size=config.expert_size,
+            top_k=config.top_k,
+            capacity_factor=config.capacity_factor,
+            scope=config.tc_scope,
+            group_size=config.group_size,
+            load_balance_weight=config.load_balance_weight,
+            z_loss_weight=config.z_loss_weight,
+            init_scale=config.init_scale,
+        )
+
+    @classmethod
+    def batch_multiple(cls, config: ModelConfig) -> int:
+        """Group scope with a capacity routes within same-position groups; otherwise any batch will do."""
+        return config.group_size if config.tc_scope == "group" and config.capacity_factor else 1
+
+    @classmethod
+    def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
+        """No: at inference the layer routes dropless (`set_inference`), so a token's output is its own."""
+        return False
+
+    @classmethod
+    def activation_values_per_token(cls, config: ModelConfig) -> float:
+        """Input, output and router logits, plus for each of its k (capacity-scaled) assignments the dispatched
+        token, the expert hidden layer before and after ReLU, and the expert output."""
+        d_model, hidden = config.d_model, config.expert_size
+        slots = config.top_k * (config.capacity_factor or 1.0)
+        return 2 * d_model + config.n_experts + slots * (2 * d_model + 2 * hidden)
+
+    @classmethod
+    def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
+        sizes = {"n_experts": n_experts, "expert_size": 2 * d_model}
+        return {
+            f"{cls.kind}[group]": (cls(d_model, **sizes, scope="group", group_size=group_size), True),
+            f"{cls.kind}[dropless]": (cls(d_model, **sizes, capacity_factor=None), True),
+            f"{cls.kind}[batch]": (cls(d_model, **sizes, scope="batch"), False),
+        }
+
+    def is_causal(self) -> bool:
+        """A batch-wide capacity lets a token's drop depend on tokens at later positions."""
+        return not (self.scope == "batch" and self.capacity_factor is not None)
+
+    def set_inference(self, enabled: bool) -> None:
+        """Route dropless (no capacity) while enabled: each token's output then depends on that token alone, so
+        the layer needs no batch at inference (the point of transition tuning). Disabling restores the capacity."""
+        if enabled and self._training_capacity_factor is None:
+            self._training_capacity_factor = self.capacity_factor or 0.0
+            self.capacity_factor = None
+        elif not enabled and self._training_capacity_factor is not None:
+            self.capacity_factor = self._training_capacity_factor or None
+            self._training_capacity_factor = None
 
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.router, fan_in=self.d_model, scale=self.init_scale)
@@ -224,9 +286,6 @@ class TokenChoice(nn.Module):
     def active_params_per_token(self) -> int:
         """k experts' worth of weights plus the router (nominal: capacity drops are not subtracted)."""
         return 2 * self.d_model * self.expert_size * self.top_k + self.d_model * self.n_experts
-
-    def flops_per_token(self) -> int:
-        return 2 * self.active_params_per_token()
 
     def extra_repr(self) -> str:
         return (

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from ..config import ModelConfig
+from ..layers import MixtureOfTokens
 from .law import (
     PAPER_DENSE_LAW,
     PAPER_EXPANSION,
@@ -60,6 +62,11 @@ class MoTPreset:
     group_size: int
     n_experts: int
     expert_size: int
+
+    def model_config(self, **overrides: object) -> ModelConfig:
+        """The ModelConfig of this shape, MoT in every block as the law assumes (other fields: defaults)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "name"}
+        return ModelConfig(**fields, ffn=MixtureOfTokens.kind, ffn_blocks="all", **overrides)
 
 
 @dataclass(frozen=True)
@@ -174,15 +181,6 @@ def mot_preset(point: ShapePoint, expansion: float) -> MoTPreset:
         group_size=group_size,
         n_experts=group_size * granularity,
         expert_size=max(1, round(d_ff / granularity)),  # exact for G a power of 2 up to 256 (d_ff = 256*n_blocks)
-    )
-
-
-def mot_train_flags(preset: MoTPreset) -> str:
-    """The `mot train` overrides that build this shape (MoT in every block, as the law assumes)."""
-    return (
-        f"--d-model {preset.d_model} --n-blocks {preset.n_blocks} --n-heads {preset.n_heads} --d-ff {preset.d_ff} "
-        f"--ffn mot --ffn-blocks all --group-size {preset.group_size} --n-experts {preset.n_experts} "
-        f"--expert-size {preset.expert_size}"
     )
 
 

@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import ModelConfig
+from ..layers import layer_class
+
 REQUIRED_COLUMNS = ("N", "D", "G", "loss")
 KINDS = ("mot", "dense")
 
@@ -94,15 +97,16 @@ def run_from_directory(directory: Path) -> Run:
             f"{directory} is not a finished run directory (summary.json with final_eval_loss and counts, "
             f"config.json with model and train): {error!r}."
         ) from None
-    is_mot = model.get("ffn") == "mot"
+    model_config = ModelConfig(**model)
+    shape = layer_class(model_config.ffn).scaling_shape(model_config)  # None: not a fine-grained layer
     return Run(
         name=summary.get("run") or directory.name,
         params=params,
         tokens=tokens,
-        granularity=float(model["d_ff"]) / float(model["expert_size"]) if is_mot else 1.0,
+        granularity=shape[0] if shape else 1.0,
         loss=loss,
-        kind="mot" if is_mot else "dense",
-        expansion=float(model["group_size"]) if is_mot else None,
+        kind=KINDS[0] if shape else KINDS[1],
+        expansion=shape[1] if shape else None,
     )
 
 

@@ -23,7 +23,7 @@ from ..config import ModelConfig, TrainConfig
 from ..counting import count_model
 from ..data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
 from ..evaluation.loss import evaluate_loss
-from ..layers import check_group_size
+from ..layers import batch_multiple, check_group_size
 from ..layers.routing_stats import CollapseMonitor
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
@@ -59,12 +59,10 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
     micro = dist_utils.micro_batch_size(
         train_config.batch_size, dist_utils.DistributedContext(world_size=world_size), train_config.grad_accum_steps
     )
-    grouped = {"mot", "expert_choice"}
-    if model_config.tc_scope == "group" and model_config.capacity_factor:
-        grouped.add("token_choice")
-    if grouped & set(model_config.block_ffn_kinds()):
+    multiple = batch_multiple(model_config)
+    if multiple > 1:
         try:
-            check_group_size(micro, model_config.group_size)
+            check_group_size(micro, multiple)
         except ValueError as error:
             where = (
                 f"the per-rank micro-batch batch_size / (ranks x grad_accum_steps) = {micro}"

@@ -2,9 +2,9 @@
 
 States: weights, gradients and AdamW's two moments (float32 unless bf16-pure). Activations kept for backward,
 per token and block: attention about 6*d values plus heads*S attention probabilities (an upper bound: fused
-attention kernels keep none of them); a dense FF 2*d + 2*d_ff; an MoT / sparse FF 2*d plus, for each of its
-E/G mixed tokens, the mixed token, the expert hidden layer before and after ReLU and the expert output:
-(E/G)*(2*d + 2*h). Plus the logits and their float32 copy for the loss. Allocator slack comes on top.
+attention kernels keep none of them), and what the block's feed-forward layer reports
+(`activation_values_per_token` of its kind). Plus the logits and their float32 copy for the loss. Allocator
+slack comes on top.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..counting import ModelCounts
+from ..layers import block_classes
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,10 @@ class MemoryEstimate:
 
 
 def activation_values_per_token(config: ModelConfig) -> float:
-    d = config.d_model
-    values = 0.0
-    for kind in config.block_ffn_kinds():
-        values += 6 * d + config.n_heads * config.max_seq_len
-        if kind == "dense":
-            values += 2 * d + 2 * config.d_ff
-        else:
-            values += 2 * d + config.n_experts / config.group_size * (2 * d + 2 * config.expert_size)
-    return values + 2 * config.vocab_size
+    """Attention per block plus what each block's feed-forward layer says it keeps, plus the logits."""
+    attention = 6 * config.d_model + config.n_heads * config.max_seq_len
+    feed_forward = sum(cls.activation_values_per_token(config) for cls in block_classes(config))
+    return config.n_blocks * attention + feed_forward + 2 * config.vocab_size
 
 
 def estimate_training_memory(

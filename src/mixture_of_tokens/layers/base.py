@@ -1,0 +1,79 @@
+"""What every feed-forward kind answers for itself, so that nothing outside `layers/` needs to know the kinds.
+
+A feed-forward layer maps x[B, S, D] to a tensor of the same shape. Besides `forward`, each kind states
+    from_config(config)                   how it is built from a ModelConfig
+    batch_multiple(config)                the number the (micro-)batch must be a multiple of (1: any batch)
+    rows_couple_at_inference(config)      whether a row's output depends on other rows at evaluation and decoding
+    activation_values_per_token(config)   values it keeps for backward per token (the training-memory estimate)
+    audit_examples(...)                   small float64 instances for the leakage audit, with whether each is
+                                          meant to be free of future-token leakage
+    evaluation_modes(config, batch_size)  other ways to evaluate the same weights (e.g. MoT at other group sizes)
+    scaling_shape(config)                 (granularity, expansion rate) for the fine-grained scaling law, if any
+and per instance `is_causal()`, `active_params_per_token()` and `flops_per_token()`.
+Auxiliary losses (`aux_losses`) and detached statistics (`stats`) recorded during forward are collected by the
+model, so the training loop never knows which routing is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+class EvaluationMode(NamedTuple):
+    """A named way to evaluate trained weights: a group size and a routing (None: as trained)."""
+
+    name: str
+    group_size: int | None = None
+    routing: str | None = None
+
+
+class FeedForwardLayer(nn.Module):
+    """Base class of the feed-forward kinds; the defaults describe a layer where every token is on its own."""
+
+    kind: ClassVar[str]
+    """The kind's name in ModelConfig.ffn and in the registry."""
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> FeedForwardLayer:
+        raise NotImplementedError
+
+    @classmethod
+    def batch_multiple(cls, config: ModelConfig) -> int:
+        return 1
+
+    @classmethod
+    def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
+        return False
+
+    @classmethod
+    def activation_values_per_token(cls, config: ModelConfig) -> float:
+        raise NotImplementedError
+
+    @classmethod
+    def audit_examples(
+        cls, *, d_model: int, group_size: int, n_experts: int
+    ) -> dict[str, tuple[FeedForwardLayer, bool]]:
+        return {}
+
+    @classmethod
+    def evaluation_modes(cls, config: ModelConfig, batch_size: int) -> list[EvaluationMode]:
+        return []
+
+    @classmethod
+    def scaling_shape(cls, config: ModelConfig) -> tuple[float, float] | None:
+        return None
+
+    def is_causal(self) -> bool:
+        """True when no output at position s can depend on a token at a later position."""
+        return True
+
+    def active_params_per_token(self) -> int:
+        raise NotImplementedError
+
+    def flops_per_token(self) -> int:
+        return 2 * self.active_params_per_token()

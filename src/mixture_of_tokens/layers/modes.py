@@ -1,0 +1,47 @@
+"""Evaluation-time switches that layers implement for themselves: another group size or routing (`mot_mode`), and
+inference routing (`set_inference_routing`: e.g. Token Choice runs dropless so it needs no batch)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+from .base import FeedForwardLayer
+from .checks import check_positive_ints
+
+
+@contextlib.contextmanager
+def mot_mode(model: nn.Module, *, group_size: int | None = None, routing: str | None = None) -> Iterator[None]:
+    """Temporarily evaluate every layer that has modes (MoT) at another group size and/or routing (e.g.
+    "discrete"); every layer is restored afterwards."""
+    if group_size is not None:
+        check_positive_ints(group_size=group_size)
+    layers = [m for m in model.modules() if hasattr(m, "set_mode")]
+    saved = [(layer.group_size, layer.routing) for layer in layers]
+    try:
+        for layer in layers:
+            layer.set_mode(group_size=group_size, routing=routing)
+        yield
+    finally:
+        for layer, (old_group_size, old_routing) in zip(layers, saved):
+            layer.set_mode(group_size=old_group_size, routing=old_routing)
+
+
+def set_inference_routing(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put every feed-forward layer in (or out of) its inference routing; returns the model."""
+    for module in model.modules():
+        if isinstance(module, FeedForwardLayer) and hasattr(module, "set_inference"):
+            module.set_inference(enabled)
+    return model
+
+
+@contextlib.contextmanager
+def inference_routing(model: nn.Module) -> Iterator[None]:
+    """`set_inference_routing` for the duration of a `with` block, then the training routing again."""
+    set_inference_routing(model, True)
+    try:
+        yield
+    finally:
+        set_inference_routing(model, False)

@@ -1,0 +1,59 @@
+"""The registry of feed-forward kinds: name -> layer class. Adding a kind is one layer file and one line here."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from .base import FeedForwardLayer
+from .dense import FeedForward
+from .expert_choice import ExpertChoice
+from .mot import MixtureOfTokens
+from .token_choice import TokenChoice
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+FFN_REGISTRY: dict[str, type[FeedForwardLayer]] = {}
+
+
+def register_kind(layer_class: type[FeedForwardLayer]) -> type[FeedForwardLayer]:
+    """Add a kind (usable as a decorator); its `kind` attribute is the name ModelConfig.ffn takes."""
+    FFN_REGISTRY[layer_class.kind] = layer_class
+    return layer_class
+
+
+for _layer_class in (FeedForward, MixtureOfTokens, TokenChoice, ExpertChoice):
+    register_kind(_layer_class)
+
+
+def ffn_kinds() -> tuple[str, ...]:
+    """Every registered kind name, in registration order."""
+    return tuple(FFN_REGISTRY)
+
+
+def layer_class(kind: str) -> type[FeedForwardLayer]:
+    """The class of a kind; an unknown name is one clear error."""
+    if kind not in FFN_REGISTRY:
+        raise ValueError(f"feed-forward kind {kind!r} is not supported; allowed values: {', '.join(FFN_REGISTRY)}.")
+    return FFN_REGISTRY[kind]
+
+
+def build_ffn(kind: str, config: ModelConfig) -> FeedForwardLayer:
+    """The feed-forward sublayer of one block."""
+    return layer_class(kind).from_config(config)
+
+
+def block_classes(config: ModelConfig) -> list[type[FeedForwardLayer]]:
+    """The layer class of every block of a model config, in order."""
+    return [layer_class(kind) for kind in config.block_ffn_kinds()]
+
+
+def batch_multiple(config: ModelConfig) -> int:
+    """The smallest number every block's batch multiple divides (1 when no block groups the batch)."""
+    return math.lcm(*(cls.batch_multiple(config) for cls in block_classes(config)))
+
+
+def rows_couple_at_inference(config: ModelConfig) -> bool:
+    """True when some block makes one row's output depend on other rows at evaluation and decoding."""
+    return any(cls.rows_couple_at_inference(config) for cls in block_classes(config))
