@@ -8,8 +8,8 @@ from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
+from .runtime.precision import PRECISIONS
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16-pure")
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
 
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..runtime import distributed as dist_utils
-from ..runtime.precision import autocast
+from ..runtime.precision import FP32, Precision
 
 
 @torch.no_grad()
@@ -14,7 +14,7 @@ def evaluate_loss(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     *,
-    precision: str = "fp32",
+    precision: Precision = FP32,
     context: dist_utils.DistributedContext | None = None,
 ) -> float:
     """Mean LM loss over fixed held-out batches (each rank scores its rows of every batch)."""
@@ -24,7 +24,7 @@ def evaluate_loss(
     losses = []
     for inputs, targets in batches:
         inputs, targets = (dist_utils.local_rows(t, context).to(device) for t in (inputs, targets))
-        with autocast(precision, device):
+        with precision.autocast(device):
             losses.append(model(inputs, targets).lm_loss.item())
     model.train(was_training)
     return dist_utils.all_reduce_mean(sum(losses) / len(losses), context, device)

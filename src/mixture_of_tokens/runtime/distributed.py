@@ -109,10 +109,6 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def all_reduce_mean(value: float, context: DistributedContext, device: torch.device) -> float:
     if not context.enabled:
         return value

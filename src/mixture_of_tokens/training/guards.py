@@ -11,25 +11,26 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..runtime.precision import Precision
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common accelerators, by a substring of the device name.
 _BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
-def peak_flops_per_second(device: torch.device, precision: str) -> float | None:
+def peak_flops_per_second(device: torch.device, precision: Precision) -> float | None:
     """Peak of one device for MFU; None where unknown (CPUs, unlisted GPUs, fp32)."""
-    if device.type != "cuda" or precision == "fp32":
+    if device.type != "cuda" or not precision.uses_bf16:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in _BF16_PEAKS.items() if key in name), None)
 
 
-def checkpoint_bytes(parameter_count: int, precision: str) -> int:
+def checkpoint_bytes(parameter_count: int, precision: Precision) -> int:
     """Weights plus AdamW's two moments."""
-    return parameter_count * (2 if precision == "bf16-pure" else 4) * 3
+    return parameter_count * precision.state_bytes * 3
 
 
-def check_output_dir(out_dir: Path, model_config: ModelConfig, train_config: TrainConfig, precision: str) -> None:
+def check_output_dir(out_dir: Path, model_config: ModelConfig, train_config: TrainConfig, precision: Precision) -> None:
     """Fail before training when the run directory cannot be written or the disk cannot hold a checkpoint."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from ..layers.routing_stats import CollapseMonitor
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
 from ..runtime.devices import resolve_device
-from ..runtime.precision import autocast, prepare_model, resolve_precision
+from ..runtime.precision import resolve_precision
 from .guards import InterruptFlag, check_output_dir, peak_flops_per_second
 from .metrics import MetricsWriter, read_metrics
 from .schedule import lr_multiplier
@@ -135,7 +135,7 @@ class Trainer:
         if init_from is not None:  # the weights only: optimizer and schedule start fresh
             load_weights_into(raw_model, read_weights(Path(init_from) / WEIGHTS_FILE))
         self.counts = count_model(raw_model)
-        self.raw_model = prepare_model(raw_model, self.precision).to(self.device)
+        self.raw_model = self.precision.prepare_model(raw_model).to(self.device)
         self.model = dist_utils.wrap_model(self.raw_model, self.context, train_config.parallel, self.device)
         if train_config.compile:
             self.model = torch.compile(self.model)
@@ -228,7 +228,7 @@ class Trainer:
             inputs.chunk(accumulation), targets.chunk(accumulation), range(accumulation), strict=True
         ):
             with dist_utils.gradient_sync(self.model, enabled=index == accumulation - 1):
-                with autocast(self.precision, self.device):
+                with self.precision.autocast(self.device):
                     output = self.model(micro_inputs.to(self.device), micro_targets.to(self.device))
                 (output.loss / accumulation).backward()
             loss_sum += output.loss.detach()
@@ -385,7 +385,7 @@ class Trainer:
             "seconds": seconds,
             "tokens_per_s": tokens_per_second,
             "counts": self.counts.as_dict(),
-            "precision": self.precision,
+            "precision": str(self.precision),
             "world_size": self.context.world_size,
             "resumed_from_step": self.start_step or None,
             "data": self.data.manifest,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..config import ModelConfig
 from ..counting import ModelCounts
 from ..layers import block_classes
+from ..runtime.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,9 @@ def activation_values_per_token(config: ModelConfig) -> float:
 
 
 def estimate_training_memory(
-    counts: ModelCounts, config: ModelConfig, micro_batch: int, precision: str
+    counts: ModelCounts, config: ModelConfig, micro_batch: int, precision: Precision
 ) -> MemoryEstimate:
-    state_bytes = 2 if precision == "bf16-pure" else 4
-    value_bytes = 4 if precision == "fp32" else 2
+    state_bytes, value_bytes = precision.state_bytes, precision.activation_bytes
     tokens = micro_batch * config.max_seq_len
     return MemoryEstimate(
         states_bytes=counts.total_params * state_bytes * 4,
