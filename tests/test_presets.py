@@ -18,9 +18,18 @@ PAPER_TABLE = {
     "transformer-base": (12, 768, 3072, 12, None, None, None),
     "mot-base-32e": (12, 768, 3072, 12, 32, 32, 3072),
     "mot-base-64e-16": (12, 768, 3072, 12, 64, 1024, 192),
+    "mot-medium-8e": (8, 512, 2048, 8, 8, 8, 2048),
+    "mot-medium-128e": (8, 512, 2048, 8, 128, 128, 2048),
+    "mot-medium-32e-uniform": (8, 512, 2048, 8, 32, 32, 2048),
+    "mot-medium-32e-32": (8, 512, 2048, 8, 32, 1024, 64),
 }
+# the paper's text: Transformer-Medium 1e-3, Transformer-Base 4e-4; MoT 7e-4 (Medium), 2e-4 (Base)
 PAPER_LR = {
-    "transformer-medium": 7e-4,
+    "transformer-medium": 1e-3,
+    "mot-medium-8e": 7e-4,
+    "mot-medium-128e": 7e-4,
+    "mot-medium-32e-uniform": 7e-4,
+    "mot-medium-32e-32": 7e-4,
     "mot-medium-32e": 7e-4,
     "mot-medium-32e-8": 7e-4,
     "mot-medium-32e-16": 7e-4,
@@ -76,6 +85,8 @@ def test_paper_preset_matches_table(name):
     assert (train.beta1, train.beta2, train.weight_decay, train.grad_clip) == (0.9, 0.999, 0.1, 0.5)
     assert train.min_lr_ratio == pytest.approx(0.1)
     assert train.batch_size % (g or 1) == 0
+    assert (train.data, train.tokenizer) == ("c4", "gpt2")
+    assert cfg.mot_routing == ("uniform" if name.endswith("-uniform") else "softmax")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -1,4 +1,4 @@
-"""Named presets: small CPU runs and the paper's table (docs/method.md §4)."""
+"""Named presets: small CPU runs and one preset per result of the paper (docs/method.md §4), grouped by figure."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from .config import ModelConfig, TrainConfig
 from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
 
+CPU = "CPU presets (packaged corpus, minutes on 2 cores)"
+FIG_EXPERTS = 'paper, Fig. "more experts": MoT-Medium with G = E in 8, 32, 128 against dense and uniform routing'
+FIG_GRANULARITY = 'paper, Fig. "mixtures per expert": MoT-Medium/32E split k = 1, 8, 16, 32 ways'
+FIG_SPARSE = 'paper, Fig. "vs sparse MoE": MoT-Medium/32E/16, Token Choice and Expert Choice at dense FLOPs, 100K steps'
+FIG_BASE = 'paper, Fig. "Base": Transformer-Base, MoT-Base/32E, MoT-Base/64E/16'
+TABLE_BF16 = "paper, bf16-only table: MoT-Medium/32E and Expert-Choice-Medium/32E, mixed precision and bf16-only"
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -15,9 +22,12 @@ class Preset:
     description: str
     model: ModelConfig
     train: TrainConfig
+    figure: str = CPU
+    """The figure or table of the paper this preset reproduces (or the CPU group)."""
 
 
-def _mot(base: ModelConfig, size_name: str, ffn_blocks: str) -> ModelConfig:
+def _mot(base: ModelConfig, size_name: str, ffn_blocks: str = "second-half", **fields: object) -> ModelConfig:
+    """MoT "/nE" or "/nE/k" in the given blocks (the authors' 2024 runs: the second half)."""
     sizing = mot_sizing(size_name, base.d_ff)
     return dataclasses.replace(
         base,
@@ -26,61 +36,170 @@ def _mot(base: ModelConfig, size_name: str, ffn_blocks: str) -> ModelConfig:
         group_size=sizing.group_size,
         n_experts=sizing.n_experts,
         expert_size=sizing.expert_size,
+        **fields,
+    )
+
+
+def _sparse(base: ModelConfig, kind: str, n_experts: int, **fields: object) -> ModelConfig:
+    """Token Choice / Expert Choice with n_experts experts of width d_ff in the second half: dense FLOPs with
+    top-1 (Token Choice) or one token per expert per group of n_experts (Expert Choice)."""
+    return dataclasses.replace(
+        base,
+        ffn=kind,
+        ffn_blocks="second-half",
+        group_size=n_experts,
+        n_experts=n_experts,
+        expert_size=base.d_ff,
+        **fields,
     )
 
 
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
 _TINY_TRAIN = TrainConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=100, eval_batches=8)
+# The paper's models: GPT-2 vocabulary, context 256.
 _MEDIUM = ModelConfig(vocab_size=50257, max_seq_len=256, d_model=512, n_blocks=8, n_heads=8, d_ff=2048)
-_BASE = ModelConfig(vocab_size=50257, max_seq_len=256, d_model=768, n_blocks=12, n_heads=12, d_ff=3072)
+_BASE = dataclasses.replace(_MEDIUM, d_model=768, n_blocks=12, n_heads=12, d_ff=3072)
+
+# The paper's text: Transformer-Medium 1e-3, Transformer-Base 4e-4; MoT and sparse MoE 7e-4 (Medium), 2e-4 (Base).
+LR_DENSE_MEDIUM, LR_DENSE_BASE, LR_MOE_MEDIUM, LR_MOE_BASE = 1e-3, 4e-4, 7e-4, 2e-4
 
 
-def _paper_train(lr: float) -> TrainConfig:
+def _paper_train(lr: float, steps: int = 150_000, **fields: object) -> TrainConfig:
+    """C4 with the GPT-2 tokenizer, batch 256 x 256, AdamW (0.9, 0.999), wd 0.1, cosine with 2,500 warmup steps to
+    0.1x, clipping 0.5."""
     return TrainConfig(
-        steps=150_000, batch_size=256, lr=lr, warmup_steps=2500, eval_every=1000, eval_batches=16, log_every=50
+        steps=steps,
+        batch_size=256,
+        lr=lr,
+        warmup_steps=2500,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        grad_clip=0.5,
+        eval_every=1000,
+        eval_batches=16,
+        log_every=50,
+        data="c4",
+        tokenizer="gpt2",
+        **fields,
     )
 
 
-PRESETS: dict[str, Preset] = {
-    preset.name: preset
-    for preset in (
+def _presets() -> list[Preset]:
+    tiny_second_half = _mot(_TINY, "/8E")
+    medium_moe, base_moe = _paper_train(LR_MOE_MEDIUM), _paper_train(LR_MOE_BASE)
+    sparse_steps = _paper_train(LR_MOE_MEDIUM, steps=100_000)
+    return [
         Preset("tiny-dense", "4 x 128 dense Transformer, a few minutes on 2 CPU cores", _TINY, _TINY_TRAIN),
         Preset(
             "tiny-mot",
             "tiny-dense with MoT /8E (G = E = 8, full-width experts) in the second half of the blocks",
-            _mot(_TINY, "/8E", "second-half"),
+            tiny_second_half,
             _TINY_TRAIN,
         ),
         Preset(
             "tiny-token-choice",
             "tiny-mot's layout with Token Choice (Switch top-1, E = 8 experts of width d_ff, capacity 1.25, "
             "batch-wide routing, load balancing 0.01): the FLOPs of tiny-dense",
-            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn=TokenChoice.kind, top_k=1),
+            dataclasses.replace(tiny_second_half, ffn=TokenChoice.kind, top_k=1),
             _TINY_TRAIN,
         ),
         Preset(
             "tiny-expert-choice",
             "tiny-mot's layout with Expert Choice (E = 8 experts of width d_ff, one token per expert per group of 8): "
             "the FLOPs of tiny-dense",
-            dataclasses.replace(_mot(_TINY, "/8E", "second-half"), ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
+            dataclasses.replace(tiny_second_half, ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
             _TINY_TRAIN,
         ),
-        Preset("transformer-medium", "paper: Transformer-Medium", _MEDIUM, _paper_train(7e-4)),
-        Preset("mot-medium-32e", "paper: MoT-Medium/32E", _mot(_MEDIUM, "/32E", "second-half"), _paper_train(7e-4)),
+        # Fig. "more experts"
+        Preset("transformer-medium", "Transformer-Medium", _MEDIUM, _paper_train(LR_DENSE_MEDIUM), FIG_EXPERTS),
+        Preset("mot-medium-8e", "MoT-Medium/8E", _mot(_MEDIUM, "/8E"), medium_moe, FIG_EXPERTS),
+        Preset("mot-medium-32e", "MoT-Medium/32E (= /32E/1)", _mot(_MEDIUM, "/32E"), medium_moe, FIG_EXPERTS),
+        Preset("mot-medium-128e", "MoT-Medium/128E", _mot(_MEDIUM, "/128E"), medium_moe, FIG_EXPERTS),
         Preset(
-            "mot-medium-32e-8", "paper: MoT-Medium/32E/8", _mot(_MEDIUM, "/32E/8", "second-half"), _paper_train(7e-4)
+            "mot-medium-32e-uniform",
+            "MoT-Medium/32E with uniform routing (every merge weight 1/G: plain averaging)",
+            _mot(_MEDIUM, "/32E", mot_routing="uniform"),
+            medium_moe,
+            FIG_EXPERTS,
+        ),
+        # Fig. "mixtures per expert" (its /32E/1 is mot-medium-32e)
+        Preset("mot-medium-32e-8", "MoT-Medium/32E/8", _mot(_MEDIUM, "/32E/8"), medium_moe, FIG_GRANULARITY),
+        Preset("mot-medium-32e-16", "MoT-Medium/32E/16", _mot(_MEDIUM, "/32E/16"), medium_moe, FIG_GRANULARITY),
+        Preset("mot-medium-32e-32", "MoT-Medium/32E/32", _mot(_MEDIUM, "/32E/32"), medium_moe, FIG_GRANULARITY),
+        # Fig. "vs sparse MoE"
+        Preset(
+            "sparse-mot-medium-32e-16",
+            "MoT-Medium/32E/16 on the sparse comparison's 100K steps",
+            _mot(_MEDIUM, "/32E/16"),
+            sparse_steps,
+            FIG_SPARSE,
         ),
         Preset(
-            "mot-medium-32e-16",
-            "paper: MoT-Medium/32E/16",
-            _mot(_MEDIUM, "/32E/16", "second-half"),
-            _paper_train(7e-4),
+            "token-choice-medium",
+            "Token Choice Medium: top-1 over 32 experts of width d_ff, capacity 1.25, load balancing 0.01",
+            _sparse(_MEDIUM, TokenChoice.kind, 32, top_k=1, capacity_factor=1.25, load_balance_weight=0.01),
+            sparse_steps,
+            FIG_SPARSE,
         ),
-        Preset("transformer-base", "paper: Transformer-Base", _BASE, _paper_train(4e-4)),
-        Preset("mot-base-32e", "paper: MoT-Base/32E", _mot(_BASE, "/32E", "second-half"), _paper_train(2e-4)),
-        Preset("mot-base-64e-16", "paper: MoT-Base/64E/16", _mot(_BASE, "/64E/16", "second-half"), _paper_train(2e-4)),
-    )
-}
+        Preset(
+            "expert-choice-medium",
+            "Expert Choice Medium: 32 experts of width d_ff, one token per expert per group of 32",
+            _sparse(_MEDIUM, ExpertChoice.kind, 32, ec_tokens_per_expert=1),
+            sparse_steps,
+            FIG_SPARSE,
+        ),
+        # Fig. "Base"
+        Preset("transformer-base", "Transformer-Base", _BASE, _paper_train(LR_DENSE_BASE), FIG_BASE),
+        Preset("mot-base-32e", "MoT-Base/32E", _mot(_BASE, "/32E"), base_moe, FIG_BASE),
+        Preset(
+            "mot-base-64e-16",
+            "MoT-Base/64E/16 by the paper's naming rule (E = 1024 experts of width 192); the authors' config file "
+            "has E = 2048 experts of width 96 instead",
+            _mot(_BASE, "/64E/16"),
+            base_moe,
+            FIG_BASE,
+        ),
+        # bf16-only table
+        Preset(
+            "mot-medium-32e-bf16-mixed",
+            "MoT-Medium/32E, bf16 autocast with fp32 weights",
+            _mot(_MEDIUM, "/32E"),
+            dataclasses.replace(medium_moe, precision="bf16-mixed"),
+            TABLE_BF16,
+        ),
+        Preset(
+            "mot-medium-32e-bf16-only",
+            "MoT-Medium/32E, parameters and optimizer state in bf16 (LayerNorms kept in fp32)",
+            _mot(_MEDIUM, "/32E"),
+            dataclasses.replace(medium_moe, precision="bf16-pure"),
+            TABLE_BF16,
+        ),
+        Preset(
+            "expert-choice-medium-32e-bf16-mixed",
+            "Expert-Choice-Medium/32E, bf16 autocast with fp32 weights",
+            _sparse(_MEDIUM, ExpertChoice.kind, 32),
+            dataclasses.replace(medium_moe, precision="bf16-mixed"),
+            TABLE_BF16,
+        ),
+        Preset(
+            "expert-choice-medium-32e-bf16-only",
+            "Expert-Choice-Medium/32E, parameters and optimizer state in bf16 (LayerNorms kept in fp32)",
+            _sparse(_MEDIUM, ExpertChoice.kind, 32),
+            dataclasses.replace(medium_moe, precision="bf16-pure"),
+            TABLE_BF16,
+        ),
+    ]
+
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in _presets()}
+
+
+def presets_by_figure() -> dict[str, list[Preset]]:
+    """The presets grouped by the figure or table they reproduce, in order."""
+    groups: dict[str, list[Preset]] = {}
+    for preset in PRESETS.values():
+        groups.setdefault(preset.figure, []).append(preset)
+    return groups
 
 
 def get_preset(name: str) -> Preset:

@@ -1,4 +1,4 @@
-"""`mot presets`: the named presets with their sizes."""
+"""`mot presets`: the named presets with their sizes, grouped by the figure of the paper they reproduce."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("presets", help="list the presets with their sizes")
+    parser = subparsers.add_parser("presets", help="list the presets with their sizes, grouped by figure")
     parser.set_defaults(handler=run)
 
 
@@ -15,9 +15,17 @@ def run(args: argparse.Namespace) -> None:
 
     from ..counting import count_model
     from ..model import Transformer
-    from ..presets import PRESETS
+    from ..presets import presets_by_figure
 
-    for name, preset in PRESETS.items():
-        with torch.device("meta"):
-            counts = count_model(Transformer(preset.model))
-        print(f"{name:<20} {preset.description}\n{'':<20} {counts.summary()}")
+    for figure, presets in presets_by_figure().items():
+        print(f"== {figure}")
+        for preset in presets:
+            with torch.device("meta"):
+                counts = count_model(Transformer(preset.model))
+            train = preset.train
+            print(f"{preset.name:<36} {preset.description}")
+            print(
+                f"{'':<36} {counts.summary()}\n{'':<36} lr {train.lr:g}, {train.steps:,} steps of "
+                f"{train.batch_size} x {preset.model.max_seq_len}, data {train.data}, tokenizer {train.tokenizer}"
+            )
+        print()

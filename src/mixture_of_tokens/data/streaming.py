@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +129,37 @@ def _documents(records: Any, split: str, skipped: SkipCounts, *, json_lines: boo
             yield Document(str(record.get("url") or f"{split}:{index:09d}"), text)
 
 
+HUB_HOST = "huggingface.co"
+
+
+def hub_unreachable_reason(timeout: float = 5.0) -> str | None:
+    """None when the Hugging Face hub answers, else why not (HF_HUB_OFFLINE set, or no connection)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError as error:
+        return f"{HUB_HOST} cannot be reached: {error.strerror or error}"
+    return None
+
+
+def check_hub_reachable(source: str) -> None:
+    """Fail before any download or compute when a hub source cannot be streamed, naming the offline choices."""
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise ValueError(
+            f"data={source!r} streams from the Hugging Face hub, but {reason}; offline choices: "
+            "--data packaged+brown --tokenizer gpt2 (the packaged English corpus with the paper's tokenizer), or "
+            "--data c4:PATH with local C4 .json/.jsonl(.gz) files."
+        )
+
+
 def open_stream(
     stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts
 ) -> tuple[Iterator[Document], Iterator[Document] | None]:
     """(shuffled train documents, eval documents or None when the eval split is a held-out slice)."""
+    if stream.path != "json":
+        check_hub_reachable(stream.source)
     datasets = import_datasets()
     try:
         if stream.path == "json":
