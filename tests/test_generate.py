@@ -86,7 +86,7 @@ def test_eos_stops_a_row_and_prompts_must_fit():
         generate_tokens(model, [[1] * 48], max_new_tokens=2)
     with pytest.raises(ValueError, match="needs held-out filler text"):
         generate_tokens(build("mot"), [prompt], max_new_tokens=2)
-    with pytest.raises(ValueError, match="top-p must be in"):
+    with pytest.raises(ValueError, match="top_p must be in"):
         generate_tokens(model, [prompt], top_p=0.0)
 
 

@@ -199,6 +199,33 @@ class TrainConfig:
             raise ValueError(f"device={self.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
 
 
+@dataclass
+class GenerateConfig:
+    """Decoding settings of `mot generate` (KV-cached, all rows in lock-step)."""
+
+    max_new_tokens: int = _help("tokens to generate per prompt", default=48)
+    temperature: float = _help("0: greedy; > 0: sample from softmax(logits / temperature)", default=0.0)
+    top_k: int = _help("sample from the k most likely tokens (0: all)", default=0)
+    top_p: float = _help("nucleus sampling mass (1: off)", default=1.0)
+    seed: int = _help("seed of sampling and of the filler rows batch-dependent models decode beside", default=0)
+    device: str = _help("cpu | cuda | auto", default="auto")
+    threads: int = _help("torch CPU threads (0: torch default)", default=0)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.seed < 0 or self.threads < 0:
+            raise ValueError(f"seed and threads must be >= 0, got seed={self.seed}, threads={self.threads}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
+
+
 def field_help(cls: type) -> dict[str, str]:
     """{field name: help text} of a config dataclass."""
     return {f.name: f.metadata.get("help", "") for f in fields(cls)}

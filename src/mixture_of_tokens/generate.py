@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .config import GenerateConfig
 from .evaluation.batch_policy import is_batch_dependent
 from .model import KVCache, Transformer, inference_routing
 
@@ -52,14 +53,8 @@ def sample_next(
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max-new-tokens must be a positive integer, got {max_new_tokens!r}.")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}.")
-    if top_k < 0:
-        raise ValueError(f"top-k must be >= 0 (0 keeps every token), got {top_k}.")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top-p must be in (0, 1], got {top_p}.")
+    """The sampling settings' one check (GenerateConfig's) for callers that pass them one by one."""
+    GenerateConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @torch.no_grad()
