@@ -12,6 +12,8 @@ from .runtime.precision import PRECISIONS
 
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
 
+AUX_LOSS_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
 
 
@@ -60,6 +62,11 @@ class ModelConfig:
     )
     load_balance_weight: float = _help("Token Choice load-balancing loss weight alpha (0: off)", default=0.01)
     z_loss_weight: float = _help("Token Choice router z-loss weight (0: off)", default=0.0)
+    load_balance_reduce: str = _help(
+        "how the layers' auxiliary losses (load balancing, z-loss) combine: sum (over layers) | mean (each loss "
+        "averaged over the layers that report it, as the authors' paper-era code did)",
+        default="sum",
+    )
     ec_tokens_per_expert: int = _help("Expert Choice: tokens each expert picks per group (1..group_size)", default=1)
     tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
@@ -79,6 +86,7 @@ class ModelConfig:
             ("mot_routing", ROUTINGS),
             ("mot_emit", EMITS),
             ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
+            ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

@@ -6,6 +6,7 @@ Layers may record `aux_losses` (added to the LM loss) and `stats` (detached diag
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -161,12 +162,17 @@ class Transformer(nn.Module):
         return ModelOutput(logits=logits_BSV, loss=loss, lm_loss=lm_loss, aux_losses=aux_losses)
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Auxiliary losses the layers recorded in the last forward, keyed 'block{i}.{name}'."""
-        losses: dict[str, torch.Tensor] = {}
-        for index, block in enumerate(self.blocks):
-            for name, value in getattr(block.ffn, "aux_losses", {}).items():
-                losses[f"block{index}.{name}"] = value
-        return losses
+        """Auxiliary losses the layers recorded in the last forward, keyed 'block{i}.{name}', each as the part it
+        adds to the loss: as recorded when `load_balance_reduce` is "sum"; divided by the number of layers that
+        recorded a loss of that name when it is "mean", so that each name adds its mean over those layers."""
+        recorded = [
+            (index, name, value)
+            for index, block in enumerate(self.blocks)
+            for name, value in getattr(block.ffn, "aux_losses", {}).items()
+        ]
+        reporters = Counter(name for _, name, _ in recorded)
+        mean = self.config.load_balance_reduce == "mean"
+        return {f"block{index}.{name}": value / reporters[name] if mean else value for index, name, value in recorded}
 
     def routing_stats(self) -> dict[str, float]:
         """Detached routing diagnostics of the last forward, keyed 'block{i}.{name}' (syncs the device)."""
