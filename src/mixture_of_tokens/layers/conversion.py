@@ -13,6 +13,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .expert_choice import ExpertChoice
 from .mot import MixtureOfTokens
@@ -27,6 +28,8 @@ TARGETS: dict[str, str] = {
     "discrete-mot": MixtureOfTokens.kind,
 }
 """Conversion targets as the command line spells them -> the feed-forward kind they produce."""
+SWITCH_TARGETS: tuple[str, ...] = tuple(name for name, kind in TARGETS.items() if kind != MixtureOfTokens.kind)
+"""Targets that change the layer kind (a run can switch to them mid-training)."""
 
 
 ROUTING_FIELDS: tuple[str, ...] = ("top_k", "capacity_factor", "load_balance_weight", "z_loss_weight", "tc_scope")
@@ -69,3 +72,41 @@ def convert_weights(weights: dict[str, torch.Tensor], config: ModelConfig, targe
             renamed[prefix + "norm.weight"] = torch.ones(config.d_model, dtype=controller.dtype)
             renamed[prefix + "norm.bias"] = torch.zeros(config.d_model, dtype=controller.dtype)
     return renamed
+
+
+def convert_model_in_place(model: nn.Module, converted: ModelConfig) -> list[nn.Parameter]:
+    """Turn every MoT block of `model` into the kind `converted` names, reusing the SAME parameter objects
+    (router := controller, experts := experts), so an optimizer keeps their state; returns the parameters that are
+    new (Expert Choice's output LayerNorm, initialised to the identity), which need fresh optimizer state.
+
+    `converted` is `convert_config(model.config, target, ...)`; the model's config is replaced by it.
+    """
+    from .registry import build_ffn  # the registry imports every layer, this module included
+
+    new_parameters: list[nn.Parameter] = []
+    for block, kind in zip(model.blocks, converted.block_ffn_kinds(), strict=True):
+        old = block.ffn
+        if not isinstance(old, MixtureOfTokens):
+            continue
+        if kind == MixtureOfTokens.kind:  # discrete MoT: same layer, argmax routing
+            old.set_mode(routing=converted.mot_routing)
+            continue
+        with torch.device("meta"):  # no throwaway allocation: every tensor is replaced below
+            layer = build_ffn(kind, converted)
+        layer.router, layer.w1, layer.w2 = old.controller, old.w1, old.w2
+        for name, parameter in list(layer.named_parameters()):
+            if parameter.is_meta:  # a norm MoT has no counterpart for: identity (weight 1, bias 0)
+                module_name, _, attribute = name.rpartition(".")
+                if parameter.shape != (converted.d_model,) or attribute not in ("weight", "bias"):
+                    raise ValueError(
+                        f"converting to {kind} would need a fresh {name} of shape {tuple(parameter.shape)}."
+                    )
+                reference = old.controller[:, 0].detach()
+                fresh = nn.Parameter(
+                    torch.ones_like(reference) if attribute == "weight" else torch.zeros_like(reference)
+                )
+                setattr(layer.get_submodule(module_name), attribute, fresh)
+                new_parameters.append(fresh)
+        block.ffn = layer.train(old.training)
+    model.config = converted
+    return new_parameters

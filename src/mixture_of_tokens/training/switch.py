@@ -1,0 +1,57 @@
+"""Transition tuning inside one run (docs/method.md §3, as the authors ran it): at the switch step every MoT layer
+becomes a Token Choice (or Expert Choice) layer made of the same parameter objects, so AdamW keeps their moments,
+the LR schedule runs on over all steps, and only parameters without an MoT counterpart start with fresh state.
+
+The routing settings after the switch are the run's own ModelConfig fields (top_k, capacity_factor,
+load_balance_weight, z_loss_weight, tc_scope), whose defaults are the paper's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..layers.conversion import ROUTING_FIELDS, SWITCH_TARGETS, convert_config, convert_model_in_place
+
+
+def switched_config(config: ModelConfig, target: str) -> ModelConfig:
+    """The model config after switching to `target` (token-choice | expert-choice), keeping the run's routing."""
+    return convert_config(config, target, **{name: getattr(config, name) for name in ROUTING_FIELDS})
+
+
+def switch_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, target: str) -> ModelConfig:
+    """Switch `model` (a plain Transformer, not wrapped) and register its new parameters with `optimizer`; returns
+    the new config. Parameter order in the optimizer is deterministic, so a resumed run that switches again before
+    loading its optimizer state lines up with the saved one."""
+    converted = switched_config(model.config, target)
+    fresh = convert_model_in_place(model, converted)
+    if optimizer is not None and fresh:
+        no_decay = next(g for g in optimizer.param_groups if g["weight_decay"] == 0.0)
+        decay = optimizer.param_groups[0]
+        for parameter in fresh:
+            (decay if parameter.dim() >= 2 else no_decay)["params"].append(parameter)
+    return converted
+
+
+def switched_copy(model: nn.Module, target: str) -> nn.Module:
+    """A converted deep copy of `model` for evaluating "the loss if switched now"; `model` is left untouched."""
+    copied = copy.deepcopy(model)
+    switch_in_place(copied, None, target)
+    return copied
+
+
+def check_switch(config: ModelConfig, switch_to: str, switch_at: int, steps: int) -> None:
+    """Fail before any compute when a switch cannot happen as asked."""
+    if not switch_to:
+        return
+    if switch_to not in SWITCH_TARGETS:
+        raise ValueError(f"switch_to={switch_to!r} is not supported; allowed values: {', '.join(SWITCH_TARGETS)}.")
+    switched_config(config, switch_to)  # the target exists and the model has MoT layers to convert
+    if not 1 <= switch_at < steps:
+        raise ValueError(f"switch_at={switch_at} must be a step in 1..steps-1={steps - 1} for switch_to={switch_to!r}.")
+
+
+__all__ = ["check_switch", "switch_in_place", "switched_config", "switched_copy"]
