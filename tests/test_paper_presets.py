@@ -33,6 +33,7 @@ def test_sparse_and_precision_presets(name):
     assert (train.data, train.tokenizer) == ("c4", "gpt2")
     if kind == "token_choice":  # top-1 over experts of width d_ff: dense FLOPs
         assert (model.top_k, model.capacity_factor, model.load_balance_weight) == (1, 1.25, 0.01)
+    assert model.load_balance_reduce == "mean"  # the paper-era authors' code averages it over layers
     if kind == "expert_choice":  # one token per expert per group of E: dense FLOPs
         assert model.ec_tokens_per_expert == 1 and model.group_size == model.n_experts
 

@@ -56,8 +56,11 @@ def _sparse(base: ModelConfig, kind: str, n_experts: int, **fields: object) -> M
 
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
 _TINY_TRAIN = TrainConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=100, eval_batches=8)
-# The paper's models: GPT-2 vocabulary, context 256.
-_MEDIUM = ModelConfig(vocab_size=50257, max_seq_len=256, d_model=512, n_blocks=8, n_heads=8, d_ff=2048)
+# The paper's models: GPT-2 vocabulary, context 256; Token Choice's load-balancing loss averaged over its layers,
+# as in the authors' paper-era code.
+_MEDIUM = ModelConfig(
+    vocab_size=50257, max_seq_len=256, d_model=512, n_blocks=8, n_heads=8, d_ff=2048, load_balance_reduce="mean"
+)
 _BASE = dataclasses.replace(_MEDIUM, d_model=768, n_blocks=12, n_heads=12, d_ff=3072)
 
 # The paper's text: Transformer-Medium 1e-3, Transformer-Base 4e-4; MoT and sparse MoE 7e-4 (Medium), 2e-4 (Base).
