@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from .layers.init import EMBEDDING_INITS
 from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
@@ -70,6 +71,14 @@ class ModelConfig:
     ec_tokens_per_expert: int = _help("Expert Choice: tokens each expert picks per group (1..group_size)", default=1)
     tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
+    final_norm: bool = _help(
+        "a LayerNorm before the output head (--no-final-norm: none, as in the authors' code)", default=True
+    )
+    embedding_init: str = _help(
+        "token and position embedding init: fan_in_d (std sqrt(init_scale / d_model)) | authors (std "
+        "sqrt(init_scale), fan-in 1, cut at +-0.2: an effective std of about 0.112)",
+        default="fan_in_d",
+    )
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff")
@@ -87,6 +96,7 @@ class ModelConfig:
             ("mot_emit", EMITS),
             ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
+            ("embedding_init", EMBEDDING_INITS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import FeedForwardLayer, build_ffn
-from .layers.init import scaled_trunc_normal_
+from .layers.init import authors_embedding_init_, scaled_trunc_normal_
 from .layers.modes import inference_routing, mot_mode, set_inference_routing
 
 
@@ -117,7 +117,7 @@ class Transformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
         self.blocks = nn.ModuleList(Block(config, kind) for kind in config.block_ffn_kinds())
-        self.final_norm = LayerNorm(config.d_model)
+        self.final_norm = LayerNorm(config.d_model) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
@@ -126,7 +126,8 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Truncated normal, std sqrt(init_scale / fan_in), for every weight (docs/method.md §1); zero biases.
 
-        Embedding tables count d_model as their fan-in (a one-hot input has no meaningful fan-in).
+        Embedding tables count d_model as their fan-in (a one-hot input has no meaningful fan-in), unless
+        `embedding_init` is "authors": fan-in 1, cut at +-0.2 (`authors_embedding_init_`).
         """
         scale = self.config.init_scale
         for module in self.modules():
@@ -134,6 +135,8 @@ class Transformer(nn.Module):
                 scaled_trunc_normal_(module.weight, fan_in=module.in_features, scale=scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and self.config.embedding_init == "authors":
+                authors_embedding_init_(module.weight, scale=scale)
             elif isinstance(module, nn.Embedding):
                 scaled_trunc_normal_(module.weight, fan_in=module.embedding_dim, scale=scale)
             elif isinstance(module, FeedForwardLayer) and hasattr(module, "reset_parameters"):

@@ -28,7 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="batch policy: auto (protocol for MoT, plain for dense) | protocol | discrete | plain",
     )
-    parser.add_argument("--protocol-rows", type=int, default=32, help="rows of an isolated batch (multiple of G)")
+    parser.add_argument(
+        "--protocol-rows",
+        type=int,
+        default=None,
+        help="rows of an isolated batch, a multiple of G (default: the smallest multiple of G >= 32, i.e. max(32, G))",
+    )
+    parser.add_argument(
+        "--prefix-eos",
+        action="store_true",
+        help="start every zero-shot request's context with the end-of-text token (the authors' harness did)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of filler rows and query placement")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch (plain policy)")
     parser.add_argument("--eval-batches", type=int, default=0, help="held-out batches (0: the run's setting)")
@@ -91,7 +101,13 @@ def run(args: argparse.Namespace) -> None:
     docs = {task: load_task(task, task_files.get(task), limit=args.limit) for task in tasks}  # fail before compute
     started = time.perf_counter()
     train_tokens, eval_tokens = load_texts(loaded)
-    payload: dict = {"checkpoint": str(loaded.directory), "policy": policy.to_dict(), "perplexity": [], "tasks": []}
+    payload: dict = {
+        "checkpoint": str(loaded.directory),
+        "policy": policy.to_dict(),
+        "prefix_eos": args.prefix_eos,
+        "perplexity": [],
+        "tasks": [],
+    }
 
     if not args.no_perplexity:
         train_config = loaded.train_config
@@ -108,8 +124,15 @@ def run(args: argparse.Namespace) -> None:
             payload["perplexity"].append(result.to_dict())
 
     if tasks:
-        print(f"zero-shot policy: {policy.describe()}")
-        scorer = Scorer(loaded.model, loaded.tokenizer, policy, filler_tokens=train_tokens, batch_size=args.batch_size)
+        print(f"zero-shot policy: {policy.describe()}" + (", contexts prefixed with eos" if args.prefix_eos else ""))
+        scorer = Scorer(
+            loaded.model,
+            loaded.tokenizer,
+            policy,
+            filler_tokens=train_tokens,
+            batch_size=args.batch_size,
+            prefix_eos=args.prefix_eos,
+        )
         print(f"{'task':<14} {'docs':>5} {'metric':<10} {'value':>7} {'stderr':>7} {'seconds':>8}  source")
         for task, (task_docs, source) in docs.items():
             result = evaluate_docs(task, task_docs, scorer, progress=True)

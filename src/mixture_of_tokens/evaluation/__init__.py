@@ -1,6 +1,14 @@
 """Evaluation: held-out loss in every MoT mode, zero-shot multiple choice under an explicit batch policy."""
 
-from .batch_policy import POLICIES, BatchPolicy, is_batch_dependent, isolated_batch, query_seed, resolve_policy
+from .batch_policy import (
+    POLICIES,
+    BatchPolicy,
+    default_protocol_rows,
+    is_batch_dependent,
+    isolated_batch,
+    query_seed,
+    resolve_policy,
+)
 from .loss import evaluate_loss
 from .perplexity import EvalMode, LossResult, eval_modes, evaluate_modes
 from .runner import LoadedCheckpoint, load_checkpoint, load_texts, write_results
@@ -20,6 +28,7 @@ __all__ = [
     "Request",
     "Scorer",
     "TaskResult",
+    "default_protocol_rows",
     "doc_from_row",
     "eval_modes",
     "evaluate_docs",

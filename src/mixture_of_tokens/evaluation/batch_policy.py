@@ -5,7 +5,8 @@ batch. Three policies make that explicit:
 
     plain     batch-independent models (dense feed-forward everywhere): queries are batched freely.
     protocol  the paper's protocol (docs/method.md §5): every query is scored alone in a batch of `rows` sequences
-              (32 by default, a multiple of the group size); the other rows are random training-set sequences cut
+              (a multiple of the group size; by default the smallest one >= 32, i.e. max(32, G): the authors
+              scored a G=64 model in batches of 64); the other rows are random training-set sequences cut
               to the query's length, the query sits in one random row, and only that row counts.
     discrete  the same isolated batches with argmax routing (`mot_mode(routing="discrete")`). The argmax is still
               taken over the group, so a discrete score still depends on the other rows: it is isolated like
@@ -81,8 +82,18 @@ class BatchPolicy:
         return {"name": self.name, "rows": self.rows, "seed": self.seed, "group_size": self.group_size}
 
 
-def resolve_policy(config: ModelConfig, name: str = "auto", *, rows: int = DEFAULT_PROTOCOL_ROWS, seed: int = 0):
-    """Pick the policy for a model: `auto` is protocol for batch-dependent models and plain otherwise."""
+def default_protocol_rows(config: ModelConfig) -> int:
+    """Rows of an isolated batch unless set: the smallest multiple of the group size that is at least 32
+    (max(32, G) for the paper's power-of-two G)."""
+    group = config.group_size
+    return -(-DEFAULT_PROTOCOL_ROWS // group) * group
+
+
+def resolve_policy(config: ModelConfig, name: str = "auto", *, rows: int | None = None, seed: int = 0):
+    """Pick the policy for a model: `auto` is protocol for batch-dependent models and plain otherwise; `rows`
+    None is `default_protocol_rows(config)`."""
+    if rows is None:
+        rows = default_protocol_rows(config)
     if name not in POLICIES:
         raise ValueError(f"mot-eval={name!r} is not supported; allowed values: {', '.join(POLICIES)}.")
     dependent = is_batch_dependent(config)

@@ -11,9 +11,11 @@ line with the same arguments (lm-eval does not discover third-party models by it
     MoTLM = register()
     lm_eval.simple_evaluate(model=MoTLM(checkpoint="runs/tiny-mot"), tasks=["piqa"])
 
-model_args: checkpoint (required), mot_eval (auto | protocol | discrete | plain), protocol_rows (32), seed (0),
-device (auto), batch_size (32, plain policy). The request -> score logic lives in `MoTBackend`, which needs no
-lm_eval and is what the tests check; the lm_eval class only unpacks `request.args`.
+model_args: checkpoint (required), mot_eval (auto | protocol | discrete | plain), protocol_rows (default max(32, G):
+the smallest multiple of G >= 32), seed (0), device (auto), batch_size (32, plain policy), prefix_eos (false; true
+starts every request's context with the end-of-text token, as the authors' harness did). The request -> score
+logic lives in `MoTBackend`, which needs no lm_eval and is what the tests check; the lm_eval class only unpacks
+`request.args`.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ class MoTBackend:
         checkpoint: str,
         *,
         mot_eval: str = "auto",
-        protocol_rows: int = 32,
+        protocol_rows: int | None = None,
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 32,
+        prefix_eos: bool = False,
         train_tokens: np.ndarray | None = None,
     ) -> None:
         self.loaded = load_checkpoint(checkpoint, device)
-        self.policy = resolve_policy(self.loaded.model_config, mot_eval, rows=int(protocol_rows), seed=int(seed))
+        rows = None if protocol_rows is None else int(protocol_rows)
+        self.policy = resolve_policy(self.loaded.model_config, mot_eval, rows=rows, seed=int(seed))
         if self.policy.isolated and train_tokens is None:
             train_tokens, _ = load_texts(self.loaded, progress=False)
         self.filler_tokens = train_tokens
@@ -55,6 +59,7 @@ class MoTBackend:
             filler_tokens=train_tokens,
             batch_size=int(batch_size),
             device=self.loaded.device,
+            prefix_eos=_flag(prefix_eos),
         )
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -77,7 +82,10 @@ class MoTBackend:
             max_new = int(options.get("max_gen_toks", 64))
             max_new = max(1, min(max_new, model.config.max_seq_len - 1))
             temperature = float(options.get("temperature", 0.0)) if options.get("do_sample", False) else 0.0
-            prompt = (tokenizer.encode_batch([context])[0] or [tokenizer.eos_id])[-(model.config.max_seq_len - 1) :]
+            prompt = tokenizer.encode_batch([context])[0]
+            prompt = ([tokenizer.eos_id] + prompt if self.scorer.prefix_eos or not prompt else prompt)[
+                -(model.config.max_seq_len - 1) :
+            ]
             seed = int(np.random.default_rng(query_seed(self.policy.seed, "generate", context)).integers(2**62))
             with self.policy.applied(model):
                 result = generate_tokens(
@@ -99,6 +107,15 @@ class MoTBackend:
         return outputs
 
 
+def _flag(value: object) -> bool:
+    """A boolean model_arg as lm-eval may pass it: a bool or a string such as "true" / "False"."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"prefix_eos={value!r} is not a boolean; allowed values: true, false.")
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
+
+
 def register() -> type:
     """Import lm_eval (lazily), define and register the "mot" model class, and return it."""
     try:
@@ -110,7 +127,7 @@ def register() -> type:
     class MoTLM(LM):
         def __init__(self, checkpoint: str, **options: Any) -> None:
             super().__init__()
-            allowed = ("mot_eval", "protocol_rows", "seed", "device", "batch_size")
+            allowed = ("mot_eval", "protocol_rows", "seed", "device", "batch_size", "prefix_eos")
             device = str(options.get("device") or "auto")  # lm-eval passes its --device, e.g. cuda:0
             options["device"] = "cuda" if device.startswith("cuda") else device
             self.backend = MoTBackend(checkpoint, **{k: v for k, v in options.items() if k in allowed})

@@ -3,7 +3,8 @@ lm-eval adapter.
 
 Tokenisation follows lm-eval: trailing spaces of the context move to the continuation, the pair is encoded
 whole, and the continuation is what the whole has beyond the context's tokens (an empty context becomes the eos
-token). Inputs longer than the context window keep their last max_seq_len + 1 tokens.
+token). With `prefix_eos` every context starts with the eos token, as the authors' harness did. Inputs longer than
+the context window keep their last max_seq_len + 1 tokens.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Scorer:
     plain: requests are sorted by length and right-padded into batches of `batch_size` (causal attention keeps
     padding from reaching earlier positions). protocol / discrete: one isolated batch per request; when rows
     meet only rows of their own group, just the query's group (G rows) of that batch is computed, since rows of other
-    groups cannot reach it (identical up to float rounding to computing all rows).
+    groups cannot reach it (identical up to float rounding to computing all rows). `prefix_eos`: every context
+    starts with the eos token (an empty context is that token alone), as in the authors' harness.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Scorer:
         filler_tokens: np.ndarray | None = None,
         batch_size: int = 32,
         device: torch.device | str | None = None,
+        prefix_eos: bool = False,
     ) -> None:
         if policy.isolated and filler_tokens is None:
             raise ValueError(f"batch policy {policy.name!r} needs filler_tokens (training-set text).")
@@ -84,6 +87,7 @@ class Scorer:
         self.policy = policy
         self.filler_tokens = filler_tokens
         self.batch_size = batch_size
+        self.prefix_eos = prefix_eos
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.max_len = model.config.max_seq_len
         self.compute_group_only = _group_local(model)
@@ -95,7 +99,8 @@ class Scorer:
         if not context:
             return [self.tokenizer.eos_id], self.tokenizer.encode_batch([continuation])[0]
         whole, context_ids = self.tokenizer.encode_batch([context + continuation, context])
-        return context_ids, whole[len(context_ids) :]
+        prefix = [self.tokenizer.eos_id] if self.prefix_eos else []
+        return prefix + context_ids, whole[len(context_ids) :]
 
     def score(self, requests: Sequence[Request], *, progress: bool = False) -> list[ContinuationScore]:
         pairs = [self.encode(r.context, r.continuation) for r in requests]
