@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mixture_of_tokens import ModelConfig, TrainConfig, Transformer, count_model, mot_sizing
+from mixture_of_tokens import scaling as scaling_package
 from mixture_of_tokens.cli import main
+from mixture_of_tokens.cli import scaling as cli_scaling
 from mixture_of_tokens.scaling import (
     PAPER_DENSE_LAW,
     PAPER_LAW,
@@ -38,9 +42,10 @@ WIDE_GRID = {
 
 
 def test_law_is_the_papers_formula() -> None:
-    N, D, G = 3e9, 2e10, 8
-    expected = 0.472 + (2.1 / G**0.58 + 18.1) * N**-0.115 + 30.8 * D**-0.147
-    assert float(PAPER_LAW.loss(N, D, G)) == pytest.approx(expected, rel=1e-12)
+    N, D, k = 3e9, 2e10, 8  # k = granularity
+    expected = 0.472 + (2.1 / k**0.58 + 18.1) * N**-0.115 + 30.8 * D**-0.147
+    assert float(PAPER_LAW.loss(N, D, k)) == pytest.approx(expected, rel=1e-12)
+    assert float(PAPER_LAW.loss(N, D, granularity=k)) == pytest.approx(expected, rel=1e-12)
     assert float(PAPER_DENSE_LAW.loss(N, D)) == pytest.approx(0.472 + 16.3 * N**-0.126 + 26.7 * D**-0.127)
     losses = PAPER_LAW.loss(N, D, np.array([1, 2, 4, 8, 16]))
     assert np.all(np.diff(losses) < 0), "at fixed N and D a finer granularity lowers the loss"
@@ -48,7 +53,7 @@ def test_law_is_the_papers_formula() -> None:
 
 @pytest.mark.parametrize("granularity", [1, 4])
 def test_parameter_model_matches_an_mot_transformer(granularity: int) -> None:
-    """MoT /nE/k maps to the law as expansion = n (group size), G = k: its non-embedding count matches N."""
+    """MoT /nE/k maps to the law as expansion = n (group size), granularity = k: its non-embedding count matches N."""
     n_blocks, expansion = 2, 4
     d_model = 64 * n_blocks
     sizing = mot_sizing(f"/{expansion}E/{granularity}", 4 * d_model)
@@ -133,8 +138,8 @@ def test_planner_optimal_granularity_never_decreases_with_budget() -> None:
 def test_planner_reproduces_the_papers_qualitative_result() -> None:
     for flops in BUDGETS:
         result = plan(flops)
-        g1 = next(p for p in result.per_granularity if p.granularity == 1)
-        assert g1.loss_continuous > result.best.loss_continuous, f"G = 1 optimal at {flops:.2g}"
+        k1 = next(p for p in result.per_granularity if p.granularity == 1)
+        assert k1.loss_continuous > result.best.loss_continuous, f"granularity 1 optimal at {flops:.2g}"
         assert result.best.loss_continuous < result.dense.loss_continuous
     assert plan(1e24).best.granularity >= 32
     assert plan(1e18).best.granularity <= 16
@@ -196,7 +201,7 @@ def test_runs_from_run_directories(tmp_path) -> None:
     _fake_run_dir(tmp_path / "mot", ffn="mot", loss=3.5, non_embedding=123_456, steps=100)
     _fake_run_dir(tmp_path / "dense", ffn="dense", loss=3.7, non_embedding=50_000, steps=50)
     runs = {r.name: r for r in load_runs(tmp_path)}
-    assert runs["mot"].kind == "mot" and runs["dense"].kind == "dense"
+    assert runs["mot"].kind == "fine-grained" and runs["dense"].kind == "dense"
     assert runs["mot"].granularity == 4  # d_ff 128 / expert_size 32
     assert runs["mot"].expansion == 4  # group size
     assert runs["mot"].tokens == 100 * 8 * 32
@@ -225,16 +230,21 @@ def test_cli_fit_plan_predict(tmp_path, capsys) -> None:
     assert len([line for line in capsys.readouterr().out.splitlines() if "/64E" in line]) == 8
     assert range_plot.stat().st_size > 0
 
-    assert main(["scaling", "predict", "--N", "1e9", "--D", "1e10", "--G", "8", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(float(PAPER_LAW.loss(1e9, 1e10, 8)))
+    assert main(["scaling", "predict", "--N", "1e9", "--D", "1e10", "--granularity", "8", "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted["loss"] == pytest.approx(float(PAPER_LAW.loss(1e9, 1e10, 8)))
+    assert predicted["granularity"] == 8
 
 
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("N,D,loss\n1e8,1e9,3.0\n", "lacks column(s) G"),
-        ("N,D,G,loss\n" + "1e8,1e9,2,3.0\n" * 3, "at least 7 runs"),
-        ("N,D,G,loss\n1e8,1e9,2,-3.0\n", "column loss must be a positive number"),
+        ("N,D,loss\n1e8,1e9,3.0\n", "lacks column(s) granularity; required: N, D, granularity, loss"),
+        ("N,D,granularity,loss\n" + "1e8,1e9,2,3.0\n" * 3, "at least 7 runs"),
+        ("N,D,granularity,loss\n1e8,1e9,2,-3.0\n", "column loss must be a positive number"),
+        ("N,D,G,loss\n1e8,1e9,x,3.0\n", "column G holds 'x', not a number"),  # legacy column name
+        ("N,D,granularity,G,loss\n1e8,1e9,2,2,3.0\n", "both a granularity column and its legacy name G"),
+        ("N,D,granularity,loss,kind\n1e8,1e9,2,3.0,moe\n", "allowed values: fine-grained, dense"),
     ],
 )
 def test_cli_fit_rejects_bad_tables(tmp_path, capsys, rows: str, message: str) -> None:
@@ -249,3 +259,88 @@ def test_cli_fit_rejects_bad_tables(tmp_path, capsys, rows: str, message: str) -
 def test_cli_rejects_non_positive_budget(capsys) -> None:
     assert main(["scaling", "plan", "--flops", "0"]) == 2
     assert "--flops must be a positive number" in capsys.readouterr().err
+
+
+def test_written_runs_table_uses_granularity_and_reads_back(tmp_path) -> None:
+    runs = synthetic_runs(PAPER_LAW, params=(1e8,), tokens=(1e9,), granularities=(1, 8))
+    table = write_runs_csv([*runs, dataclasses.replace(runs[0], name="d", kind="dense")], tmp_path / "runs.csv")
+    lines = table.read_text().splitlines()
+    assert lines[0] == "name,N,D,granularity,loss,kind"
+    assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["fine-grained", "fine-grained", "dense"]
+    assert load_runs(table) == [*runs, dataclasses.replace(runs[0], name="d", kind="dense")]
+
+
+def test_legacy_runs_tables_with_a_G_column_and_kind_mot_still_read(tmp_path) -> None:
+    runs = synthetic_runs(PAPER_LAW, params=(1e8, 1e9), tokens=(1e9,), granularities=(1, 8))
+    current = write_runs_csv(runs, tmp_path / "runs.csv")
+    legacy = tmp_path / "legacy.csv"  # the table as written before the rename: column G, kind mot
+    legacy.write_text(current.read_text().replace(",granularity,", ",G,").replace(",fine-grained", ",mot"))
+    assert "G" in legacy.read_text().splitlines()[0].split(",") and ",mot" in legacy.read_text()
+    assert load_runs(legacy) == load_runs(current) == runs
+
+    rows = [
+        {"N": 1e8, "D": 1e9, "G": 4, "loss": 3.0, "kind": "MOT"},
+        {"N": 1e8, "D": 1e9, "loss": 3.2, "kind": "dense"},
+    ]
+    (tmp_path / "legacy.json").write_text(json.dumps({"runs": rows}))
+    fine, dense = load_runs(tmp_path / "legacy.json")
+    assert (fine.kind, fine.granularity, dense.kind, dense.granularity) == ("fine-grained", 4.0, "dense", 1.0)
+    assert dataclasses.replace(runs[0], kind="mot").kind == "fine-grained"  # a Run built in Python with the old kind
+
+
+def test_cli_fit_reads_a_legacy_table_and_leaves_out_dense_runs(tmp_path, capsys) -> None:
+    runs = synthetic_runs(PAPER_LAW, **WIDE_GRID)
+    dense = synthetic_runs(PAPER_DENSE_LAW, params=WIDE_GRID["params"], tokens=WIDE_GRID["tokens"], granularities=(1,))
+    table = write_runs_csv(runs + [dataclasses.replace(r, kind="dense") for r in dense], tmp_path / "runs.csv")
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text(table.read_text().replace(",granularity,", ",G,").replace(",fine-grained", ",mot"))
+    args = [
+        "scaling",
+        "fit",
+        "--runs",
+        str(legacy),
+        "--bootstrap",
+        "0",
+        "--plot",
+        "",
+        "--out",
+        str(tmp_path / "l.json"),
+    ]
+    assert main(args) == 0
+    assert f"fine-grained law fitted to {len(runs)} runs ({len(dense)} dense runs left out)" in capsys.readouterr().out
+    fitted = json.loads((tmp_path / "l.json").read_text())["fine_grained"]["coefficients"]
+    for name, true in PAPER_LAW.as_dict().items():
+        assert fitted[name] == pytest.approx(true, rel=0.01), name
+    assert main([*args[:-2], "--kind", "dense"]) == 0
+    assert f"dense law fitted to {len(dense)} runs ({len(runs)} fine-grained runs left out)" in capsys.readouterr().out
+
+
+def test_cli_predict_keeps_the_legacy_G_flag_as_a_hidden_alias(capsys) -> None:
+    base = ["scaling", "predict", "--N", "1e9", "--D", "1e10", "--json"]
+    assert main([*base, "--granularity", "8"]) == 0
+    current = capsys.readouterr()
+    assert main([*base, "--G", "8"]) == 0
+    legacy = capsys.readouterr()
+    assert json.loads(legacy.out) == json.loads(current.out)
+    assert json.loads(legacy.out)["loss"] == pytest.approx(float(PAPER_LAW.loss(1e9, 1e10, 8)))
+    assert current.err == "" and "--G is deprecated; use --granularity" in legacy.err
+    assert main(["scaling", "predict", "--N", "1e9", "--D", "1e10", "--G", "0"]) == 2
+    assert "--granularity must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scaling", "predict", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--granularity" in help_text and "--G" not in help_text
+
+
+def test_scaling_code_never_calls_granularity_G() -> None:
+    """G is the group size everywhere in the project; here it survives only in the legacy aliases, so marked."""
+    files = [*sorted(Path(scaling_package.__file__).parent.glob("*.py")), Path(cli_scaling.__file__)]
+    assert len(files) == 7
+    uses = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bG\b", line) and not re.search(r"legacy|group size", line, re.IGNORECASE)
+    ]
+    assert not uses, uses

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the flag it stands for and says which flag to use instead (on stderr)."""
+
+    def __init__(self, *args, replacement: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"mot scaling: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument(
         "--flops", required=True, help="training FLOPs: one budget (1e21) or a range LOW:HIGH[:COUNT] (1e18:1e25)"
     )
-    plan.add_argument("--granularities", default="1,2,4,8,16,32,64,128,256", help="comma-separated G to choose from")
+    plan.add_argument(
+        "--granularities", default="1,2,4,8,16,32,64,128,256", help="comma-separated granularities to choose from"
+    )
     plan.add_argument("--expansion", type=float, default=64.0, help="expansion rate = MoT group size (law fit: 64)")
     plan.add_argument("--law", default="", help="coefficients JSON from `mot scaling fit --out` (default: paper's)")
     plan.add_argument("--plot", default="runs/scaling_plan.png", help="plot path for a range of budgets")
@@ -27,14 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predicted loss of one model from the law")
     predict.add_argument("--N", dest="params", type=float, required=True, help="non-embedding parameters")
     predict.add_argument("--D", dest="tokens", type=float, required=True, help="training tokens")
-    predict.add_argument("--G", dest="granularity", type=float, default=1.0, help="granularity (d_ff / expert width)")
-    predict.add_argument("--dense", action="store_true", help="use the dense law (ignores --G)")
+    predict.add_argument("--granularity", type=float, default=1.0, help="granularity k = d_ff / expert width")
+    # legacy alias of --granularity (G now means group size): same dest, hidden from --help, warns when used
+    predict.add_argument(
+        "--G", dest="granularity", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS,  # legacy alias
+        action=_DeprecatedAlias, replacement="--granularity",
+    )  # fmt: skip
+    predict.add_argument("--dense", action="store_true", help="use the dense law (ignores --granularity)")
     predict.add_argument("--law", default="", help="coefficients JSON from `mot scaling fit --out`")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     predict.set_defaults(handler=run_predict)
 
     fit = commands.add_parser("fit", help="fit the law to runs (a CSV/JSON table or a folder of run directories)")
-    fit.add_argument("--runs", required=True, help="a .csv/.json table (N, D, G, loss[, name, kind]) or a folder")
+    fit.add_argument(
+        "--runs", required=True, help="a .csv/.json table (N, D, granularity, loss[, name, kind]) or a folder"
+    )
     fit.add_argument(
         "--kind", choices=("fine-grained", "dense"), default="fine-grained", help="which law (dense: dense runs only)"
     )
@@ -83,12 +105,12 @@ def _describe(plan) -> str:
         f"dense needs {plan.dense_flop_multiple:.1f}x the FLOPs ({plan.dense_flops_to_match:.3g}) to match "
         f"loss {best.loss_continuous:.4f}",
         "",
-        f"{'G':>4} {'n_blocks':>8} {'d_model':>7} {'N':>9} {'D':>9} {'loss':>7}",
+        f"{'granularity':>11} {'n_blocks':>8} {'d_model':>7} {'N':>9} {'D':>9} {'loss':>7}",
     ]
     for p in plan.per_granularity:
         mark = "  <- optimal" if p is best else ""
         lines.append(
-            f"{p.granularity:>4} {p.n_blocks:>8} {p.d_model:>7} {human(p.params):>9} {human(p.tokens):>9} "
+            f"{p.granularity:>11} {p.n_blocks:>8} {p.d_model:>7} {human(p.params):>9} {human(p.tokens):>9} "
             f"{p.loss_continuous:>7.4f}{mark}"
         )
     return "\n".join(lines)
@@ -98,16 +120,16 @@ def _table(plans) -> str:
     from ..counting import human
 
     header = (
-        f"{'FLOPs':>8} {'G':>4} {'n_blocks':>8} {'d_model':>7} {'N':>9} {'D':>9} {'loss':>7} "
-        f"{'G=1':>7} {'dense':>7} {'dense x':>8}  MoT"
+        f"{'FLOPs':>8} {'granularity':>11} {'n_blocks':>8} {'d_model':>7} {'N':>9} {'D':>9} {'loss':>7} "
+        f"{'k=1':>7} {'dense':>7} {'dense x':>8}  MoT"
     )
     lines = [header, "-" * len(header)]
     for p in plans:
         b = p.best
-        g1 = next((q.loss_continuous for q in p.per_granularity if q.granularity == 1), float("nan"))
+        k1 = next((q.loss_continuous for q in p.per_granularity if q.granularity == 1), float("nan"))
         lines.append(
-            f"{p.flops:>8.2g} {b.granularity:>4} {b.n_blocks:>8} {b.d_model:>7} {human(b.params):>9} "
-            f"{human(b.tokens):>9} {b.loss_continuous:>7.4f} {g1:>7.4f} {p.dense.loss_continuous:>7.4f} "
+            f"{p.flops:>8.2g} {b.granularity:>11} {b.n_blocks:>8} {b.d_model:>7} {human(b.params):>9} "
+            f"{human(b.tokens):>9} {b.loss_continuous:>7.4f} {k1:>7.4f} {p.dense.loss_continuous:>7.4f} "
             f"{p.dense_flop_multiple:>8.1f}  {p.mot.name}"
         )
     return "\n".join(lines)
@@ -131,7 +153,9 @@ def run_plan(args: argparse.Namespace) -> None:
         print(_describe(plans[0]))
         return
     print(_table(plans))
-    print("loss columns are the continuous optima; n_blocks, d_model, N, D are the rounded shape")
+    print(
+        "loss columns are the continuous optima (k=1: at granularity 1); n_blocks, d_model, N, D are the rounded shape"
+    )
     print(f"plot: {plot_plans(plans, Path(args.plot))}")
 
 
@@ -139,16 +163,18 @@ def run_predict(args: argparse.Namespace) -> None:
     for name in ("params", "tokens", "granularity"):
         value = getattr(args, name)
         if not value > 0:
-            flag = {"params": "--N", "tokens": "--D", "granularity": "--G"}[name]
+            flag = {"params": "--N", "tokens": "--D", "granularity": "--granularity"}[name]
             raise ValueError(f"{flag} must be a positive number, got {value}.")
     law, dense_law = _laws(args.law)
     chosen = dense_law if args.dense else law
     loss = float(chosen.loss(args.params, args.tokens, args.granularity))
     kind = "dense" if args.dense else "fine-grained"
     if args.json:
-        print(json.dumps({"N": args.params, "D": args.tokens, "G": args.granularity, "law": kind, "loss": loss}))
+        print(
+            json.dumps({"N": args.params, "D": args.tokens, "granularity": args.granularity, "law": kind, "loss": loss})
+        )
     else:
-        where = "" if args.dense else f", G = {args.granularity:g}"
+        where = "" if args.dense else f", granularity {args.granularity:g}"
         print(f"{kind} law: N = {args.params:.3g}, D = {args.tokens:.3g}{where}: predicted loss {loss:.4f}")
 
 
@@ -160,12 +186,11 @@ def run_fit(args: argparse.Namespace) -> None:
     if args.bootstrap < 0 or not 0 <= args.holdout < 1:
         raise ValueError("--bootstrap must be >= 0 and --holdout in [0, 1).")
     runs = load_runs(args.runs)
-    wanted = "dense" if args.kind == "dense" else "mot"
-    chosen = [r for r in runs if r.kind == wanted]
+    other = "fine-grained" if args.kind == "dense" else "dense"  # run kinds are the law kinds
+    chosen = [r for r in runs if r.kind == args.kind]
     if len(chosen) < len(runs) and not chosen:
-        other = "MoT" if wanted == "dense" else "dense"
         raise ValueError(
-            f"--runs {args.runs} holds no {wanted} runs for a {args.kind} fit (all {len(runs)} are {other}; "
+            f"--runs {args.runs} holds no {args.kind} runs for a {args.kind} fit (all {len(runs)} are {other}; "
             "a table marks dense runs with a kind column)."
         )
     check_runs(chosen, args.kind)
@@ -190,10 +215,7 @@ def run_fit(args: argparse.Namespace) -> None:
         print(json.dumps({key: result.as_dict()}, indent=2))
         return
     skipped = len(runs) - len(chosen)
-    print(
-        f"{args.kind} law fitted to {len(chosen)} runs"
-        + (f" ({skipped} {'MoT' if wanted == 'dense' else 'dense'} runs left out)" if skipped else "")
-    )
+    print(f"{args.kind} law fitted to {len(chosen)} runs" + (f" ({skipped} {other} runs left out)" if skipped else ""))
     print(f"{'coef':>6} {'value':>10} {'95% interval':>24}")
     for name, value in result.law.as_dict().items():
         low, high = result.intervals.get(name, (float("nan"), float("nan")))

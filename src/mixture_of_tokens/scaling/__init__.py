@@ -1,5 +1,13 @@
 """Fine-grained MoE scaling laws (Krajewski et al. 2024): the law, a fit from runs, and a compute-optimal planner.
 
+Notation. The paper writes granularity G and expansion rate E; in this project G is the MoT group size and E the
+number of experts (legend in `layers/__init__.py`), so this package spells both out: `granularity` in code, tables
+and plots, and k in formulas, the k of MoT's "/nE/k" naming (k = d_ff / expert width); `expansion` for the
+expansion rate (total expert parameters / dense FF parameters, the n of "/nE/k", the MoT group size).
+N = non-embedding parameters (every expert counted), D = training tokens:
+
+    L(N, D, k) = c + (g / k^gamma + a) * N^-alpha + b * D^-beta
+
 from mixture_of_tokens.scaling import PAPER_LAW, plan, fit_law, load_runs
 plan(1e21).best.granularity            # 16
 fit_law(load_runs("runs/")).law        # coefficients fitted to your runs

@@ -69,13 +69,13 @@ def _law_to_theta(law: Law, kind: str) -> np.ndarray:
     return np.array([math.log(values[n]) if n in _LOG_NAMES else values[n] for n in _names(kind)])
 
 
-def _log_loss_and_jacobian(theta: np.ndarray, log_N, log_D, log_G, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _log_loss_and_jacobian(theta: np.ndarray, log_N, log_D, log_k, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """log L_pred per run [R] and its derivative with respect to theta [R, P]."""
     if kind == "fine-grained":
         log_c, log_g, gamma, log_a, alpha, log_b, beta = theta
-        coef_terms_R2 = np.stack([log_g - gamma * log_G, np.full_like(log_G, log_a)], axis=1)
+        coef_terms_R2 = np.stack([log_g - gamma * log_k, np.full_like(log_k, log_a)], axis=1)
         log_coef_R = np.logaddexp(coef_terms_R2[:, 0], coef_terms_R2[:, 1])
-        share_R2 = np.exp(coef_terms_R2 - log_coef_R[:, None])  # d log_coef / d (log g - gamma log G, log a)
+        share_R2 = np.exp(coef_terms_R2 - log_coef_R[:, None])  # d log_coef / d (log g - gamma log k, log a)
     else:
         log_c, log_a, alpha, log_b, beta = theta
         log_coef_R = np.full_like(log_N, log_a)
@@ -87,7 +87,7 @@ def _log_loss_and_jacobian(theta: np.ndarray, log_N, log_D, log_G, kind: str) ->
             [
                 p_R3[:, 0],
                 p_R3[:, 1] * share_R2[:, 0],
-                -p_R3[:, 1] * share_R2[:, 0] * log_G,
+                -p_R3[:, 1] * share_R2[:, 0] * log_k,
                 p_R3[:, 1] * share_R2[:, 1],
                 -p_R3[:, 1] * log_N,
                 p_R3[:, 2],
@@ -101,10 +101,10 @@ def _log_loss_and_jacobian(theta: np.ndarray, log_N, log_D, log_G, kind: str) ->
 
 
 def _fit_theta(data, kind: str, starts: Sequence[np.ndarray], delta: float, l2: float) -> tuple[np.ndarray, float]:
-    log_N, log_D, log_G, log_loss = data
+    log_N, log_D, log_k, log_loss = data
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        log_L, jac = _log_loss_and_jacobian(theta, log_N, log_D, log_G, kind)
+        log_L, jac = _log_loss_and_jacobian(theta, log_N, log_D, log_k, kind)
         r = log_L - log_loss
         small = np.abs(r) <= delta
         huber = np.where(small, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
@@ -155,7 +155,7 @@ def check_runs(runs: Sequence[Run], kind: str) -> None:
     if len(runs) < n_coefficients:
         raise ValueError(f"a {kind} fit needs at least {n_coefficients} runs (one per coefficient), got {len(runs)}.")
     if kind == "fine-grained" and len({r.granularity for r in runs}) < 2:
-        raise ValueError("a fine-grained fit needs runs at two or more granularities G to identify g and gamma.")
+        raise ValueError("a fine-grained fit needs runs at two or more granularities to identify g and gamma.")
 
 
 def fit_law(

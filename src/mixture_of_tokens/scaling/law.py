@@ -1,7 +1,7 @@
 """The fine-grained MoE scaling law of Krajewski et al. 2024 (arXiv 2402.07871), its dense twin and FLOP model.
 
-Variables: N = non-embedding parameters (all experts counted, not the active ones), D = training tokens,
-G = granularity (dense FF width / expert width). The law was fitted at expansion rate E = 64
+Variables (notation in the package docstring): N = non-embedding parameters (all experts counted, not the active
+ones), D = training tokens, k = granularity (dense FF width / expert width). The law was fitted at expansion rate 64
 (total expert parameters / dense FF parameters). See docs/method.md §6.
 """
 
@@ -25,7 +25,7 @@ PAPER_EXPANSION = 64
 
 @dataclass(frozen=True)
 class FineGrainedLaw:
-    """L(N, D, G) = c + (g / G^gamma + a) * N^-alpha + b * D^-beta."""
+    """L(N, D, k) = c + (g / k^gamma + a) * N^-alpha + b * D^-beta, k = granularity."""
 
     c: float
     g: float
@@ -35,10 +35,10 @@ class FineGrainedLaw:
     b: float
     beta: float
 
-    def loss(self, N, D, G):
+    def loss(self, N, D, granularity):
         """Predicted loss (nats/token); broadcasts over numpy arrays."""
-        N, D, G = (np.asarray(v, dtype=np.float64) for v in (N, D, G))
-        return self.c + (self.g / G**self.gamma + self.a) * N**-self.alpha + self.b * D**-self.beta
+        N, D, k = (np.asarray(v, dtype=np.float64) for v in (N, D, granularity))
+        return self.c + (self.g / k**self.gamma + self.a) * N**-self.alpha + self.b * D**-self.beta
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -54,8 +54,8 @@ class DenseLaw:
     b: float
     beta: float
 
-    def loss(self, N, D, G=None):
-        """Predicted loss (nats/token); `G` is accepted and ignored so both laws share one call signature."""
+    def loss(self, N, D, granularity=None):
+        """Predicted loss (nats/token); `granularity` is accepted and ignored so both laws share one signature."""
         N, D = (np.asarray(v, dtype=np.float64) for v in (N, D))
         return self.c + self.a * N**-self.alpha + self.b * D**-self.beta
 
@@ -102,17 +102,18 @@ def d_model_of(n_blocks):
 
 
 def moe_flops_per_token(n_blocks, *, expansion: float, granularity) -> np.ndarray:
-    """Training FLOPs per token: (12 d^2 c_f + d E G c_r) * n_blocks, E = expansion rate, G = granularity.
+    """Training FLOPs per token: (12 d^2 c_f + d * expansion * k * c_r) * n_blocks, k = granularity.
 
     12 d^2 are the active weights of a block (4 d^2 attention + 8 d^2 for one dense-FF's worth of experts);
-    the router has d * E * G weights (one column per expert). Embeddings and attention scores are ignored.
+    the router has d * expansion * k weights (one column per expert: there are expansion * k experts).
+    Embeddings and attention scores are ignored.
     """
     d = d_model_of(n_blocks)
     return (12 * FF_COST * d**2 + ROUTER_COST * d * expansion * np.asarray(granularity, dtype=np.float64)) * n_blocks
 
 
 def moe_params(n_blocks, *, expansion: float, granularity) -> np.ndarray:
-    """Non-embedding parameters N: attention 4 d^2, experts 8 d^2 * E, router d * E * G, per block."""
+    """Non-embedding parameters N: attention 4 d^2, experts 8 d^2 * expansion, router d * expansion * k, per block."""
     d = d_model_of(n_blocks)
     return (4 * d**2 + 8 * expansion * d**2 + d * expansion * np.asarray(granularity, dtype=np.float64)) * n_blocks
 

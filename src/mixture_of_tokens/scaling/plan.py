@@ -1,9 +1,9 @@
 """Compute-optimal planning: for a FLOP budget, the best granularity, model shape and token count.
 
-For each granularity G the budget F fixes D = F / flops_per_token(n_blocks), so the loss is a function of the
-model size alone; we minimise it over a continuous log(n_blocks) with Brent's method (bounded), then pick the G
-with the lowest loss. The reported shape rounds n_blocks to an integer (d_model = 64 * n_blocks) and spends the
-whole budget on tokens, so its loss is a touch above the continuous optimum.
+For each granularity the budget F fixes D = F / flops_per_token(n_blocks), so the loss is a function of the
+model size alone; it is minimised over a continuous log(n_blocks) with Brent's method (bounded), then the
+granularity with the lowest loss is picked. The reported shape rounds n_blocks to an integer (d_model =
+64 * n_blocks) and spends the whole budget on tokens, so its loss is a touch above the continuous optimum.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def check_budget(flops: float) -> float:
 
 
 def check_granularities(granularities) -> tuple[int, ...]:
-    values = tuple(int(g) for g in granularities)
-    if not values or any(g < 1 for g in values):
+    values = tuple(int(k) for k in granularities)
+    if not values or any(k < 1 for k in values):
         raise ValueError(f"--granularities must be positive integers (e.g. 1,2,4,8), got {list(granularities)}.")
     return tuple(sorted(set(values)))
 
@@ -180,7 +180,7 @@ def mot_preset(point: ShapePoint, expansion: float) -> MoTPreset:
         d_ff=d_ff,
         group_size=group_size,
         n_experts=group_size * granularity,
-        expert_size=max(1, round(d_ff / granularity)),  # exact for G a power of 2 up to 256 (d_ff = 256*n_blocks)
+        expert_size=max(1, round(d_ff / granularity)),  # exact for k a power of 2 up to 256 (d_ff = 256*n_blocks)
     )
 
 
@@ -197,13 +197,13 @@ def plan(
     granularities = check_granularities(granularities)
     if not expansion >= 1:
         raise ValueError(f"--expansion must be at least 1 (the paper's law is fitted at 64), got {expansion}.")
-    per_g = [_optimise(_moe_shape(law, flops, g, expansion), g) for g in granularities]
-    best = min(per_g, key=lambda p: p.loss_continuous)
+    per_granularity = [_optimise(_moe_shape(law, flops, k, expansion), k) for k in granularities]
+    best = min(per_granularity, key=lambda p: p.loss_continuous)
     return Plan(
         flops=flops,
         expansion=expansion,
         best=best,
-        per_granularity=per_g,
+        per_granularity=per_granularity,
         dense=optimal_dense(flops, dense_law),
         dense_flops_to_match=dense_flops_for_loss(best.loss_continuous, dense_law, start=flops),
         mot=mot_preset(best, expansion),

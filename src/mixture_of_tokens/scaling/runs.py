@@ -1,10 +1,15 @@
 """Runs to fit a law to: a CSV/JSON table, or a folder of this project's run directories.
 
+A table has columns N, D, granularity, loss and optionally name and kind ("fine-grained", the default, or
+"dense"). Tables written before the package took the project's vocabulary are still read: in such a legacy table
+a `G` column (legacy name) stands for `granularity` and kind "mot" for "fine-grained".
+
 Mapping of a run directory (summary.json + config.json written by `mot train`) to the law's variables:
 N = summary "counts" -> "non_embedding_params" (every expert counted), D = train.steps * train.batch_size *
-model.max_seq_len (tokens seen), loss = "final_eval_loss". An MoT run (model.ffn = "mot") has granularity
-G = d_ff / expert_size (the k of "/nE/k") and expansion rate = group_size (the n); a dense run is kind "dense"
-with G = 1 and is fitted only by the dense law, never mixed into the fine-grained one.
+model.max_seq_len (tokens seen), loss = "final_eval_loss". A run whose layer has a scaling shape (MoT) is kind
+"fine-grained" with granularity = d_ff / expert_size (the k of "/nE/k") and expansion rate = group_size (the n);
+any other run is kind "dense" with granularity 1 and is fitted only by the dense law, never mixed into the
+fine-grained one.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from pathlib import Path
 from ..config import ModelConfig
 from ..layers import layer_class
 
-REQUIRED_COLUMNS = ("N", "D", "G", "loss")
-KINDS = ("mot", "dense")
+REQUIRED_COLUMNS = ("N", "D", "granularity", "loss")
+KINDS = ("fine-grained", "dense")
+"""Run kinds: "fine-grained" (any fine-grained MoE/MoT, fitted by the fine-grained law) or "dense"."""
+LEGACY_GRANULARITY_COLUMN = "G"  # legacy: older tables named the granularity column G (now the group size's letter)
+LEGACY_KINDS = {"mot": "fine-grained"}
+"""Legacy kind names still read, and the kind each stands for."""
 
 
 @dataclass(frozen=True)
@@ -32,13 +41,16 @@ class Run:
     tokens: float
     """D: training tokens."""
     granularity: float
-    """G: dense FF width / expert width (1 for dense runs)."""
+    """k: dense FF width / expert width (1 for dense runs)."""
     loss: float
     """final eval loss, nats/token."""
-    kind: str = "mot"
-    """"mot" (any fine-grained MoE/MoT) or "dense"."""
+    kind: str = "fine-grained"
+    """"fine-grained" (any fine-grained MoE/MoT) or "dense"; the legacy "mot" is read as "fine-grained"."""
     expansion: float | None = None
     """expansion rate (MoT group size) when known."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", LEGACY_KINDS.get(self.kind, self.kind))
 
 
 def _number(value, column: str, where: str) -> float:
@@ -55,20 +67,30 @@ def _from_rows(rows: list[dict], source: Path) -> list[Run]:
     if not rows:
         raise ValueError(f"runs table {source} has no rows.")
     columns = set(rows[0])
-    kinds = [str(row.get("kind") or "mot").strip().lower() for row in rows]
-    required = [c for c in REQUIRED_COLUMNS if not (c == "G" and all(k == "dense" for k in kinds))]
-    missing = [c for c in required if c not in columns]
+    # legacy: a table with the old column name reads it as granularity
+    granularity_column = LEGACY_GRANULARITY_COLUMN if LEGACY_GRANULARITY_COLUMN in columns else "granularity"
+    if granularity_column != "granularity" and "granularity" in columns:
+        raise ValueError(
+            f"runs table {source} has both a granularity column and its legacy name {granularity_column}; keep one."
+        )
+    kinds = [str(row.get("kind") or KINDS[0]).strip().lower() for row in rows]
+    kinds = [LEGACY_KINDS.get(kind, kind) for kind in kinds]
+    all_dense = all(kind == "dense" for kind in kinds)
+    required = [c for c in REQUIRED_COLUMNS if not (c == "granularity" and all_dense)]
+    present = columns | ({"granularity"} if granularity_column in columns else set())
+    missing = [c for c in required if c not in present]
     if missing:
         raise ValueError(
-            f"runs table {source} lacks column(s) {', '.join(missing)}; required: N, D, G, loss "
-            "(optional: name, kind = mot|dense)."
+            f"runs table {source} lacks column(s) {', '.join(missing)}; required: N, D, granularity, loss "
+            "(optional: name, kind = fine-grained|dense)."
         )
     runs = []
     for index, (row, kind) in enumerate(zip(rows, kinds)):
         where = f"runs table {source}, row {index + 1}"
         if kind not in KINDS:
             raise ValueError(f"{where}: kind {kind!r} is not supported; allowed values: {', '.join(KINDS)}.")
-        granularity = 1.0 if kind == "dense" and row.get("G") in (None, "") else _number(row.get("G"), "G", where)
+        value = row.get(granularity_column)
+        granularity = 1.0 if kind == "dense" and value in (None, "") else _number(value, granularity_column, where)
         runs.append(
             Run(
                 name=str(row.get("name") or f"run{index + 1}"),
@@ -111,7 +133,10 @@ def run_from_directory(directory: Path) -> Run:
 
 
 def load_runs(source: str | Path) -> list[Run]:
-    """Runs from a .csv or .json table (columns N, D, G, loss; optional name, kind) or a folder of run dirs."""
+    """Runs from a .csv or .json table (columns N, D, granularity, loss; optional name, kind) or a folder of run dirs.
+
+    A legacy table with a `G` column instead of `granularity`, or kind "mot" instead of "fine-grained", reads the same.
+    """
     source = Path(source)
     if source.is_dir():
         candidates = [source] if (source / "summary.json").exists() else []
@@ -139,7 +164,7 @@ def write_runs_csv(runs: list[Run], path: Path) -> Path:
     path = Path(path)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "N", "D", "G", "loss", "kind"])
+        writer.writerow(["name", "N", "D", "granularity", "loss", "kind"])
         for r in runs:
             writer.writerow([r.name, repr(r.params), repr(r.tokens), repr(r.granularity), repr(r.loss), r.kind])
     return path
@@ -154,14 +179,14 @@ def synthetic_runs(
     noise: float = 0.0,
     seed: int = 0,
 ) -> list[Run]:
-    """Runs on a grid of (N, D, G) whose losses follow `law` times log-normal noise of relative size `noise`."""
+    """Runs on a grid of (N, D, granularity) whose losses follow `law` times log-normal noise of size `noise`."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     runs = []
     for N in params:
         for D in tokens:
-            for G in granularities:
-                loss = float(law.loss(N, D, G)) * math.exp(noise * rng.standard_normal())
-                runs.append(Run(name=f"N{N:.0e}-D{D:.0e}-G{G}", params=N, tokens=D, granularity=G, loss=loss))
+            for k in granularities:
+                loss = float(law.loss(N, D, k)) * math.exp(noise * rng.standard_normal())
+                runs.append(Run(name=f"N{N:.0e}-D{D:.0e}-k{k}", params=N, tokens=D, granularity=k, loss=loss))
     return runs
