@@ -44,7 +44,8 @@ class MixtureOfTokens(FeedForwardLayer):
         expert_size: hidden width H of each expert.
         group_size: tokens mixed per group G (consecutive examples at one position); must divide the batch.
             It may be changed after training (`layer.group_size = 1`); no parameter depends on it.
-        temperature: softmax temperature tau (> 0); the initial value when learnable.
+        temperature: softmax temperature tau (> 0); the initial value when learnable. A fixed tau is kept as a
+            Python float and used exactly (logits are divided by it in their own dtype, float64 included).
         learnable_temperature: "none", "scalar" (one learned tau) or "per_expert" (one tau per expert).
         routing: "softmax" (the method), "uniform" (plain averaging: every weight 1/G, the paper's baseline), or
             "discrete" (each expert takes the argmax token of its group and writes back to it alone: the
@@ -87,8 +88,9 @@ class MixtureOfTokens(FeedForwardLayer):
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
         self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        self.fixed_temperature = float(temperature)
         if learnable_temperature == "none":
-            self.register_buffer("log_temperature", torch.tensor(math.log(temperature)), persistent=False)
+            self.register_parameter("log_temperature", None)
         else:
             shape = () if learnable_temperature == "scalar" else (n_experts,)
             self.log_temperature = nn.Parameter(torch.full(shape, math.log(temperature)))
@@ -163,8 +165,15 @@ class MixtureOfTokens(FeedForwardLayer):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """tau as a tensor: [] or [E]."""
+        """tau as a tensor: [] or [E] (float64 when fixed, so the value is exact)."""
+        if self.log_temperature is None:
+            return torch.tensor(self.fixed_temperature, dtype=torch.float64)
         return self.log_temperature.exp()
+
+    def _tau(self) -> float | torch.Tensor:
+        """What the logits are divided by: the fixed tau as a Python float (exact in every dtype), or the learned
+        exp(log tau) [] / [E]."""
+        return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         """1. group consecutive examples at each position; 2. per-expert softmax over the group;
@@ -193,10 +202,10 @@ class MixtureOfTokens(FeedForwardLayer):
             top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
             merge_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
         else:
-            merge_RGE = torch.softmax(at_least_fp32(logits_RGE) / self.temperature, dim=1).to(logits_RGE.dtype)
+            merge_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
         if self.emit == "group":
             return merge_RGE, merge_RGE
-        emit_RGE = torch.softmax(at_least_fp32(logits_RGE) / self.temperature, dim=-1).to(logits_RGE.dtype)
+        emit_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
         return merge_RGE, emit_RGE
 
     @property
