@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model_config
 from torch import nn
 
 import mixture_of_tokens
@@ -68,8 +69,8 @@ def toy_kind():
 
 
 def toy_config(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=32, max_seq_len=8, d_model=8, n_blocks=2, n_heads=2, d_ff=16, ffn="pair_mean")
-    return ModelConfig(**{**fields, **overrides})
+    fields = dict(vocab_size=32, max_seq_len=8, d_model=8, d_ff=16, ffn="pair_mean", ffn_blocks="all")
+    return tiny_model_config(**{**fields, **overrides})
 
 
 def test_unknown_kind_is_refused_until_registered(toy_kind):
@@ -118,8 +119,8 @@ LAYER_CLASS_CHECK = re.compile(r"isinstance\([^)]*(MixtureOfTokens|TokenChoice|E
 
 
 def test_no_module_outside_layers_and_config_names_a_kind():
-    """The scaling package is left out: its "mot" / "dense" are the scaling law's two run kinds (fine-grained or
-    dense law), a vocabulary of their own that the runs table uses."""
+    """The scaling package is left out: its "dense" is one of the scaling law's two run kinds (fine-grained or
+    dense law; legacy runs tables say "mot" for fine-grained), a vocabulary of its own."""
     package = Path(mixture_of_tokens.__file__).parent
     offenders = []
     for path in sorted(package.rglob("*.py")):
