@@ -21,7 +21,7 @@ def _temperatures(temperature: float | torch.Tensor, n_experts: int) -> list[flo
     return [float(temperature)] * n_experts
 
 
-def _softmax(values: list[float]) -> list[float]:
+def plain_softmax(values: list[float]) -> list[float]:
     """Numerically stable softmax of a list of floats."""
     top = max(values)
     exps = [math.exp(v - top) for v in values]
@@ -37,7 +37,7 @@ def reference_merge_weights(logits: list[list[float]], temperature: list[float],
     for e in range(n_experts):
         column = [logits[t][e] for t in range(group_size)]
         if routing == "softmax":
-            column_w = _softmax([z / temperature[e] for z in column])
+            column_w = plain_softmax([z / temperature[e] for z in column])
         elif routing == "uniform":
             column_w = [1.0 / group_size] * group_size
         elif routing == "discrete":
@@ -48,6 +48,11 @@ def reference_merge_weights(logits: list[list[float]], temperature: list[float],
         for t in range(group_size):
             weights[t][e] = column_w[t]
     return weights
+
+
+def expert_output(x_D: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, e: int) -> torch.Tensor:
+    """Expert e on one vector: relu(x W1[e]) W2[e]."""
+    return torch.relu(x_D @ w1_EDH[e]) @ w2_EHD[e]
 
 
 def reference_logits(x: torch.Tensor, controller: torch.Tensor) -> torch.Tensor:
@@ -115,14 +120,14 @@ def reference_mot(
             if emit == "group":
                 emit_w = {b: [float(merge[b, s, e]) for e in range(n_experts)] for b in members}
             elif emit == "experts":
-                emit_w = {b: _softmax([float(z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members}
+                emit_w = {b: plain_softmax([float(z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members}
             else:
                 raise ValueError(emit)
             for e in range(n_experts):
                 mixed = torch.zeros(dim, dtype=torch.float64)
                 for b in members:
                     mixed = mixed + float(merge[b, s, e]) * x[b, s]
-                y = torch.relu(mixed @ w1[e]) @ w2[e]
+                y = expert_output(mixed, w1, w2, e)
                 for b in members:
                     out[b, s] = out[b, s] + emit_w[b][e] * y
     return out
@@ -140,3 +145,11 @@ def reference_feed_forward(
             hidden = torch.relu(x[b, s] @ w_up.double().T + b_up.double())
             out[b, s] = hidden @ w_down.double().T + b_down.double()
     return out
+
+
+def reference_expert(x: torch.Tensor, w1_DH: torch.Tensor, w2_HD: torch.Tensor) -> torch.Tensor:
+    """One expert's weights as a dense FF without biases, token by token: what a layer reduces to with a single
+    expert (or MoT with G = 1, summed over experts)."""
+    hidden, dim = w1_DH.shape[1], w2_HD.shape[1]
+    zeros_H, zeros_D = torch.zeros(hidden, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    return reference_feed_forward(x, w1_DH.T, zeros_H, w2_HD.T, zeros_D)

@@ -9,22 +9,14 @@ from __future__ import annotations
 import math
 
 import torch
-
-
-def _softmax(values: list[float]) -> list[float]:
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def _expert(x_d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, e: int) -> torch.Tensor:
-    return torch.relu(x_d @ w1[e]) @ w2[e]
+from reference import expert_output, plain_softmax, reference_logits
 
 
 def _router_logits(x: torch.Tensor, router: torch.Tensor) -> dict[tuple[int, int], list[float]]:
+    """Each token's router logits z[e] as a list of floats, keyed by (example, position)."""
+    z = reference_logits(x, router)
     batch, seq_len, _ = x.shape
-    return {(b, s): [float(v) for v in x[b, s] @ router] for b in range(batch) for s in range(seq_len)}
+    return {(b, s): [float(v) for v in z[b, s]] for b in range(batch) for s in range(seq_len)}
 
 
 def reference_token_choice(
@@ -52,7 +44,7 @@ def reference_token_choice(
     batch, seq_len, dim = x.shape
     n_experts = router.shape[1]
     logits = _router_logits(x, router)
-    probs = {token: _softmax(z) for token, z in logits.items()}
+    probs = {token: plain_softmax(z) for token, z in logits.items()}
 
     if not capacity_factor or scope == "batch":
         groups = [[(b, s) for b in range(batch) for s in range(seq_len)]]
@@ -84,7 +76,7 @@ def reference_token_choice(
         for e in range(n_experts):
             ranked = sorted(queues[e], key=lambda item: (-item[0], item[1]))
             for p_e, _, (b, s) in ranked[:capacity]:
-                out[b, s] = out[b, s] + p_e * _expert(x[b, s], w1, w2, e)
+                out[b, s] = out[b, s] + p_e * expert_output(x[b, s], w1, w2, e)
                 kept.add((b, s, e))
 
     n_all = batch * seq_len
@@ -124,7 +116,7 @@ def reference_expert_choice(
     n_experts = router.shape[1]
     ln_weight = torch.ones(dim, dtype=torch.float64) if ln_weight is None else ln_weight.double()
     ln_bias = torch.zeros(dim, dtype=torch.float64) if ln_bias is None else ln_bias.double()
-    probs = {token: _softmax(z) for token, z in _router_logits(x, router).items()}
+    probs = {token: plain_softmax(z) for token, z in _router_logits(x, router).items()}
 
     out = torch.zeros(batch, seq_len, dim, dtype=torch.float64)
     picked: set[tuple[int, int, int]] = set()
@@ -136,7 +128,7 @@ def reference_expert_choice(
             for e in range(n_experts):
                 ranked = sorted(members, key=lambda token: -probs[token][e])[:tokens_per_expert]
                 for b, pos in ranked:
-                    total[(b, pos)] = total[(b, pos)] + probs[(b, pos)][e] * _expert(x[b, pos], w1, w2, e)
+                    total[(b, pos)] = total[(b, pos)] + probs[(b, pos)][e] * expert_output(x[b, pos], w1, w2, e)
                     chosen_tokens.add((b, pos))
                     picked.add((b, pos, e))
             for b, pos in chosen_tokens:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from helpers import build_model, tiny_model_config
 from safetensors.torch import save_model
 
 from mixture_of_tokens.audit import (
@@ -21,7 +22,6 @@ from mixture_of_tokens.audit import (
 )
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.config import ModelConfig, TrainConfig
-from mixture_of_tokens.model import Transformer
 
 GROUP = 4
 
@@ -79,9 +79,9 @@ def test_compare_outputs_detects_what_moved():
 
 
 def _tiny_config(ffn: str, **kwargs) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=64, max_seq_len=16, d_model=16, n_blocks=2, n_heads=2, d_ff=32, ffn=ffn, ffn_blocks="all",
-        group_size=GROUP, n_experts=4, expert_size=32, **kwargs,
+    return tiny_model_config(
+        vocab_size=64, max_seq_len=16, d_model=16, d_ff=32, ffn=ffn, ffn_blocks="all", group_size=GROUP,
+        expert_size=32, **kwargs,
     )  # fmt: skip
 
 
@@ -96,8 +96,7 @@ def _tiny_config(ffn: str, **kwargs) -> ModelConfig:
     ],
 )
 def test_causal_models_do_not_leak(ffn, kwargs):
-    torch.manual_seed(0)
-    model = Transformer(_tiny_config(ffn, **kwargs))
+    model = build_model(_tiny_config(ffn, **kwargs))
     for position in (5, 15):
         result = audit_model(model, batch=8, seq_len=16, sequence=1, position=position)
         assert result.expected_causal and not result.future_leak, (ffn, position)
@@ -109,8 +108,7 @@ def test_causal_models_do_not_leak(ffn, kwargs):
 
 
 def test_batch_scope_token_choice_model_is_flagged():
-    torch.manual_seed(0)
-    model = Transformer(_tiny_config("token_choice", capacity_factor=0.5))
+    model = build_model(_tiny_config("token_choice", capacity_factor=0.5))
     results = [audit_model(model, batch=8, seq_len=16, sequence=0, position=15, seed=seed) for seed in range(3)]
     assert all(not r.expected_causal for r in results)
     assert any(r.future_leak for r in results)
@@ -128,9 +126,8 @@ def test_cli_layer_audit(capsys):
 
 
 def test_cli_checkpoint_audit(tmp_path, capsys):
-    torch.manual_seed(0)
     config = _tiny_config("expert_choice")
-    model = Transformer(config)
+    model = build_model(config)
     save_model(model, str(tmp_path / "model.safetensors"))
     payload = {"model": dataclasses.asdict(config), "train": dataclasses.asdict(TrainConfig(batch_size=8))}
     (tmp_path / "config.json").write_text(json.dumps(payload))

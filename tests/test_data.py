@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from corpus import write_documents
+from helpers import FIXTURES
 
 from mixture_of_tokens.data import (
     BatchSampler,
@@ -291,10 +293,7 @@ def test_missing_npm_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_prepare_data_end_to_end_and_cache_reuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(_corpus(12)):
-        (corpus / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    corpus = write_documents(tmp_path / "corpus", _corpus(12))
     (corpus / "empty.txt").write_text("", encoding="utf-8")
     cache = tmp_path / "cache"
     data = prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=cache, progress=True)
@@ -313,7 +312,7 @@ def test_prepare_data_end_to_end_and_cache_reuse(tmp_path: Path, capsys: pytest.
     assert again.skipped == data.skipped
     assert np.array_equal(again.train_tokens, data.train_tokens)
 
-    changed = corpus / "doc00.txt"
+    changed = corpus / "doc000.txt"
     changed.write_text("A different first document.\n", encoding="utf-8")
     os.utime(changed, ns=(before + 10**9, before + 10**9))
     rebuilt = prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=cache, progress=False)
@@ -336,7 +335,6 @@ def test_packaged_corpus_for_real(tmp_path: Path) -> None:
     assert "C\u00e6sar" in caesar.text and "\r" not in caesar.text
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
 C4_SAMPLE = FIXTURES / "c4_sample.jsonl"
 
 
@@ -478,10 +476,7 @@ def test_stream_settings_fail_before_any_work(tmp_path: Path, monkeypatch: pytes
 
 
 def test_gpt2_on_a_text_source(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(_corpus(4)):
-        (corpus / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    corpus = write_documents(tmp_path / "corpus", _corpus(4))
     data = prepare_data(f"text:{corpus}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=False)
     assert data.tokenizer.vocab_size == 50257 and data.train_tokens.dtype == np.uint16
     assert Path(data.manifest["directory"]).name == "gpt2"
@@ -491,10 +486,7 @@ def test_gpt2_on_a_text_source(tmp_path: Path) -> None:
 def test_cli_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mixture_of_tokens.cli import main
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(_corpus(12)):
-        (corpus / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    corpus = write_documents(tmp_path / "corpus", _corpus(12))
     (corpus / "broken.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
     cache = ["--cache-dir", str(tmp_path / "cache")]
     source = f"text:{corpus}"

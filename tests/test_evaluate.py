@@ -6,15 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import EVAL_VOCAB, TASK_FIXTURES, eval_config, eval_model, make_checkpoint
 
-from mixture_of_tokens.checkpoint import save_checkpoint
 from mixture_of_tokens.cli import main
-from mixture_of_tokens.config import ModelConfig, TrainConfig
 from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.evaluation import (
     BatchPolicy,
@@ -27,82 +25,22 @@ from mixture_of_tokens.evaluation import (
     resolve_policy,
 )
 from mixture_of_tokens.evaluation.lm_eval_adapter import MoTBackend
-from mixture_of_tokens.model import Transformer, mot_mode
-
-FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
-VOCAB = 320
-WORDS = (
-    "the a river stone kettle boat paper dog garden window quietly bright green small old children evening "
-    "morning light water fire road house tree bird song bread lamp door table chair walked found carried "
-    "opened watched sang slept under over near behind because while and but then after before"
-).split()
-
-
-def write_corpus(directory: Path, n_docs: int = 20, words_per_doc: int = 400) -> Path:
-    rng = random.Random(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for index in range(n_docs):
-        sentences = []
-        for _ in range(words_per_doc // 8):
-            words = [rng.choice(WORDS) for _ in range(8)]
-            sentences.append(" ".join(words).capitalize() + ".")
-        (directory / f"doc{index:02d}.txt").write_text(" ".join(sentences) + "\n")
-    return directory
-
-
-def tiny_config(ffn: str = "mot", **overrides) -> ModelConfig:
-    base = dict(
-        vocab_size=VOCAB,
-        max_seq_len=48,
-        d_model=16,
-        n_blocks=2,
-        n_heads=2,
-        d_ff=64,
-        ffn=ffn,
-        ffn_blocks="all",
-        group_size=4,
-        n_experts=4,
-        expert_size=64,
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
-
-
-def make_checkpoint(root: Path, ffn: str = "mot", seed: int = 0) -> Path:
-    """A randomly initialised tiny model saved as a checkpoint whose data source is a small local corpus.
-
-    Callers set MOT_CACHE_DIR (monkeypatch) so the BPE and token files go under tmp_path.
-    """
-    source = f"text:{write_corpus(root / 'corpus')}"
-    data = prepare_data(source, vocab_size=VOCAB, progress=False)
-    torch.manual_seed(seed)
-    model_config = tiny_config(ffn)
-    model = Transformer(model_config)
-    train_config = TrainConfig(steps=1, batch_size=8, eval_batches=2, data=source, device="cpu")
-    return save_checkpoint(root / f"ckpt-{ffn}", model, model_config, train_config, data.tokenizer)
+from mixture_of_tokens.model import mot_mode
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, module_cache_dir):
     root = tmp_path_factory.mktemp("eval")
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("MOT_CACHE_DIR", str(root / "cache"))
     checkpoints = {ffn: make_checkpoint(root, ffn) for ffn in ("mot", "dense")}
-    data = prepare_data(f"text:{root / 'corpus'}", vocab_size=VOCAB, progress=False)
-    yield {"root": root, "data": data, **checkpoints}
-    patcher.undo()
-
-
-def build(ffn: str, dtype=torch.float64, seed: int = 0, **overrides) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(tiny_config(ffn, **overrides)).to(dtype).eval()
+    data = prepare_data(f"text:{root / 'corpus'}", vocab_size=EVAL_VOCAB, progress=False)
+    return {"root": root, "data": data, **checkpoints}
 
 
 # ----------------------------------------------------------------------------------------------- batch policy
 
 
 def test_policy_resolution_and_errors():
-    mot, dense = tiny_config("mot"), tiny_config("dense")
+    mot, dense = eval_config("mot"), eval_config("dense")
     assert resolve_policy(mot).name == "protocol" and resolve_policy(mot).group_size == 4
     assert resolve_policy(mot, "discrete").name == "discrete"
     assert resolve_policy(dense).name == "plain"
@@ -115,7 +53,7 @@ def test_policy_resolution_and_errors():
     with pytest.raises(ValueError, match="allowed values: auto, plain, protocol, discrete"):
         resolve_policy(mot, "sometimes")
     # MoT only in the second half still makes the model batch-dependent
-    assert resolve_policy(tiny_config("mot", ffn_blocks="second-half")).name == "protocol"
+    assert resolve_policy(eval_config("mot", ffn_blocks="second-half")).name == "protocol"
 
 
 def test_isolated_batch_is_seeded_by_the_query_identity():
@@ -146,11 +84,11 @@ def _requests(docs):
 @pytest.mark.parametrize("policy_name", ["protocol", "discrete"])
 def test_a_query_score_does_not_depend_on_the_other_queries(workspace, policy_name):
     data = workspace["data"]
-    model = build("mot", dtype=torch.float32)
+    model = eval_model("mot", dtype=torch.float32)
     policy = resolve_policy(model.config, policy_name, rows=16, seed=1)
     scorer = Scorer(model, data.tokenizer, policy, filler_tokens=data.train_tokens)
-    requests = _requests(load_task_file("arc_easy", FIXTURES / "arc_easy.json"))
-    requests += _requests(load_task_file("piqa", FIXTURES / "piqa.jsonl"))
+    requests = _requests(load_task_file("arc_easy", TASK_FIXTURES / "arc_easy.json"))
+    requests += _requests(load_task_file("piqa", TASK_FIXTURES / "piqa.jsonl"))
     full = dict(zip([r.identity for r in requests], scorer.score(requests)))
     shuffled = list(requests)
     random.Random(5).shuffle(shuffled)
@@ -164,7 +102,7 @@ def test_isolated_scores_depend_on_the_filler_and_match_a_manual_computation(wor
     """The scorer's number equals log-softmax of the query row of the isolated batch, computed by hand; computing
     only the query's group equals computing all rows; another seed (other filler rows) changes the score."""
     data = workspace["data"]
-    model = build("mot")
+    model = eval_model("mot")
     policy = resolve_policy(model.config, rows=16, seed=0)
     scorer = Scorer(model, data.tokenizer, policy, filler_tokens=data.train_tokens)
     request = Request("Question: Which tool measures length?\nAnswer:", " a ruler", ("t", "d", 0))
@@ -185,10 +123,10 @@ def test_isolated_scores_depend_on_the_filler_and_match_a_manual_computation(wor
 
 def test_discrete_routing_still_depends_on_the_group():
     """Why `discrete` keeps isolated batches: the argmax is over the group, so another row can move a score."""
-    model = build("mot")
-    ids = torch.randint(0, VOCAB, (4, 6), generator=torch.Generator().manual_seed(0))
+    model = eval_model("mot")
+    ids = torch.randint(0, EVAL_VOCAB, (4, 6), generator=torch.Generator().manual_seed(0))
     changed = ids.clone()
-    changed[1:] = torch.randint(0, VOCAB, (3, 6), generator=torch.Generator().manual_seed(1))
+    changed[1:] = torch.randint(0, EVAL_VOCAB, (3, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), mot_mode(model, routing="discrete"):
         first, second = model(ids).logits[0], model(changed).logits[0]
     assert (first - second).abs().max() > 1e-6
@@ -196,9 +134,9 @@ def test_discrete_routing_still_depends_on_the_group():
 
 def test_plain_batches_equal_one_at_a_time_scoring_for_dense(workspace):
     data = workspace["data"]
-    model = build("dense", max_seq_len=128)
+    model = eval_model("dense", max_seq_len=128)
     policy = resolve_policy(model.config)
-    requests = _requests(load_task_file("hellaswag", FIXTURES / "hellaswag.jsonl"))
+    requests = _requests(load_task_file("hellaswag", TASK_FIXTURES / "hellaswag.jsonl"))
     batched = Scorer(model, data.tokenizer, policy, batch_size=3).score(requests)
     single = Scorer(model, data.tokenizer, policy, batch_size=1).score(requests)
     for a, b in zip(batched, single):
@@ -217,7 +155,7 @@ def test_plain_batches_equal_one_at_a_time_scoring_for_dense(workspace):
 
 def test_encoding_follows_lm_eval(workspace):
     tokenizer = workspace["data"].tokenizer
-    scorer = Scorer(build("dense"), tokenizer, BatchPolicy("plain"))
+    scorer = Scorer(eval_model("dense"), tokenizer, BatchPolicy("plain"))
     context_ids, continuation_ids = scorer.encode("The dog ", "slept")  # trailing space moves to the answer
     assert context_ids == tokenizer.encode_batch(["The dog"])[0]
     assert context_ids + continuation_ids == tokenizer.encode_batch(["The dog slept"])[0]
@@ -226,7 +164,7 @@ def test_encoding_follows_lm_eval(workspace):
 
 def test_rolling_loglikelihood_sums_windows(workspace):
     tokenizer = workspace["data"].tokenizer
-    model = build("dense", max_seq_len=16)
+    model = eval_model("dense", max_seq_len=16)
     scorer = Scorer(model, tokenizer, BatchPolicy("plain"))
     text = "The old dog slept by the fire. The children sang a song in the garden while the river ran."
     tokens = [tokenizer.eos_id] + tokenizer.encode_batch([text])[0]
@@ -245,14 +183,14 @@ def test_rolling_loglikelihood_sums_windows(workspace):
 
 
 def test_eval_modes_and_losses_per_mode():
-    config = tiny_config("mot", group_size=8, n_experts=8, expert_size=64)
+    config = eval_config("mot", group_size=8, n_experts=8, expert_size=64)
     names = [m.name for m in eval_modes(config, batch_size=16)]
     assert names == ["trained (G=8, softmax)", "discrete G=8", "G=1", "G=2", "G=16"]
     assert [m.name for m in eval_modes(config, batch_size=8)][-1] == "G=2"  # 2G does not divide 8
-    assert [m.name for m in eval_modes(tiny_config("dense"), 8)] == ["trained"]
-    model = build("mot", group_size=8, n_experts=8, expert_size=64)
+    assert [m.name for m in eval_modes(eval_config("dense"), 8)] == ["trained"]
+    model = eval_model("mot", group_size=8, n_experts=8, expert_size=64)
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, VOCAB, (16, 10), generator=generator),) * 2 for _ in range(2)]
+    batches = [(torch.randint(0, EVAL_VOCAB, (16, 10), generator=generator),) * 2 for _ in range(2)]
     results = evaluate_modes(model, batches, eval_modes(config, 16))
     for result in results:
         with torch.no_grad(), mot_mode(model, group_size=result.mode.group_size, routing=result.mode.routing):
@@ -269,7 +207,12 @@ def test_mot_eval_end_to_end(workspace, capsys):
     checkpoint = workspace["mot"]
     out = workspace["root"] / "results.json"
     args = ["eval", "--checkpoint", str(checkpoint), "--tasks", "piqa,arc_easy", "--out", str(out)]
-    args += ["--task-file", f"piqa={FIXTURES / 'piqa.jsonl'}", "--task-file", f"arc_easy={FIXTURES / 'arc_easy.json'}"]
+    args += [
+        "--task-file",
+        f"piqa={TASK_FIXTURES / 'piqa.jsonl'}",
+        "--task-file",
+        f"arc_easy={TASK_FIXTURES / 'arc_easy.json'}",
+    ]
     assert main(args + ["--protocol-rows", "8"]) == 0
     printed = capsys.readouterr().out
     assert "protocol: each query alone in a batch of 8" in printed and "discrete G=4" in printed
@@ -282,7 +225,7 @@ def test_mot_eval_end_to_end(workspace, capsys):
     assert (
         main(
             ["eval", "--checkpoint", str(workspace["dense"]), "--no-perplexity", "--tasks", "piqa"]
-            + ["--task-file", f"piqa={FIXTURES / 'piqa.jsonl'}"]
+            + ["--task-file", f"piqa={TASK_FIXTURES / 'piqa.jsonl'}"]
         )
         == 0
     )
@@ -294,7 +237,10 @@ def test_mot_eval_end_to_end(workspace, capsys):
     "extra, message",
     [
         (["--tasks", "mmlu"], "task 'mmlu' is unknown"),
-        (["--tasks", "piqa", "--task-file", f"piqa={FIXTURES / 'piqa_wrong_schema.jsonl'}"], "not in the piqa schema"),
+        (
+            ["--tasks", "piqa", "--task-file", f"piqa={TASK_FIXTURES / 'piqa_wrong_schema.jsonl'}"],
+            "not in the piqa schema",
+        ),
         (["--mot-eval", "plain"], "would let one query's score depend"),
         (["--limit", "0", "--tasks", "piqa"], "--limit must be a positive integer"),
     ],

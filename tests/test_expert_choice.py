@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from helpers import assert_close, gradcheck_layer, random_float64_layer, same_group_same_position
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_feed_forward
+from reference import reference_expert
 from reference_sparse import reference_expert_choice
 
 from mixture_of_tokens.config import ModelConfig
@@ -17,17 +16,13 @@ from mixture_of_tokens.layers import ExpertChoice
 from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.presets import get_preset
 
-TOL = 1e-10
-
 
 def make_layer(d, e, h, g, *, seed=0, router_std=2.0, **kwargs) -> ExpertChoice:
     """A float64 layer with spread-out router probabilities and a non-trivial output LayerNorm."""
-    torch.manual_seed(seed)
-    layer = ExpertChoice(d, n_experts=e, expert_size=h, group_size=g, **kwargs).double()
+    layer = random_float64_layer(
+        ExpertChoice, d, n_experts=e, expert_size=h, group_size=g, seed=seed, router_std=router_std, **kwargs
+    )
     with torch.no_grad():
-        layer.router.normal_(0.0, router_std / math.sqrt(d))
-        layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
-        layer.w2.normal_(0.0, 1.0 / math.sqrt(h))
         layer.norm.weight.uniform_(0.5, 1.5)
         layer.norm.bias.normal_()
     return layer
@@ -45,10 +40,6 @@ def reference_of(layer: ExpertChoice, x: torch.Tensor):
         ln_bias=layer.norm.bias.detach(),
         eps=layer.norm.eps,
     )
-
-
-def assert_close(actual, expected, tol=TOL):
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,13 +91,7 @@ def test_single_expert_picking_every_token_is_a_normalised_dense_feed_forward():
     d, h, g = 5, 7, 4
     layer = make_layer(d, 1, h, g, seed=3, tokens_per_expert=g)
     x = torch.randn(8, 3, d, dtype=torch.float64)
-    dense = reference_feed_forward(
-        x,
-        layer.w1[0].detach().T,
-        torch.zeros(h, dtype=torch.float64),
-        layer.w2[0].detach().T,
-        torch.zeros(d, dtype=torch.float64),
-    )
+    dense = reference_expert(x, layer.w1[0].detach(), layer.w2[0].detach())
     assert_close(layer(x), layer.norm(dense).detach())
 
 
@@ -118,8 +103,7 @@ def test_perturbation_stays_in_its_group_and_position(example, position):
     x2 = x.clone()
     x2[example, position] += 5.0 * layer.router.detach()[:, 0]  # push it up expert 0's ranking
     moved = (layer(x2) - layer(x)).abs().amax(dim=-1)
-    allowed = torch.zeros(batch, seq_len, dtype=torch.bool)
-    allowed[(example // g) * g : (example // g + 1) * g, position] = True
+    allowed = same_group_same_position(batch, seq_len, g, example, position)
     assert moved[~allowed].max() == 0
     assert moved[example, position] > 1e-6
 
@@ -133,15 +117,9 @@ def test_permutation_inside_a_group_permutes_outputs():
 
 def test_gradcheck():
     layer = make_layer(3, 3, 4, 3, seed=6, tokens_per_expert=2)
-    names = [name for name, _ in layer.named_parameters()]
-    assert set(names) == {"router", "w1", "w2", "norm.weight", "norm.bias"}
-    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+    assert {name for name, _ in layer.named_parameters()} == {"router", "w1", "w2", "norm.weight", "norm.bias"}
     x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
-
-    def fn(x, *tensors):
-        return torch.func.functional_call(layer, dict(zip(names, tensors, strict=True)), (x,))
-
-    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert gradcheck_layer(layer, x)
 
 
 def test_router_gets_gradient_through_the_gate():

@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_evaluate import FIXTURES, VOCAB, build, make_checkpoint
+from helpers import EVAL_VOCAB, TASK_FIXTURES, eval_model, make_checkpoint
 
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.generate import generate_tokens, sample_next
 from mixture_of_tokens.model import KVCache, ModelOutput
 
-FILLER = (np.arange(5000, dtype=np.int64) * 7919) % VOCAB
+FILLER = (np.arange(5000, dtype=np.int64) * 7919) % EVAL_VOCAB
 
 
 def _prompts(lengths, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    return [torch.randint(0, EVAL_VOCAB, (n,), generator=generator).tolist() for n in lengths]
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def _prompts(lengths, seed=0):
     [("dense", [5, 9, 3]), ("mot", [6, 4, 10, 6, 7]), ("mot", [8])],  # MoT: G=4, so filler rows fill the groups
 )
 def test_cached_decoding_matches_a_full_forward_at_every_step(ffn, lengths):
-    model = build(ffn)
+    model = eval_model(ffn)
     prompts = _prompts(lengths)
     result = generate_tokens(model, prompts, max_new_tokens=7, filler_tokens=FILLER, keep_logits=True)
     tokens = result.tokens_RT
@@ -46,8 +46,8 @@ def test_cached_decoding_matches_a_full_forward_at_every_step(ffn, lengths):
 
 
 def test_chunked_prefill_with_an_offset_uses_the_causal_mask():
-    model = build("mot")
-    ids = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
+    model = eval_model("mot")
+    ids = torch.randint(0, EVAL_VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
     cache = KVCache(len(model.blocks))
     with torch.no_grad():
         parts = [model(ids[:, a:b], cache=cache).logits for a, b in ((0, 3), (3, 8), (8, 9), (9, 12))]
@@ -65,8 +65,8 @@ def cache_with_length(model, length):
 
 
 def test_forward_without_cache_is_unchanged():
-    model = build("dense")
-    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    model = eval_model("dense")
+    ids = torch.randint(0, EVAL_VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
     out = model(ids, ids)
     assert isinstance(out, ModelOutput) and out.loss is not None
     expected = torch.nn.functional.cross_entropy(out.logits.detach().flatten(0, 1), ids.flatten())
@@ -77,7 +77,7 @@ def test_forward_without_cache_is_unchanged():
 
 
 def test_eos_stops_a_row_and_prompts_must_fit():
-    model = build("dense")
+    model = eval_model("dense")
     prompt = _prompts([4])[0]
     greedy = generate_tokens(model, [prompt], max_new_tokens=6).new_tokens[0]
     stopped = generate_tokens(model, [prompt], max_new_tokens=6, eos_id=greedy[2]).new_tokens[0]
@@ -85,7 +85,7 @@ def test_eos_stops_a_row_and_prompts_must_fit():
     with pytest.raises(ValueError, match="leaves no room to generate: the context is 48 tokens"):
         generate_tokens(model, [[1] * 48], max_new_tokens=2)
     with pytest.raises(ValueError, match="needs held-out filler text"):
-        generate_tokens(build("mot"), [prompt], max_new_tokens=2)
+        generate_tokens(eval_model("mot"), [prompt], max_new_tokens=2)
     with pytest.raises(ValueError, match="top_p must be in"):
         generate_tokens(model, [prompt], top_p=0.0)
 
@@ -103,8 +103,7 @@ def test_sampling_options():
     assert torch.equal(draw(3, temperature=0.8), draw(3, temperature=0.8))
 
 
-def test_mot_generate_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
+def test_mot_generate_command(tmp_path, cache_dir, capsys):
     checkpoint = make_checkpoint(tmp_path, "mot")
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("The river\nA small dog\n")
@@ -116,4 +115,4 @@ def test_mot_generate_command(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--checkpoint", str(checkpoint), "--prompt", "river " * 60]) == 2
     err = capsys.readouterr().err
     assert "the context is 48 tokens (prompts must be shorter)" in err and "Traceback" not in err
-    assert main(["generate", "--checkpoint", str(checkpoint), "--prompts-file", str(FIXTURES / "nope.txt")]) == 2
+    assert main(["generate", "--checkpoint", str(checkpoint), "--prompts-file", str(TASK_FIXTURES / "nope.txt")]) == 2

