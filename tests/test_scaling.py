@@ -21,6 +21,7 @@ from mixture_of_tokens.scaling import (
     PAPER_LAW,
     DenseLaw,
     FineGrainedLaw,
+    Run,
     dense_flops_for_loss,
     dense_params,
     fit_law,
@@ -30,9 +31,29 @@ from mixture_of_tokens.scaling import (
     optimal_dense,
     parse_budgets,
     plan,
-    synthetic_runs,
     write_runs_csv,
 )
+
+
+def synthetic_runs(
+    law,
+    *,
+    params=(1e7, 3e7, 1e8, 3e8, 1e9),
+    tokens=(1e9, 3e9, 1e10, 3e10),
+    granularities=(1, 2, 4, 8, 16, 32),
+    noise: float = 0.0,
+    seed: int = 0,
+) -> list[Run]:
+    """Runs on a grid of (N, D, granularity) whose losses follow `law` times log-normal noise of size `noise`."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for N in params:
+        for D in tokens:
+            for k in granularities:
+                loss = float(law.loss(N, D, k)) * math.exp(noise * rng.standard_normal())
+                runs.append(Run(name=f"N{N:.0e}-D{D:.0e}-k{k}", params=N, tokens=D, granularity=k, loss=loss))
+    return runs
+
 
 WIDE_GRID = {
     "params": (1e6, 1e7, 1e8, 1e9, 1e10),

@@ -27,7 +27,7 @@ from .law import (
     moe_params,
 )
 from .plan import GRANULARITIES, MoTPreset, Plan, ShapePoint, dense_flops_for_loss, optimal_dense, parse_budgets, plan
-from .runs import Run, load_runs, run_from_directory, synthetic_runs, write_runs_csv
+from .runs import Run, load_runs, run_from_directory, write_runs_csv
 
 __all__ = [
     "GRANULARITIES",
@@ -53,6 +53,5 @@ __all__ = [
     "parse_budgets",
     "plan",
     "run_from_directory",
-    "synthetic_runs",
     "write_runs_csv",
 ]

@@ -168,25 +168,3 @@ def write_runs_csv(runs: list[Run], path: Path) -> Path:
         for r in runs:
             writer.writerow([r.name, repr(r.params), repr(r.tokens), repr(r.granularity), repr(r.loss), r.kind])
     return path
-
-
-def synthetic_runs(
-    law,
-    *,
-    params=(1e7, 3e7, 1e8, 3e8, 1e9),
-    tokens=(1e9, 3e9, 1e10, 3e10),
-    granularities=(1, 2, 4, 8, 16, 32),
-    noise: float = 0.0,
-    seed: int = 0,
-) -> list[Run]:
-    """Runs on a grid of (N, D, granularity) whose losses follow `law` times log-normal noise of size `noise`."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    runs = []
-    for N in params:
-        for D in tokens:
-            for k in granularities:
-                loss = float(law.loss(N, D, k)) * math.exp(noise * rng.standard_normal())
-                runs.append(Run(name=f"N{N:.0e}-D{D:.0e}-k{k}", params=N, tokens=D, granularity=k, loss=loss))
-    return runs
