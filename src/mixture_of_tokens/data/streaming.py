@@ -158,7 +158,7 @@ def open_stream(
     stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts
 ) -> tuple[Iterator[Document], Iterator[Document] | None]:
     """(shuffled train documents, eval documents or None when the eval split is a held-out slice)."""
-    if stream.path != "json":
+    if stream.path != "json" and not Path(stream.path).exists():  # a hub name, not a local dataset directory
         check_hub_reachable(stream.source)
     datasets = import_datasets()
     try:
