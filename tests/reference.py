@@ -133,6 +133,62 @@ def reference_mot(
     return out
 
 
+def reference_mot_options(
+    x: torch.Tensor,
+    controller: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    group_size: int,
+    temperature: float | torch.Tensor = 1.0,
+    routing: str = "softmax",
+    emit: str = "group",
+    *,
+    emit_controller: torch.Tensor | None = None,
+    rows: list[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixture of Tokens with the authors' ablations (docs/method.md §1) in float64, one group, position and expert
+    at a time.
+
+    rows: the batch order groups are cut from; group g = examples rows[g*G] ... rows[g*G+G-1] (random grouping;
+    None: 0 ... B-1, consecutive). emit_controller: a separate W_e [D, E] whose logits z'[t,e] = x_t . W_e[:, e]
+    give the emit weights, under the same routing and tau (over the group for emit="group", over experts for
+    emit="experts"); None: the emit weights come from the merge logits.
+    """
+    x = x.double()
+    controller, w1, w2 = controller.double(), w1.double(), w2.double()
+    batch, seq_len, dim = x.shape
+    n_experts = controller.shape[1]
+    assert batch % group_size == 0
+    order = list(range(batch)) if rows is None else [int(r) for r in rows]
+    assert sorted(order) == list(range(batch))
+    taus = _temperatures(temperature, n_experts)
+    merge_z = reference_logits(x, controller)
+    emit_z = merge_z if emit_controller is None else reference_logits(x, emit_controller)
+    out = torch.zeros(batch, seq_len, dim, dtype=torch.float64)
+    for g in range(batch // group_size):
+        members = order[g * group_size : (g + 1) * group_size]
+        for s in range(seq_len):
+            merge_w = reference_merge_weights(
+                [[float(merge_z[b, s, e]) for e in range(n_experts)] for b in members], taus, routing
+            )
+            if emit == "experts":
+                emit_w = [plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members]
+            elif emit == "group":
+                emit_w = reference_merge_weights(
+                    [[float(emit_z[b, s, e]) for e in range(n_experts)] for b in members], taus, routing
+                )
+            else:
+                raise ValueError(emit)
+            for e in range(n_experts):
+                mixed = torch.zeros(dim, dtype=torch.float64)
+                for i, b in enumerate(members):
+                    mixed = mixed + merge_w[i][e] * x[b, s]
+                y = expert_output(mixed, w1, w2, e)
+                for i, b in enumerate(members):
+                    out[b, s] = out[b, s] + emit_w[i][e] * y
+    return out
+
+
 def reference_feed_forward(
     x: torch.Tensor, w_up: torch.Tensor, b_up: torch.Tensor, w_down: torch.Tensor, b_down: torch.Tensor
 ) -> torch.Tensor:

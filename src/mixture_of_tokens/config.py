@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .layers.init import EMBEDDING_INITS
-from .layers.mot import EMITS, LEARNABLE_TEMPERATURES, ROUTINGS
+from .layers.mot import EMITS, GROUPINGS, LEARNABLE_TEMPERATURES, ROUTINGS, check_temperature_freeze
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
@@ -51,6 +51,18 @@ class ModelConfig:
     mot_learnable_temperature: str = _help("MoT learnable temperature: none | scalar | per_expert", default="none")
     mot_routing: str = _help("MoT routing: softmax | uniform | discrete (argmax, for evaluation)", default="softmax")
     mot_emit: str = _help("MoT emit weights: group (the method) | experts (softmax over experts)", default="group")
+    mot_separate_emit_controller: bool = _help(
+        "MoT: a second controller W_e whose logits give the emit weights (the authors' ablation)", default=False
+    )
+    mot_grouping: str = _help(
+        "MoT groups: consecutive (examples g*G..g*G+G-1, the method) | random (a fresh permutation of the batch "
+        "rows per training forward, from torch's RNG; consecutive at evaluation)",
+        default="consecutive",
+    )
+    temperature_freeze_steps: int = _help(
+        "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
+        default=0,
+    )
     top_k: int = _help("Token Choice: experts per token k (1..n_experts; 1 = Switch)", default=1)
     capacity_factor: float = _help(
         "Token Choice capacity factor cf: C = min(floor(cf*T*k/E), T) slots per expert per routing group; 0: dropless",
@@ -97,11 +109,13 @@ class ModelConfig:
             ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
             ("embedding_init", EMBEDDING_INITS),
+            ("mot_grouping", GROUPINGS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
                 )
+        check_temperature_freeze(self.temperature_freeze_steps, self.mot_learnable_temperature)
         if not self.mot_temperature > 0 or not self.init_scale > 0:
             raise ValueError(
                 f"mot_temperature and init_scale must be positive, got {self.mot_temperature}, {self.init_scale}."

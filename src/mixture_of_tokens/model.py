@@ -177,6 +177,12 @@ class Transformer(nn.Module):
         mean = self.config.load_balance_reduce == "mean"
         return {f"block{index}.{name}": value / reporters[name] if mean else value for index, name, value in recorded}
 
+    def on_train_step(self, step: int) -> None:
+        """Tell every feed-forward layer that 0-based optimizer step `step` begins (the training loop calls this)."""
+        for module in self.modules():
+            if isinstance(module, FeedForwardLayer):
+                module.on_train_step(step)
+
     def routing_stats(self) -> dict[str, float]:
         """Detached routing diagnostics of the last forward, keyed 'block{i}.{name}' (syncs the device)."""
         stats: dict[str, float] = {}

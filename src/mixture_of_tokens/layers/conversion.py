@@ -59,7 +59,8 @@ def convert_config(config: ModelConfig, target: str, **routing: object) -> Model
 
 def convert_weights(weights: dict[str, torch.Tensor], config: ModelConfig, target: str) -> dict[str, torch.Tensor]:
     """Rename each MoT controller to the router of the new layer; every tensor is kept bit for bit (Expert
-    Choice adds its output LayerNorm, initialised to the identity)."""
+    Choice adds its output LayerNorm, initialised to the identity). MoT tensors the target has no counterpart
+    for (a separate emit controller, a learnable temperature) are left out."""
     if target == "discrete-mot":
         return dict(weights)
     mot_blocks = [i for i, kind in enumerate(config.block_ffn_kinds()) if kind == MixtureOfTokens.kind]
@@ -68,6 +69,8 @@ def convert_weights(weights: dict[str, torch.Tensor], config: ModelConfig, targe
         prefix = f"blocks.{index}.ffn."
         controller = renamed.pop(prefix + "controller")
         renamed[prefix + "router"] = controller
+        for name in ("emit_controller", "log_temperature"):
+            renamed.pop(prefix + name, None)
         if target == "expert-choice":  # Expert Choice's output LayerNorm has no MoT counterpart: identity init
             renamed[prefix + "norm.weight"] = torch.ones(config.d_model, dtype=controller.dtype)
             renamed[prefix + "norm.bias"] = torch.zeros(config.d_model, dtype=controller.dtype)

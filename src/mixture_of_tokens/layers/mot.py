@@ -7,6 +7,9 @@ For each group of G tokens at the same position (consecutive examples), every ex
     expert: y[r,e] = relu(m[r,e] @ W1[e]) @ W2[e]
     emit:   dx[r,g] = sum_e w[r,g,e] * y[r,e]
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
+
+The authors' ablations are options: uniform / discrete routing, learnable temperature (optionally held fixed for
+the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 Routing = Literal["softmax", "uniform", "discrete"]
 Emit = Literal["group", "experts"]
 LearnableTemperature = Literal["none", "scalar", "per_expert"]
+Grouping = Literal["consecutive", "random"]
 
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
+GROUPINGS: tuple[str, ...] = ("consecutive", "random")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -52,6 +57,19 @@ class MixtureOfTokens(FeedForwardLayer):
             tau -> 0 limit, equal to Expert Choice with one token per expert per group; for evaluation).
         emit: "group" (emit with the merge weights, the method) or "experts" (emit weights are a softmax of the
             same logits over experts).
+        separate_emit_controller: a second controller W_e [D, E] whose logits give the emit weights (softmaxed over
+            the group, or over experts with emit="experts", with the same routing and tau) instead of reusing the
+            merge controller's (the authors' "separate merge and emit weights").
+        grouping: "consecutive" (examples g*G ... g*G+G-1 form group g, the method) or "random": in training, each
+            forward draws a fresh permutation of the batch rows with `torch.randperm` on the input's device (torch's
+            default generator there, so runs are reproducible from the seed and resume with the RNG state), groups
+            the permuted rows consecutively and undoes the permutation on the output. In evaluation (`eval()`) the
+            groups are consecutive: evaluation then draws nothing from the RNG, decoding keeps the same groups at
+            every step, and evaluation rows (evenly spaced held-out windows, the zero-shot protocol's random filler
+            rows) are not ordered by content.
+        temperature_freeze_steps: a learnable temperature requires no gradient, so AdamW leaves it (and its
+            moments) untouched, during the first N optimizer steps; the training loop reports steps through
+            `on_train_step`. Needs a learnable temperature when > 0.
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
     """
 
@@ -68,6 +86,9 @@ class MixtureOfTokens(FeedForwardLayer):
         learnable_temperature: LearnableTemperature = "none",
         routing: Routing = "softmax",
         emit: Emit = "group",
+        separate_emit_controller: bool = False,
+        grouping: Grouping = "consecutive",
+        temperature_freeze_steps: int = 0,
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
         super().__init__()
@@ -77,6 +98,8 @@ class MixtureOfTokens(FeedForwardLayer):
         check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
         check_choice("routing", routing, ROUTINGS)
         check_choice("emit", emit, EMITS)
+        check_choice("grouping", grouping, GROUPINGS)
+        check_temperature_freeze(temperature_freeze_steps, learnable_temperature)
 
         self.d_model = d_model
         self.n_experts = n_experts
@@ -85,8 +108,14 @@ class MixtureOfTokens(FeedForwardLayer):
         self.routing = routing
         self.emit = emit
         self.learnable_temperature = learnable_temperature
+        self.grouping = grouping
+        self.temperature_freeze_steps = temperature_freeze_steps
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
+        if separate_emit_controller:
+            self.emit_controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_e [D, E]
+        else:
+            self.register_parameter("emit_controller", None)
         self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
         self.fixed_temperature = float(temperature)
         if learnable_temperature == "none":
@@ -109,6 +138,9 @@ class MixtureOfTokens(FeedForwardLayer):
             learnable_temperature=config.mot_learnable_temperature,
             routing=config.mot_routing,
             emit=config.mot_emit,
+            separate_emit_controller=config.mot_separate_emit_controller,
+            grouping=config.mot_grouping,
+            temperature_freeze_steps=config.temperature_freeze_steps,
             init_scale=config.init_scale,
         )
 
@@ -161,7 +193,18 @@ class MixtureOfTokens(FeedForwardLayer):
 
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.controller, fan_in=self.d_model, scale=self.init_scale)
+        if self.emit_controller is not None:
+            scaled_trunc_normal_(self.emit_controller, fan_in=self.d_model, scale=self.init_scale)
         init_expert_weights_(self.w1, self.w2, self.init_scale)
+
+    def on_train_step(self, step: int) -> None:
+        """A learnable temperature requires no gradient before 0-based step `temperature_freeze_steps`."""
+        if self.log_temperature is not None and self.temperature_freeze_steps > 0:
+            self.log_temperature.requires_grad_(step >= self.temperature_freeze_steps)
+
+    def may_leave_parameters_unused(self) -> bool:
+        """Uniform and discrete routing give the controllers no gradient; a frozen temperature gets none."""
+        return self.routing != "softmax" or (self.log_temperature is not None and self.temperature_freeze_steps > 0)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -176,15 +219,20 @@ class MixtureOfTokens(FeedForwardLayer):
         return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        """1. group consecutive examples at each position; 2. per-expert softmax over the group;
-        3. merge each group into one token per expert; 4. run every expert on its mixed tokens (one bmm);
-        5. emit expert outputs back to the group's tokens with the emit weights.
+        """1. group consecutive examples at each position (random grouping: of the permuted batch);
+        2. per-expert softmax over the group; 3. merge each group into one token per expert; 4. run every expert
+        on its mixed tokens (one bmm); 5. emit expert outputs back to the group's tokens with the emit weights
+        (and undo the permutation).
 
         R indexes (group, position) rows: the batch axis of the merge and emit matmuls.
         """
-        x_RGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy
+        rows_B = self._row_permutation(x_BSD.shape[0], x_BSD.device)
+        if rows_B is not None:
+            x_BSD = x_BSD.index_select(0, rows_B)  # row i of the permuted batch is row rows_B[i]
+        x_RGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy (consecutive grouping)
         logits_RGE = x_RGD @ self.controller.to(x_RGD.dtype)
-        merge_RGE, emit_RGE = self._routing_weights(logits_RGE)
+        emit_logits_RGE = None if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
+        merge_RGE, emit_RGE = self._routing_weights(logits_RGE, emit_logits_RGE)
 
         mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
         # Strided view fed to the shared expert MLP: [R, E, D] read as [E, R, D] without a copy.
@@ -192,21 +240,38 @@ class MixtureOfTokens(FeedForwardLayer):
         dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
 
         self._last_routing = (logits_RGE.detach(), merge_RGE.detach())
-        return from_position_groups(dx_RGD, x_BSD.shape[1])
+        dx_BSD = from_position_groups(dx_RGD, x_BSD.shape[1])
+        return dx_BSD if rows_B is None else dx_BSD.index_select(0, torch.argsort(rows_B))
 
-    def _routing_weights(self, logits_RGE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merge weights (normalised over the group axis, dim 1) and emit weights."""
-        if self.routing == "uniform":
-            merge_RGE = torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
-        elif self.routing == "discrete":
-            top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
-            merge_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-        else:
-            merge_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
-        if self.emit == "group":
+    def _row_permutation(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Random grouping in training: a fresh permutation of the batch rows [B] from torch's RNG on `device`;
+        None (consecutive groups) otherwise."""
+        if self.grouping == "consecutive" or not self.training:
+            return None
+        return torch.randperm(batch, device=device)
+
+    def _routing_weights(
+        self, logits_RGE: torch.Tensor, emit_logits_RGE: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge weights (normalised over the group axis, dim 1) and emit weights: from the merge logits, or
+        from the emit controller's logits when there is one."""
+        merge_RGE = self._group_weights(logits_RGE)
+        if self.emit == "experts":
+            source_RGE = logits_RGE if emit_logits_RGE is None else emit_logits_RGE
+            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
+            return merge_RGE, emit_RGE
+        if emit_logits_RGE is None:
             return merge_RGE, merge_RGE
-        emit_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
-        return merge_RGE, emit_RGE
+        return merge_RGE, self._group_weights(emit_logits_RGE)
+
+    def _group_weights(self, logits_RGE: torch.Tensor) -> torch.Tensor:
+        """Weights normalised over the group axis (dim 1) under the layer's routing."""
+        if self.routing == "uniform":
+            return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
+        if self.routing == "discrete":
+            top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
+            return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
+        return torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
@@ -220,23 +285,42 @@ class MixtureOfTokens(FeedForwardLayer):
         learned = self.temperature.detach() if self.learnable_temperature != "none" else None
         return routing_statistics(*self._last_routing, learned_temperature=learned)
 
+    @property
+    def n_controllers(self) -> int:
+        """1, or 2 with a separate emit controller."""
+        return 1 if self.emit_controller is None else 2
+
     def active_params_per_token(self) -> int:
-        """Weights one token pays multiply-adds for: the experts' share 2*D*E*H/G plus the controller D*E."""
-        return 2 * self.d_model * self.n_experts * self.expert_size // self.group_size + self.d_model * self.n_experts
+        """Weights one token pays multiply-adds for: the experts' share 2*D*E*H/G plus the controller(s) D*E."""
+        experts = 2 * self.d_model * self.n_experts * self.expert_size // self.group_size
+        return experts + self.n_controllers * self.d_model * self.n_experts
 
     def flops_per_token(self) -> int:
         """Forward FLOPs (2 x multiply-adds) per token at the current group size.
 
-        Experts: E*H*D*2 per group position, i.e. per token 2*2*D*E*H/G; controller, merge and emit add 3*D*E.
+        Experts: E*H*D*2 per group position, i.e. per token 2*2*D*E*H/G; controller, merge and emit add 3*D*E
+        (4*D*E with a separate emit controller).
         """
         experts = 2 * 2 * self.d_model * self.n_experts * self.expert_size // self.group_size
-        return experts + 2 * 3 * self.d_model * self.n_experts
+        return experts + 2 * (self.n_controllers + 2) * self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"group_size={self.group_size}, routing={self.routing}, emit={self.emit}, "
-            f"learnable_temperature={self.learnable_temperature}"
+            f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
+            f"separate_emit_controller={self.emit_controller is not None}"
+        )
+
+
+def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
+    """A non-negative step count, and a learnable temperature to freeze when it is positive."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"temperature_freeze_steps must be a non-negative integer, got {steps!r}.")
+    if steps > 0 and learnable_temperature == "none":
+        raise ValueError(
+            f"temperature_freeze_steps={steps} needs a learnable temperature (learnable_temperature scalar or "
+            "per_expert); with learnable_temperature='none' the allowed value is 0."
         )
 
 

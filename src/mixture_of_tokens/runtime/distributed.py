@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import PARALLEL_MODES
+from ..layers.base import FeedForwardLayer
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,23 @@ def wrap_model(model: nn.Module, context: DistributedContext, mode: str, device:
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[context.local_rank] if device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model,
+            device_ids=[context.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=_may_leave_parameters_unused(model),
+        )
     from torch.distributed.fsdp import fully_shard
 
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+def _may_leave_parameters_unused(model: nn.Module) -> bool:
+    """True when some layer says a training step may leave one of its parameters without a gradient (e.g. a
+    frozen MoT temperature): DDP must then look for them each step instead of waiting for their gradients."""
+    return any(isinstance(m, FeedForwardLayer) and m.may_leave_parameters_unused() for m in model.modules())
 
 
 @contextlib.contextmanager

@@ -273,6 +273,7 @@ class Trainer:
         try:
             with interrupt:
                 while step < config.steps:
+                    self.raw_model.on_train_step(step)  # layers' per-step hooks, e.g. the end of a temperature freeze
                     result = self._train_step(step)
                     step += 1
                     window_steps += 1
