@@ -181,10 +181,10 @@ def test_unwritable_out_dir_fails_before_any_data_or_compute(corpus: dict, tmp_p
 def test_full_disk_fails_before_training(corpus: dict, tmp_path: Path, monkeypatch) -> None:
     import shutil
 
-    from mixture_of_tokens.training import guards as run_guard
+    from mixture_of_tokens.training import run_directory
 
-    monkeypatch.setattr(run_guard.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
-    with pytest.raises(ValueError, match="GB free but a checkpoint needs"):
+    monkeypatch.setattr(run_directory.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    with pytest.raises(ValueError, match="GB free but the run needs"):
         Trainer(ModelConfig(**SMALL_MODEL), _train_config(corpus, tmp_path), data=corpus["data"], progress=False)
 
 

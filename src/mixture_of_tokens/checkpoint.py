@@ -4,7 +4,11 @@ A checkpoint directory holds
     config.json        {"model": ModelConfig fields, "train": TrainConfig fields, "tokenizer": {...}, ...}
     model.safetensors  the weights
     tokenizer.json     the trained BPE (when the tokenizer is one)
-A finished run directory is itself a checkpoint directory (its final weights).
+    checkpoint.json    the sha256 of the weights and tokenizer files (training checkpoints: of every file, plus
+                       the step and the run id), written last and checked on load
+A finished run directory is itself a checkpoint directory (its final weights). `read_config` and `write_config`
+are the only reader and writer of config.json; `write_manifest` and `manifest_problem` the only writer and
+checker of checkpoint.json.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
-from .files import atomic_path, write_json_atomic
+from .files import atomic_path, sha256_file, write_json_atomic
 from .model import Transformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "checkpoint.json"
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, tied_names: tuple[str, ...] = ()) -> None:
@@ -71,6 +76,87 @@ def tokenizer_spec(tokenizer: Tokenizer, directory: Path) -> dict[str, Any]:
     return {"kind": tokenizer.name, "fingerprint": tokenizer.fingerprint()}
 
 
+def config_payload(model_config: ModelConfig, train_config: TrainConfig, **extra: Any) -> dict[str, Any]:
+    """The contents of config.json: both configs as plain fields, plus anything else the writer records."""
+    return {"model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config), **extra}
+
+
+def write_config(directory: Path, payload: dict[str, Any]) -> None:
+    """Write config.json into `directory` (under a temp name, then renamed)."""
+    write_json_atomic(Path(directory) / CONFIG_FILE, payload)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """The contents of a checkpoint's config.json; a missing or unreadable file is one clear error."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {CONFIG_FILE}.")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); it is truncated or corrupt.") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a checkpoint config (a JSON object of settings).")
+    return payload
+
+
+def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs recorded in a config.json payload."""
+    return ModelConfig(**payload["model"]), TrainConfig(**payload.get("train", {}))
+
+
+def write_manifest(directory: Path, names: list[str] | None = None, **fields: Any) -> None:
+    """Record the sha256 of `names` (default: every file in `directory`) and `fields` in checkpoint.json, last."""
+    directory = Path(directory)
+    if names is None:
+        names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+    digests = {name: sha256_file(directory / name) for name in names}
+    write_json_atomic(directory / MANIFEST_FILE, {**fields, "sha256": digests})
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """checkpoint.json of a directory, or None when it has none or it is not valid JSON."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def manifest_problem(directory: Path) -> str | None:
+    """None when every file checkpoint.json names is present with its recorded sha256, else what is wrong."""
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).is_file():
+        return f"{directory} has no {MANIFEST_FILE} (an incomplete checkpoint)"
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return f"{directory}/{MANIFEST_FILE} is not valid JSON"
+    for name, expected in manifest.get("sha256", {}).items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != expected:
+            return f"{path} does not match its recorded sha256 (truncated or corrupt)"
+    return None
+
+
+def write_model_files(
+    directory: Path,
+    state_dict: dict[str, torch.Tensor],
+    payload: dict[str, Any],
+    tokenizer: Tokenizer,
+    *,
+    tied_names: tuple[str, ...] = (),
+) -> list[str]:
+    """Weights, tokenizer and config.json into an existing `directory`; returns the names of the weight and
+    tokenizer files (what a manifest must cover)."""
+    directory = Path(directory)
+    save_weights(state_dict, directory / WEIGHTS_FILE, tied_names=tied_names)
+    spec = tokenizer_spec(tokenizer, directory)
+    write_config(directory, {**payload, "tokenizer": spec})
+    return [WEIGHTS_FILE, *([spec["file"]] if "file" in spec else [])]
+
+
 def save_checkpoint(
     directory: Path,
     model: Transformer,
@@ -79,36 +165,35 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write config, weights and tokenizer into `directory` (each file written under a temp name, then renamed)."""
+    """Write config, weights, tokenizer and the manifest of the weights into `directory` (each file under a temp
+    name, then renamed; the manifest last)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_weights(model.state_dict(), directory / WEIGHTS_FILE, tied_names=tied_parameter_names(model))
-    config = {
-        "model": dataclasses.asdict(model_config),
-        "train": dataclasses.asdict(train_config),
-        "tokenizer": tokenizer_spec(tokenizer, directory),
-        **(extra or {}),
-    }
-    write_json_atomic(directory / CONFIG_FILE, config)
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest while the new files are written
+    payload = config_payload(model_config, train_config, **(extra or {}))
+    names = write_model_files(directory, model.state_dict(), payload, tokenizer, tied_names=tied_parameter_names(model))
+    write_manifest(directory, names, run_id=payload.get("run_id"))
     return directory
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {CONFIG_FILE}.")
-    return json.loads(path.read_text())
+def check_weights_integrity(directory: Path) -> None:
+    """Fail with one sentence when a directory's manifest does not match its files (directories written before
+    manifests existed have none and are not checked)."""
+    directory = Path(directory)
+    if (directory / MANIFEST_FILE).exists():
+        problem = manifest_problem(directory)
+        if problem is not None:
+            raise ValueError(f"checkpoint {directory} is damaged: {problem}.")
 
 
 def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[Transformer, ModelConfig, TrainConfig]:
     """Rebuild the model of a checkpoint (or finished run) directory, in eval mode."""
     directory = Path(directory)
-    config = read_config(directory)
-    model_config = ModelConfig(**config["model"])
-    train_config = TrainConfig(**config["train"])
+    model_config, train_config = saved_configs(read_config(directory))
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {WEIGHTS_FILE}.")
+    check_weights_integrity(directory)
     model = Transformer(model_config)
     load_weights_into(model, read_weights(weights))
     return model.to(device).eval(), model_config, train_config

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
-    CONFIG_FILE,
+    MANIFEST_FILE,
     WEIGHTS_FILE,
+    check_weights_integrity,
     read_config,
     read_weights,
     save_weights,
-    write_json_atomic,
+    write_config,
+    write_manifest,
 )
 from .config import ModelConfig
 from .layers.conversion import ROUTING_FIELDS, TARGETS, convert_config, convert_weights
@@ -46,9 +48,11 @@ def convert_checkpoint(
         raise FileExistsError(f"--out {out} already exists and is not empty; pass --force to overwrite it.")
     if out.resolve() == source.resolve():
         raise ValueError("--out must differ from --checkpoint: the source checkpoint is never overwritten.")
+    check_weights_integrity(source)
     weights = convert_weights(read_weights(source / WEIGHTS_FILE), model_config, target)
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest while the new files are written
     save_weights(weights, out / WEIGHTS_FILE)
     tokenizer: dict[str, Any] = saved.get("tokenizer", {})
     if "file" in tokenizer:
@@ -64,7 +68,8 @@ def convert_checkpoint(
             "source_steps": saved.get("train", {}).get("steps"),
         },
     }
-    write_json_atomic(out / CONFIG_FILE, payload)
+    write_config(out, payload)
+    write_manifest(out, [WEIGHTS_FILE, *([tokenizer["file"]] if "file" in tokenizer else [])])
     return out
 
 

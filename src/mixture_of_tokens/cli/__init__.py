@@ -1,4 +1,8 @@
-"""The `mot` command line. Each subcommand lives in its own module with a `register(subparsers)` function."""
+"""The `mot` command line. Each subcommand lives in its own module with a `register(subparsers)` function.
+
+Every error is one line on stderr, `mot COMMAND: error: ...`, without a traceback: bad input (flags, settings,
+paths) exits with status 2, a run stopped on purpose (non-finite values, a failed checkpoint write) with 1.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,19 @@ class UserError(Exception):
     """A problem with the user's input, reported as one sentence without a traceback."""
 
 
+class _UsageError(UserError):
+    """A flag or flag value the parser rejects."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage synopsis is replaced by a pointer to --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mot", description="Mixture of Tokens: train, compare and inspect models.")
+    parser = _Parser(prog="mot", description="Mixture of Tokens: train, compare and inspect models.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -38,9 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from ..training.errors import TrainingStopped
+
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as error:
+        print(f"mot: error: {error}", file=sys.stderr)
+        return 2
     try:
         args.handler(args)
+    except TrainingStopped as error:
+        print(f"mot {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"mot {args.command}: error: {error}", file=sys.stderr)
         return 2

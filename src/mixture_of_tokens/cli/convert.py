@@ -27,11 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..checkpoint import read_config
+    from ..checkpoint import read_config, saved_configs
+    from ..training.plan import check_default_name
     from ..transition import convert_checkpoint
 
     routing = overrides(args, ModelConfig)
     out = convert_checkpoint(Path(args.checkpoint), Path(args.out), args.target, force=args.force, **routing)
-    kinds = ModelConfig(**read_config(out)["model"]).block_ffn_kinds()
+    saved = read_config(out)
+    kinds = saved_configs(saved)[0].block_ffn_kinds()
     print(f"converted {args.checkpoint} -> {out} ({args.target}; blocks: {', '.join(kinds)})")
-    print(f"continue training with: mot train --init-from {out} --steps N [--lr-schedule-offset SOURCE_STEPS]")
+    # a new run of its own: never the source run's directory (init-from never reuses a saved out_dir)
+    name = check_default_name(f"{out.resolve().name}-continued")
+    offset = saved.get("converted_from", {}).get("source_steps")
+    schedule = f" --lr-schedule-offset {offset}" if offset else ""
+    print(f"continue training with: mot train --init-from {out} --name {name} --steps N{schedule}")

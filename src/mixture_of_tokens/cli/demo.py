@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="train tiny-dense and tiny-mot on the packaged corpus and compare")
     parser.add_argument("--out", default="runs/demo", help="directory for the two runs and the plot")
     parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the presets' own)")
+    parser.add_argument(
+        "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
                 train_config, steps=steps, eval_every=max(steps // 4, 1), warmup_steps=steps // 10
             )
         data = data or prepare_data(train_config.data, vocab_size=preset.model.vocab_size)
-        train(preset.model, train_config, run_name=name, data=data)
+        train(preset.model, train_config, run_name=name, data=data, force=args.force)
         runs.append(load_run(out_root / name))
     print()
     print(comparison_table(runs))

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluation import (
         TASKS,
         Scorer,
+        check_results_destination,
         eval_modes,
         evaluate_docs,
         evaluate_modes,
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch default), got {args.threads}.")
     loaded = load_checkpoint(args.checkpoint, args.device)
+    check_results_destination(loaded.directory, args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = resolve_policy(loaded.model_config, args.mot_eval, rows=args.protocol_rows, seed=args.seed)

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="continue",
         help="LR after the switch: continue (the MoT run's cosine, extended) | fresh (new warmup + cosine)",
     )
+    transition.add_argument(
+        "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
+    )
     transition.set_defaults(handler=run)
 
 
@@ -28,7 +31,11 @@ def run(args: argparse.Namespace) -> None:
     from ..experiments.transition import run_transition_experiment
 
     report = run_transition_experiment(
-        Path(args.out), mot_steps=args.mot_steps, continue_steps=args.continue_steps, continue_schedule=args.schedule
+        Path(args.out),
+        mot_steps=args.mot_steps,
+        continue_steps=args.continue_steps,
+        continue_schedule=args.schedule,
+        force=args.force,
     )
     print()
     print(report.table())

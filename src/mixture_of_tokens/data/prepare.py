@@ -32,7 +32,14 @@ from .token_file import (
 )
 from .tokenizer import BPETokenizer, Tokenizer, train_bpe
 
-__all__ = ["PreparedData", "prepare_data", "TOKENIZERS", "DEFAULT_STREAM_MAX_TOKENS", "tokenizer_directory"]
+__all__ = [
+    "PreparedData",
+    "check_data_settings",
+    "prepare_data",
+    "TOKENIZERS",
+    "DEFAULT_STREAM_MAX_TOKENS",
+    "tokenizer_directory",
+]
 
 TOKENIZERS = ("bpe", "gpt2")
 DEFAULT_STREAM_MAX_TOKENS = 20_000_000  # train tokens taken from a streaming source unless told otherwise
@@ -93,8 +100,12 @@ class _LazySplits:
         return (d.text for d in self.get().train)
 
 
-def _check_settings(
-    source: str, tokenizer: str, max_tokens: int | None, max_documents: int | None, shuffle_buffer: int
+def check_data_settings(
+    source: str,
+    tokenizer: str,
+    max_tokens: int | None = None,
+    max_documents: int | None = None,
+    shuffle_buffer: int = 10_000,
 ) -> None:
     """Every bad setting fails here, before anything is read, downloaded or written."""
     if tokenizer not in TOKENIZERS:
@@ -220,7 +231,7 @@ def prepare_data(
     1/20 of each); unset means "reuse whatever is prepared for this source, else DEFAULT_STREAM_MAX_TOKENS";
     `seed` and `shuffle_buffer` set the shuffle of the train stream.
     """
-    _check_settings(source, tokenizer, max_tokens, max_documents, shuffle_buffer)
+    check_data_settings(source, tokenizer, max_tokens, max_documents, shuffle_buffer)
     started = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = source_fingerprint(source)

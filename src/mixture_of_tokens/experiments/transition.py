@@ -63,8 +63,10 @@ def run_transition_experiment(
     routing: dict[str, object] | None = None,
     data: PreparedData | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> TransitionReport:
-    """Run the four trainings and the conversion under `out`, write report.json and transition.png."""
+    """Run the four trainings and the conversion under `out`, write report.json and transition.png. Runs already
+    under `out` are refused unless `force`, which moves each aside (to a sibling NAME.old-<timestamp>)."""
     if continue_schedule not in ("continue", "fresh"):
         raise ValueError(f"continue_schedule={continue_schedule!r} is not supported; allowed values: continue, fresh.")
     if mot_steps < 1 or continue_steps < 1:
@@ -77,7 +79,8 @@ def run_transition_experiment(
 
     def run(name: str, model_config, steps: int, **kwargs) -> float:
         config = dataclasses.replace(base, steps=steps, out_dir=str(out / name), **kwargs.pop("train", {}))
-        return train(model_config, config, run_name=name, data=data, progress=progress, **kwargs).final_eval_loss
+        result = train(model_config, config, run_name=name, data=data, progress=progress, force=force, **kwargs)
+        return result.final_eval_loss
 
     mot_loss = run("mot", mot_preset.model, mot_steps)
     converted = convert_checkpoint(out / "mot", out / "converted", "token-choice", force=True, **(routing or {}))

@@ -3,6 +3,7 @@
 A feed-forward layer maps x[B, S, D] to a tensor of the same shape. Besides `forward`, each kind states
     from_config(config)                   how it is built from a ModelConfig
     batch_multiple(config)                the number the (micro-)batch must be a multiple of (1: any batch)
+    check_training_batch(config, rows)    one sentence when micro-batches of `rows` sequences cannot train it
     rows_couple_at_inference(config)      whether a row's output depends on other rows at evaluation and decoding
     activation_values_per_token(config)   values it keeps for backward per token (the training-memory estimate)
     audit_examples(...)                   small float64 instances for the leakage audit, with whether each is
@@ -47,6 +48,11 @@ class FeedForwardLayer(nn.Module):
     @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:
         return 1
+
+    @classmethod
+    def check_training_batch(cls, config: ModelConfig, micro_batch: int) -> None:
+        """Fail with one sentence when micro-batches of `micro_batch` sequences cannot train this kind (beyond
+        `batch_multiple`, which the registry checks for every kind)."""
 
     @classmethod
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .base import FeedForwardLayer
 from .dense import FeedForward
 from .expert_choice import ExpertChoice
+from .grouping import check_group_size
 from .mot import MixtureOfTokens
 from .token_choice import TokenChoice
 
@@ -52,6 +53,16 @@ def block_classes(config: ModelConfig) -> list[type[FeedForwardLayer]]:
 def batch_multiple(config: ModelConfig) -> int:
     """The smallest number every block's batch multiple divides (1 when no block groups the batch)."""
     return math.lcm(*(cls.batch_multiple(config) for cls in block_classes(config)))
+
+
+def check_training_batch(config: ModelConfig, micro_batch: int) -> None:
+    """Fail with one sentence when some block cannot train on micro-batches of `micro_batch` sequences: the
+    batch multiple of every kind, then each kind's own check (e.g. Token Choice capacity slots)."""
+    multiple = batch_multiple(config)
+    if multiple > 1:
+        check_group_size(micro_batch, multiple)
+    for cls in dict.fromkeys(block_classes(config)):
+        cls.check_training_batch(config, micro_batch)
 
 
 def rows_couple_at_inference(config: ModelConfig) -> bool:

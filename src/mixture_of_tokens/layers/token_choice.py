@@ -165,6 +165,13 @@ class TokenChoice(FeedForwardLayer):
         return config.group_size if config.tc_scope == "group" and config.capacity_factor else 1
 
     @classmethod
+    def check_training_batch(cls, config: ModelConfig, micro_batch: int) -> None:
+        """Every expert must get at least one capacity slot per routing group of the micro-batch."""
+        grouped = config.tc_scope == "group" and config.capacity_factor
+        n_tokens = config.group_size if grouped else micro_batch * config.max_seq_len
+        expert_capacity(config.capacity_factor, n_tokens, config.top_k, config.n_experts)
+
+    @classmethod
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
         """No: at inference the layer routes dropless (`set_inference`), so a token's output is its own."""
         return False

@@ -1,4 +1,5 @@
-"""One JSONL metrics file per run: one JSON object per line, flushed as written."""
+"""One JSONL metrics file per run: one JSON object per line, flushed as written. Every line is valid JSON: a
+NaN or infinite value is written as null (JSON has no NaN)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,25 @@ class MetricsWriter:
         self._file = path.open("a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` with tensors and numpy scalars as numbers and NaN or infinity as None, at any depth."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if getattr(value, "ndim", 0) > 0:  # a tensor or array of several values
+        return jsonable(value.tolist())
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     return value
 
 

@@ -1,0 +1,160 @@
+"""The run directory is owned by one run: checked before any data (nothing created), claimed after setup.
+
+A new run never writes into a directory that holds another run: it is refused with one sentence, or with
+`force` the old run is moved aside whole to a sibling NAME.old-<timestamp>. A run resumed from an older
+checkpoint (a branch) moves the abandoned timeline's later checkpoints and final files aside into
+RUN_DIR/superseded/<run id>-after-step-N/, so nothing is deleted and nothing is mixed. The disk pre-check
+counts the checkpoints kept, the one being written and the final weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..checkpoint import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
+from ..counting import count_model
+from ..model import Transformer
+from ..runtime.devices import resolve_device
+from ..runtime.precision import resolve_precision
+from .state import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_step, list_checkpoints
+
+if TYPE_CHECKING:
+    from .plan import RunPlan
+
+SUMMARY_FILE = "summary.json"
+SUPERSEDED_DIR = "superseded"
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, SUMMARY_FILE, WEIGHTS_FILE)
+FINAL_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, MANIFEST_FILE, SUMMARY_FILE)
+
+
+def holds_run(directory: Path) -> bool:
+    """True when `directory` has any file a training run writes."""
+    return any((Path(directory) / marker).exists() for marker in RUN_MARKERS)
+
+
+def check_run_directory(plan: RunPlan) -> None:
+    """Fail with one sentence, before any data, when the run cannot own its directory or the disk is too small."""
+    run_dir = plan.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"out_dir={str(run_dir)!r} is a file, not a directory; choose another out_dir.")
+    if plan.resume is None and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not holds_run(run_dir):
+            raise FileExistsError(
+                f"out_dir={str(run_dir)!r} is not empty and holds no run; a run needs a new or empty directory."
+            )
+        if not plan.force:
+            raise FileExistsError(
+                f"{run_dir} already holds a run; continue it with `mot train --resume {run_dir}`, choose another "
+                f"--out-dir or --name, or pass --force to move it aside to {aside_name(run_dir)}."
+            )
+    _check_writable(run_dir)
+    _check_free_space(plan)
+
+
+def aside_name(run_dir: Path) -> str:
+    return f"{run_dir.name}.old-<timestamp>"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _check_writable(run_dir: Path) -> None:
+    """A probe file in the run directory or its nearest existing ancestor (created and removed at once)."""
+    ancestor = _existing_ancestor(run_dir)
+    if not ancestor.is_dir():
+        raise ValueError(f"out_dir={str(run_dir)!r} is not writable ({ancestor} is a file); choose another out_dir.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".mot-write-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise ValueError(f"out_dir={str(run_dir)!r} is not writable ({reason}); choose another out_dir.") from None
+
+
+def checkpoints_written(steps: int, start_step: int, checkpoint_every: int) -> int:
+    """How many checkpoints a run writes: one every `checkpoint_every` steps and always one at the end."""
+    periodic = steps // checkpoint_every - start_step // checkpoint_every if checkpoint_every else 0
+    return periodic + (0 if checkpoint_every and steps % checkpoint_every == 0 else 1)
+
+
+def bytes_needed(plan: RunPlan) -> int:
+    """Checkpoints on disk at the worst moment (the kept ones plus the one being written) and the final weights."""
+    with torch.device("meta"):
+        parameters = count_model(Transformer(plan.model_config)).total_params
+    precision = resolve_precision(plan.train_config.precision, resolve_device(plan.train_config.device))
+    weights = parameters * precision.state_bytes
+    config = plan.train_config
+    written = checkpoints_written(config.steps, plan.start_step, config.checkpoint_every)
+    at_once = min(config.keep_checkpoints + 1, written)
+    return at_once * 3 * weights + weights  # a checkpoint: weights and AdamW's two moments
+
+
+def _check_free_space(plan: RunPlan) -> None:
+    needed = bytes_needed(plan)
+    free = shutil.disk_usage(_existing_ancestor(plan.run_dir)).free
+    if free < needed:
+        config = plan.train_config
+        raise ValueError(
+            f"out_dir={str(plan.run_dir)!r} has {free / 1e9:.2f} GB free but the run needs about "
+            f"{needed / 1e9:.2f} GB ({config.keep_checkpoints} kept checkpoint(s), the one being written and the "
+            "final weights); free some space, lower keep_checkpoints, or choose another out_dir."
+        )
+
+
+def claim_run_directory(plan: RunPlan, payload: dict[str, Any]) -> list[str]:
+    """Make the directory the run's own, once setup succeeded: move an old run (force) or an abandoned timeline
+    (branch) aside, create it, and record the run's config and id in config.json; returns what was moved."""
+    run_dir, notes = plan.run_dir, []
+    if plan.resume is None and plan.force and run_dir.is_dir() and holds_run(run_dir):
+        moved = _free_sibling(run_dir)
+        run_dir.rename(moved)
+        notes.append(f"moved the run that was in {run_dir} aside to {moved}")
+    if plan.resume is not None and plan.resume.branch:
+        moved = move_superseded_aside(plan)
+        notes.append(f"resuming from step {plan.start_step} starts a new branch; the later files moved to {moved}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"out_dir={str(run_dir)!r} cannot be created ({error.strerror or error}).") from None
+    if plan.resume is None or plan.resume.branch or not (run_dir / CONFIG_FILE).exists():
+        write_config(run_dir, payload)
+    return notes
+
+
+def _free_sibling(run_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    index = 1
+    while candidate.exists():
+        index += 1
+        candidate = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{index}")
+    return candidate
+
+
+def move_superseded_aside(plan: RunPlan) -> Path:
+    """A branch: the old run's checkpoints after the resume step and the run directory's final files go to
+    RUN_DIR/superseded/<old run id>-after-step-N/ (metrics.jsonl is copied: the branch keeps its first part)."""
+    assert plan.resume is not None
+    run_dir, step = plan.run_dir, plan.resume.step
+    old_id = plan.resume.saved.get("run_id") or "unknown"
+    target = run_dir / SUPERSEDED_DIR / f"{old_id[:8]}-after-step-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (target / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+    for checkpoint in list_checkpoints(run_dir, plan.resume.saved.get("run_id")):
+        if checkpoint_step(checkpoint) > step:
+            checkpoint.rename(target / CHECKPOINTS_DIR / checkpoint.name)
+    for name in (*FINAL_FILES, CONFIG_FILE):
+        if (run_dir / name).exists():
+            (run_dir / name).rename(target / name)
+    if (run_dir / METRICS_FILE).exists():
+        shutil.copyfile(run_dir / METRICS_FILE, target / METRICS_FILE)
+    return target
