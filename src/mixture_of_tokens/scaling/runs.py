@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import read_config
 from ..config import ModelConfig
 from ..layers import layer_class
 
@@ -109,7 +110,7 @@ def run_from_directory(directory: Path) -> Run:
     directory = Path(directory)
     try:
         summary = json.loads((directory / "summary.json").read_text())
-        config = json.loads((directory / "config.json").read_text())
+        config = read_config(directory)
         model, train = config["model"], config["train"]
         loss = float(summary["final_eval_loss"])
         params = float(summary["counts"]["non_embedding_params"])
