@@ -23,6 +23,7 @@ from mixture_of_tokens.evaluation import (
     isolated_batch,
     load_task_file,
     resolve_policy,
+    text_request,
 )
 from mixture_of_tokens.evaluation.lm_eval_adapter import MoTBackend
 from mixture_of_tokens.model import mot_mode
@@ -275,7 +276,7 @@ def test_lm_eval_backend_scores_like_the_scorer(workspace):
     scores = backend.loglikelihood(pairs)
     again = backend.loglikelihood(list(reversed(pairs)))
     assert scores == list(reversed(again))  # independent of the other requests
-    expected = backend.scorer.score([Request(c, x, ("lm_eval", c, x)) for c, x in pairs])
+    expected = backend.scorer.score([text_request(c, x) for c, x in pairs])
     assert scores == [(s.logprob, s.is_greedy) for s in expected]
     rolling = backend.loglikelihood_rolling(["The river ran under the old road."])
     assert len(rolling) == 1 and rolling[0] < 0

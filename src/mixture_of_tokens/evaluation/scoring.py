@@ -23,16 +23,22 @@ from ..layers import batch_multiple, check_group_size
 from ..model import Transformer
 from .batch_policy import BatchPolicy, isolated_batch
 
-__all__ = ["ContinuationScore", "Request", "Scorer"]
+__all__ = ["ContinuationScore", "Request", "Scorer", "text_request"]
 
 
 @dataclass(frozen=True)
 class Request:
-    """A continuation to score after a context; `identity` seeds its isolated batch (e.g. task, doc, choice)."""
+    """A continuation to score after a context; `identity` seeds its isolated batch (`text_request`: the text)."""
 
     context: str
     continuation: str
     identity: tuple[object, ...]
+
+
+def text_request(context: str, continuation: str) -> Request:
+    """A request identified by its text: the same (context, continuation) gets the same isolated batch wherever it
+    is scored (`mot eval`, the lm-eval adapter, `Predictor`), whatever task, file or position it comes from."""
+    return Request(context, continuation, ("text", context, continuation))
 
 
 @dataclass(frozen=True)

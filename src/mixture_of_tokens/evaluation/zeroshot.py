@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .scoring import Request, Scorer
+from .scoring import Scorer, text_request
 from .tasks import Doc
 
 __all__ = ["TaskResult", "evaluate_docs", "mean_stderr"]
@@ -53,11 +53,7 @@ def evaluate_docs(task: str, docs: Sequence[Doc], scorer: Scorer, *, progress: b
     perplexity = exp(-mean log-likelihood).
     """
     started = time.perf_counter()
-    requests = [
-        Request(context, continuation, (doc.task, doc.doc_id, choice))
-        for doc in docs
-        for choice, (context, continuation) in enumerate(doc.requests)
-    ]
+    requests = [text_request(context, continuation) for doc in docs for context, continuation in doc.requests]
     scores = iter(scorer.score(requests, progress=progress))
     per_doc: list[dict[str, Any]] = []
     for doc in docs:
