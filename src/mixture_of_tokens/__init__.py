@@ -3,6 +3,7 @@ baselines, a trainer and a command line (`mot`)."""
 
 from .config import ModelConfig, TrainConfig
 from .counting import ModelCounts, count_model
+from .inference import Predictor, load_model, load_tokenizer
 from .layers import (
     CollapseMonitor,
     ExpertChoice,
@@ -15,6 +16,7 @@ from .layers import (
 )
 from .model import ModelOutput, Transformer, mot_mode
 from .presets import PRESETS, Preset, get_preset
+from .training.loop import train
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
     "ModelCounts",
     "ModelOutput",
     "MoTSizing",
+    "Predictor",
     "Preset",
     "TokenChoice",
     "TrainConfig",
@@ -35,6 +38,9 @@ __all__ = [
     "count_model",
     "get_preset",
     "group_by_position",
+    "load_model",
+    "load_tokenizer",
     "mot_mode",
     "mot_sizing",
+    "train",
 ]

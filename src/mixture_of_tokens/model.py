@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,16 @@ class Transformer(nn.Module):
         self.reset_parameters()
         if config.tie_embeddings:
             self.head.weight = self.token_embedding.weight
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Transformer:
+        """The model of a checkpoint or run directory, ready for inference (eval mode, inference routing) on
+        `device` in `dtype`: `mixture_of_tokens.load_model`."""
+        from .inference import load_model  # the loader needs checkpoint, which needs this module
+
+        return load_model(directory, device=device, dtype=dtype)
 
     def reset_parameters(self) -> None:
         """Truncated normal, std sqrt(init_scale / fan_in), for every weight (docs/method.md §1); zero biases.
