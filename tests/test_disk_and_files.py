@@ -1,0 +1,116 @@
+"""Disk and files: the disk pre-check counts every checkpoint kept plus the one being written, a failed write is
+one sentence with the partial write removed, final weights carry a sha256 manifest checked on load, a finished
+run can always be resumed, resume refuses changed data, and --tensorboard without the package fails first."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from cli_runs import error_lines, run_mot, train_argv, tree_digest
+from corpus import write_corpus
+
+from mixture_of_tokens.checkpoint import load_model
+from mixture_of_tokens.training import run_directory
+from mixture_of_tokens.training import state as training_state
+from mixture_of_tokens.training.state import checkpoint_problem, list_checkpoints
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A corpus of this test's own (some tests edit it) and a working directory for relative run paths."""
+    monkeypatch.chdir(tmp_path)
+    return write_corpus(tmp_path / "corpus", n_documents=20)
+
+
+def _train(corpus: Path, capsys, *flags: str) -> tuple[int, str, str]:
+    return run_mot(train_argv(f"text:{corpus}", *flags), capsys)
+
+
+def _disk_with_free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    usage = shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+    monkeypatch.setattr(run_directory.shutil, "disk_usage", lambda path: usage)
+
+
+def test_disk_pre_check_counts_the_kept_checkpoints_and_the_one_being_written(corpus, capsys, monkeypatch) -> None:
+    flags = ("--steps", "4", "--checkpoint-every", "1", "--keep-checkpoints", "3")
+    assert _train(corpus, capsys, *flags, "--out-dir", "measured")[0] == 0
+    on_disk = sum(p.stat().st_size for p in Path("measured").rglob("*") if p.is_file())
+    _disk_with_free(monkeypatch, int(0.9 * on_disk))  # less than the run really wrote
+    status, _, err = _train(corpus, capsys, *flags, "--out-dir", "refused")
+    assert status == 2 and len(error_lines(err)) == 1 and "GB free but the run needs" in err
+    assert not Path("refused").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_sentence_and_leaves_no_partial_write(
+    corpus, capsys, monkeypatch
+) -> None:
+    real_save = training_state.torch.save
+    calls = {"n": 0}
+
+    def fill_the_disk(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(training_state.torch, "save", fill_the_disk)
+    status, _, err = _train(corpus, capsys, "--steps", "6", "--checkpoint-every", "2", "--out-dir", "full")
+    assert status == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert (
+        "step-4 checkpoint" in last and "No space left on device" in last and "earlier checkpoints are intact" in last
+    )
+    checkpoints = Path("full") / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000002"]  # no .tmp-* directory left
+    assert checkpoint_problem(checkpoints / "step-0000002") is None
+
+
+def test_flipped_bytes_in_final_weights_are_one_clear_error(corpus, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "run")[0] == 0
+    load_model(Path("run"))  # intact: loads
+    weights = Path("run") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # a byte inside the last tensor: safetensors alone would load it silently
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its recorded sha256"):
+        load_model(Path("run"))
+    status, _, err = run_mot(["eval", "--checkpoint", "run", "--device", "cpu"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "sha256" in err
+
+
+def test_a_finished_run_without_periodic_checkpoints_can_be_extended(corpus, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "3", "--checkpoint-every", "0", "--out-dir", "run")[0] == 0
+    assert [c.name for c in list_checkpoints(Path("run"))] == ["step-0000003"]
+    assert run_mot(["train", "--resume", "run", "--steps", "5"], capsys)[0] == 0
+    assert [c.name for c in list_checkpoints(Path("run"))] == ["step-0000003", "step-0000005"]
+
+
+def test_resume_refuses_changed_data_before_retraining_the_tokenizer(corpus, cache_dir, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--checkpoint-every", "2", "--out-dir", "run")[0] == 0
+    with (corpus / "doc000.txt").open("a") as handle:
+        handle.write(" A new sentence changes the byte-pair merges.")
+    before = tree_digest(Path("run")), tree_digest(cache_dir)
+    status, _, err = run_mot(["train", "--resume", "run", "--steps", "4"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "changed since checkpoint" in err
+    assert (tree_digest(Path("run")), tree_digest(cache_dir)) == before  # no BPE retrained, nothing written
+
+    status, _, err = run_mot(["train", "--resume", "run", "--steps", "4", "--tokenizer", "gpt2"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "data and tokenizer cannot change" in err
+
+
+def test_tensorboard_without_the_package_fails_before_data_and_metrics(corpus, cache_dir, capsys, monkeypatch) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--checkpoint-every", "2", "--out-dir", "run")[0] == 0
+    before = tree_digest(Path("run"))
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    shutil.rmtree(cache_dir)
+    for argv in (
+        train_argv(f"text:{corpus}", "--steps", "2", "--tensorboard", "--out-dir", "fresh"),
+        ["train", "--resume", "run", "--steps", "4", "--tensorboard"],
+    ):
+        status, _, err = run_mot(argv, capsys)
+        assert status == 2 and len(error_lines(err)) == 1 and "pip install tensorboard" in err
+    assert tree_digest(Path("run")) == before  # metrics.jsonl untouched
+    assert not cache_dir.exists() and not Path("fresh").exists()
