@@ -45,6 +45,7 @@ from mixture_of_tokens.data.token_file import (
     split_for_encoding,
     token_dtype,
 )
+from mixture_of_tokens.extras import MissingExtra
 
 SAMPLE = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -471,7 +472,7 @@ def test_stream_settings_fail_before_any_work(tmp_path: Path, monkeypatch: pytes
         prepare_data(f"c4:{tmp_path}/nothing*.json", cache_dir=cache)
     assert not cache.exists()
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if the [c4] extra were not installed
-    with pytest.raises(RuntimeError, match=r"pip install 'mixture-of-tokens\[c4\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'mixture-of-tokens\[c4\]'"):
         prepare_data(f"c4:{C4_SAMPLE}", cache_dir=cache, tokenizer="gpt2", progress=False)
 
 

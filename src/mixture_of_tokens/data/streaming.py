@@ -46,13 +46,9 @@ _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
 def import_datasets() -> Any:
     """HF `datasets`, imported only when a streaming source is used (it is heavy and optional)."""
-    try:
-        import datasets
-    except ImportError as error:
-        raise RuntimeError(
-            "Sources 'c4' and 'hf:' need the HF datasets package: pip install 'mixture-of-tokens[c4]'."
-        ) from error
-    return datasets
+    from ..extras import require
+
+    return require("datasets", "c4", purpose="reading the c4 and hf: sources")
 
 
 @dataclass(frozen=True)
