@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from .layers.init import EMBEDDING_INITS
@@ -206,29 +207,30 @@ class TrainConfig:
     collapse_patience: int = _help("... for this many steps in a row (checked at log steps)", default=100)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "grad_accum_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError(
-                f"checkpoint_every must be >= 0 and keep_checkpoints >= 1, got {self.checkpoint_every}, "
-                f"{self.keep_checkpoints}."
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not supported; allowed values: {', '.join(PRECISIONS)}.")
-        if self.parallel not in PARALLEL_MODES:
-            raise ValueError(
-                f"parallel={self.parallel!r} is not supported; allowed values: {', '.join(PARALLEL_MODES)}."
-            )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}.")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}.")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr_schedule_offset < 0:
-            raise ValueError("warmup_steps, grad_clip and lr_schedule_offset must be >= 0.")
-        if self.device not in DEVICES:
-            raise ValueError(f"device={self.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
+        """Each field on its own, one sentence naming it and its allowed values (settings that depend on each
+        other, the data source and the run directory are checked by `training.plan` before any data)."""
+        positive = ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "grad_accum_steps")
+        for name in (*positive, "keep_checkpoints", "collapse_patience"):
+            _check_int(name, getattr(self, name), low=1)
+        for name in ("warmup_steps", "lr_schedule_offset", "checkpoint_every", "threads"):
+            _check_int(name, getattr(self, name), low=0)
+        _check_int("seed", self.seed, low=0, high=2**32 - 1)
+        for name, allowed, ok in (
+            ("lr", "a positive finite number", 0 < self.lr < math.inf),
+            ("min_lr_ratio", "in [0, 1]", 0 <= self.min_lr_ratio <= 1),
+            ("beta1", "in [0, 1)", 0 <= self.beta1 < 1),
+            ("beta2", "in [0, 1)", 0 <= self.beta2 < 1),
+            ("weight_decay", "a finite number >= 0 (0: off)", 0 <= self.weight_decay < math.inf),
+            ("grad_clip", "a number >= 0 (0: off)", self.grad_clip >= 0),
+            ("collapse_share", "in (0, 1]", 0 < self.collapse_share <= 1),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}.")
+        for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLEL_MODES), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
+                )
 
 
 @dataclass
@@ -256,6 +258,20 @@ class GenerateConfig:
             raise ValueError(f"seed and threads must be >= 0, got seed={self.seed}, threads={self.threads}.")
         if self.device not in DEVICES:
             raise ValueError(f"device={self.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
+
+
+def _check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
+    """An integer (not a bool) in low..high (high: unbounded when None)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high):
+        return
+    allowed = (
+        f"an integer in {low}..{high}"
+        if high is not None
+        else "a positive integer"
+        if low == 1
+        else f"an integer >= {low}"
+    )
+    raise ValueError(f"{name} must be {allowed}, got {value!r}.")
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -187,16 +187,22 @@ def check_default_name(name: str) -> str:
     return cleaned or "run"
 
 
-def check_same_weight_shapes(saved: ModelConfig, wanted: ModelConfig, source: Path) -> None:
-    """--init-from loads every weight as it is: settings that add, drop or reshape a weight are refused."""
+def _weight_shapes(config: ModelConfig) -> dict[str, str]:
+    """Every weight a model of `config` loads, with its shape, or 'shared' for a tied copy of another."""
     with torch.device("meta"):
-        before = {k: tuple(v.shape) for k, v in Transformer(saved).state_dict().items()}
-        after = {k: tuple(v.shape) for k, v in Transformer(wanted).state_dict().items()}
+        model = Transformer(config)
+    own = {name for name, _ in model.named_parameters()}  # a tied weight is listed once, under its first name
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - own
+    return {name: "shared" if name in tied else str(tuple(v.shape)) for name, v in model.state_dict().items()}
+
+
+def check_same_weight_shapes(saved: ModelConfig, wanted: ModelConfig, source: Path) -> None:
+    """--init-from loads every weight as it is: settings that add, drop, reshape or tie a weight are refused."""
+    before, after = _weight_shapes(saved), _weight_shapes(wanted)
     if before == after:
         return
-    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    first = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))[0]
     fields = [f.name for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(wanted, f.name)]
-    first = changed[0]
     raise ValueError(
         f"--init-from {source}: the model settings {', '.join(fields)} change the weights it holds ({first}: "
         f"{before.get(first, 'absent')} -> {after.get(first, 'absent')}); allowed with --init-from are settings that "
