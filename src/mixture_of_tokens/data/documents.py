@@ -1,9 +1,18 @@
-"""Plain containers shared by every text source, kept apart so sources never import each other."""
+"""Plain containers and readers shared by every text source, kept apart so sources never import each other.
+
+Malformed input is handled the same way by every source that reads files (text:PATH and c4:PATH): a file that
+cannot be read to its end (a corrupt or truncated .gz), holds NUL bytes (binary) or is not UTF-8 is dropped
+whole and counted; inside a JSON-lines file, a line that is not JSON, has no string "text" or only blank text is
+dropped and counted. Nothing dropped is ever tokenised, so the counts in the data summary are what was left out.
+"""
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,9 +30,10 @@ class Document:
 class SkipCounts:
     """What a loader skipped or repaired instead of crashing, so the caller can report it."""
 
-    invalid_utf8_files: int = 0  # decoded with errors="replace" (kept, not dropped)
+    invalid_utf8_files: int = 0  # not UTF-8: dropped whole, never partly kept
+    binary_files: int = 0  # holds NUL bytes (an image, an archive, UTF-16 text): dropped whole
     empty_files: int = 0
-    unreadable_files: int = 0  # e.g. a corrupt .gz
+    unreadable_files: int = 0  # e.g. a corrupt or truncated .gz: dropped whole
     unsupported_files: int = 0  # matched by a glob/directory but not .txt/.jsonl/.gz
     invalid_json_lines: int = 0
     missing_text_lines: int = 0  # valid JSON without a string "text" field
@@ -68,6 +78,31 @@ def default_cache_dir() -> Path:
     """`$MOT_CACHE_DIR`, else ~/.cache/mixture-of-tokens: one home for downloads, tokenizers, token files."""
     env = os.environ.get("MOT_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mixture-of-tokens"
+
+
+def read_text_file(path: Path, skipped: SkipCounts, *, keep: bool = True) -> str | None:
+    """The UTF-8 text of a file (gunzipped when its name ends in .gz), read in blocks; None (counted) when it is
+    unreadable or truncated, binary or not UTF-8. With `keep=False` the file is only checked (returns "")."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts: list[str] = []
+    try:
+        opened = gzip.open(path, "rb") if Path(path).name.lower().endswith(".gz") else Path(path).open("rb")
+        with opened as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                if b"\x00" in block:
+                    skipped.binary_files += 1
+                    return None
+                text = decoder.decode(block)
+                if keep:
+                    parts.append(text)
+            parts.append(decoder.decode(b"", final=True))
+    except (OSError, EOFError, zlib.error):
+        skipped.unreadable_files += 1
+        return None
+    except UnicodeDecodeError:
+        skipped.invalid_utf8_files += 1
+        return None
+    return "".join(parts) if keep else ""
 
 
 def parse_json_line(line: str, skipped: SkipCounts) -> Any | None:

@@ -3,20 +3,19 @@
 In-memory sources ("packaged", "packaged+brown", "brown", "text:PATH") are read whole by `load_splits`;
 streaming sources ("c4", "c4:PATH", "hf:NAME[:CONFIG]", see streaming.py) are read by `prepare_data`
 up to a token budget. `text:` sources hold out every 10th document (sorted by name) for evaluation;
-malformed input is skipped and counted, never fatal, so one bad line in a large JSONL file does not
-stop a run.
+malformed input is skipped and counted, never fatal, the same way for every source (see documents.py): a file
+that is unreadable, truncated, binary or not UTF-8 is dropped whole, a bad JSON line alone.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 from pathlib import Path
 from typing import Literal
 
 from .brown import BROWN, BROWN_FORMAT, brown_splits
-from .documents import Document, SkipCounts, SplitDocuments, parse_json_line, record_text
+from .documents import Document, SkipCounts, SplitDocuments, parse_json_line, read_text_file, record_text
 from .packaged import packaged_fingerprint, packaged_splits
 from .streaming import parse_stream_source, stream_fingerprint
 
@@ -27,7 +26,7 @@ SOURCE_FORMS = (
     "either), 'c4', 'c4:PATH' (local C4 .json/.jsonl files) or 'hf:NAME[:CONFIG]'"
 )
 _PACKAGED_KINDS = ("packaged", "packaged+brown", "brown")
-TEXT_FORMAT = 1  # bump when reading or splitting of text: sources changes
+TEXT_FORMAT = 2  # bump when reading or splitting of text: sources changes (2: binary and non-UTF-8 files dropped)
 EVAL_EVERY = 10
 _SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz", ".gz")
 
@@ -107,25 +106,6 @@ def source_slug(source: str) -> str:
     return f"text-{stem}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
 
 
-def _read_bytes(path: Path, skipped: SkipCounts) -> bytes | None:
-    try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as handle:
-                return handle.read()
-        return path.read_bytes()
-    except (OSError, EOFError):
-        skipped.unreadable_files += 1
-        return None
-
-
-def _decode(raw: bytes, skipped: SkipCounts) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        skipped.invalid_utf8_files += 1
-        return raw.decode("utf-8", errors="replace")
-
-
 def _jsonl_documents(path: Path, text: str, skipped: SkipCounts) -> list[Document]:
     documents = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -139,10 +119,9 @@ def _jsonl_documents(path: Path, text: str, skipped: SkipCounts) -> list[Documen
 def _read_text_documents(spec: str, skipped: SkipCounts) -> list[Document]:
     documents: list[Document] = []
     for path in _text_files(spec, skipped):
-        raw = _read_bytes(path, skipped)
-        if raw is None:
+        text = read_text_file(path, skipped)  # None: unreadable, binary or not UTF-8 (dropped, counted)
+        if text is None:
             continue
-        text = _decode(raw, skipped)
         if not text.strip():
             skipped.empty_files += 1
         elif path.name.lower().removesuffix(".gz").endswith(".jsonl"):

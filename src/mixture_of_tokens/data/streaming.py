@@ -13,7 +13,8 @@ Source strings:
   hf:NAME[:CONFIG] any HF dataset with a string `text` column (a hub name or a local directory); eval from
                   its validation split when it has one, else a held-out slice.
 Held-out slice: every 10th document of the shuffled train stream goes to eval until eval is full.
-Records whose text is missing, not a string or blank are skipped and counted.
+Records whose text is missing, not a string or blank are skipped and counted; local files that are
+unreadable, truncated, binary or not UTF-8 are dropped whole and counted, as text:PATH does (documents.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .documents import Document, SkipCounts, parse_json_line, record_text
+from .documents import Document, SkipCounts, parse_json_line, read_text_file, record_text
 
 __all__ = [
     "StreamSource",
@@ -38,7 +39,7 @@ __all__ = [
     "stream_fingerprint",
 ]
 
-STREAM_FORMAT = 1  # bump when reading, shuffling or routing changes
+STREAM_FORMAT = 2  # bump when reading, shuffling or routing changes (2: unusable local files dropped)
 EVAL_EVERY = 10
 C4_HUB_NAME, C4_CONFIG = "allenai/c4", "en"
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
@@ -150,6 +151,19 @@ def check_hub_reachable(source: str) -> None:
         )
 
 
+def usable_local_files(stream: StreamSource, skipped: SkipCounts) -> dict[str, list[str]]:
+    """{"train": files, "validation": files} of a c4:PATH source without the files that are unreadable,
+    truncated, binary or not UTF-8 (each read through once and counted, as text:PATH does); none usable for
+    train is one clear error."""
+    usable = {
+        split: [name for name in files if read_text_file(Path(name), skipped, keep=False) is not None]
+        for split, files in (("train", stream.train_files), ("validation", stream.eval_files))
+    }
+    if not usable["train"]:
+        raise ValueError(f"{stream.source} has no readable UTF-8 train files (skipped: {skipped.summary()}).")
+    return {split: files for split, files in usable.items() if files}
+
+
 def open_stream(
     stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts
 ) -> tuple[Iterator[Document], Iterator[Document] | None]:
@@ -159,9 +173,7 @@ def open_stream(
     datasets = import_datasets()
     try:
         if stream.path == "json":
-            data_files = {"train": list(stream.train_files)}
-            if stream.eval_files:
-                data_files["validation"] = list(stream.eval_files)
+            data_files = usable_local_files(stream, skipped)
             # read as lines and parsed in `_documents`: one malformed line must not fail the whole file
             splits = datasets.load_dataset("text", data_files=data_files, streaming=True)
         else:
