@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import audit, compare, convert, data, demo, experiment, presets, scaling, train
 from . import eval as eval_command
+from . import export as export_command
 from . import generate as generate_command
 
 COMMAND_MODULES = (
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     data,
     audit,
     convert,
+    export_command,
     experiment,
 )
 

@@ -1,0 +1,156 @@
+"""`mot export --to hf`: a checkpoint as a directory that transformers loads with `trust_remote_code=True`.
+
+    config.json          model_type, auto_map (AutoConfig, AutoModelForCausalLM -> modeling_mot.py), the settings
+    modeling_mot.py      the model in plain PyTorch (dense, MoT, Token Choice blocks); no import of this package
+    model.safetensors    the weights, under the same names as this package's model (a tied head stored twice)
+    tokenizer.json, tokenizer_config.json   a PreTrainedTokenizerFast (the trained BPE, or GPT-2 rebuilt)
+    README.md            the model card: what it is, how to load it, MoT's batch rule
+
+Everything is written under a temporary name beside the destination; before it is renamed into place the copy is
+loaded with transformers and its logits are checked against this package's model on the same ids (float32), so a
+directory that does not reproduce the model is never left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import WEIGHTS_FILE, save_weights
+from ..config import ModelConfig
+from ..data import Tokenizer
+from ..evaluation.runner import load_checkpoint
+from ..extras import require
+from ..files import write_text_atomic
+from ..model import Transformer
+from .model_card import model_card
+from .tokenizer_files import write_tokenizer_files
+
+__all__ = ["EXPORTABLE_KINDS", "ExportResult", "check_exportable", "export_hf", "hf_config"]
+
+EXPORTABLE_KINDS: tuple[str, ...] = ("dense", "mot", "token_choice")
+MODELING_FILE = "modeling_mot.py"
+TOLERANCE = 1e-5
+"""Largest allowed |logit difference| between the exported model in transformers and this package's (float32)."""
+
+# ModelConfig fields the exported model reads (the rest shape training only).
+_FIELDS = (
+    "vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff", "group_size", "n_experts", "expert_size",
+    "mot_temperature", "mot_learnable_temperature", "mot_routing", "mot_emit", "mot_separate_emit_controller",
+    "final_norm",
+)  # fmt: skip
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    files: list[str]
+    max_abs_diff: float
+    checked_shape: tuple[int, int]
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """One sentence, before any work, for a model the exported file does not implement."""
+    objective = getattr(config, "objective", "causal")
+    if objective != "causal":
+        raise ValueError(
+            f"mot export --to hf writes causal language models; this checkpoint has objective={objective!r}."
+        )
+    kinds = config.block_ffn_kinds()
+    unsupported = sorted(set(kinds) - set(EXPORTABLE_KINDS))
+    if unsupported:
+        raise ValueError(
+            f"mot export --to hf does not export {', '.join(unsupported)} layers; exportable kinds: "
+            f"{', '.join(EXPORTABLE_KINDS)}."
+        )
+    axis = getattr(config, "mot_group_axis", "across_batch")
+    if "mot" in kinds and axis != "across_batch":
+        raise ValueError(
+            f"mot export --to hf exports across-batch MoT groups only; this model has mot_group_axis={axis!r}."
+        )
+
+
+def hf_config(config: ModelConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json of the exported model."""
+    fields = dataclasses.asdict(config)
+    return {
+        "model_type": "mixture_of_tokens",
+        "architectures": ["MoTForCausalLM"],
+        "auto_map": {
+            "AutoConfig": f"{MODELING_FILE[:-3]}.MoTConfig",
+            "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.MoTForCausalLM",
+        },
+        **{name: fields[name] for name in _FIELDS},
+        "experts_per_token": config.top_k,  # top_k would name a generation setting in transformers
+        "block_ffn_kinds": config.block_ffn_kinds(),
+        "bos_token_id": tokenizer.eos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.eos_id,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "mixture_of_tokens": {"model_config": fields},
+    }
+
+
+def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -> ExportResult:
+    """Write the transformers directory of `checkpoint` to `out` (refused if it exists, unless `force`)."""
+    require("transformers", "hf", purpose="mot export --to hf")
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"--out {out} already exists; choose another directory or pass --force to replace it.")
+    loaded = load_checkpoint(checkpoint, "cpu")
+    check_exportable(loaded.model_config)
+    model, config = loaded.model, loaded.model_config
+    partial = out.parent / f"{out.name}-partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        dtype = next(model.parameters()).dtype
+        write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))
+        template = resources.files("mixture_of_tokens.export") / "templates" / MODELING_FILE
+        write_text_atomic(partial / MODELING_FILE, template.read_text(encoding="utf-8"))
+        weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}  # tied head: own copy
+        save_weights(weights, partial / WEIGHTS_FILE)
+        files = ["config.json", MODELING_FILE, WEIGHTS_FILE]
+        files += write_tokenizer_files(loaded.tokenizer, partial, max_length=config.max_seq_len)
+        write_text_atomic(partial / "README.md", model_card(config, loaded.tokenizer, loaded.directory))
+        files.append("README.md")
+        difference, shape = check_export(partial, model)
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return ExportResult(out, files, difference, shape)
+
+
+def check_export(directory: Path, model: Transformer, seed: int = 0) -> tuple[float, tuple[int, int]]:
+    """Load `directory` with transformers and compare its logits with `model`'s (cast to float32 in place) on
+    random ids: the largest absolute difference, and the [rows, positions] compared. Fails past TOLERANCE."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    rows = 2 * config.group_size if "mot" in config.block_ffn_kinds() else 2
+    shape = (rows, min(16, config.max_seq_len))
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, shape, generator=generator)
+    exported = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True, dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.float()(ids).logits  # the loaded copy: eval mode, inference routing
+        got = exported.eval()(input_ids=ids).logits
+    difference = float((got.float() - expected.float()).abs().max())
+    if not difference <= TOLERANCE:
+        raise ValueError(
+            f"the exported model's logits differ from this package's by {difference:.3g} (> {TOLERANCE}) on "
+            f"{shape[0]} x {shape[1]} random ids; the export was not written (please report it)."
+        )
+    return difference, shape

@@ -1,0 +1,70 @@
+"""The README.md (model card) of an exported model: what it is, how to load it, and MoT's batch rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..data import Tokenizer
+
+__all__ = ["model_card"]
+
+
+def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
+    kinds = config.block_ffn_kinds()
+    layout = ", ".join(f"{kind} x{kinds.count(kind)}" for kind in dict.fromkeys(kinds))
+    group = config.group_size
+    has_mot = "mot" in kinds
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [mixture-of-tokens, mixture-of-experts]",
+        "---",
+        "",
+        "# Mixture of Tokens language model",
+        "",
+        f"Exported by `mot export --to hf` (mixture-of-tokens) from `{source.name}`: a decoder-only pre-LN",
+        f"Transformer, {config.n_blocks} blocks of width {config.d_model}, {config.n_heads} heads, context",
+        f"{config.max_seq_len} tokens, vocabulary {config.vocab_size} ({tokenizer.name}); feed-forward blocks:",
+        f"{layout}. `DIR` below is this directory (or the hub name it is uploaded under).",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)  # modeling_mot.py, plain PyTorch',
+        'tokenizer = AutoTokenizer.from_pretrained("DIR", trust_remote_code=True)',
+        "```",
+        "",
+        "`modeling_mot.py` needs only PyTorch and transformers. Its logits equal those of the mixture-of-tokens",
+        "package's model for the same ids (checked when the directory was written, float32, to 1e-5). Token Choice",
+        "blocks route dropless, as that package runs them at inference: a token's output is its own. There is no KV",
+        "cache: `generate` recomputes the whole prefix at every step. Pad on the right (positions start at 0 in every",
+        "row). The tokenizer's `<|endoftext|>` is the end-of-text token (id",
+        f"{tokenizer.eos_id}), also when it appears inside a text.",
+    ]
+    if has_mot:
+        lines += [
+            "",
+            "## The batch rule (Mixture of Tokens)",
+            "",
+            f"A MoT block mixes the tokens of a group of G = {group} consecutive rows of the batch at the same",
+            "position:",
+            "",
+            f"- **the batch must be a multiple of {group}** (rows g*{group} .. g*{group}+{group - 1} form group g); "
+            "another batch size is refused with one sentence;",
+            "- **the rows of a group change each other's outputs** (tokens at other positions never meet, so nothing",
+            "  leaks from later positions, but a row's logits depend on the other rows of its group);",
+            f"- **to score or generate one sequence, fill its group with {group - 1} rows of ordinary text** (e.g.",
+            "  windows of the training text, cut to the same length) and read only its row. The mixture-of-tokens",
+            "  package does exactly this (`Predictor`, `mot eval`, its lm-eval adapter: the query in one random row of",
+            "  a batch of max(32, G) training-text rows, seeded by the query's text), so its scores are reproducible.",
+            "",
+            "```python",
+            "import torch",
+            "",
+            'ids = tokenizer("The ship sailed", return_tensors="pt").input_ids        # [1, S]',
+            "filler = ...  # [G - 1, S] token ids of ordinary text",
+            "logits = model(torch.cat([ids, filler])).logits[0]                     # the sequence's own row",
+            "```",
+        ]
+    return "\n".join(lines) + "\n"

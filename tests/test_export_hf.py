@@ -1,0 +1,127 @@
+"""`mot export --to hf`: transformers loads the directory offline (trust_remote_code) without this package, and its
+logits equal the package's for the same ids (dense, MoT, Token Choice; float32, 1e-5); the tokenizer encodes
+as the package's; MoT's batch rule holds and is in the model card; unsupported models are one sentence."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+
+import pytest
+import torch
+from helpers import make_checkpoint
+
+from mixture_of_tokens import load_model, load_tokenizer
+from mixture_of_tokens.cli import main
+from mixture_of_tokens.data import load_gpt2
+
+transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
+TEXTS = ["The cat sees the river.", "  Naïve café, 42 ships!\n\nA new paragraph\twith tabs "]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, module_cache_dir):
+    """Each kind trained-free (random weights), saved as a checkpoint and exported with the command line."""
+    root = tmp_path_factory.mktemp("export")
+    directories = {}
+    for ffn in ("mot", "dense", "token_choice"):
+        checkpoint = make_checkpoint(root, ffn, seed=3)
+        out = root / f"hf-{ffn}"
+        assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(out)]) == 0
+        directories[ffn] = (checkpoint, out)
+    return directories
+
+
+def _auto_model(directory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setitem(sys.modules, "mixture_of_tokens", None)  # the exported code must not need this package
+        return transformers.AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True).eval()
+
+
+@pytest.mark.parametrize("ffn", ["mot", "dense", "token_choice"])
+def test_transformers_loads_the_export_and_its_logits_equal_the_package(exported, ffn):
+    checkpoint, directory = exported[ffn]
+    ours = load_model(checkpoint)
+    theirs = _auto_model(directory)
+    rows = 2 * ours.config.group_size  # two MoT groups (any batch for dense and Token Choice)
+    ids = torch.randint(
+        0, ours.config.vocab_size, (rows, ours.config.max_seq_len), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        expected, got = ours(ids).logits, theirs(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the next-token loss follows transformers' convention (labels = input ids)
+        loss = theirs(input_ids=ids, labels=ids).loss
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(expected[:, :-1].flatten(0, 1), ids[:, 1:].flatten()))
+
+    source = (directory / "modeling_mot.py").read_text()
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imported <= {"__future__", "torch", "transformers"}
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=True)
+    package_tokenizer = load_tokenizer(checkpoint)
+    for text in TEXTS:
+        ids_ = tokenizer(text, add_special_tokens=False).input_ids
+        assert ids_ == package_tokenizer.encode_batch([text])[0] and tokenizer.decode(ids_) == text
+    assert tokenizer.eos_token_id == package_tokenizer.eos_id
+
+
+def test_mot_batch_rule_is_enforced_and_documented(exported):
+    checkpoint, directory = exported["mot"]
+    theirs = _auto_model(directory)
+    with pytest.raises(ValueError, match="multiple of its group size 4, got 3 rows"):
+        theirs(input_ids=torch.zeros(3, 5, dtype=torch.long))
+    card = (directory / "README.md").read_text()
+    assert "the batch must be a multiple of 4" in card and "change each other's outputs" in card
+    assert "fill its group with 3 rows of ordinary text" in card
+    config = json.loads((directory / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mot.MoTForCausalLM"
+    assert config["model_type"] == "mixture_of_tokens" and config["block_ffn_kinds"] == ["mot", "mot"]
+    # generation recomputes the prefix (no cache) and agrees with greedy decoding in the package
+    prompt = torch.randint(0, config["vocab_size"], (4, 6), generator=torch.Generator().manual_seed(2))
+    generated = theirs.generate(prompt, max_new_tokens=3, do_sample=False, attention_mask=torch.ones_like(prompt))
+    from mixture_of_tokens.generate import generate_tokens
+
+    ours = generate_tokens(load_model(checkpoint), prompt.tolist(), max_new_tokens=3)
+    assert generated[:, 6:].tolist() == ours.new_tokens
+
+
+def test_an_existing_destination_and_expert_choice_are_refused(exported, tmp_path, capsys):
+    checkpoint, directory = exported["dense"]
+    assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(directory)]) == 2
+    assert "already exists; choose another directory or pass --force" in capsys.readouterr().err
+    expert_choice = make_checkpoint(tmp_path, "expert_choice")
+    assert main(["export", "--checkpoint", str(expert_choice), "--to", "hf", "--out", str(tmp_path / "ec")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not export expert_choice layers; exportable kinds: dense, mot, token_choice" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "ec").exists()
+    assert not list(tmp_path.glob("ec-partial-*"))
+
+
+def test_a_missing_transformers_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mot export: error: mot export --to hf needs the optional package transformers, which is not installed: "
+        "pip install 'mixture-of-tokens[hf]'."
+    )
+    assert not (tmp_path / "hf").exists()
+
+
+def test_gpt2_is_rebuilt_for_transformers_and_encodes_as_tiktoken(tmp_path):
+    from mixture_of_tokens.export.tokenizer_files import write_tokenizer_files
+
+    write_tokenizer_files(load_gpt2(), tmp_path, max_length=256)
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    gpt2 = load_gpt2()
+    for text in [*TEXTS, "emoji 🚀, 1234567 and 'quotes' isn't it", " leading spaces\n\n\n"]:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert ids == gpt2.encode(text) and tokenizer.decode(ids) == text
+    assert tokenizer.eos_token_id == 50256 and len(tokenizer) == 50257
