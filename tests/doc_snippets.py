@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-_NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->\s*\Z", re.DOTALL)
+_NOT_RUN = re.compile(r"<!--\s*not-run:\s*((?:(?!-->).)+?)\s*-->\s*\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
