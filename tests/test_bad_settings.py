@@ -79,6 +79,9 @@ BAD_VALUES: dict[str, list[str]] = {
     "tensorboard": ["--tensorboard=maybe"],
     "collapse_share": ["--collapse-share", "2"],
     "collapse_patience": ["--collapse-patience", "0"],
+    "switch_to": ["--switch-to", "dense"],
+    "switch_at": ["--switch-to", "token-choice", "--switch-at", "0"],  # not a step in 1..steps-1
+    "eval_also": ["--eval-also", "discrete-mot"],
 }
 FIELDS = [f.name for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixture_of_tokens import ModelConfig, Transformer
+from mixture_of_tokens import ModelConfig, TrainConfig, Transformer
 from mixture_of_tokens.layers import ExpertChoice, MixtureOfTokens, TokenChoice
 from mixture_of_tokens.layers.conversion import convert_config, convert_weights
 from mixture_of_tokens.training.switch import check_switch, switch_in_place, switched_copy
@@ -78,20 +78,38 @@ def test_switched_copy_leaves_the_model_alone():
 
 
 @pytest.mark.parametrize(
-    "switch_to,switch_at,steps,match",
+    "fields,match",
     [
-        ("discrete-mot", 5, 10, "switch_to='discrete-mot' is not supported"),
-        ("dense", 5, 10, "switch_to='dense' is not supported"),
-        ("token-choice", 10, 10, "switch_at=10 must be a step in 1..steps-1=9"),
-        ("token-choice", 0, 10, "switch_at=0 must be a step"),
+        ({"switch_to": "token-choice", "switch_at": 10}, "switch_at=10 must be a step in 1..steps-1=9"),
+        ({"switch_to": "token-choice", "switch_at": 0}, "switch_at=0 must be a step"),
+        ({"switch_to": "expert-choice", "switch_at": 5}, None),
+        ({"eval_also": "token-choice"}, None),
     ],
 )
-def test_bad_switch_settings(switch_to, switch_at, steps, match):
-    with pytest.raises(ValueError, match=match):
-        check_switch(CONFIG, switch_to, switch_at, steps)
+def test_switch_settings(fields, match):
+    train = TrainConfig(steps=10, **fields)
+    if match is None:
+        check_switch(CONFIG, train)
+    else:
+        with pytest.raises(ValueError, match=match):
+            check_switch(CONFIG, train)
 
 
-def test_switch_needs_mot_layers():
+@pytest.mark.parametrize("value", ["discrete-mot", "dense", "token_choice"])
+def test_switch_targets_are_checked_by_the_config(value):
+    with pytest.raises(ValueError, match=f"switch_to={value!r} is not supported; allowed values: '', token-choice"):
+        TrainConfig(switch_to=value, switch_at=1)
+
+
+def test_switch_needs_mot_layers_and_fsdp_is_refused():
     dense = ModelConfig(vocab_size=50, max_seq_len=8, d_model=16, n_blocks=2, n_heads=2, d_ff=32)
-    with pytest.raises(ValueError, match="no MoT layer"):
-        check_switch(dense, "token-choice", 5, 10)
+    for fields in ({"switch_to": "token-choice", "switch_at": 5}, {"eval_also": "expert-choice"}):
+        with pytest.raises(ValueError, match="no MoT layer"):
+            check_switch(dense, TrainConfig(steps=10, **fields))
+    with pytest.raises(ValueError, match="FSDP"):
+        check_switch(
+            CONFIG, TrainConfig(steps=10, switch_to="token-choice", switch_at=5), world_size=2, parallel="fsdp"
+        )
+    # a run resumed after its switch: the model is already Token Choice
+    switched = convert_config(CONFIG, "token-choice")
+    check_switch(switched, TrainConfig(steps=10, switch_to="token-choice", switch_at=5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from .layers.conversion import SWITCH_TARGETS
 from .layers.init import EMBEDDING_INITS
 from .layers.mot import EMITS, GROUPINGS, LEARNABLE_TEMPERATURES, ROUTINGS, check_temperature_freeze
 from .layers.registry import ffn_kinds
@@ -205,6 +206,17 @@ class TrainConfig:
         "warn when one expert takes more than this share of a sparse layer's tokens", default=0.5
     )
     collapse_patience: int = _help("... for this many steps in a row (checked at log steps)", default=100)
+    switch_to: str = _help(
+        "transition tuning in this run: after switch_at steps every MoT layer becomes token-choice | expert-choice, "
+        "reusing its tensors and their AdamW state ('': no switch)",
+        default="",
+    )
+    switch_at: int = _help("the MoT steps before the switch (with switch_to; 1..steps-1)", default=0)
+    eval_also: str = _help(
+        "at every eval before a switch, also evaluate the same weights as token-choice | expert-choice "
+        "(the loss if switched now; '': off)",
+        default="",
+    )
 
     def __post_init__(self) -> None:
         """Each field on its own, one sentence naming it and its allowed values (settings that depend on each
@@ -226,11 +238,17 @@ class TrainConfig:
         ):
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}.")
-        for name, allowed in (("precision", PRECISIONS), ("parallel", PARALLEL_MODES), ("device", DEVICES)):
+        _check_int("switch_at", self.switch_at, low=0)
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("parallel", PARALLEL_MODES),
+            ("device", DEVICES),
+            ("switch_to", ("", *SWITCH_TARGETS)),
+            ("eval_also", ("", *SWITCH_TARGETS)),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
-                )
+                shown = ", ".join(value or repr(value) for value in allowed)
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; allowed values: {shown}.")
 
 
 @dataclass

@@ -104,10 +104,9 @@ def convert_model_in_place(model: nn.Module, converted: ModelConfig) -> list[nn.
                     raise ValueError(
                         f"converting to {kind} would need a fresh {name} of shape {tuple(parameter.shape)}."
                     )
-                reference = old.controller[:, 0].detach()
-                fresh = nn.Parameter(
-                    torch.ones_like(reference) if attribute == "weight" else torch.zeros_like(reference)
-                )
+                # float32 in every precision mode (bf16-pure keeps norms in float32)
+                fill = torch.ones if attribute == "weight" else torch.zeros
+                fresh = nn.Parameter(fill(converted.d_model, device=old.controller.device))
                 setattr(layer.get_submodule(module_name), attribute, fresh)
                 new_parameters.append(fresh)
         block.ffn = layer.train(old.training)

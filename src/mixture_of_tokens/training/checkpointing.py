@@ -59,6 +59,7 @@ class Checkpointer:
         self.eval_losses: dict[int, float] = {}
         self.last_good: Path | None = plan.resume.checkpoint if plan.resume else None
         self.last_saved_step: int | None = None
+        self.summary_extra: dict[str, Any] = {}  # e.g. the architecture switch of a transition-tuning run
 
     def config_payload(self) -> dict[str, Any]:
         """config.json of the run, its checkpoints and its final weights."""
@@ -79,11 +80,13 @@ class Checkpointer:
         return config_payload(plan.model_config, plan.train_config, **extra)
 
     def evaluate(self, step: int) -> float:
-        loss = evaluate_loss(
-            self.trained.model, self.held_out, self.device, precision=self.precision, context=self.context
-        )
+        loss = self.held_out_loss(self.trained.model)
         self.eval_losses[step] = loss
         return loss
+
+    def held_out_loss(self, model: nn.Module) -> float:
+        """The held-out loss of any model on this run's fixed eval batches (nothing recorded)."""
+        return evaluate_loss(model, self.held_out, self.device, precision=self.precision, context=self.context)
 
     def save(self, step: int) -> Path | None:
         """A resumable checkpoint of `step` (collective; rank 0 writes and returns its path)."""
@@ -142,6 +145,7 @@ class Checkpointer:
             "world_size": self.context.world_size,
             "resumed_from_step": self.plan.start_step or None,
             "data": self.data.manifest,
+            **self.summary_extra,
         }
         try:
             final_model = self._plain_model(model_state)

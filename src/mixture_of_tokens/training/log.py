@@ -77,6 +77,8 @@ class RunLog:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(key, value, record["step"])
+        if "loss" not in record:  # an event (e.g. an architecture switch): nothing for the progress bar
+            return
         postfix = {"loss": f"{record['loss']:.3f}"}
         if "tokens_per_s" in record:
             postfix["tok/s"] = f"{record['tokens_per_s']:,.0f}"

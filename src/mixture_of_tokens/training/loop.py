@@ -38,6 +38,7 @@ from .plan import RunPlan, check_resumed_tokenizer, check_run_settings, plan_run
 from .run_directory import claim_run_directory
 from .state import METRICS_FILE, TrainingState, load_training_state, restore_rng_state
 from .step import OptimizerStep, StepResult, build_optimizer
+from .switch import has_mot_layers, switch_in_place, switched_copy
 
 __all__ = ["RunResult", "Trainer", "build_optimizer", "check_run_settings", "train"]
 
@@ -209,6 +210,8 @@ class Trainer:
         try:
             with interrupt:
                 while step < config.steps and not stopped_early:
+                    if config.switch_to and step == config.switch_at and has_mot_layers(self.model_config):
+                        self._switch(step, log)
                     self.raw_model.on_train_step(step)  # layers' per-step hooks, e.g. the end of a temperature freeze
                     result = self.optimizer_step(step, self.sampler.next_batch())
                     step += 1
@@ -260,6 +263,9 @@ class Trainer:
             log.say(f"warning: {warning}")
         if self._is_eval_step(step):
             record["eval_loss"] = self.checkpointer.evaluate(step)
+            if self.config.eval_also and has_mot_layers(self.model_config):  # the loss if switched now
+                switched = switched_copy(self.raw_model, self.config.eval_also)
+                record[f"eval_loss_if_{self.config.eval_also}"] = self.checkpointer.held_out_loss(switched)
         log.write(record, self.eval_losses[max(self.eval_losses)] if self.eval_losses else None)
         if self._is_checkpoint_step(step):
             self.checkpointer.save(step)
@@ -268,6 +274,25 @@ class Trainer:
         path = self.checkpointer.save(step)
         log.say(f"[{self.run_name}] interrupted at step {step}; checkpoint written to {path}")
         return True
+
+    def _switch(self, step: int, log: RunLog) -> None:
+        """Transition tuning inside the run: every MoT layer becomes `switch_to`, made of the same parameters (AdamW
+        keeps their moments, the LR schedule runs on); logs the held-out loss just before and just after."""
+        target = self.config.switch_to
+        before = self.checkpointer.held_out_loss(self.model)
+        converted = switch_in_place(self.raw_model, self.optimizer, target)
+        self.model = dist_utils.wrap_model(self.raw_model, self.context, self.config.parallel, self.device)
+        if self.config.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer_step.model = self.checkpointer.trained.model = self.model
+        self.plan = self.checkpointer.plan = dataclasses.replace(self.plan, model_config=converted)
+        self.model_config, self.counts = converted, count_model(self.raw_model)
+        after = self.checkpointer.held_out_loss(self.model)
+        record = {"step": step, "event": "switch", "switch_to": target, "eval_loss_before": before}
+        record["eval_loss_after"] = after
+        self.checkpointer.summary_extra["switch"] = record
+        log.write(record, None)
+        log.say(f"[{self.run_name}] step {step}: MoT -> {target}; held-out loss {before:.4f} -> {after:.4f}")
 
     def _stop_if_non_finite(self, step: int, result: StepResult | None = None, log: RunLog | None = None) -> None:
         """Stop (one sentence) when any step so far had a non-finite loss or gradient norm; that step's gradients

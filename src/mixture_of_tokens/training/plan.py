@@ -35,6 +35,7 @@ from .state import (
     list_checkpoints,
     resolve_resume_checkpoint,
 )
+from .switch import check_switch
 
 RUNS_ROOT = Path("runs")
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -145,6 +146,7 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
         )
         raise ValueError(f"with {where}: {error}") from None
     resolve_device(train_config.device)
+    check_switch(model_config, train_config, world_size=world_size, parallel=train_config.parallel)
     check_data_settings(train_config.data, train_config.tokenizer)
     if train_config.tensorboard:
         try:

@@ -13,8 +13,9 @@ import copy
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..layers.conversion import ROUTING_FIELDS, SWITCH_TARGETS, convert_config, convert_model_in_place
+from ..config import ModelConfig, TrainConfig
+from ..layers import MixtureOfTokens
+from ..layers.conversion import ROUTING_FIELDS, SWITCH_TARGETS, TARGETS, convert_config, convert_model_in_place
 
 
 def switched_config(config: ModelConfig, target: str) -> ModelConfig:
@@ -28,7 +29,12 @@ def switch_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, t
     loading its optimizer state lines up with the saved one."""
     converted = switched_config(model.config, target)
     fresh = convert_model_in_place(model, converted)
-    if optimizer is not None and fresh:
+    if optimizer is not None:
+        kept = {id(p) for p in model.parameters()}
+        for group in optimizer.param_groups:  # tensors the target has no use for (e.g. a learnable temperature)
+            for parameter in [p for p in group["params"] if id(p) not in kept]:
+                group["params"].remove(parameter)
+                optimizer.state.pop(parameter, None)
         no_decay = next(g for g in optimizer.param_groups if g["weight_decay"] == 0.0)
         decay = optimizer.param_groups[0]
         for parameter in fresh:
@@ -43,15 +49,32 @@ def switched_copy(model: nn.Module, target: str) -> nn.Module:
     return copied
 
 
-def check_switch(config: ModelConfig, switch_to: str, switch_at: int, steps: int) -> None:
-    """Fail before any compute when a switch cannot happen as asked."""
-    if not switch_to:
+def check_switch(
+    config: ModelConfig, train_config: TrainConfig, *, world_size: int = 1, parallel: str = "ddp"
+) -> None:
+    """Fail before any compute when a switch (or the loss-if-switched evaluation) cannot happen as asked."""
+    for setting in ("switch_to", "eval_also"):
+        target = getattr(train_config, setting)
+        if not target:
+            continue
+        if target not in SWITCH_TARGETS:
+            raise ValueError(f"{setting}={target!r} is not supported; allowed values: {', '.join(SWITCH_TARGETS)}.")
+        if setting == "switch_to" and config.ffn == TARGETS[target] and not has_mot_layers(config):
+            continue  # a run resumed after its switch
+        switched_config(config, target)  # the model has MoT layers to convert
+    if not train_config.switch_to:
         return
-    if switch_to not in SWITCH_TARGETS:
-        raise ValueError(f"switch_to={switch_to!r} is not supported; allowed values: {', '.join(SWITCH_TARGETS)}.")
-    switched_config(config, switch_to)  # the target exists and the model has MoT layers to convert
+    steps, switch_at = train_config.steps, train_config.switch_at
     if not 1 <= switch_at < steps:
-        raise ValueError(f"switch_at={switch_at} must be a step in 1..steps-1={steps - 1} for switch_to={switch_to!r}.")
+        raise ValueError(
+            f"switch_at={switch_at} must be a step in 1..steps-1={steps - 1} for switch_to={train_config.switch_to!r}."
+        )
+    if world_size > 1 and parallel == "fsdp":
+        raise ValueError("switch_to needs parallel='ddp' (or one process): FSDP shards cannot change layer kind.")
 
 
-__all__ = ["check_switch", "switch_in_place", "switched_config", "switched_copy"]
+def has_mot_layers(config: ModelConfig) -> bool:
+    return MixtureOfTokens.kind in config.block_ffn_kinds()
+
+
+__all__ = ["check_switch", "has_mot_layers", "switch_in_place", "switched_config", "switched_copy"]
