@@ -209,3 +209,53 @@ def reference_expert(x: torch.Tensor, w1_DH: torch.Tensor, w2_HD: torch.Tensor) 
     hidden, dim = w1_DH.shape[1], w2_HD.shape[1]
     zeros_H, zeros_D = torch.zeros(hidden, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
     return reference_feed_forward(x, w1_DH.T, zeros_H, w2_HD.T, zeros_D)
+
+
+def reference_mot_within_sequence(
+    x: torch.Tensor,
+    controller: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    group_size: int,
+    temperature: float | torch.Tensor = 1.0,
+    routing: str = "softmax",
+    emit: str = "group",
+    *,
+    emit_controller: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixture of Tokens with within-sequence groups (masked LM) in float64, one sequence, group and expert at a
+    time: group g of sequence b = positions g*G ... g*G+G-1 of that sequence alone. Merge, experts and emit as in
+    `reference_mot_options` (emit_controller: a separate W_e for the emit weights)."""
+    x = x.double()
+    controller, w1, w2 = controller.double(), w1.double(), w2.double()
+    batch, seq_len, dim = x.shape
+    n_experts = controller.shape[1]
+    assert seq_len % group_size == 0
+    taus = _temperatures(temperature, n_experts)
+    merge_z = reference_logits(x, controller)
+    emit_z = merge_z if emit_controller is None else reference_logits(x, emit_controller)
+    out = torch.zeros(batch, seq_len, dim, dtype=torch.float64)
+    for b in range(batch):
+        for g in range(seq_len // group_size):
+            positions = list(range(g * group_size, (g + 1) * group_size))
+            merge_w = reference_merge_weights(
+                [[float(merge_z[b, s, e]) for e in range(n_experts)] for s in positions], taus, routing
+            )
+            if emit == "experts":
+                emit_w = [
+                    plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for s in positions
+                ]
+            elif emit == "group":
+                emit_w = reference_merge_weights(
+                    [[float(emit_z[b, s, e]) for e in range(n_experts)] for s in positions], taus, routing
+                )
+            else:
+                raise ValueError(emit)
+            for e in range(n_experts):
+                mixed = torch.zeros(dim, dtype=torch.float64)
+                for i, s in enumerate(positions):
+                    mixed = mixed + merge_w[i][e] * x[b, s]
+                y = expert_output(mixed, w1, w2, e)
+                for i, s in enumerate(positions):
+                    out[b, s] = out[b, s] + emit_w[i][e] * y
+    return out

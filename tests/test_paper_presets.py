@@ -41,11 +41,14 @@ def test_sparse_and_precision_presets(name):
 def test_every_preset_belongs_to_one_figure_and_cpu_presets_stay_offline():
     groups = presets_by_figure()
     assert sorted(p.name for ps in groups.values() for p in ps) == sorted(PRESETS)
-    cpu = next(ps for figure, ps in groups.items() if figure.startswith("CPU"))
-    assert {p.name for p in cpu} == {"tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice"}
+    cpu = [p for figure, ps in groups.items() if figure.startswith("CPU") for p in ps]
+    assert {p.name for p in cpu} == {
+        "tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice",
+        "tiny-bert-dense", "tiny-bert-mot", "tiny-bert-mot-seq",
+    }  # fmt: skip
     assert all(p.train.data == "packaged" and p.train.tokenizer == "bpe" for p in cpu)
     assert all(p.train.data == "c4" for ps in groups.values() for p in ps if p not in cpu)
-    assert len(groups) == 6
+    assert len(groups) == 7
 
 
 def test_base_64e_16_follows_the_naming_rule_and_says_so():

@@ -95,7 +95,7 @@ def test_preset_parameter_count(name):
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = hand_count(
-        cfg.vocab_size,
+        cfg.model_vocab_size,  # the masked objective's mask token is one more row
         cfg.max_seq_len,
         cfg.d_model,
         cfg.d_ff,

@@ -97,7 +97,7 @@ def test_a_registered_kind_trains_audits_and_is_estimated_without_other_changes(
     assert resolve_policy(config).name == "protocol"
 
     dense_values = activation_values_per_token(toy_config(ffn="dense"))
-    dense_ffn = 2 * 8 + 2 * 16
+    dense_ffn = 8 + 16  # the dense layer keeps its input (d) and the hidden layer after ReLU (d_ff)
     assert activation_values_per_token(config) == dense_values - dense_ffn + 1000.0
 
     counts = count_model(model)

@@ -177,7 +177,10 @@ def audit_layer_types(
 
 
 def model_is_causal(model: nn.Module) -> bool:
-    """False when some feed-forward layer can let an output depend on a later token (e.g. batch-wide capacity)."""
+    """False when attention is bidirectional (the masked objective) or some feed-forward layer can let an output
+    depend on a later token (e.g. batch-wide capacity, within-sequence MoT groups)."""
+    if hasattr(model, "is_causal"):
+        return model.is_causal()
     return all(m.is_causal() for m in model.modules() if isinstance(m, FeedForwardLayer))
 
 

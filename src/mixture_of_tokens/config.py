@@ -7,7 +7,15 @@ from dataclasses import dataclass, field, fields
 
 from .layers.conversion import SWITCH_TARGETS
 from .layers.init import EMBEDDING_INITS
-from .layers.mot import EMITS, GROUPINGS, LEARNABLE_TEMPERATURES, ROUTINGS, check_temperature_freeze
+from .layers.mot import (
+    EMITS,
+    GROUP_AXES,
+    GROUPINGS,
+    LEARNABLE_TEMPERATURES,
+    ROUTINGS,
+    check_group_axis,
+    check_temperature_freeze,
+)
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
@@ -19,6 +27,8 @@ AUX_LOSS_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 
 FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "every-other")
 
+OBJECTIVES: tuple[str, ...] = ("causal", "masked")
+
 
 def _help(text: str, **kwargs):
     return field(metadata={"help": text}, **kwargs)
@@ -26,7 +36,8 @@ def _help(text: str, **kwargs):
 
 @dataclass
 class ModelConfig:
-    """A decoder-only pre-LN Transformer whose feed-forward sublayers are dense or MoT, block by block."""
+    """A pre-LN Transformer whose feed-forward sublayers are dense or MoT, block by block: a decoder (causal
+    objective) or a BERT-style encoder (masked objective)."""
 
     vocab_size: int = _help("vocabulary size (the BPE trained on the data gets this many tokens)", default=8192)
     max_seq_len: int = _help("context length (learned absolute positions)", default=128)
@@ -34,6 +45,11 @@ class ModelConfig:
     n_blocks: int = _help("number of Transformer blocks", default=4)
     n_heads: int = _help("attention heads (must divide d_model)", default=4)
     d_ff: int = _help("dense feed-forward width (4*d_model in the paper)", default=512)
+    objective: str = _help(
+        "training objective: causal (next-token LM, causal attention) | masked (BERT-style masked LM: bidirectional "
+        "attention, 0.15 of the positions masked 80/10/10, loss on those only; the mask token is id vocab_size)",
+        default="causal",
+    )
     ffn: str = _help(
         "feed-forward kind of the selected blocks: dense | mot | token_choice | expert_choice", default="dense"
     )
@@ -60,6 +76,11 @@ class ModelConfig:
         "MoT groups: consecutive (examples g*G..g*G+G-1, the method) | random (a fresh permutation of the batch "
         "rows per training forward, from torch's RNG; consecutive at evaluation)",
         default="consecutive",
+    )
+    mot_group_axis: str = _help(
+        "MoT groups along: across_batch (same position, G consecutive examples: the method) | within_sequence (G "
+        "consecutive positions of one sequence; masked objective only, G must divide max_seq_len)",
+        default="across_batch",
     )
     temperature_freeze_steps: int = _help(
         "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
@@ -112,12 +133,21 @@ class ModelConfig:
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
             ("embedding_init", EMBEDDING_INITS),
             ("mot_grouping", GROUPINGS),
+            ("objective", OBJECTIVES),
+            ("mot_group_axis", GROUP_AXES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
                 )
         check_temperature_freeze(self.temperature_freeze_steps, self.mot_learnable_temperature)
+        check_group_axis(
+            self.mot_group_axis,
+            grouping=self.mot_grouping,
+            causal_attention=self.objective == "causal",
+            seq_len=self.max_seq_len,
+            group_size=self.group_size,
+        )
         if not self.mot_temperature > 0 or not self.init_scale > 0:
             raise ValueError(
                 f"mot_temperature and init_scale must be positive, got {self.mot_temperature}, {self.init_scale}."
@@ -162,6 +192,25 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """The masked objective's mask token: the first id after the tokenizer's (vocab_size); None if causal."""
+        return self.vocab_size if self.objective == "masked" else None
+
+    @property
+    def model_vocab_size(self) -> int:
+        """Rows of the token embedding and output head: the tokenizer's vocabulary, plus the mask token."""
+        return self.vocab_size + 1 if self.objective == "masked" else self.vocab_size
+
+    def check_causal(self, purpose: str) -> None:
+        """Refuse, in one sentence before any compute, what only a causal (next-token) model can do."""
+        if self.objective != "causal":
+            raise ValueError(
+                f"{purpose} needs next-token probabilities, which a masked language model "
+                f"(objective={self.objective!r}) does not define; evaluate it with `mot eval` (masked-token loss and "
+                "accuracy)."
+            )
 
 
 @dataclass

@@ -73,6 +73,7 @@ def generate_tokens(
 ) -> Generation:
     """Decode every prompt by max_new_tokens (fewer where eos comes first), all rows in lock-step. Token Choice
     layers are switched to dropless routing (inference), which makes them batch-independent."""
+    model.config.check_causal("generation")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     with inference_routing(model):
         return _generate(

@@ -76,6 +76,7 @@ class Predictor:
     ) -> None:
         if not isinstance(model, Transformer):
             model = load_model(model, device=device, dtype=dtype)
+        model.config.check_causal("Predictor (scoring and generation)")
         directory = getattr(model, "name_or_path", None)
         if tokenizer is None:
             if directory is None:

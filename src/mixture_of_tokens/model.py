@@ -1,4 +1,5 @@
-"""Decoder-only pre-LN Transformer with a per-block choice of feed-forward sublayer.
+"""Pre-LN Transformer with a per-block choice of feed-forward sublayer: a decoder (causal objective) or, with the
+masked objective, a BERT-style encoder (bidirectional attention, loss on the masked positions only).
 
 The model is single-device and knows nothing of parallelism; wrap it with DDP/FSDP from outside.
 Layers may record `aux_losses` (added to the LM loss) and `stats` (detached diagnostics) during forward.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .data.masking import IGNORE_INDEX
 from .layers import FeedForwardLayer, build_ffn
 from .layers.init import authors_embedding_init_, scaled_trunc_normal_
 from .layers.modes import inference_routing, mot_mode, set_inference_routing
@@ -57,11 +59,13 @@ class LayerNorm(nn.LayerNorm):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention without biases, fused through `scaled_dot_product_attention`."""
+    """Multi-head attention without biases, fused through `scaled_dot_product_attention`: causal, or
+    bidirectional with `causal=False` (the masked objective; no KV cache then)."""
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    def __init__(self, d_model: int, n_heads: int, *, causal: bool = True) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.causal = causal
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
@@ -72,7 +76,7 @@ class CausalSelfAttention(nn.Module):
             self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
         )
         if cache is None:
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=self.causal)
         else:
             k_BHLK, v_BHLK = cache.append(k_BHSK, v_BHSK)
             # the S new queries sit at the last S of L positions: query i sees keys 0 .. L-S+i
@@ -90,7 +94,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, ffn_kind: str) -> None:
         super().__init__()
         self.attn_norm = LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        self.attn = CausalSelfAttention(config.d_model, config.n_heads, causal=config.objective == "causal")
         self.ffn_norm = LayerNorm(config.d_model)
         self.ffn = build_ffn(ffn_kind, config)
 
@@ -101,7 +105,8 @@ class Block(nn.Module):
 
 @dataclass
 class ModelOutput:
-    """logits[B, S, V]; with targets also the total loss = lm_loss + sum of auxiliary losses."""
+    """logits[B, S, V]; with targets also the total loss = lm_loss + sum of auxiliary losses. Masked objective:
+    V counts the mask token too, and lm_loss is the mean over the scored (masked) positions."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
@@ -110,16 +115,21 @@ class ModelOutput:
 
 
 class Transformer(nn.Module):
-    """`Transformer(config)(ids[B, S], targets[B, S] | None) -> ModelOutput`."""
+    """`Transformer(config)(ids[B, S], targets[B, S] | None) -> ModelOutput`.
+
+    Causal objective: targets are the next tokens. Masked objective: ids are the masked input and targets the
+    labels, IGNORE_INDEX where nothing is scored (`data.masking.mask_tokens` makes both from text); the token
+    embedding and the head hold one more row, the mask token (id `config.vocab_size`).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.token_embedding = nn.Embedding(config.model_vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
         self.blocks = nn.ModuleList(Block(config, kind) for kind in config.block_ffn_kinds())
         self.final_norm = LayerNorm(config.d_model) if config.final_norm else nn.Identity()
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, config.model_vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
             self.head.weight = self.token_embedding.weight
@@ -158,6 +168,8 @@ class Transformer(nn.Module):
     ) -> ModelOutput:
         """With `cache`, ids are the next positions after `cache.length` (incremental decoding); the cache grows."""
         batch, seq_len = ids_BS.shape
+        if cache is not None:
+            self.config.check_causal("incremental decoding (a KV cache)")
         start = cache.length if cache is not None else 0
         if start + seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {start + seq_len} exceeds max_seq_len={self.config.max_seq_len}.")
@@ -170,7 +182,13 @@ class Transformer(nn.Module):
         logits_BSV = self.head(self.final_norm(x_BSD))
         if targets_BS is None:
             return ModelOutput(logits=logits_BSV)
-        lm_loss = F.cross_entropy(logits_BSV.float().flatten(0, 1), targets_BS.flatten())
+        if self.config.objective == "causal":
+            lm_loss = F.cross_entropy(logits_BSV.float().flatten(0, 1), targets_BS.flatten())
+        else:  # mean over the scored positions; 0 (not NaN) when a batch scores none
+            total = F.cross_entropy(
+                logits_BSV.float().flatten(0, 1), targets_BS.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            lm_loss = total / (targets_BS != IGNORE_INDEX).sum().clamp(min=1)
         aux_losses = self.aux_losses()
         loss = lm_loss + sum(aux_losses.values()) if aux_losses else lm_loss
         return ModelOutput(logits=logits_BSV, loss=loss, lm_loss=lm_loss, aux_losses=aux_losses)
@@ -187,6 +205,12 @@ class Transformer(nn.Module):
         reporters = Counter(name for _, name, _ in recorded)
         mean = self.config.load_balance_reduce == "mean"
         return {f"block{index}.{name}": value / reporters[name] if mean else value for index, name, value in recorded}
+
+    def is_causal(self) -> bool:
+        """True when no output at position s can depend on a token at a later position: causal attention and
+        causal feed-forward layers."""
+        layers = (m for m in self.modules() if isinstance(m, FeedForwardLayer))
+        return self.config.objective == "causal" and all(layer.is_causal() for layer in layers)
 
     def on_train_step(self, step: int) -> None:
         """Tell every feed-forward layer that 0-based optimizer step `step` begins (the training loop calls this)."""

@@ -1,4 +1,5 @@
-"""Named presets: small CPU runs and one preset per result of the paper (docs/method.md §4), grouped by figure."""
+"""Named presets: small CPU runs (causal and masked LM) and one preset per result of the paper (docs/method.md §4),
+grouped by figure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .config import ModelConfig, TrainConfig
 from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
 
 CPU = "CPU presets (packaged corpus, minutes on 2 cores)"
+CPU_MASKED = "CPU presets, masked LM (BERT-style; packaged corpus, minutes on 2 cores)"
 FIG_EXPERTS = 'paper, Fig. "more experts": MoT-Medium with G = E in 8, 32, 128 against dense and uniform routing'
 FIG_GRANULARITY = 'paper, Fig. "mixtures per expert": MoT-Medium/32E split k = 1, 8, 16, 32 ways'
 FIG_SPARSE = 'paper, Fig. "vs sparse MoE": MoT-Medium/32E/16, Token Choice and Expert Choice at dense FLOPs, 100K steps'
@@ -56,6 +58,7 @@ def _sparse(base: ModelConfig, kind: str, n_experts: int, **fields: object) -> M
 
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
 _TINY_TRAIN = TrainConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=100, eval_batches=8)
+_TINY_BERT = dataclasses.replace(_TINY, objective="masked")
 # The paper's models: GPT-2 vocabulary, context 256; Token Choice's load-balancing loss averaged over its layers,
 # as in the authors' paper-era code.
 _MEDIUM = ModelConfig(
@@ -112,6 +115,30 @@ def _presets() -> list[Preset]:
             "the FLOPs of tiny-dense",
             dataclasses.replace(tiny_second_half, ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
             _TINY_TRAIN,
+        ),
+        Preset(
+            "tiny-bert-dense",
+            "tiny-dense as a BERT-style masked LM: bidirectional attention, 15% of the tokens masked (80% mask token, "
+            "10% random, 10% kept), loss and accuracy on those",
+            _TINY_BERT,
+            _TINY_TRAIN,
+            CPU_MASKED,
+        ),
+        Preset(
+            "tiny-bert-mot",
+            "tiny-bert-dense with MoT /8E in the second half, grouped across the batch (the same position of 8 "
+            "consecutive examples)",
+            _mot(_TINY_BERT, "/8E"),
+            _TINY_TRAIN,
+            CPU_MASKED,
+        ),
+        Preset(
+            "tiny-bert-mot-seq",
+            "tiny-bert-mot grouped within each sequence (8 consecutive positions of one sequence): no sequence "
+            "depends on another; masked LM only",
+            _mot(_TINY_BERT, "/8E", mot_group_axis="within_sequence"),
+            _TINY_TRAIN,
+            CPU_MASKED,
         ),
         # Fig. "more experts"
         Preset("transformer-medium", "Transformer-Medium", _MEDIUM, _paper_train(LR_DENSE_MEDIUM), FIG_EXPERTS),

@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "audit",
         help="perturb one token and report which outputs move (future-token leakage, cross-sequence coupling)",
         description=(
-            "Without arguments: audit every feed-forward layer type (dense, MoT, Expert Choice, Token Choice in its "
-            "group, dropless and batch scopes) on an input where Token Choice capacity binds. With a checkpoint "
+            "Without arguments: audit every feed-forward layer type (dense, MoT across the batch and within "
+            "sequences, Expert Choice, Token Choice in its group, dropless and batch scopes) on an input where Token "
+            "Choice capacity binds. With a checkpoint "
             "directory or --preset: audit that whole model on random token ids."
         ),
     )

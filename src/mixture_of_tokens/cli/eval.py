@@ -1,5 +1,6 @@
 """`mot eval --checkpoint DIR [--tasks piqa,hellaswag,arc_easy]`: held-out perplexity (every MoT mode) and zero-shot
-accuracy under an explicit batch policy; results printed as a table and written as JSON next to the checkpoint."""
+accuracy under an explicit batch policy; results printed as a table and written as JSON next to the checkpoint. A
+masked LM gets masked-token loss and accuracy on fixed BERT masks (zero-shot scoring is refused for it)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch default), got {args.threads}.")
     loaded = load_checkpoint(args.checkpoint, args.device)
+    if tasks:
+        loaded.model_config.check_causal("zero-shot scoring (--tasks)")
     check_results_destination(loaded.directory, args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,14 +118,19 @@ def run(args: argparse.Namespace) -> None:
         train_config = loaded.train_config
         seq_len = loaded.model_config.max_seq_len
         n_batches = args.eval_batches or train_config.eval_batches
-        batches = eval_batches(eval_tokens, train_config.batch_size, seq_len, n_batches)
+        mask_token_id = loaded.model_config.mask_token_id
+        batches = eval_batches(eval_tokens, train_config.batch_size, seq_len, n_batches, mask_token_id=mask_token_id)
         results = evaluate_modes(
             loaded.model, batches, eval_modes(loaded.model_config, train_config.batch_size), loaded.device
         )
         print(f"held-out text: {len(batches)} batches x {train_config.batch_size} x {seq_len} tokens")
-        print(f"{'mode':<28} {'loss':>8} {'perplexity':>11}")
+        if mask_token_id is not None:
+            print(f"masked LM: {results[0].n_tokens} masked positions (fixed BERT masks)")
+        accuracy_header = f" {'accuracy':>9}" if mask_token_id is not None else ""
+        print(f"{'mode':<28} {'loss':>8} {'perplexity':>11}{accuracy_header}")
         for result in results:
-            print(f"{result.mode.name:<28} {result.loss:>8.4f} {result.perplexity:>11.2f}")
+            accuracy = f" {result.accuracy:>9.4f}" if result.accuracy is not None else ""
+            print(f"{result.mode.name:<28} {result.loss:>8.4f} {result.perplexity:>11.2f}{accuracy}")
             payload["perplexity"].append(result.to_dict())
 
     if tasks:

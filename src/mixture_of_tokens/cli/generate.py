@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("no prompt given; pass --prompt TEXT (repeatable) or --prompts-file FILE.")
     config = GenerateConfig(**overrides(args, GenerateConfig))
     loaded = load_checkpoint(args.checkpoint, config.device)
+    loaded.model_config.check_causal("`mot generate`")
     if config.threads:
         torch.set_num_threads(config.threads)
     max_len = loaded.model_config.max_seq_len

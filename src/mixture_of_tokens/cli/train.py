@@ -101,14 +101,10 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     device = resolve_device(train_config.device)
     precision = resolve_precision(train_config.precision, device)
     micro_batch = train_config.batch_size // train_config.grad_accum_steps
-    memory = estimate_training_memory(counts, model_config, micro_batch, precision)
+    memory = estimate_training_memory(counts, model_config, micro_batch, precision, device)
     print(f"{name}: {counts.summary()}")
     print(f"blocks: {', '.join(model_config.block_ffn_kinds())}")
     tokens_per_step = train_config.batch_size * model_config.max_seq_len
     flops_per_step = counts.train_flops_per_token * tokens_per_step
     print(f"tokens per step: {tokens_per_step:,}; training FLOPs per step: {human(flops_per_step)}")
-    print(
-        f"memory estimate for one process on {device.type} in {precision} (micro-batch {micro_batch}): "
-        f"weights+grads+AdamW {memory.states_bytes / 1e9:.2f} GB, activations {memory.activation_bytes / 1e9:.2f} GB, "
-        f"total {memory.total_bytes / 1e9:.2f} GB"
-    )
+    print(memory.describe(micro_batch))

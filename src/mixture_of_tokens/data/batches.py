@@ -2,6 +2,9 @@
 
 Training windows start at random offsets drawn from a generator seeded by (seed, step), so a resumed
 run needs only the step counter to continue with exactly the batches it would have seen.
+
+With `mask_token_id` (the masked objective, `ModelConfig.mask_token_id`) a batch is (inputs, labels) of one window
+under the BERT rule (`masking.mask_tokens`) instead of a window and its shift by one token.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .masking import eval_mask_rng, mask_tokens, train_mask_rng
 
 __all__ = ["BatchSampler", "entropy_from_counts", "eval_batches", "unigram_entropy"]
 
@@ -28,9 +33,12 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torc
 
 
 class BatchSampler:
-    """Random (inputs, targets) batches, deterministic in (seed, step) and resumable by step alone."""
+    """Random (inputs, targets) batches, deterministic in (seed, step) and resumable by step alone; with
+    `mask_token_id`, BERT-masked (inputs, labels), their masks deterministic in (seed, step) too."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> None:
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, *, mask_token_id: int | None = None
+    ) -> None:
         _check_positive("batch_size", batch_size)
         _check_positive("seq_len", seq_len)
         if len(tokens) < seq_len + 1:
@@ -42,15 +50,20 @@ class BatchSampler:
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
         self.seed = int(seed)
+        self.mask_token_id = mask_token_id
         self.step = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs[B, S] and targets[B, S] (int64), targets being inputs shifted left by one token."""
+        """inputs[B, S] and targets[B, S] (int64), targets being inputs shifted left by one token; masked: the
+        masked window and its labels."""
         generator = np.random.default_rng([self.seed, self.step])
         high = len(self.tokens) - self.seq_len  # last valid start is len - (seq_len + 1)
         starts = generator.integers(0, high, size=self.batch_size)
+        batch = _windows(self.tokens, starts, self.seq_len)
+        if self.mask_token_id is not None:
+            batch = mask_tokens(batch[0], mask_token_id=self.mask_token_id, rng=train_mask_rng(self.seed, self.step))
         self.step += 1
-        return _windows(self.tokens, starts, self.seq_len)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: the step counter (and the seed, checked on load)."""
@@ -70,9 +83,10 @@ class BatchSampler:
 
 
 def eval_batches(
-    tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int
+    tokens: np.ndarray, batch_size: int, seq_len: int, n_batches: int, *, mask_token_id: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed, evenly spaced, non-overlapping windows; fewer than n_batches when the split is small."""
+    """Fixed, evenly spaced, non-overlapping windows; fewer than n_batches when the split is small. With
+    `mask_token_id`: (inputs, labels) of each window under fixed BERT masks (the same for every run)."""
     _check_positive("batch_size", batch_size)
     _check_positive("seq_len", seq_len)
     _check_positive("n_batches", n_batches)
@@ -87,7 +101,12 @@ def eval_batches(
     n_windows = count * batch_size
     slots = (np.arange(n_windows, dtype=np.int64) * available) // n_windows
     starts = slots * window
-    return [_windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len) for i in range(count)]
+    batches = [_windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len) for i in range(count)]
+    if mask_token_id is None:
+        return batches
+    return [
+        mask_tokens(inputs, mask_token_id=mask_token_id, rng=eval_mask_rng(i)) for i, (inputs, _) in enumerate(batches)
+    ]
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:

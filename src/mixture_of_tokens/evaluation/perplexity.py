@@ -1,5 +1,6 @@
 """Held-out loss and perplexity, and for MoT the same batches in its other evaluation modes (docs/method.md §1):
-discrete (argmax) routing and other group sizes, each reported separately."""
+discrete (argmax) routing and other group sizes, each reported separately. A masked LM is scored on its masked
+positions: masked-token loss and accuracy."""
 
 from __future__ import annotations
 
@@ -12,23 +13,26 @@ from ..config import ModelConfig
 from ..layers import EvaluationMode as EvalMode
 from ..layers import block_classes
 from ..model import Transformer, mot_mode
-from .loss import evaluate_loss
+from .loss import evaluate_loss, evaluate_masked_lm
 
 __all__ = ["EvalMode", "LossResult", "eval_modes", "evaluate_modes"]
 
 
 @dataclass
 class LossResult:
+    """Held-out loss in one mode; a masked LM's also has its accuracy, and n_tokens counts its masked positions."""
+
     mode: EvalMode
     loss: float
     n_tokens: int
+    accuracy: float | None = None
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss) if self.loss < 700 else float("inf")
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        result: dict[str, object] = {
             "mode": self.mode.name,
             "group_size": self.mode.group_size,
             "routing": self.mode.routing,
@@ -36,6 +40,9 @@ class LossResult:
             "perplexity": self.perplexity,
             "tokens": self.n_tokens,
         }
+        if self.accuracy is not None:
+            result["accuracy"] = self.accuracy
+        return result
 
 
 def eval_modes(config: ModelConfig, batch_size: int) -> list[EvalMode]:
@@ -53,12 +60,16 @@ def evaluate_modes(
     modes: list[EvalMode],
     device: torch.device | str = "cpu",
 ) -> list[LossResult]:
-    """Mean LM loss over the same fixed batches in each mode (token-weighted; the batches have equal sizes)."""
+    """Mean LM loss over the same fixed batches in each mode (token-weighted; the batches have equal sizes). A masked
+    LM (batches of inputs and labels): loss and accuracy over the masked positions."""
     model.eval()
     results = []
     n_tokens = sum(targets.numel() for _, targets in batches)
     for mode in modes:
         with mot_mode(model, group_size=mode.group_size, routing=mode.routing):
-            loss = evaluate_loss(model, batches, torch.device(device))
-        results.append(LossResult(mode, loss, n_tokens))
+            if model.config.objective == "masked":
+                loss, accuracy, n_masked = evaluate_masked_lm(model, batches, torch.device(device))
+                results.append(LossResult(mode, loss, n_masked, accuracy))
+            else:
+                results.append(LossResult(mode, evaluate_loss(model, batches, torch.device(device)), n_tokens))
     return results

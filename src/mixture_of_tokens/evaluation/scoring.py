@@ -84,6 +84,7 @@ class Scorer:
         device: torch.device | str | None = None,
         prefix_eos: bool = False,
     ) -> None:
+        model.config.check_causal("log-likelihood scoring")
         if policy.isolated and filler_tokens is None:
             raise ValueError(f"batch policy {policy.name!r} needs filler_tokens (training-set text).")
         if policy.isolated and policy.group_size is not None:

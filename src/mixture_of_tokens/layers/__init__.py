@@ -3,8 +3,10 @@
 
 Axis legend of every tensor name in this package (`x_BSD`, `logits_RGE`, `w1_EDH`):
     B batch          S sequence position    D model width (d_model)    V vocabulary
-    G group size: tokens per same-position group of consecutive examples (MoT, Expert Choice, group-scope TC)
-    R rows: one per (group, position) for grouped layers, one per routing group for Token Choice
+    G group size: tokens per same-position group of consecutive examples (MoT, Expert Choice, group-scope TC),
+      or per block of consecutive positions of one sequence (MoT's within-sequence groups, masked LM)
+    R rows: one per (group, position) for grouped layers (within-sequence MoT: one per (sequence, position block)),
+      one per routing group for Token Choice
     T tokens of one Token Choice routing group    E experts    H expert width (expert_size)
     K choices: top-k per token (Token Choice) or tokens per expert per group (Expert Choice)
     A token-expert assignments    C capacity slots per expert and routing group

@@ -33,8 +33,9 @@ class FeedForward(FeedForwardLayer):
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
-        """The input, the hidden layer before and after ReLU, the output."""
-        return 2 * config.d_model + 2 * config.d_ff
+        """The input (kept by the first linear) and the hidden layer after ReLU (kept by ReLU and the second
+        linear); the pre-ReLU hidden layer and the output are not kept."""
+        return config.d_model + config.d_ff
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:

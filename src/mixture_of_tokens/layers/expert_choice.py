@@ -94,11 +94,12 @@ class ExpertChoice(FeedForwardLayer):
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
-        """Input, output, router logits and the LayerNorm's input, plus for each of its K*E/G picked tokens the
-        token, the expert hidden layer before and after ReLU, and the expert output."""
+        """The grouped input and the output LayerNorm's input (2d) and statistics, the router probabilities,
+        their sort order and sorted values (4E), and for each of its K*E/G picked tokens the token, the expert
+        hidden layer after ReLU (in place), the expert output and the int64 gather index."""
         d_model, hidden = config.d_model, config.expert_size
         picked = config.ec_tokens_per_expert * config.n_experts / config.group_size
-        return 3 * d_model + config.n_experts + picked * (2 * d_model + 2 * hidden)
+        return 2 * d_model + 4 * config.n_experts + 3 + picked * (2 * d_model + hidden + 2)
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:

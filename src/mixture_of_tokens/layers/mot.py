@@ -154,10 +154,18 @@ class MixtureOfTokens(FeedForwardLayer):
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
-        """The input and output, plus for each of its E/G mixed tokens: the mixed token, the expert hidden layer
-        before and after ReLU, and the expert output."""
+        """The grouped input, the merge weights (E; one more E-vector for emit weights of their own, a separate
+        emit controller or a learnable temperature), and for each of its E/G mixed tokens: the mixed token, the
+        expert hidden layer after ReLU (in place) and the expert output. (A micro-batch of a single group keeps
+        one more d: its grouped input is a view of the input, copied again for the controller.)"""
         d_model, hidden = config.d_model, config.expert_size
-        return 2 * d_model + config.n_experts / config.group_size * (2 * d_model + 2 * hidden)
+        extra_weights = (
+            (config.mot_emit == "experts")
+            + config.mot_separate_emit_controller
+            + (config.mot_learnable_temperature != "none")
+        )
+        weights = config.n_experts * (1 + extra_weights)
+        return d_model + weights + config.n_experts / config.group_size * (2 * d_model + hidden)
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:

@@ -178,11 +178,20 @@ class TokenChoice(FeedForwardLayer):
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
-        """Input, output and router logits, plus for each of its k (capacity-scaled) assignments the dispatched
-        token, the expert hidden layer before and after ReLU, and the expert output."""
-        d_model, hidden = config.d_model, config.expert_size
-        slots = config.top_k * (config.capacity_factor or 1.0)
-        return 2 * d_model + config.n_experts + slots * (2 * d_model + 2 * hidden)
+        """The input, the router probabilities and their sort order (3E; one more E with the z-loss), the index
+        vectors of the k assignments (7k), for each of them the gathered token, the selected expert output and
+        its gated copy (3k*d, an upper bound: dropped assignments keep nothing), and per capacity slot the
+        dispatched token and the expert hidden layer (slots per token: k*capacity_factor, E*C/G in group scope;
+        dropless: as many as the busiest expert needs, taken as 1.25*k)."""
+        d_model, hidden, k = config.d_model, config.expert_size, config.top_k
+        if config.tc_scope == "group" and config.capacity_factor:
+            capacity = expert_capacity(config.capacity_factor, config.group_size, k, config.n_experts)
+            slots = config.n_experts * capacity / config.group_size
+        else:
+            slots = k * (config.capacity_factor or 1.25)
+        router = config.n_experts * (3 + (config.z_loss_weight > 0))
+        kept = min(k, slots)
+        return d_model + router + 7 * k + 3 * kept * d_model + slots * (d_model + hidden)
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:

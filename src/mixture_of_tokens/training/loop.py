@@ -105,7 +105,11 @@ class Trainer:
         )
         self.model_config, self.config, self.out_dir = plan.model_config, plan.train_config, plan.run_dir
         held_out = eval_batches(
-            self.data.eval_tokens, self.config.batch_size, self.model_config.max_seq_len, self.config.eval_batches
+            self.data.eval_tokens,
+            self.config.batch_size,
+            self.model_config.max_seq_len,
+            self.config.eval_batches,
+            mask_token_id=self.model_config.mask_token_id,  # masked objective: fixed BERT masks
         )
         self.unigram_entropy = unigram_entropy(self.data.eval_tokens, vocab_size)
         self._build_model(plan)
@@ -147,7 +151,11 @@ class Trainer:
             self.model, self.optimizer, config, context=self.context, device=self.device, precision=self.precision
         )
         self.sampler = BatchSampler(
-            self.data.train_tokens, config.batch_size, plan.model_config.max_seq_len, seed=config.seed
+            self.data.train_tokens,
+            config.batch_size,
+            plan.model_config.max_seq_len,
+            seed=config.seed,
+            mask_token_id=plan.model_config.mask_token_id,  # masked objective: BERT masks drawn by (seed, step)
         )
 
     @property

@@ -1,0 +1,116 @@
+"""The training-memory estimate of `mot train --dry-run`: each feed-forward kind states exactly what it keeps for
+backward, the model's total matches saved-tensor hooks, the estimate is within 15% of the peak RSS of real
+training steps on the CPU for the tiny preset, and the dry run says which device and precision it assumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mixture_of_tokens.cli import main
+from mixture_of_tokens.counting import count_model
+from mixture_of_tokens.layers import build_ffn, layer_class
+from mixture_of_tokens.model import Transformer
+from mixture_of_tokens.presets import get_preset
+from mixture_of_tokens.runtime.precision import resolve_precision
+from mixture_of_tokens.training.memory import block_values_per_token, estimate_training_memory
+
+TINY_MOT = get_preset("tiny-mot").model
+LAYER_CASES = {
+    "dense": get_preset("tiny-dense").model,
+    "mot": TINY_MOT,
+    "mot, 32 experts of 128": dataclasses.replace(TINY_MOT, n_experts=32, expert_size=128),
+    "mot, emit over experts": dataclasses.replace(TINY_MOT, mot_emit="experts"),
+    "mot, learnable temperature": dataclasses.replace(TINY_MOT, mot_learnable_temperature="per_expert"),
+    "token choice": get_preset("tiny-token-choice").model,
+    "token choice, z-loss": dataclasses.replace(get_preset("tiny-token-choice").model, z_loss_weight=0.01),
+    "expert choice": get_preset("tiny-expert-choice").model,
+    "expert choice, 2 tokens per expert": dataclasses.replace(
+        get_preset("tiny-expert-choice").model, ec_tokens_per_expert=2
+    ),
+}
+
+
+def _saved_values_per_token(module: torch.nn.Module, *inputs: torch.Tensor, tokens: int) -> float:
+    """Float32-sized values per token of every tensor autograd keeps for backward (parameters excluded)."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        module(*inputs)
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    return sum(n for pointer, n in storages.items() if pointer not in parameters) / 4 / tokens
+
+
+@pytest.mark.parametrize("case", LAYER_CASES)
+def test_each_kind_states_what_it_keeps_for_backward(case: str) -> None:
+    config = LAYER_CASES[case]
+    torch.manual_seed(0)
+    layer = build_ffn(config.ffn, config).train()
+    x = torch.randn(32, config.max_seq_len, config.d_model, requires_grad=True)  # the presets' batch: 4 groups
+    measured = _saved_values_per_token(layer, x, tokens=x.shape[0] * config.max_seq_len)
+    assert layer_class(config.ffn).activation_values_per_token(config) == pytest.approx(measured, rel=0.01)
+
+
+@pytest.mark.parametrize("preset", ["tiny-dense", "tiny-mot", "tiny-expert-choice"])
+def test_the_whole_model_keeps_what_the_estimate_counts(preset: str) -> None:
+    config = get_preset(preset).model
+    ids = torch.randint(config.vocab_size, (32, config.max_seq_len))
+    measured = _saved_values_per_token(Transformer(config).train(), ids, ids, tokens=ids.numel())
+    # blocks and final norm, the float32 log-probabilities, and the int64 ids and targets (2 values each)
+    assert measured == pytest.approx(block_values_per_token(config) + config.vocab_size + 4, rel=0.01)
+
+
+# VmHWM, the peak resident set of this process image: getrusage's ru_maxrss would also count the pytest process it
+# was forked from (Linux keeps the larger of the two across fork and exec).
+PEAK_RSS = """
+import re, sys, torch
+from mixture_of_tokens.presets import get_preset
+from mixture_of_tokens.model import Transformer
+from mixture_of_tokens.training.step import build_optimizer
+torch.set_num_threads(1)
+preset = get_preset("tiny-mot")
+torch.manual_seed(0)
+ids = torch.randint(preset.model.vocab_size, (preset.train.batch_size, preset.model.max_seq_len + 1))
+inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+if sys.argv[1] == "train":
+    model = Transformer(preset.model)
+    optimizer = build_optimizer(model, preset.train)
+    for _ in range(2):  # the second step's peak holds AdamW's moments too
+        model(inputs, targets).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024)
+"""
+
+
+def _peak_rss(mode: str) -> int:
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, mode], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+def test_the_estimate_is_within_15_percent_of_the_measured_peak_rss_on_cpu() -> None:
+    preset = get_preset("tiny-mot")
+    measured = _peak_rss("train") - _peak_rss("baseline")  # the same process without the model and its training
+    with torch.device("meta"):
+        counts = count_model(Transformer(preset.model))
+    cpu = torch.device("cpu")
+    precision = resolve_precision("fp32", cpu)
+    estimate = estimate_training_memory(counts, preset.model, preset.train.batch_size, precision, cpu)
+    assert estimate.total_bytes == pytest.approx(measured, rel=0.15), (estimate, measured)
+
+
+def test_the_dry_run_says_which_device_and_precision_it_assumes(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--preset", "tiny-mot", "--device", "cpu", "--dry-run"]) == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if "memory estimate" in line][0]
+    assert "on cpu in fp32" in line and "PyTorch runtime" in line
