@@ -9,7 +9,10 @@ For each group of G tokens at the same position (consecutive examples), every ex
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 
 The authors' ablations are options: uniform / discrete routing, learnable temperature (optionally held fixed for
-the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping.
+the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping. Their
+BERT-style runs also grouped G consecutive positions of one sequence (`group_axis="within_sequence"`): merge,
+experts and emit are unchanged, but a token then meets later positions, so that variant needs bidirectional
+attention (the masked objective).
 """
 
 from __future__ import annotations
@@ -23,18 +26,26 @@ from torch import nn
 from .base import EvaluationMode, FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
-from .grouping import from_position_groups, position_groups
+from .grouping import (
+    check_sequence_length,
+    from_position_groups,
+    from_sequence_groups,
+    position_groups,
+    sequence_groups,
+)
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
 Routing = Literal["softmax", "uniform", "discrete"]
 Emit = Literal["group", "experts"]
 LearnableTemperature = Literal["none", "scalar", "per_expert"]
 Grouping = Literal["consecutive", "random"]
+GroupAxis = Literal["across_batch", "within_sequence"]
 
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 GROUPINGS: tuple[str, ...] = ("consecutive", "random")
+GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -66,7 +77,11 @@ class MixtureOfTokens(FeedForwardLayer):
             the permuted rows consecutively and undoes the permutation on the output. In evaluation (`eval()`) the
             groups are consecutive: evaluation then draws nothing from the RNG, decoding keeps the same groups at
             every step, and evaluation rows (evenly spaced held-out windows, the zero-shot protocol's random filler
-            rows) are not ordered by content.
+            rows) are not ordered by content. Applies to across-batch groups only.
+        group_axis: "across_batch" (a group is G tokens at one position from G examples, the method) or
+            "within_sequence" (a group is G consecutive positions of one sequence; the sequence length must be a
+            multiple of G). Within-sequence groups never couple sequences (any batch size will do) but let a token
+            depend on later positions of its sequence: only for bidirectional attention (masked LM).
         temperature_freeze_steps: a learnable temperature requires no gradient, so AdamW leaves it (and its
             moments) untouched, during the first N optimizer steps; the training loop reports steps through
             `on_train_step`. Needs a learnable temperature when > 0.
@@ -88,6 +103,7 @@ class MixtureOfTokens(FeedForwardLayer):
         emit: Emit = "group",
         separate_emit_controller: bool = False,
         grouping: Grouping = "consecutive",
+        group_axis: GroupAxis = "across_batch",
         temperature_freeze_steps: int = 0,
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
@@ -99,6 +115,8 @@ class MixtureOfTokens(FeedForwardLayer):
         check_choice("routing", routing, ROUTINGS)
         check_choice("emit", emit, EMITS)
         check_choice("grouping", grouping, GROUPINGS)
+        check_choice("group_axis", group_axis, GROUP_AXES)
+        check_group_axis(group_axis, grouping=grouping)
         check_temperature_freeze(temperature_freeze_steps, learnable_temperature)
 
         self.d_model = d_model
@@ -109,6 +127,7 @@ class MixtureOfTokens(FeedForwardLayer):
         self.emit = emit
         self.learnable_temperature = learnable_temperature
         self.grouping = grouping
+        self.group_axis = group_axis
         self.temperature_freeze_steps = temperature_freeze_steps
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
@@ -140,17 +159,20 @@ class MixtureOfTokens(FeedForwardLayer):
             emit=config.mot_emit,
             separate_emit_controller=config.mot_separate_emit_controller,
             grouping=config.mot_grouping,
+            group_axis=config.mot_group_axis,
             temperature_freeze_steps=config.temperature_freeze_steps,
             init_scale=config.init_scale,
         )
 
     @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:
-        return config.group_size
+        """G for across-batch groups; 1 for within-sequence groups (they tile the sequence, not the batch)."""
+        return config.group_size if config.mot_group_axis == "across_batch" else 1
 
     @classmethod
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
-        return True
+        """Across-batch groups couple the sequences of a group; within-sequence groups never do."""
+        return config.mot_group_axis == "across_batch"
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
@@ -169,19 +191,26 @@ class MixtureOfTokens(FeedForwardLayer):
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
+        """The method (causal-safe), and within-sequence groups (meant for bidirectional attention only: under
+        causal attention they leak later positions of the same sequence, and couple no sequences)."""
         layer = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size)
-        return {cls.kind: (layer, True)}
+        within = cls(
+            d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size, group_axis="within_sequence"
+        )
+        return {cls.kind: (layer, True), f"{cls.kind} within_sequence": (within, False)}
 
     @classmethod
     def evaluation_modes(cls, config: ModelConfig, batch_size: int) -> list[EvaluationMode]:
-        """As trained, discrete (argmax) routing, and group sizes 1, G/4, 2G (those dividing the batch)."""
+        """As trained, discrete (argmax) routing, and group sizes 1, G/4, 2G (those dividing the batch; for
+        within-sequence groups, those dividing max_seq_len)."""
         group = config.group_size
+        tiled = batch_size if config.mot_group_axis == "across_batch" else config.max_seq_len
         modes = [
             EvaluationMode(f"trained (G={group}, {config.mot_routing})"),
             EvaluationMode(f"discrete G={group}", None, "discrete"),
         ]
         for size in dict.fromkeys((1, group // 4, 2 * group)):
-            if size >= 1 and size != group and batch_size % size == 0:
+            if size >= 1 and size != group and tiled % size == 0:
                 modes.append(EvaluationMode(f"G={size}", size))
         return modes
 
@@ -210,6 +239,10 @@ class MixtureOfTokens(FeedForwardLayer):
         if self.log_temperature is not None and self.temperature_freeze_steps > 0:
             self.log_temperature.requires_grad_(step >= self.temperature_freeze_steps)
 
+    def is_causal(self) -> bool:
+        """Across-batch groups stay at one position; within-sequence groups mix later positions in."""
+        return self.group_axis == "across_batch"
+
     def may_leave_parameters_unused(self) -> bool:
         """Uniform and discrete routing give the controllers no gradient; a frozen temperature gets none."""
         return self.routing != "softmax" or (self.log_temperature is not None and self.temperature_freeze_steps > 0)
@@ -227,17 +260,26 @@ class MixtureOfTokens(FeedForwardLayer):
         return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        """1. group consecutive examples at each position (random grouping: of the permuted batch);
-        2. per-expert softmax over the group; 3. merge each group into one token per expert; 4. run every expert
-        on its mixed tokens (one bmm); 5. emit expert outputs back to the group's tokens with the emit weights
-        (and undo the permutation).
+        """1. group consecutive examples at each position (random grouping: of the permuted batch), or G
+        consecutive positions of each sequence (within-sequence groups); 2. per-expert softmax over the group;
+        3. merge each group into one token per expert; 4. run every expert on its mixed tokens (one bmm); 5. emit
+        expert outputs back to the group's tokens with the emit weights (and undo the grouping).
 
-        R indexes (group, position) rows: the batch axis of the merge and emit matmuls.
+        R indexes the groups, (group, position) or (sequence, position block): the batch axis of the merge and
+        emit matmuls.
         """
+        if self.group_axis == "within_sequence":
+            x_RGD = sequence_groups(x_BSD, self.group_size)  # a view: row r holds G consecutive positions
+            return from_sequence_groups(self._mix(x_RGD), x_BSD.shape[0])
         rows_B = self._row_permutation(x_BSD.shape[0], x_BSD.device)
         if rows_B is not None:
             x_BSD = x_BSD.index_select(0, rows_B)  # row i of the permuted batch is row rows_B[i]
         x_RGD = position_groups(x_BSD, self.group_size)  # the layer's one input copy (consecutive grouping)
+        dx_BSD = from_position_groups(self._mix(x_RGD), x_BSD.shape[1])
+        return dx_BSD if rows_B is None else dx_BSD.index_select(0, torch.argsort(rows_B))
+
+    def _mix(self, x_RGD: torch.Tensor) -> torch.Tensor:
+        """Merge, experts and emit over groups of G tokens [R, G, D] -> [R, G, D], whatever the grouping."""
         logits_RGE = x_RGD @ self.controller.to(x_RGD.dtype)
         emit_logits_RGE = None if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
         merge_RGE, emit_RGE = self._routing_weights(logits_RGE, emit_logits_RGE)
@@ -248,8 +290,7 @@ class MixtureOfTokens(FeedForwardLayer):
         dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
 
         self._last_routing = (logits_RGE.detach(), merge_RGE.detach())
-        dx_BSD = from_position_groups(dx_RGD, x_BSD.shape[1])
-        return dx_BSD if rows_B is None else dx_BSD.index_select(0, torch.argsort(rows_B))
+        return dx_RGD
 
     def _row_permutation(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Random grouping in training: a fresh permutation of the batch rows [B] from torch's RNG on `device`;
@@ -317,6 +358,7 @@ class MixtureOfTokens(FeedForwardLayer):
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"group_size={self.group_size}, routing={self.routing}, emit={self.emit}, "
             f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
+            f"group_axis={self.group_axis}, "
             f"separate_emit_controller={self.emit_controller is not None}"
         )
 
@@ -330,6 +372,34 @@ def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
             f"temperature_freeze_steps={steps} needs a learnable temperature (learnable_temperature scalar or "
             "per_expert); with learnable_temperature='none' the allowed value is 0."
         )
+
+
+def check_group_axis(
+    group_axis: str,
+    *,
+    grouping: str = "consecutive",
+    causal_attention: bool = False,
+    seq_len: int | None = None,
+    group_size: int = 1,
+) -> None:
+    """Within-sequence groups: bidirectional attention only, no random row grouping, and G dividing the sequence
+    length (when given). One sentence per bad setting, before any compute."""
+    check_choice("group_axis", group_axis, GROUP_AXES)
+    if group_axis != "within_sequence":
+        return
+    if causal_attention:
+        raise ValueError(
+            "within-sequence MoT groups mix each token with later positions of its own sequence, so under causal "
+            "attention every prediction would see future tokens; use them with the masked objective "
+            "(objective='masked'), or group across the batch (mot_group_axis='across_batch')."
+        )
+    if grouping != "consecutive":
+        raise ValueError(
+            f"mot_grouping={grouping!r} shuffles which examples share an across-batch group; with within-sequence "
+            "groups the allowed value is consecutive."
+        )
+    if seq_len is not None:
+        check_sequence_length(seq_len, group_size)
 
 
 @torch.no_grad()
