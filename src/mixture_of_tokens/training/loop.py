@@ -81,7 +81,8 @@ class Trainer:
         trainer._set_up(plan, data=data, progress=progress)
         return trainer
 
-    def _set_up(self, plan: RunPlan, *, data: PreparedData | None, progress: bool) -> None:
+    def _set_up_runtime(self, plan: RunPlan, *, progress: bool) -> None:
+        """Device, process group, precision and torch's global settings."""
         self.device = resolve_device(plan.train_config.device)
         self.context = dist_utils.init_distributed(self.device)
         if self.device.type == "cuda":
@@ -90,13 +91,16 @@ class Trainer:
         self.progress = progress and self.is_main
         self.run_name = plan.name
         self.precision = resolve_precision(plan.train_config.precision, self.device)
-        for warning in plan.resume.warnings if plan.resume else ():
-            self._say(f"warning: {warning}")
         if plan.train_config.threads:
             torch.set_num_threads(plan.train_config.threads)
         if plan.train_config.deterministic:
             torch.use_deterministic_algorithms(True)
 
+    def _set_up(self, plan: RunPlan, *, data: PreparedData | None, progress: bool) -> None:
+        """Runtime, data, model and optimizer; then the run directory is claimed and a resumed state restored."""
+        self._set_up_runtime(plan, progress=progress)
+        for warning in plan.resume.warnings if plan.resume else ():
+            self._say(f"warning: {warning}")
         self.data = data or self._prepare_data(plan.train_config, plan.model_config)
         check_resumed_tokenizer(plan, self.data.tokenizer.fingerprint())
         vocab_size = self.data.tokenizer.vocab_size
