@@ -13,6 +13,7 @@ directory that does not reproduce the model is never left behind.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -30,13 +31,13 @@ from ..data import Tokenizer
 from ..evaluation.runner import load_checkpoint
 from ..extras import require
 from ..files import write_text_atomic
+from ..layers import batch_multiple
 from ..model import Transformer
 from .model_card import model_card
 from .tokenizer_files import write_tokenizer_files
 
 __all__ = ["EXPORTABLE_KINDS", "ExportResult", "check_exportable", "export_hf", "hf_config"]
 
-EXPORTABLE_KINDS: tuple[str, ...] = ("dense", "mot", "token_choice")
 MODELING_FILE = "modeling_mot.py"
 TOLERANCE = 1e-5
 """Largest allowed |logit difference| between the exported model in transformers and this package's (float32)."""
@@ -57,6 +58,21 @@ class ExportResult:
     checked_shape: tuple[int, int]
 
 
+def _template() -> str:
+    return (resources.files("mixture_of_tokens.export") / "templates" / MODELING_FILE).read_text(encoding="utf-8")
+
+
+def _exportable_kinds() -> tuple[str, ...]:
+    """The kinds the modeling file implements: its FFN_KINDS (the file is self-contained, so it names them)."""
+    for node in ast.parse(_template()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FFN_KINDS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError(f"the packaged {MODELING_FILE} has no FFN_KINDS; reinstall mixture-of-tokens.")
+
+
+EXPORTABLE_KINDS: tuple[str, ...] = _exportable_kinds()
+
+
 def check_exportable(config: ModelConfig) -> None:
     """One sentence, before any work, for a model the exported file does not implement."""
     objective = getattr(config, "objective", "causal")
@@ -70,11 +86,6 @@ def check_exportable(config: ModelConfig) -> None:
         raise ValueError(
             f"mot export --to hf does not export {', '.join(unsupported)} layers; exportable kinds: "
             f"{', '.join(EXPORTABLE_KINDS)}."
-        )
-    axis = getattr(config, "mot_group_axis", "across_batch")
-    if "mot" in kinds and axis != "across_batch":
-        raise ValueError(
-            f"mot export --to hf exports across-batch MoT groups only; this model has mot_group_axis={axis!r}."
         )
 
 
@@ -115,8 +126,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
     try:
         dtype = next(model.parameters()).dtype
         write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))
-        template = resources.files("mixture_of_tokens.export") / "templates" / MODELING_FILE
-        write_text_atomic(partial / MODELING_FILE, template.read_text(encoding="utf-8"))
+        write_text_atomic(partial / MODELING_FILE, _template())
         weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}  # tied head: own copy
         save_weights(weights, partial / WEIGHTS_FILE)
         files = ["config.json", MODELING_FILE, WEIGHTS_FILE]
@@ -139,7 +149,7 @@ def check_export(directory: Path, model: Transformer, seed: int = 0) -> tuple[fl
     from transformers import AutoModelForCausalLM
 
     config = model.config
-    rows = 2 * config.group_size if "mot" in config.block_ffn_kinds() else 2
+    rows = 2 * batch_multiple(config)  # two groups when rows couple (MoT)
     shape = (rows, min(16, config.max_seq_len))
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, config.vocab_size, shape, generator=generator)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..data import Tokenizer
+from ..layers import batch_multiple
 
 __all__ = ["model_card"]
 
@@ -13,8 +14,8 @@ __all__ = ["model_card"]
 def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
     kinds = config.block_ffn_kinds()
     layout = ", ".join(f"{kind} x{kinds.count(kind)}" for kind in dict.fromkeys(kinds))
-    group = config.group_size
-    has_mot = "mot" in kinds
+    group = batch_multiple(config)
+    has_mot = group > 1  # rows of a group couple (MoT groups across the batch)
     lines = [
         "---",
         "library_name: transformers",
