@@ -103,6 +103,13 @@ def test_an_existing_destination_and_expert_choice_are_refused(exported, tmp_pat
     assert "does not export expert_choice layers; exportable kinds: dense, mot, token_choice" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "ec").exists()
     assert not list(tmp_path.glob("ec-partial-*"))
+    masked = tmp_path / "masked"  # a masked-LM config: refused from config.json alone, before the weights
+    masked.mkdir()
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model"]["objective"] = "masked"
+    (masked / "config.json").write_text(json.dumps(config))
+    assert main(["export", "--checkpoint", str(masked), "--to", "hf", "--out", str(tmp_path / "m")]) == 2
+    assert "writes causal language models; this checkpoint has objective='masked'" in capsys.readouterr().err
 
 
 def test_a_missing_transformers_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import WEIGHTS_FILE, save_weights
+from ..checkpoint import WEIGHTS_FILE, read_config, save_weights, saved_configs
 from ..config import ModelConfig
 from ..data import Tokenizer
 from ..evaluation.runner import load_checkpoint
@@ -75,10 +75,9 @@ EXPORTABLE_KINDS: tuple[str, ...] = _exportable_kinds()
 
 def check_exportable(config: ModelConfig) -> None:
     """One sentence, before any work, for a model the exported file does not implement."""
-    objective = getattr(config, "objective", "causal")
-    if objective != "causal":
+    if config.objective != "causal":
         raise ValueError(
-            f"mot export --to hf writes causal language models; this checkpoint has objective={objective!r}."
+            f"mot export --to hf writes causal language models; this checkpoint has objective={config.objective!r}."
         )
     kinds = config.block_ffn_kinds()
     unsupported = sorted(set(kinds) - set(EXPORTABLE_KINDS))
@@ -117,8 +116,9 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"--out {out} already exists; choose another directory or pass --force to replace it.")
+    if Path(checkpoint).is_dir():  # refuse what cannot be exported before reading any weights
+        check_exportable(saved_configs(read_config(Path(checkpoint)))[0])
     loaded = load_checkpoint(checkpoint, "cpu")
-    check_exportable(loaded.model_config)
     model, config = loaded.model, loaded.model_config
     partial = out.parent / f"{out.name}-partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
