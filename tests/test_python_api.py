@@ -22,13 +22,15 @@ def checkpoints(tmp_path_factory, module_cache_dir):
     return {ffn: make_checkpoint(root, ffn) for ffn in ("mot", "dense", "token_choice")}
 
 
-def test_the_readme_snippet_runs_as_written(tmp_path, cache_dir, monkeypatch, capsys):
-    """The README's "From Python" block, exactly as printed there, in a fresh directory holding corpus.txt."""
-    (block,) = [b for b in python_blocks(ROOT / "README.md") if "Predictor(" in b.code]
+def test_the_readme_snippets_run_as_written(tmp_path, cache_dir, monkeypatch, capsys):
+    """Every Python block of the README (test_doc_snippets.py leaves the README to this test), exactly as printed
+    there, in a fresh directory holding corpus.txt; the "From Python" one trains, loads, scores and generates."""
+    blocks = python_blocks(ROOT / "README.md")
+    (block,) = [b for b in blocks if "Predictor(" in b.code]
     assert block.not_run is None and len(block.code.strip().splitlines()) <= 12
     monkeypatch.chdir(tmp_path)
     write_corpus_txt(tmp_path)
-    namespace = run_blocks([block])
+    namespace = run_blocks(blocks)
     printed = capsys.readouterr().out.strip().splitlines()
     score, generated = float(printed[-2]), printed[-1]
     predictor = namespace["predictor"]
