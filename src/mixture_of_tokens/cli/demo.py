@@ -1,4 +1,5 @@
-"""`mot demo`: train tiny-dense and tiny-mot on the packaged corpus and print both eval losses side by side."""
+"""`mot demo`: train tiny-dense and tiny-mot on the packaged corpus, print both eval losses side by side and write
+RUN_DIR/report.md (table, loss and merge-entropy plots, the one comparison's margin)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,56 @@ def run(args: argparse.Namespace) -> None:
     print()
     print(comparison_table(runs))
     print(f"plot: {plot_runs(runs, out_root / 'demo.png')}")
+    report, sentence = write_demo_report(out_root, DEMO_PRESETS)
+    print(sentence)
+    print(f"report: {report}")
+    print(
+        "For verdicts judged against the spread over two seeds, with a learning-rate sweep per model: "
+        "mot compare --suite claims-core (docs/compare.md)."
+    )
+
+
+def write_demo_report(out_root: Path, names: tuple[str, str]) -> tuple[Path, str]:
+    """out_root/report.md for the two runs (table, loss and entropy plots) and its one-sentence verdict: one seed
+    each, so the noise is not measured and the claim is not judged."""
+    from ..experiments.catalog import claim_mot_beats_dense
+    from ..experiments.results import ArmSummary, read_run
+    from ..experiments.suite_report import ReportInput, tokens, write_report
+    from ..experiments.suites import Arm
+    from ..experiments.verdicts import judge, pooled_noise
+
+    dense, mot = names
+    summaries = {}
+    for name in names:
+        record = read_run(out_root / name)
+        train_config = get_preset(name).train
+        record.lr, record.seed = train_config.lr, train_config.seed
+        summaries[name] = ArmSummary(Arm(name, get_preset(name).description), {record.lr: record}, record.lr, [record])
+    results = {name: s.result() for name, s in summaries.items()}
+    noise = pooled_noise(list(results.values()))
+    verdict = judge(claim_mot_beats_dense(mot, dense), results, noise)
+    from ..checkpoint import read_config
+
+    config = read_config(out_root / dense)["train"]
+    seq_len = get_preset(dense).model.max_seq_len
+    tokens_per_step = config["batch_size"] * seq_len
+    budget = tokens(config["steps"] * tokens_per_step)
+    sentence = (
+        f"{verdict.finding[:-1]} after {config['steps']} steps ({budget} per run). One seed each, so the noise is "
+        "not measured and this is not yet a verdict."
+    )
+    report = ReportInput(
+        "mot demo: tiny-dense against tiny-mot",
+        [f"Two runs of the CPU presets, {config['steps']} steps of {tokens_per_step:,} tokens ({budget} per run) "
+         f"on `{config['data']}`, one seed each at the presets' learning rate.", "", sentence],
+        summaries,
+        [verdict],
+        noise,
+        tokens_per_step,
+        config["steps"] * tokens_per_step,
+        reference=dense,
+        footer=["`mot compare --suite claims-core` runs the comparisons behind the paper's claims, with a "
+                "learning-rate sweep and two seeds per model, and judges each claim against the seeds' spread "
+                "(docs/compare.md)."],
+    )  # fmt: skip
+    return write_report(report, out_root), sentence

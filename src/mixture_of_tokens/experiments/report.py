@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..training.metrics import read_metrics
+from .plots import Panel, Series, plot_panels
 
 
 @dataclass
@@ -40,16 +41,36 @@ def load_run(out_dir: Path) -> RunSummary:
         active_params=summary["counts"]["active_params_per_token"],
         total_params=summary["counts"]["total_params"],
         eval_curve=[(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r],
-        train_curve=[(r["step"], r["lm_loss"]) for r in records],
+        train_curve=[(r["step"], r["lm_loss"]) for r in records if "lm_loss" in r],  # not events (a switch)
     )
 
 
-def comparison_table(runs: list[RunSummary]) -> str:
-    header = f"{'run':<16} {'eval loss':>9} {'ppl':>8} {'params':>8} {'active':>8} {'tok/s':>8} {'time':>7}"
-    lines = [header, "-" * len(header)]
+def run_labels(runs: list[RunSummary]) -> list[str]:
+    """Each run's name, or, where two runs share a name, the shortest tail of its directory path that tells it
+    apart (runs/a/mot and runs/b/mot become a/mot and b/mot)."""
+    names = [run.name for run in runs]
+    labels = []
     for run in runs:
+        if names.count(run.name) == 1:
+            labels.append(run.name)
+            continue
+        parts = Path(run.out_dir).resolve().parts
+        others = [Path(r.out_dir).resolve().parts for r in runs if r is not run and r.name == run.name]
+        depth = 1
+        while depth < len(parts) and any(o[-depth:] == parts[-depth:] for o in others):
+            depth += 1
+        labels.append("/".join(parts[-depth:]))
+    return labels
+
+
+def comparison_table(runs: list[RunSummary]) -> str:
+    labels = run_labels(runs)
+    width = max(16, *(len(label) for label in labels))
+    header = f"{'run':<{width}} {'eval loss':>9} {'ppl':>8} {'params':>8} {'active':>8} {'tok/s':>8} {'time':>7}"
+    lines = [header, "-" * len(header)]
+    for run, label in zip(runs, labels):
         lines.append(
-            f"{run.name:<16} {run.final_eval_loss:>9.3f} {2.718281828**run.final_eval_loss:>8.1f} "
+            f"{label:<{width}} {run.final_eval_loss:>9.3f} {2.718281828**run.final_eval_loss:>8.1f} "
             f"{run.total_params / 1e6:>7.2f}M {run.active_params / 1e6:>7.2f}M {run.tokens_per_s:>8,.0f} "
             f"{run.seconds:>6.0f}s"
         )
@@ -59,23 +80,19 @@ def comparison_table(runs: list[RunSummary]) -> str:
 
 def plot_runs(runs: list[RunSummary], path: Path) -> Path:
     """Train (thin) and eval (markers) loss against step for every run, unigram entropy as a reference line."""
-    import matplotlib
+    series = []
+    for run, label in zip(runs, run_labels(runs)):
+        series.append(Series(None, *_unzip(run.train_curve), group=label, linewidth=0.8, alpha=0.6))
+        series.append(Series(f"{label} (eval)", *_unzip(run.eval_curve), group=label, marker="o"))
+    panel = Panel(
+        "train (thin) and held-out (markers) loss",
+        "step",
+        "loss (nats/token)",
+        series,
+        hlines=[(runs[0].unigram_entropy, "unigram entropy")],
+    )
+    return plot_panels([panel], path, columns=1)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        (line,) = axes.plot(*zip(*run.train_curve), linewidth=0.8, alpha=0.6)
-        axes.plot(*zip(*run.eval_curve), marker="o", color=line.get_color(), label=f"{run.name} (eval)")
-    axes.axhline(runs[0].unigram_entropy, color="gray", linestyle="--", linewidth=0.8, label="unigram entropy")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats/token)")
-    axes.set_title("train (thin) and held-out (markers) loss")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+def _unzip(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    return [x for x, _ in points], [y for _, y in points]

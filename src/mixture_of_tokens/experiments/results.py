@@ -1,0 +1,134 @@
+"""A suite's results read back from its run directories (so a report can always be rebuilt from disk): the sweep
+per arm, the chosen learning rate, the runs at that rate, their curves, counts and throughput."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..training.metrics import read_metrics
+from .runner import DIVERGED_SUFFIX, RUNS_DIR, run_name
+from .suites import Arm, Size, Suite
+from .verdicts import ArmResult
+
+ENTROPY_KEY = re.compile(r"^routing\.block(\d+)\.entropy_mean$")
+
+
+@dataclass
+class RunRecord:
+    """One run directory's numbers (a run that has not finished has no summary and no final loss)."""
+
+    name: str
+    run_dir: Path
+    lr: float
+    seed: int
+    final_eval_loss: float | None = None
+    diverged: str = ""
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    entropy: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    """MoT layers' mean normalised merge-weight entropy H(w)/log G per block, at log steps."""
+    counts: dict[str, int] = field(default_factory=dict)
+    tokens_per_s: float | None = None
+    seconds: float | None = None
+    resumed: bool = False
+    switch: dict[str, Any] = field(default_factory=dict)
+    """A transition-tuning run's switch: step, target, held-out loss just before and after."""
+
+    @property
+    def finished(self) -> bool:
+        return self.final_eval_loss is not None
+
+
+def read_run(run_dir: Path, lr: float = math.nan, seed: int = 0) -> RunRecord:
+    run_dir = Path(run_dir)
+    record = RunRecord(run_dir.name, run_dir, lr, seed)
+    diverged = run_dir.with_name(run_dir.name + DIVERGED_SUFFIX)
+    if diverged.exists():
+        record.diverged = json.loads(diverged.read_text()).get("message", "diverged")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        for row in read_metrics(metrics):
+            step = row.get("step")
+            if step is None:
+                continue
+            if isinstance(row.get("eval_loss"), (int, float)):
+                record.eval_curve.append((step, float(row["eval_loss"])))
+            for key, value in row.items():
+                match = ENTROPY_KEY.match(key)
+                if match and isinstance(value, (int, float)):
+                    record.entropy.setdefault(int(match.group(1)), []).append((step, float(value)))
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary: dict[str, Any] = json.loads(summary_path.read_text())
+        loss = summary.get("final_eval_loss")
+        record.final_eval_loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+        record.counts = summary.get("counts", {})
+        record.tokens_per_s = summary.get("tokens_per_s")
+        record.seconds = summary.get("seconds")
+        record.resumed = bool(summary.get("resumed_from_step"))
+        record.switch = summary.get("switch") or {}
+    return record
+
+
+@dataclass
+class ArmSummary:
+    arm: Arm
+    sweep: dict[float, RunRecord]
+    """Seed 0 at every rate of the sweep."""
+    best_lr: float | None
+    runs: list[RunRecord]
+    """The finished runs at the best rate, one per seed."""
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        return tuple(r.final_eval_loss for r in self.runs if r.final_eval_loss is not None)
+
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+    @property
+    def spread(self) -> float | None:
+        """Largest minus smallest final loss over the seeds (None with one seed)."""
+        return max(self.losses) - min(self.losses) if len(self.losses) > 1 else None
+
+    def mean_curve(self) -> list[tuple[int, float]]:
+        """Eval loss at the steps every finished run evaluated, averaged over seeds."""
+        return mean_curve([r.eval_curve for r in self.runs if r.finished])
+
+    def result(self) -> ArmResult:
+        return ArmResult(self.arm.name, self.losses, tuple(self.mean_curve()))
+
+    @property
+    def best_at_edge(self) -> bool:
+        """The chosen rate is the smallest or largest swept: the optimum may lie beyond the sweep."""
+        rates = sorted(self.sweep)
+        return len(rates) > 1 and self.best_lr in (rates[0], rates[-1])
+
+
+def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
+    if not curves:
+        return []
+    steps = set.intersection(*(set(step for step, _ in c) for c in curves))
+    return [(s, sum(dict(c)[s] for c in curves) / len(curves)) for s in sorted(steps)]
+
+
+def collect(suite: Suite, size: Size, out: Path) -> dict[str, ArmSummary]:
+    """Every arm's sweep and runs as they are on disk under out/runs (the same choice of rate as the runner)."""
+    runs_dir = Path(out) / RUNS_DIR
+    summaries = {}
+    for arm in suite.arms:
+        sweep = {lr: read_run(runs_dir / run_name(arm.name, lr, 0), lr, 0) for lr in size.lrs}
+        finished = [r for r in sweep.values() if r.finished]
+        best = min(finished, key=lambda r: (r.final_eval_loss, r.lr)).lr if finished else None
+        runs = []
+        if best is not None:
+            seeds = [read_run(runs_dir / run_name(arm.name, best, s), best, s) for s in range(size.seeds)]
+            runs = [r for r in seeds if r.finished]
+        summaries[arm.name] = ArmSummary(arm, sweep, best, runs)
+    return summaries

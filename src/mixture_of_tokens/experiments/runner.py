@@ -1,0 +1,282 @@
+"""Run a suite's trainings: the learning-rate sweep (seed 0 at every rate of the size), then the other seeds at
+each arm's best rate. A finished run (summary.json) is skipped, a half-finished one resumes from its newest
+checkpoint, one stopped before its first checkpoint starts again (the old directory moved aside), and one that
+stopped on a non-finite loss is recorded as diverged and not retried. `parallel` runs N trainings at once, each
+in its own process with cores / N torch threads.
+
+Layout: DIR/runs/ARM-lrLR-sSEED/ (one run directory each) and DIR/runs/NAME.diverged.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import CONFIG_FILE, read_config
+from ..config import ModelConfig, TrainConfig
+from ..data import PreparedData, prepare_data
+from ..training.errors import TrainingStopped
+from ..training.loop import train
+from ..training.state import resolve_resume_checkpoint
+from .suites import Size, Suite
+
+RUNS_DIR = "runs"
+DIVERGED_SUFFIX = ".diverged.json"
+IGNORED_TRAIN_FIELDS = frozenset({"out_dir", "device", "threads", "checkpoint_every", "keep_checkpoints"})
+"""Settings that do not change what a run computes: a finished run with other values here is reused."""
+IGNORED_MODEL_FIELDS = frozenset({"vocab_size"})
+"""The tokenizer sets the vocabulary (a small corpus may give fewer tokens than asked)."""
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as run names and reports write it: 0.003, 0.0015, 1e30."""
+    return f"{lr:.3g}".replace("e+", "e")
+
+
+def run_name(arm: str, lr: float, seed: int) -> str:
+    return f"{arm}-lr{lr_text(lr)}-s{seed}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training of a suite."""
+
+    arm: str
+    lr: float
+    seed: int
+    model: ModelConfig
+    train: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return run_name(self.arm, self.lr, self.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    spec: RunSpec
+    action: str
+    """skipped (finished before) | trained | resumed | restarted | diverged (now or before)"""
+    final_eval_loss: float | None = None
+    seconds: float = 0.0
+    message: str = ""
+
+
+def run_spec(suite: Suite, size: Size, arm_name: str, lr: float, seed: int, out: Path, **train_fields: Any) -> RunSpec:
+    """The run of `arm_name` at `lr` and `seed`, writing into out/runs/NAME."""
+    arm = suite.arm(arm_name)
+    model = arm.model_config(size.base_model())
+    directory = Path(out) / RUNS_DIR / run_name(arm_name, lr, seed)
+    fields = {**arm.train_fields(size.steps), **train_fields, "out_dir": str(directory)}
+    return RunSpec(arm_name, lr, seed, model, size.train_config(lr=lr, seed=seed, **fields))
+
+
+def config_difference(spec: RunSpec, saved: dict[str, Any]) -> str | None:
+    """The first setting in which the run directory's config.json differs from `spec` (None: the same run)."""
+    for section, wanted, ignored in (
+        ("model", dataclasses.asdict(spec.model), IGNORED_MODEL_FIELDS | switched_model_fields(spec)),
+        ("train", dataclasses.asdict(spec.train), IGNORED_TRAIN_FIELDS),
+    ):
+        recorded = saved.get(section, {})
+        for key, value in wanted.items():
+            if key not in ignored and key in recorded and recorded[key] != value:
+                return f"{section}.{key} = {recorded[key]!r} there, {value!r} in the suite"
+    return None
+
+
+def switched_model_fields(spec: RunSpec) -> set[str]:
+    """A run that switches kinds mid-way may record its model after the switch: its routing fields may differ."""
+    return {"ffn"} if getattr(spec.train, "switch_to", "") else set()
+
+
+def run_state(spec: RunSpec) -> tuple[str, str]:
+    """(state, detail): new | finished | resume | restart | diverged, checked against the spec's settings."""
+    directory = spec.run_dir
+    diverged = directory.with_name(directory.name + DIVERGED_SUFFIX)
+    if diverged.exists():
+        return "diverged", json.loads(diverged.read_text()).get("message", "")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return "new", ""
+    if (directory / CONFIG_FILE).exists():
+        difference = config_difference(spec, read_config(directory))
+        if difference is not None:
+            raise ValueError(
+                f"{directory} holds a run of other settings ({difference}); a suite reuses only its own runs: "
+                "choose another --out or move that directory away."
+            )
+    if (directory / "summary.json").exists():
+        return "finished", ""
+    try:
+        checkpoint, _ = resolve_resume_checkpoint(directory)
+    except ValueError as error:
+        return "restart", str(error)
+    return "resume", str(checkpoint)
+
+
+def execute(spec: RunSpec, *, data: PreparedData | None = None, progress: bool = False) -> RunOutcome:
+    """Skip, resume, restart or start one run; a run stopped by a non-finite loss is recorded as diverged."""
+    state, detail = run_state(spec)
+    if state in ("finished", "diverged"):
+        loss = _summary_loss(spec.run_dir) if state == "finished" else None
+        return RunOutcome(spec, "skipped" if state == "finished" else "diverged", loss, message=detail)
+    started = time.perf_counter()
+    kwargs: dict[str, Any] = {"run_name": spec.name, "data": data, "progress": progress}
+    try:
+        if state == "resume":
+            result = train(spec.model, spec.train, resume_from=spec.run_dir, **kwargs)
+        else:
+            result = train(spec.model, spec.train, force=state == "restart", **kwargs)
+    except TrainingStopped as error:
+        marker = spec.run_dir.with_name(spec.run_dir.name + DIVERGED_SUFFIX)
+        marker.write_text(json.dumps({"run": spec.name, "message": str(error)}, indent=2))
+        return RunOutcome(spec, "diverged", None, time.perf_counter() - started, str(error))
+    if result.stopped_early:
+        raise KeyboardInterrupt
+    action = {"resume": "resumed", "restart": "restarted"}.get(state, "trained")
+    return RunOutcome(spec, action, result.final_eval_loss, time.perf_counter() - started, detail)
+
+
+def _summary_loss(run_dir: Path) -> float | None:
+    loss = json.loads((run_dir / "summary.json").read_text()).get("final_eval_loss")
+    return None if loss is None or not math.isfinite(loss) else float(loss)
+
+
+_WORKER_DATA: dict[tuple[str, int, str], PreparedData] = {}
+
+
+def _execute_in_worker(spec: RunSpec) -> RunOutcome:
+    """A subprocess's run: its prepared data is read from the cache once per process."""
+    key = (spec.train.data, spec.model.vocab_size, spec.train.tokenizer)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA[key] = prepare_data(key[0], vocab_size=key[1], tokenizer=key[2], progress=False)
+    return execute(spec, data=_WORKER_DATA[key])
+
+
+class _InProcess(Executor):
+    """Runs each submitted call at once, in this process (parallel = 1)."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            future.set_exception(error)
+        return future
+
+
+@dataclass
+class SuiteRun:
+    """What `run_suite` did: every outcome, the learning rate chosen per arm and the wall-clock."""
+
+    suite: Suite
+    size: Size
+    out: Path
+    outcomes: list[RunOutcome]
+    best_lr: dict[str, float | None]
+    seconds: float
+    parallel: int
+    device: str
+
+
+def best_learning_rate(outcomes: list[RunOutcome]) -> float | None:
+    """The sweep's winner: the lowest finite final eval loss (None when every rate diverged)."""
+    finished = [o for o in outcomes if o.final_eval_loss is not None and math.isfinite(o.final_eval_loss)]
+    return min(finished, key=lambda o: (o.final_eval_loss, o.spec.lr)).spec.lr if finished else None
+
+
+def suite_specs(suite: Suite, size: Size, out: Path, device: str, threads: int) -> list[RunSpec]:
+    """The sweep's runs (seed 0 at every rate), arm by arm."""
+    return [
+        run_spec(suite, size, arm.name, lr, 0, out, device=device, threads=threads)
+        for arm in suite.arms
+        for lr in size.lrs
+    ]
+
+
+def run_suite(
+    suite: Suite,
+    size: Size,
+    out: Path,
+    *,
+    device: str = "auto",
+    parallel: int = 1,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> SuiteRun:
+    """Train (or skip, or resume) every run of `suite` at `size` under `out`; the data is prepared once here."""
+    if parallel < 1:
+        raise ValueError(f"--parallel must be a positive integer, got {parallel}.")
+    out = Path(out)
+    threads = size.threads or (max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0)
+    sweep = suite_specs(suite, size, out, device, threads)
+    for spec in sweep:  # every conflict is found before any training
+        run_state(spec)
+    (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    data = prepare_data(size.data, vocab_size=size.vocab_size, progress=progress)
+    started = time.perf_counter()
+    queue: deque[RunSpec] = deque(sweep)
+    pending_sweep = {arm.name: len(size.lrs) for arm in suite.arms}
+    outcomes: list[RunOutcome] = []
+    best: dict[str, float | None] = {}
+    total = len(sweep) + len(suite.arms) * (size.seeds - 1)
+    if parallel > 1:
+        import multiprocessing
+
+        executor: Executor = ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        executor = _InProcess()
+    running: dict[Future, RunSpec] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                spec = queue.popleft()
+                future = (
+                    executor.submit(execute, spec, data=data, progress=progress)
+                    if parallel == 1
+                    else executor.submit(_execute_in_worker, spec)
+                )
+                running[future] = spec
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec = running.pop(future)
+                outcome = future.result()
+                outcomes.append(outcome)
+                say(_describe(outcome, len(outcomes), total))
+                if outcome.spec.seed == 0 and outcome.spec.arm in pending_sweep:
+                    pending_sweep[spec.arm] -= 1
+                    if pending_sweep[spec.arm] == 0:
+                        del pending_sweep[spec.arm]
+                        swept = [o for o in outcomes if o.spec.arm == spec.arm and o.spec.seed == 0]
+                        best[spec.arm] = lr = best_learning_rate(swept)
+                        if lr is None:
+                            total -= size.seeds - 1
+                            continue
+                        queue.extend(
+                            run_spec(suite, size, spec.arm, lr, seed, out, device=device, threads=threads)
+                            for seed in range(1, size.seeds)
+                        )
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return SuiteRun(suite, size, out, outcomes, best, time.perf_counter() - started, parallel, device)
+
+
+def _describe(outcome: RunOutcome, index: int, total: int) -> str:
+    loss = f"eval loss {outcome.final_eval_loss:.4f}" if outcome.final_eval_loss is not None else "no eval loss"
+    timing = f" in {outcome.seconds:.0f} s" if outcome.seconds else ""
+    note = f" ({outcome.message})" if outcome.action == "diverged" and outcome.message else ""
+    return f"[{index}/{total}] {outcome.spec.name}: {outcome.action}, {loss}{timing}{note}"
