@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from .layers.conversion import SWITCH_TARGETS
 from .layers.init import EMBEDDING_INITS
-from .layers.mot import (
+from .layers.mot_options import (
     EMITS,
     GROUP_AXES,
     GROUPINGS,
@@ -19,9 +19,8 @@ from .layers.mot import (
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
+from .runtime.distributed import PARALLEL_MODES
 from .runtime.precision import PRECISIONS
-
-PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
 
 AUX_LOSS_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig
-from .evaluation.batch_policy import is_batch_dependent
+from .layers import rows_couple_at_inference
 from .model import KVCache, Transformer, inference_routing
 
 __all__ = ["Generation", "check_sampling", "generate_text", "generate_tokens", "sample_next"]
@@ -92,7 +92,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, e
         )
     total = min(longest + max_new_tokens, config.max_seq_len)
     n_real = len(prompts)
-    group = config.group_size if is_batch_dependent(config) else 1
+    group = config.group_size if rows_couple_at_inference(config) else 1
     n_rows = -(-n_real // group) * group
     rows = [list(p) for p in prompts]
     if n_rows > n_real:

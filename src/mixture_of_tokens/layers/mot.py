@@ -18,7 +18,7 @@ attention (the masked objective).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,25 +27,27 @@ from .base import EvaluationMode, FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import expert_mlp, init_expert_weights_, new_expert_weights
 from .grouping import (
-    check_sequence_length,
     from_position_groups,
     from_sequence_groups,
     position_groups,
     sequence_groups,
 )
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
-
-Routing = Literal["softmax", "uniform", "discrete"]
-Emit = Literal["group", "experts"]
-LearnableTemperature = Literal["none", "scalar", "per_expert"]
-Grouping = Literal["consecutive", "random"]
-GroupAxis = Literal["across_batch", "within_sequence"]
-
-ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
-EMITS: tuple[str, ...] = ("group", "experts")
-LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
-GROUPINGS: tuple[str, ...] = ("consecutive", "random")
-GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
+from .mot_options import (
+    EMITS,
+    GROUP_AXES,
+    GROUPINGS,
+    LEARNABLE_TEMPERATURES,
+    ROUTINGS,
+    Emit,
+    GroupAxis,
+    Grouping,
+    LearnableTemperature,
+    Routing,
+    check_group_axis,
+    check_temperature_freeze,
+)
+from .routing_stats import routing_statistics
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -361,70 +363,3 @@ class MixtureOfTokens(FeedForwardLayer):
             f"group_axis={self.group_axis}, "
             f"separate_emit_controller={self.emit_controller is not None}"
         )
-
-
-def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
-    """A non-negative step count, and a learnable temperature to freeze when it is positive."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"temperature_freeze_steps must be a non-negative integer, got {steps!r}.")
-    if steps > 0 and learnable_temperature == "none":
-        raise ValueError(
-            f"temperature_freeze_steps={steps} needs a learnable temperature (learnable_temperature scalar or "
-            "per_expert); with learnable_temperature='none' the allowed value is 0."
-        )
-
-
-def check_group_axis(
-    group_axis: str,
-    *,
-    grouping: str = "consecutive",
-    causal_attention: bool = False,
-    seq_len: int | None = None,
-    group_size: int = 1,
-) -> None:
-    """Within-sequence groups: bidirectional attention only, no random row grouping, and G dividing the sequence
-    length (when given). One sentence per bad setting, before any compute."""
-    check_choice("group_axis", group_axis, GROUP_AXES)
-    if group_axis != "within_sequence":
-        return
-    if causal_attention:
-        raise ValueError(
-            "within-sequence MoT groups mix each token with later positions of its own sequence, so under causal "
-            "attention every prediction would see future tokens; use them with the masked objective "
-            "(objective='masked'), or group across the batch (mot_group_axis='across_batch')."
-        )
-    if grouping != "consecutive":
-        raise ValueError(
-            f"mot_grouping={grouping!r} shuffles which examples share an across-batch group; with within-sequence "
-            "groups the allowed value is consecutive."
-        )
-    if seq_len is not None:
-        check_sequence_length(seq_len, group_size)
-
-
-@torch.no_grad()
-def routing_statistics(
-    logits_RGE: torch.Tensor, merge_RGE: torch.Tensor, *, learned_temperature: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """Mean/std of the normalised entropy H(w)/log G of merge weights along the group axis (dim 1), of the
-    weights themselves and of the logits. With G = 1 the normalised entropy is defined as 1 (uniform)."""
-    weights = merge_RGE.float()
-    group_size = weights.shape[1]
-    if group_size > 1:
-        entropy_RE = -torch.special.xlogy(weights, weights).sum(dim=1) / math.log(group_size)
-    else:
-        entropy_RE = torch.ones_like(weights[:, 0])
-    entropy_std, entropy_mean = torch.std_mean(entropy_RE, correction=0)
-    weight_std, weight_mean = torch.std_mean(weights, correction=0)
-    logit_std, logit_mean = torch.std_mean(logits_RGE.float(), correction=0)
-    stats = {
-        "entropy_mean": entropy_mean,
-        "entropy_std": entropy_std,
-        "weight_mean": weight_mean,
-        "weight_std": weight_std,
-        "logit_mean": logit_mean,
-        "logit_std": logit_std,
-    }
-    if learned_temperature is not None:
-        stats["temperature_mean"] = learned_temperature.float().mean()
-    return stats

@@ -69,6 +69,34 @@ def sparse_routing_statistics(record: SparseRouting | None) -> dict[str, torch.T
     }
 
 
+@torch.no_grad()
+def routing_statistics(
+    logits_RGE: torch.Tensor, merge_RGE: torch.Tensor, *, learned_temperature: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Mean/std of the normalised entropy H(w)/log G of merge weights along the group axis (dim 1), of the
+    weights themselves and of the logits. With G = 1 the normalised entropy is defined as 1 (uniform)."""
+    weights = merge_RGE.float()
+    group_size = weights.shape[1]
+    if group_size > 1:
+        entropy_RE = -torch.special.xlogy(weights, weights).sum(dim=1) / math.log(group_size)
+    else:
+        entropy_RE = torch.ones_like(weights[:, 0])
+    entropy_std, entropy_mean = torch.std_mean(entropy_RE, correction=0)
+    weight_std, weight_mean = torch.std_mean(weights, correction=0)
+    logit_std, logit_mean = torch.std_mean(logits_RGE.float(), correction=0)
+    stats = {
+        "entropy_mean": entropy_mean,
+        "entropy_std": entropy_std,
+        "weight_mean": weight_mean,
+        "weight_std": weight_std,
+        "logit_mean": logit_mean,
+        "logit_std": logit_std,
+    }
+    if learned_temperature is not None:
+        stats["temperature_mean"] = learned_temperature.float().mean()
+    return stats
+
+
 class CollapseMonitor:
     """Warns when one expert of a sparse layer takes more than `share` of its layer's assignments for
     `patience` consecutive checks (routing collapse: the other experts stop learning).

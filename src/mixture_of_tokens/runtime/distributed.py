@@ -17,8 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import PARALLEL_MODES
 from ..layers.base import FeedForwardLayer
+
+PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
+"""How a model is wrapped under torchrun: DDP, or FSDP2 (`fully_shard`)."""
 
 
 @dataclass(frozen=True)

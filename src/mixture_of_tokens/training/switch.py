@@ -49,9 +49,7 @@ def switched_copy(model: nn.Module, target: str) -> nn.Module:
     return copied
 
 
-def check_switch(
-    config: ModelConfig, train_config: TrainConfig, *, world_size: int = 1, parallel: str = "ddp"
-) -> None:
+def check_switch(config: ModelConfig, train_config: TrainConfig, *, world_size: int = 1, parallel: str = "ddp") -> None:
     """Fail before any compute when a switch (or the loss-if-switched evaluation) cannot happen as asked."""
     for setting in ("switch_to", "eval_also"):
         target = getattr(train_config, setting)

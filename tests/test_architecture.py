@@ -1,0 +1,85 @@
+"""The package's structure: no import cycles between its rooms (top-level modules and subpackages), counting the
+imports a module makes when it is loaded (imports inside functions and under TYPE_CHECKING are deferred), and no
+module over 400 lines."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import mixture_of_tokens
+
+PACKAGE = Path(mixture_of_tokens.__file__).parent
+
+
+def _module_name(path: Path) -> tuple[str, str]:
+    """(dotted module name, the package its relative imports start from)."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+        return ".".join(parts), ".".join(parts)
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def room_imports() -> dict[str, set[str]]:
+    """{room: rooms it imports at load time}."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in PACKAGE.rglob("*.py"):
+        module, package = _module_name(path)
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            if _room(module) != _room(target):
+                edges[_room(module)].add(_room(target))
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a path [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycles_between_rooms():
+    edges = room_imports()
+    assert "layers" in edges or "layers" in {t for targets in edges.values() for t in targets}
+    assert find_cycle(edges) is None
+
+
+def test_layers_import_nothing_else_of_the_package_at_load_time():
+    """The feed-forward layers are the bottom floor: config, model and trainer build on them, never the reverse."""
+    assert room_imports().get("layers", set()) == set()
+
+
+def test_no_module_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
