@@ -19,6 +19,7 @@ from mixture_of_tokens.experiments.transition import run_transition_experiment
 from mixture_of_tokens.layers import MixtureOfTokens
 from mixture_of_tokens.layers.token_choice import TokenChoice
 from mixture_of_tokens.training.loop import train
+from mixture_of_tokens.training.metrics import read_metrics
 from mixture_of_tokens.training.schedule import lr_multiplier
 from mixture_of_tokens.transition import convert_checkpoint
 
@@ -149,6 +150,12 @@ def test_transition_experiment_reports_all_five_losses(tmp_path: Path, monkeypat
     assert saved["right_after_switch"] == pytest.approx(report.right_after_switch)
     assert (tmp_path / "out" / "transition.png").read_bytes()[:4] == b"\x89PNG"
     assert "the spike" in report.table()
+    # one run: the spike is the run's own switch record, and the loss if switched now was logged before it
+    records = read_metrics(tmp_path / "out" / "transition" / "metrics.jsonl")
+    switch = next(r for r in records if r.get("event") == "switch")
+    assert (switch["step"], switch["eval_loss_after"]) == (4, report.right_after_switch)
+    assert any("eval_loss_if_token-choice" in r for r in records if r["step"] <= 4)
+    assert json.loads((tmp_path / "out" / "transition" / "summary.json").read_text())["switch"]["step"] == 4
 
 
 def test_converted_model_generates_alone_and_independently_of_other_prompts(trained: dict, tmp_path: Path) -> None:

@@ -11,16 +11,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     experiments = parser.add_subparsers(dest="experiment", required=True)
     transition = experiments.add_parser(
         "transition",
-        help="train tiny-mot, convert to Token Choice, continue; compare with Token Choice from scratch and dense",
+        help="one run: tiny-mot, switched in place to Token Choice, trained on; against Token Choice from scratch "
+        "and dense",
     )
     transition.add_argument("--out", default="runs/transition", help="directory for every run, report and plot")
     transition.add_argument("--mot-steps", type=int, default=400, help="MoT training steps before the switch")
     transition.add_argument("--continue-steps", type=int, default=40, help="Token Choice steps after the switch")
-    transition.add_argument(
-        "--schedule",
-        default="continue",
-        help="LR after the switch: continue (the MoT run's cosine, extended) | fresh (new warmup + cosine)",
-    )
     transition.add_argument(
         "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
     )
@@ -34,7 +30,6 @@ def run(args: argparse.Namespace) -> None:
         Path(args.out),
         mot_steps=args.mot_steps,
         continue_steps=args.continue_steps,
-        continue_schedule=args.schedule,
         force=args.force,
     )
     print()
