@@ -376,3 +376,18 @@ def test_training_smoke(ffn, tmp_path, cache_dir):
     logged = set().union(*(row.keys() for row in read_metrics(tmp_path / "run" / "metrics.jsonl")))
     assert "routing.block1.router_entropy" in logged
     assert ("aux.block1.load_balance" in logged) == (ffn == "token_choice")
+
+
+def test_inference_routing_restores_each_layer_as_it_was():
+    """A model loaded for inference stays dropless after a `with inference_routing(...)` block (e.g. generation
+    inside the lm-eval adapter); a model in training gets its capacity back."""
+    from torch import nn
+
+    from mixture_of_tokens.layers import inference_routing, set_inference_routing
+
+    trained, loaded = (TokenChoice(8, n_experts=4, expert_size=16, capacity_factor=1.25) for _ in range(2))
+    set_inference_routing(nn.Sequential(loaded))
+    for layer, capacity_after in ((trained, 1.25), (loaded, None)):
+        with inference_routing(nn.Sequential(layer)):
+            assert layer.capacity_factor is None
+        assert layer.capacity_factor == capacity_after

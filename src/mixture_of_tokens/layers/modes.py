@@ -29,19 +29,25 @@ def mot_mode(model: nn.Module, *, group_size: int | None = None, routing: str | 
             layer.set_mode(group_size=old_group_size, routing=old_routing)
 
 
+def _inference_layers(model: nn.Module) -> list[FeedForwardLayer]:
+    return [m for m in model.modules() if isinstance(m, FeedForwardLayer) and hasattr(m, "set_inference")]
+
+
 def set_inference_routing(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Put every feed-forward layer in (or out of) its inference routing; returns the model."""
-    for module in model.modules():
-        if isinstance(module, FeedForwardLayer) and hasattr(module, "set_inference"):
-            module.set_inference(enabled)
+    for layer in _inference_layers(model):
+        layer.set_inference(enabled)
     return model
 
 
 @contextlib.contextmanager
 def inference_routing(model: nn.Module) -> Iterator[None]:
-    """`set_inference_routing` for the duration of a `with` block, then the training routing again."""
-    set_inference_routing(model, True)
+    """Inference routing for the duration of a `with` block, then each layer as it was before (a model loaded for
+    inference stays in inference routing; one in training gets its capacities back)."""
+    layers = _inference_layers(model)
+    before = [layer.set_inference(True) for layer in layers]
     try:
         yield
     finally:
-        set_inference_routing(model, False)
+        for layer, was_enabled in zip(layers, before):
+            layer.set_inference(was_enabled)

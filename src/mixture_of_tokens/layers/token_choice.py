@@ -206,15 +206,18 @@ class TokenChoice(FeedForwardLayer):
         """A batch-wide capacity lets a token's drop depend on tokens at later positions."""
         return not (self.scope == "batch" and self.capacity_factor is not None)
 
-    def set_inference(self, enabled: bool) -> None:
+    def set_inference(self, enabled: bool) -> bool:
         """Route dropless (no capacity) while enabled: each token's output then depends on that token alone, so
-        the layer needs no batch at inference (the point of transition tuning). Disabling restores the capacity."""
-        if enabled and self._training_capacity_factor is None:
+        the layer needs no batch at inference (the point of transition tuning). Disabling restores the capacity.
+        Returns whether inference routing was on before the call."""
+        was_enabled = self._training_capacity_factor is not None
+        if enabled and not was_enabled:
             self._training_capacity_factor = self.capacity_factor or 0.0
             self.capacity_factor = None
-        elif not enabled and self._training_capacity_factor is not None:
+        elif not enabled and was_enabled:
             self.capacity_factor = self._training_capacity_factor or None
             self._training_capacity_factor = None
+        return was_enabled
 
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.router, fan_in=self.d_model, scale=self.init_scale)
