@@ -111,6 +111,6 @@ def test_tensorboard_without_the_package_fails_before_data_and_metrics(corpus, c
         ["train", "--resume", "run", "--steps", "4", "--tensorboard"],
     ):
         status, _, err = run_mot(argv, capsys)
-        assert status == 2 and len(error_lines(err)) == 1 and "pip install tensorboard" in err
+        assert status == 2 and len(error_lines(err)) == 1 and "pip install 'mixture-of-tokens[tensorboard]'" in err
     assert tree_digest(Path("run")) == before  # metrics.jsonl untouched
     assert not cache_dir.exists() and not Path("fresh").exists()

@@ -9,7 +9,6 @@ runs/NAME, never a path read from a saved config.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 import uuid
@@ -23,6 +22,7 @@ from ..checkpoint import read_config, read_manifest, saved_configs
 from ..config import ModelConfig, TrainConfig
 from ..data.prepare import check_data_settings
 from ..data.sources import source_fingerprint
+from ..extras import require
 from ..layers import check_training_batch
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
@@ -149,13 +149,7 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
     check_switch(model_config, train_config, world_size=world_size, parallel=train_config.parallel)
     check_data_settings(train_config.data, train_config.tokenizer)
     if train_config.tensorboard:
-        try:
-            importlib.import_module("tensorboard")
-        except ImportError:
-            raise ValueError(
-                "tensorboard=True needs the tensorboard package, which is not installed: pip install tensorboard, "
-                "or drop --tensorboard."
-            ) from None
+        require("tensorboard", "tensorboard", purpose="tensorboard=True (--tensorboard)")
 
 
 def _plan_init_from(
