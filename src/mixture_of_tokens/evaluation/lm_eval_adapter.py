@@ -22,12 +22,14 @@ both give the same scores (tests/test_lm_eval.py runs lm-eval's command line on 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..config import ScoringConfig, config_from_strings
 from ..extras import require
 from ..generate import generate_tokens
 from . import Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
@@ -39,22 +41,16 @@ __all__ = ["MoTBackend", "main", "register"]
 class MoTBackend:
     """The three lm-eval request types as plain functions over strings, under one batch policy."""
 
-    def __init__(
-        self,
-        checkpoint: str,
-        *,
-        mot_eval: str = "auto",
-        protocol_rows: int | None = None,
-        seed: int = 0,
-        device: str = "auto",
-        batch_size: int = 32,
-        prefix_eos: bool = False,
-        train_tokens: np.ndarray | None = None,
-    ) -> None:
-        self.loaded = load_checkpoint(checkpoint, device)
+    def __init__(self, checkpoint: str, *, train_tokens: np.ndarray | None = None, **settings: object) -> None:
+        """`settings` are ScoringConfig fields (mot_eval, protocol_rows, prefix_eos, seed, batch_size, device,
+        threads), as Python values or as the strings lm-eval's --model_args passes."""
+        config = config_from_strings(ScoringConfig, settings)
+        self.loaded = load_checkpoint(checkpoint, config.device)
         self.loaded.model_config.check_causal("the lm-eval adapter")
-        rows = None if protocol_rows is None else int(protocol_rows)
-        self.policy = resolve_policy(self.loaded.model_config, mot_eval, rows=rows, seed=int(seed))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        rows = config.protocol_rows or None
+        self.policy = resolve_policy(self.loaded.model_config, config.mot_eval, rows=rows, seed=config.seed)
         if self.policy.isolated and train_tokens is None:
             train_tokens, _ = load_texts(self.loaded, progress=False)
         self.filler_tokens = train_tokens
@@ -63,9 +59,9 @@ class MoTBackend:
             self.loaded.tokenizer,
             self.policy,
             filler_tokens=train_tokens,
-            batch_size=int(batch_size),
+            batch_size=config.batch_size,
             device=self.loaded.device,
-            prefix_eos=_flag(prefix_eos),
+            prefix_eos=config.prefix_eos,
         )
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -111,15 +107,6 @@ class MoTBackend:
         return outputs
 
 
-def _flag(value: object) -> bool:
-    """A boolean model_arg as lm-eval may pass it: a bool or a string such as "true" / "False"."""
-    if isinstance(value, str):
-        if value.strip().lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"prefix_eos={value!r} is not a boolean; allowed values: true, false.")
-        return value.strip().lower() in ("true", "1")
-    return bool(value)
-
-
 def lm_eval_device(device: object) -> str:
     """lm-eval's --device as a device of this package. lm-eval passes cuda:0 unless told otherwise, also on a
     machine without a GPU, so cuda[:N] means CUDA when it is present and the CPU when it is not."""
@@ -146,7 +133,7 @@ def register() -> type:
     class MoTLM(LM):
         def __init__(self, checkpoint: str, **options: Any) -> None:
             super().__init__()
-            allowed = ("mot_eval", "protocol_rows", "seed", "device", "batch_size", "prefix_eos")
+            allowed = {f.name for f in dataclasses.fields(ScoringConfig)}  # lm-eval adds its own keys too
             options["device"] = lm_eval_device(options.get("device"))
             if options.get("batch_size") is not None:
                 options["batch_size"] = lm_eval_batch_size(options["batch_size"])
