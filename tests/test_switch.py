@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import build_model, tiny_model_config
 
-from mixture_of_tokens import ModelConfig, TrainConfig, Transformer
+from mixture_of_tokens import TrainConfig, Transformer
 from mixture_of_tokens.layers import ExpertChoice, MixtureOfTokens, TokenChoice
 from mixture_of_tokens.layers.conversion import convert_config, convert_weights
 from mixture_of_tokens.training.switch import check_switch, switch_in_place, switched_copy
 
-CONFIG = ModelConfig(
-    vocab_size=50,
-    max_seq_len=8,
-    d_model=16,
-    n_blocks=2,
-    n_heads=2,
-    d_ff=32,
-    ffn="mot",
-    ffn_blocks="second-half",
-    group_size=4,
-    n_experts=4,
-    expert_size=32,
-)
+CONFIG = tiny_model_config(vocab_size=50, max_seq_len=8, d_model=16, d_ff=32, expert_size=32)
 
 
 def trained_with_adamw(seed: int = 0) -> tuple[Transformer, torch.optim.AdamW, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = Transformer(CONFIG)
+    model = build_model(CONFIG, seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}])
@@ -102,7 +90,7 @@ def test_switch_targets_are_checked_by_the_config(value):
 
 
 def test_switch_needs_mot_layers_and_fsdp_is_refused():
-    dense = ModelConfig(vocab_size=50, max_seq_len=8, d_model=16, n_blocks=2, n_heads=2, d_ff=32)
+    dense = tiny_model_config(vocab_size=50, max_seq_len=8, d_model=16, d_ff=32, ffn="dense")
     for fields in ({"switch_to": "token-choice", "switch_at": 5}, {"eval_also": "expert-choice"}):
         with pytest.raises(ValueError, match="no MoT layer"):
             check_switch(dense, TrainConfig(steps=10, **fields))
