@@ -127,6 +127,25 @@ def _claim_transition(switched: str, tc: str) -> Claim:
     )
 
 
+MASKED = (("objective", "masked"),)
+WITHIN_SEQUENCE = (*MASKED, ("mot_group_axis", "within_sequence"))
+
+
+def _claims_masked(dense: str, across: str, within: str) -> tuple:
+    paper = (
+        'the paper: MoT is "fully compatible with both masked and causal language model training"; the authors '
+        "also trained BERT-style models, grouping within sequences there (no figure)"
+    )
+    return (
+        Claim("masked-mot-beats-dense", "With the masked objective, MoT grouped across the batch reaches a lower "
+              "masked-token eval loss than the dense Transformer of equal active FLOPs.", "better", (across, dense),
+              paper),
+        Claim("masked-within-sequence-beats-dense", "With the masked objective, MoT grouped within each sequence "
+              "(no sequence depends on another) reaches a lower masked-token eval loss than the dense Transformer.",
+              "better", (within, dense), paper),
+    )  # fmt: skip
+
+
 def _claim_crossover(mot: str) -> Claim:
     return Claim(
         "mot-overtakes-dense",
@@ -196,6 +215,19 @@ CLAIMS_TRANSITION = Suite(
     {"cpu": _cpu(400), "gpu": _gpu()},
 )
 
+CLAIMS_MASKED = Suite(
+    "claims-masked",
+    "BERT-style masked LM (docs/masked-lm.md): dense against MoT /8E grouped across the batch and MoT /8E grouped "
+    "within each sequence (8 consecutive positions)",
+    (
+        Arm("dense-masked", "dense Transformer, masked LM", model=MASKED),
+        mot_arm("mot-8e-masked", "/8E", "MoT /8E across the batch, masked LM", model=MASKED),
+        mot_arm("mot-8e-masked-seq", "/8E", "MoT /8E within sequences, masked LM", model=WITHIN_SEQUENCE),
+    ),
+    _claims_masked("dense-masked", "mot-8e-masked", "mot-8e-masked-seq"),
+    {"cpu": _cpu(600), "gpu": _gpu()},
+)
+
 CROSSOVER = Suite(
     "crossover",
     "dense and MoT /8E for longer: the step (and tokens) at which MoT reaches dense's eval loss, if it does",
@@ -210,7 +242,7 @@ _SMOKE_SIZE = Size("smoke", 32, 2, 2, 32, 8, 40, lrs=(1e-2, 3e-2), evals=4, eval
 SMOKE = Suite(
     "smoke",
     "every claim of the other suites on a tiny model for a few steps (G = E in 2 and 4, /4E/2, uniform, every "
-    "block, Token Choice, Expert Choice, bf16-pure, transition): it checks the machinery, not the claims",
+    "block, Token Choice, Expert Choice, bf16-pure, transition, masked LM): it checks the machinery, not the claims",
     (
         DENSE,
         mot_arm("mot-2e", "/2E", "MoT /2E"),
@@ -223,6 +255,9 @@ SMOKE = Suite(
         mot_arm("mot-4e-bf16", "/4E", "MoT /4E, bf16-pure", train=BF16),
         Arm("expert-choice-bf16", "Expert Choice, bf16-pure", ExpertChoice.kind, experts=4, train=BF16),
         mot_arm("mot-to-token-choice", "/4E", "MoT /4E switched to Token Choice at 75%", switch_to="token-choice"),
+        Arm("dense-masked", "dense Transformer, masked LM", model=MASKED),
+        mot_arm("mot-4e-masked", "/4E", "MoT /4E across the batch, masked LM", model=MASKED),
+        mot_arm("mot-4e-masked-seq", "/4E", "MoT /4E within sequences, masked LM", model=WITHIN_SEQUENCE),
     ),
     (
         *_claims_core("mot-4e", ("mot-2e", "mot-4e"), ("mot-4e", "mot-4e-2"), "mot-4e-uniform", "mot-4e-every-block"),
@@ -230,12 +265,14 @@ SMOKE = Suite(
         _claim_precision("mot-4e", "mot-4e-bf16", "expert-choice", "expert-choice-bf16"),
         _claim_transition("mot-to-token-choice", "token-choice"),
         _claim_crossover("mot-4e"),
+        *_claims_masked("dense-masked", "mot-4e-masked", "mot-4e-masked-seq"),
     ),
     {"smoke": _SMOKE_SIZE},
 )
 
 SUITES: dict[str, Suite] = {
-    s.name: s for s in (CLAIMS_CORE, CLAIMS_SPARSE, CLAIMS_PRECISION, CLAIMS_TRANSITION, CROSSOVER, SMOKE)
+    s.name: s
+    for s in (CLAIMS_CORE, CLAIMS_SPARSE, CLAIMS_PRECISION, CLAIMS_TRANSITION, CLAIMS_MASKED, CROSSOVER, SMOKE)
 }
 for _suite in SUITES.values():
     check_suite(_suite)
