@@ -189,10 +189,6 @@ class ModelConfig:
         return [self.ffn if i in selected else "dense" for i in range(n)]
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
     def mask_token_id(self) -> int | None:
         """The masked objective's mask token: the first id after the tokenizer's (vocab_size); None if causal."""
         return self.vocab_size if self.objective == "masked" else None

@@ -116,10 +116,6 @@ class TokenFileWriter:
         self.n_tokens += array.size
         self.n_documents += sum(ends_document)
 
-    def write_documents(self, encoded: list[list[int]]) -> None:
-        """Write whole documents, each followed by eos."""
-        self.write_pieces(encoded, [True] * len(encoded))
-
     def finish(self, manifest_extra: dict[str, Any]) -> np.ndarray:
         """Rename the temp file into place, write the manifest, return the read-only memmap."""
         self._handle.close()

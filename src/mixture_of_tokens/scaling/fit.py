@@ -64,11 +64,6 @@ def _theta_to_law(theta: np.ndarray, kind: str) -> Law:
     return FineGrainedLaw(**values) if kind == "fine-grained" else DenseLaw(**values)
 
 
-def _law_to_theta(law: Law, kind: str) -> np.ndarray:
-    values = law.as_dict()
-    return np.array([math.log(values[n]) if n in _LOG_NAMES else values[n] for n in _names(kind)])
-
-
 def _log_loss_and_jacobian(theta: np.ndarray, log_N, log_D, log_k, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """log L_pred per run [R] and its derivative with respect to theta [R, P]."""
     if kind == "fine-grained":
