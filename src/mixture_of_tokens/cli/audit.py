@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .help_text import examples
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Choice capacity binds. With a checkpoint "
             "directory or --preset: audit that whole model on random token ids."
         ),
+        **examples("mot audit", "mot audit --preset tiny-mot --seq-len 32", "mot audit runs/tiny-mot --json"),
     )
     parser.add_argument("checkpoint", nargs="?", help="checkpoint or finished run directory (default: layer types)")
     parser.add_argument("--preset", help="audit a freshly initialised model of this preset instead")

@@ -7,13 +7,20 @@ import argparse
 from pathlib import Path
 
 from ..runtime.devices import DEVICES
+from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..experiments.catalog import SUITES
 
     parser = subparsers.add_parser(
-        "compare", help="run a comparison suite with computed verdicts (--suite), or tabulate finished runs"
+        "compare",
+        help="run a comparison suite with computed verdicts (--suite), or tabulate finished runs",
+        **examples(
+            "mot compare --list",
+            "mot compare --suite smoke --out runs/smoke",
+            "mot compare runs/tiny-dense runs/tiny-mot --plot runs/tiny.png    # finished runs: table and plot",
+        ),
     )
     parser.add_argument("runs", nargs="*", help="finished run directories to tabulate (without --suite)")
     parser.add_argument("--plot", default="runs/compare.png", help="where to write the plot of RUN_DIR ...")

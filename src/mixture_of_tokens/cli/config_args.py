@@ -60,13 +60,14 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     return model, train
 
 
-def config_flags(config: object) -> str:
-    """The command-line flags that rebuild a config dataclass from its defaults (fields equal to the default are
-    left out): the inverse of `add_config_fields`."""
+def config_flags(config: object, base: object | None = None) -> str:
+    """The command-line flags that rebuild a config dataclass from its defaults, or from `base` (a config of the
+    same class, e.g. a preset's) when given; fields equal to those are left out: the inverse of
+    `add_config_fields`."""
     flags = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if value == f.default:
+        if value == (f.default if base is None else getattr(base, f.name)):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

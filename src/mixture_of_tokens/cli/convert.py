@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig
 from ..layers.conversion import ROUTING_FIELDS, TARGETS
 from .config_args import add_config_fields, overrides
+from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Every MoT layer becomes a Token Choice (or Expert Choice) layer reusing the MoT tensors "
         "unchanged (router := controller, experts := experts), or discrete-argmax MoT. Continue training with "
         "`mot train --init-from OUT`.",
+        **examples(
+            "mot convert --checkpoint runs/tiny-mot --to token-choice --out runs/tiny-mot-tc",
+            "mot train --init-from runs/tiny-mot-tc --name tiny-mot-tc-continued --steps 100    # then train on",
+            "mot convert --checkpoint runs/tiny-mot --to expert-choice --out runs/tiny-mot-ec --capacity-factor 2.0",
+        ),
     )
     parser.add_argument("--checkpoint", required=True, help="an MoT checkpoint or finished run directory")
     parser.add_argument("--to", required=True, dest="target", help=f"one of: {', '.join(TARGETS)}")

@@ -6,12 +6,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .help_text import examples
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="prepare token files and show what is cached")
+    parser = subparsers.add_parser(
+        "data",
+        help="prepare token files and show what is cached",
+        **examples("mot data prepare --source packaged+brown", "mot data info"),
+    )
     commands = parser.add_subparsers(dest="data_command", required=True)
 
-    prepare = commands.add_parser("prepare", help="tokenise a source into cached train/eval token files")
+    prepare = commands.add_parser(
+        "prepare",
+        help="tokenise a source into cached train/eval token files",
+        **examples(
+            "mot data prepare    # the packaged corpus, an 8192-token BPE trained on it",
+            "mot data prepare --source text:my_corpus/ --vocab-size 4096",
+            "mot data prepare --source c4 --tokenizer gpt2 --max-tokens 20000000",
+        ),
+    )
     prepare.add_argument(
         "--source",
         default="packaged",
@@ -30,7 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--cache-dir", default=None, help="cache root (default: $MOT_CACHE_DIR or ~/.cache/...)")
     prepare.set_defaults(handler=run_prepare)
 
-    info = commands.add_parser("info", help="print the manifests of prepared token files")
+    info = commands.add_parser(
+        "info",
+        help="print the manifests of prepared token files",
+        **examples("mot data info", "mot data info --source packaged --cache-dir /tmp/mot-cache"),
+    )
     info.add_argument("--source", default=None, help="only this source (default: everything in the cache)")
     info.add_argument("--cache-dir", default=None, help="cache root (default: $MOT_CACHE_DIR or ~/.cache/...)")
     info.set_defaults(handler=run_info)

@@ -8,12 +8,17 @@ import dataclasses
 from pathlib import Path
 
 from ..presets import get_preset
+from .help_text import examples
 
 DEMO_PRESETS = ("tiny-dense", "tiny-mot")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="train tiny-dense and tiny-mot on the packaged corpus and compare")
+    parser = subparsers.add_parser(
+        "demo",
+        help="train tiny-dense and tiny-mot on the packaged corpus and compare",
+        **examples("mot demo", "mot demo --steps 100 --out runs/demo-short --force"),
+    )
     parser.add_argument("--out", default="runs/demo", help="directory for the two runs and the plot")
     parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the presets' own)")
     parser.add_argument(

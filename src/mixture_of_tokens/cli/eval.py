@@ -11,10 +11,19 @@ from pathlib import Path
 
 from ..config import EvalConfig
 from .config_args import add_config_fields, overrides
+from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="perplexity and zero-shot accuracy of a checkpoint")
+    parser = subparsers.add_parser(
+        "eval",
+        help="perplexity and zero-shot accuracy of a checkpoint",
+        **examples(
+            "mot eval --checkpoint runs/tiny-mot",
+            "mot eval --checkpoint runs/tiny-mot --tasks piqa,hellaswag --limit 200",
+            "mot eval --checkpoint runs/tiny-mot --tasks piqa --task-file piqa=piqa_val.jsonl --no-perplexity",
+        ),
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
     parser.add_argument(
         "--task-file",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-EXAMPLES = """examples:
-  mot export --checkpoint runs/tiny-mot --to hf --out exports/tiny-mot
-  mot export --checkpoint runs/tiny-tc --to hf --out exports/tiny-tc --force    # replace an earlier export
+from .help_text import examples
 
-then, in Python (transformers only):
-  AutoModelForCausalLM.from_pretrained("exports/tiny-mot", trust_remote_code=True)
-"""
+EXAMPLES = examples(
+    "mot export --checkpoint runs/tiny-mot --to hf --out exports/tiny-mot",
+    "mot export --checkpoint runs/tiny-token-choice --to hf --out exports/tiny-tc --force    # replace an export",
+    note='then, in Python (transformers only):\n  AutoModelForCausalLM.from_pretrained("exports/tiny-mot", '
+    "trust_remote_code=True)",
+)
 
 TARGETS = ("hf",)
 
@@ -25,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "model.safetensors, tokenizer files and a model card with MoT's batch rule. The copy's logits are checked "
             "against this package's before it is put in place. Dense, MoT and Token Choice blocks."
         ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **EXAMPLES,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
     parser.add_argument("--to", required=True, choices=TARGETS, help="format: hf (Hugging Face transformers)")

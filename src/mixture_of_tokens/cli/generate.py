@@ -7,10 +7,19 @@ from pathlib import Path
 
 from ..config import GenerateConfig
 from .config_args import add_config_fields, overrides
+from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="generate text from a checkpoint (batched, KV-cached)")
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint (batched, KV-cached)",
+        **examples(
+            'mot generate --checkpoint runs/tiny-mot --prompt "The cat"',
+            'mot generate --checkpoint runs/tiny-mot --prompt "Once" --prompt "The ship" --temperature 0.8 --top-k 40',
+            "mot generate --checkpoint runs/tiny-mot --prompts-file prompts.txt --max-new-tokens 64",
+        ),
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")

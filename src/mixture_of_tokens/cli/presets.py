@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from .help_text import examples
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("presets", help="list the presets with their sizes, grouped by figure")
+    parser = subparsers.add_parser(
+        "presets",
+        help="list the presets with their sizes, grouped by figure",
+        **examples("mot presets", "mot train --preset tiny-mot --dry-run    # one preset's sizes, FLOPs and memory"),
+    )
     parser.set_defaults(handler=run)
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
+
+from .help_text import examples
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -20,13 +24,31 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+PLAN_PRESET = "mot-medium-32e"
+"""The preset `mot scaling plan` builds its `mot train` command on (C4, GPT-2 tokens, 256 x 256 a step)."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "scaling", help="fine-grained scaling law: plan a compute budget, predict a loss, fit runs"
+        "scaling",
+        help="fine-grained scaling law: plan a compute budget, predict a loss, fit runs",
+        **examples(
+            "mot scaling plan --flops 1e20",
+            "mot scaling predict --N 1e8 --D 2e9 --granularity 8",
+            "mot scaling fit --runs runs/ --out runs/law.json",
+        ),
     )
     commands = parser.add_subparsers(dest="scaling_command", required=True)
 
-    plan = commands.add_parser("plan", help="compute-optimal granularity, shape and tokens for a FLOP budget")
+    plan = commands.add_parser(
+        "plan",
+        help="compute-optimal granularity, shape and tokens for a FLOP budget",
+        **examples(
+            "mot scaling plan --flops 1e20    # prints a `mot train` command for the planned model",
+            "mot scaling plan --flops 1e18:1e25 --plot runs/scaling_plan.png",
+            "mot scaling plan --flops 1e18 --preset tiny-mot --granularities 1,8,32",
+        ),
+    )
     plan.add_argument(
         "--flops", required=True, help="training FLOPs: one budget (1e21) or a range LOW:HIGH[:COUNT] (1e18:1e25)"
     )
@@ -35,11 +57,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--expansion", type=float, default=64.0, help="expansion rate = MoT group size (law fit: 64)")
     plan.add_argument("--law", default="", help="coefficients JSON from `mot scaling fit --out` (default: paper's)")
+    plan.add_argument(
+        "--preset",
+        default=PLAN_PRESET,
+        help="preset the printed `mot train` command starts from: its vocabulary, context, data and training "
+        f"settings, the planned shape (default {PLAN_PRESET})",
+    )
     plan.add_argument("--plot", default="runs/scaling_plan.png", help="plot path for a range of budgets")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
     plan.set_defaults(handler=run_plan)
 
-    predict = commands.add_parser("predict", help="predicted loss of one model from the law")
+    predict = commands.add_parser(
+        "predict",
+        help="predicted loss of one model from the law",
+        **examples(
+            "mot scaling predict --N 4.65e9 --D 4.07e9 --granularity 8",
+            "mot scaling predict --N 1e9 --D 2e10 --dense",
+        ),
+    )
     predict.add_argument("--N", dest="params", type=float, required=True, help="non-embedding parameters")
     predict.add_argument("--D", dest="tokens", type=float, required=True, help="training tokens")
     predict.add_argument("--granularity", type=float, default=1.0, help="granularity k = d_ff / expert width")
@@ -53,7 +88,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     predict.set_defaults(handler=run_predict)
 
-    fit = commands.add_parser("fit", help="fit the law to runs (a CSV/JSON table or a folder of run directories)")
+    fit = commands.add_parser(
+        "fit",
+        help="fit the law to runs (a CSV/JSON table or a folder of run directories)",
+        **examples(
+            "mot scaling fit --runs runs/ --out runs/law.json    # every finished run directory under runs/",
+            "mot scaling fit --runs runs.csv --kind dense --bootstrap 0 --json    # a table: N, D, granularity, loss",
+            "mot scaling plan --flops 1e20 --law runs/law.json    # plan with the fitted coefficients",
+        ),
+    )
     fit.add_argument(
         "--runs", required=True, help="a .csv/.json table (N, D, granularity, loss[, name, kind]) or a folder"
     )
@@ -85,11 +128,50 @@ def _granularities(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _describe(plan) -> str:
+def planned_model(plan, preset_name: str):
+    """The planned MoT shape on a preset's model: its vocabulary, context and other settings, the plan's sizes,
+    MoT in every block as the law assumes (`MoTPreset.model_config`)."""
+    from ..config import ModelConfig
+    from ..presets import get_preset
+
+    base = get_preset(preset_name).model
+    shape = {f.name for f in dataclasses.fields(plan.mot)} | {"ffn", "ffn_blocks"}
+    kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelConfig) if f.name not in shape}
+    return plan.mot.model_config(**kept)
+
+
+def train_command(plan, preset_name: str) -> tuple[str, str]:
+    """A pasteable `mot train` command that builds the planned model on `preset_name` and trains it on the planned
+    tokens, and a note on how --steps was computed."""
     from ..counting import human
+    from ..presets import get_preset
     from .config_args import config_flags
 
+    preset = get_preset(preset_name)
+    model = planned_model(plan, preset_name)
+    flags = config_flags(model, base=preset.model)
+    batch, accum = preset.train.batch_size, preset.train.grad_accum_steps
+    whose = f"{preset_name}'s batch x context"
+    if (batch // accum) % model.group_size:  # MoT groups across the micro-batch: round it up to a multiple
+        batch = math.ceil(batch // accum / model.group_size) * model.group_size * accum
+        flags += f" --batch-size {batch}"
+        whose = f"batch x context; {preset_name}'s batch rounded up to a multiple of group size {model.group_size}"
+    tokens_per_step = batch * model.max_seq_len
+    steps = max(1, math.ceil(plan.best.tokens / tokens_per_step))
+    name = f"planned-{plan.flops:.3g}".replace("+", "")  # a valid run name: planned-1e20, planned-3.16e19
+    command = f"mot train --preset {preset_name} {flags} --steps {steps} --name {name}"
+    note = (
+        f"--steps {steps} = D {human(plan.best.tokens)} tokens / ({batch} x {model.max_seq_len} tokens a step, "
+        f"{whose}); learning rate, data and other training settings are {preset_name}'s"
+    )
+    return command, note
+
+
+def _describe(plan, preset_name: str = PLAN_PRESET) -> str:
+    from ..counting import human
+
     best, dense, mot = plan.best, plan.dense, plan.mot
+    command, note = train_command(plan, preset_name)
     active = 12 * best.d_model**2 * best.n_blocks
     lines = [
         f"budget {plan.flops:.3g} training FLOPs, expansion rate {plan.expansion:g}",
@@ -99,7 +181,8 @@ def _describe(plan) -> str:
         f"predicted loss {best.loss:.4f} (continuous optimum {best.loss_continuous:.4f})",
         f"MoT preset {mot.name}: group size {mot.group_size}, {mot.n_experts} experts of width {mot.expert_size}, "
         f"d_ff {mot.d_ff}",
-        f"  mot train overrides: {config_flags(mot.model_config())}",
+        f"train it: {command}",
+        f"  ({note})",
         f"dense at the same budget: n_blocks {dense.n_blocks}, d_model {dense.d_model}, N = {human(dense.params)}, "
         f"D = {human(dense.tokens)}, predicted loss {dense.loss:.4f}",
         f"dense needs {plan.dense_flop_multiple:.1f}x the FLOPs ({plan.dense_flops_to_match:.3g}) to match "
@@ -136,6 +219,7 @@ def _table(plans) -> str:
 
 
 def run_plan(args: argparse.Namespace) -> None:
+    from ..presets import get_preset
     from ..scaling import parse_budgets, plan
     from ..scaling.plots import plot_plans
 
@@ -145,12 +229,13 @@ def run_plan(args: argparse.Namespace) -> None:
     plans = [
         plan(f, law=law, dense_law=dense_law, granularities=granularities, expansion=args.expansion) for f in budgets
     ]
+    get_preset(args.preset)  # an unknown name is an error before anything is printed
     if args.json:
-        data = [p.as_dict() for p in plans]
+        data = [{**p.as_dict(), "train_command": train_command(p, args.preset)[0]} for p in plans]
         print(json.dumps(data[0] if len(plans) == 1 else data, indent=2))
         return
     if len(plans) == 1:
-        print(_describe(plans[0]))
+        print(_describe(plans[0], args.preset))
         return
     print(_table(plans))
     print(

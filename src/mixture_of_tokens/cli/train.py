@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
 from .config_args import add_preset_and_overrides, configs_from_args, overrides
+from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "good checkpoint (--resume), or start from a checkpoint's weights (--init-from). A run writes only into its "
         "own directory: --out-dir, else runs/NAME, or the directory given to --resume. Under torchrun it trains "
         "data-parallel (--parallel ddp | fsdp).",
+        **examples(
+            "mot train --preset tiny-mot",
+            "mot train --preset tiny-mot --steps 200 --group-size 8 --name tiny-mot-g8 --device cpu",
+            "mot train --resume runs/tiny-mot --steps 1000    # continue a finished run for more steps",
+        ),
     )
     add_preset_and_overrides(parser)
     parser.add_argument("--name", default="", help="run name (default: the preset name); the run goes to runs/NAME")
@@ -85,6 +92,22 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{plan.name}] stopped early; resume with: mot train --resume {result.out_dir}", file=sys.stderr)
         raise SystemExit(130)
     print(f"[{plan.name}] final eval loss {result.final_eval_loss:.4f} -> {result.out_dir}")
+    print(next_steps(Path(result.out_dir)))
+
+
+def next_steps(run_dir: Path) -> str:
+    """Where a finished run's files are and the commands that use it (printed at the end of `mot train`)."""
+    quoted = shlex.quote(str(run_dir))
+    return "\n".join(
+        [
+            f"  summary: {run_dir / 'summary.json'}",
+            f"  metrics: {run_dir / 'metrics.jsonl'}",
+            f"  weights: {run_dir / 'model.safetensors'}",
+            "next:",
+            f"  mot eval --checkpoint {quoted}",
+            f'  mot generate --checkpoint {quoted} --prompt "Once upon a time"',
+        ]
+    )
 
 
 def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> None:

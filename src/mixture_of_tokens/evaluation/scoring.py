@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import Tokenizer
 from ..layers import batch_multiple, check_group_size
 from ..model import Transformer
+from ..progress import progress_bar
 from .batch_policy import BatchPolicy, isolated_batch
 
 __all__ = ["ContinuationScore", "Request", "Scorer", "text_request"]
@@ -128,7 +128,7 @@ class Scorer:
             whole = (list(context_ids) + list(continuation_ids))[-(self.max_len + 1) :]
             windows.append((whole, min(len(continuation_ids), len(whole) - 1)))
         results: list[ContinuationScore | None] = [None] * len(windows)
-        bar = tqdm(total=len(windows), desc=f"scoring ({self.policy.name})", disable=not progress, leave=False)
+        bar = progress_bar(len(windows), f"scoring ({self.policy.name})", disable=not progress, leave=False)
         with torch.no_grad(), self.policy.applied(self.model):
             if self.policy.isolated:
                 for index, ((whole, n_scored), identity) in enumerate(zip(windows, identities)):

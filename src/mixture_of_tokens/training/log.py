@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ..progress import progress_bar
 from ..runtime import distributed as dist_utils
 from .metrics import MetricsWriter
 from .step import StepResult
@@ -37,12 +36,12 @@ class RunLog:
         self.progress = progress and context.is_main
         self.metrics = MetricsWriter(out_dir / "metrics.jsonl", append=start_step > 0) if context.is_main else None
         self.tensorboard = _tensorboard_writer(out_dir) if tensorboard and context.is_main else None
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=name, disable=not self.progress, dynamic_ncols=True)
+        self.bar = progress_bar(total_steps, name, initial=start_step, disable=not self.progress, dynamic_ncols=True)
         self._window_start, self._window_steps = time.perf_counter(), 0
 
     def say(self, message: str) -> None:
         if self.progress:
-            tqdm.write(message)
+            self.bar.write(message)
 
     def count_step(self) -> None:
         self.bar.update(1)
