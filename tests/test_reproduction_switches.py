@@ -15,8 +15,9 @@ from torch import nn
 from mixture_of_tokens.checkpoint import CONFIG_FILE, load_model, save_checkpoint
 from mixture_of_tokens.cli import eval as eval_cli
 from mixture_of_tokens.cli.config_args import add_preset_and_overrides, configs_from_args, overrides
-from mixture_of_tokens.config import EvalConfig, ModelConfig, ScoringConfig, TrainConfig, config_from_strings
+from mixture_of_tokens.config import ModelConfig, TrainConfig
 from mixture_of_tokens.evaluation import BatchPolicy, Request, Scorer, default_protocol_rows, resolve_policy
+from mixture_of_tokens.inference_config import EvalConfig, ScoringConfig, config_from_strings
 from mixture_of_tokens.layers.init import AUTHORS_EMBEDDING_BOUND
 from mixture_of_tokens.model import LayerNorm, Transformer
 

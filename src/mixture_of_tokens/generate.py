@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import GenerateConfig
+from .inference_config import GenerateConfig
 from .layers import rows_couple_at_inference
 from .model import KVCache, Transformer, inference_routing
 

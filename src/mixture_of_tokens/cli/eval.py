@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from ..config import EvalConfig
+from ..inference_config import EvalConfig
 from .config_args import add_config_fields, overrides
 from .help_text import examples
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import GenerateConfig
+from ..inference_config import GenerateConfig
 from .config_args import add_config_fields, overrides
 from .help_text import examples
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ScoringConfig, config_from_strings
 from ..extras import require
 from ..generate import generate_tokens
+from ..inference_config import ScoringConfig, config_from_strings
 from . import Scorer, load_checkpoint, load_texts, query_seed, resolve_policy
 from .scoring import text_request
 
