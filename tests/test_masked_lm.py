@@ -18,6 +18,7 @@ from helpers import build_model, tiny_model_config, tiny_train_config
 from mixture_of_tokens.audit import audit_model
 from mixture_of_tokens.checkpoint import load_model, load_tokenizer
 from mixture_of_tokens.cli import main
+from mixture_of_tokens.cli.train import next_steps
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.data import BatchSampler, eval_batches, prepare_data
 from mixture_of_tokens.data.masking import (
@@ -281,6 +282,12 @@ def test_cli_refuses_causal_only_commands_for_a_masked_checkpoint(masked_run, co
     assert main([name, "--checkpoint", str(masked_run["run"]), *rest]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "masked language model" in err
+
+
+def test_mot_train_offers_a_masked_run_eval_and_not_generate(masked_run):
+    lines = next_steps(masked_run["run"], generates=False)
+    assert "mot eval --checkpoint" in lines and "mot generate" not in lines
+    assert "mot generate" in next_steps(masked_run["run"])
 
 
 def test_python_and_lm_eval_entry_points_refuse_a_masked_checkpoint(masked_run):

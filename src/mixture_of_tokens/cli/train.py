@@ -92,22 +92,23 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{plan.name}] stopped early; resume with: mot train --resume {result.out_dir}", file=sys.stderr)
         raise SystemExit(130)
     print(f"[{plan.name}] final eval loss {result.final_eval_loss:.4f} -> {result.out_dir}")
-    print(next_steps(Path(result.out_dir)))
+    print(next_steps(Path(result.out_dir), generates=plan.model_config.objective == "causal"))
 
 
-def next_steps(run_dir: Path) -> str:
-    """Where a finished run's files are and the commands that use it (printed at the end of `mot train`)."""
+def next_steps(run_dir: Path, *, generates: bool = True) -> str:
+    """Where a finished run's files are and the commands that use it (printed at the end of `mot train`); a masked
+    LM (`generates=False`) is not offered `mot generate`, which refuses it."""
     quoted = shlex.quote(str(run_dir))
-    return "\n".join(
-        [
-            f"  summary: {run_dir / 'summary.json'}",
-            f"  metrics: {run_dir / 'metrics.jsonl'}",
-            f"  weights: {run_dir / 'model.safetensors'}",
-            "next:",
-            f"  mot eval --checkpoint {quoted}",
-            f'  mot generate --checkpoint {quoted} --prompt "Once upon a time"',
-        ]
-    )
+    lines = [
+        f"  summary: {run_dir / 'summary.json'}",
+        f"  metrics: {run_dir / 'metrics.jsonl'}",
+        f"  weights: {run_dir / 'model.safetensors'}",
+        "next:",
+        f"  mot eval --checkpoint {quoted}",
+    ]
+    if generates:
+        lines.append(f'  mot generate --checkpoint {quoted} --prompt "Once upon a time"')
+    return "\n".join(lines)
 
 
 def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> None:
