@@ -87,3 +87,13 @@ def test_unreachable_hub_reason(monkeypatch):
 
     monkeypatch.setattr(streaming.socket, "create_connection", refuse)
     assert "cannot be reached" in streaming.hub_unreachable_reason()
+
+
+def test_dry_run_names_the_data_and_tokenizer_with_their_sizes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a dry run reads nothing, so an unreachable hub does not matter
+    assert main(["train", "--preset", "transformer-medium", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data: c4, tokenizer gpt2 (GPT-2's byte-level BPE, 50,257 tokens); not prepared yet" in out
+    assert "the run reads 9,830,400,000 training tokens (150,000 steps)" in out  # 150K x 256 x 256: about 10B

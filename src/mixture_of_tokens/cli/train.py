@@ -115,6 +115,7 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     import torch
 
     from ..counting import count_model, human
+    from ..data.prepare import describe_data_plan
     from ..model import Transformer
     from ..runtime.devices import resolve_device
     from ..runtime.precision import resolve_precision
@@ -131,4 +132,6 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     tokens_per_step = train_config.batch_size * model_config.max_seq_len
     flops_per_step = counts.train_flops_per_token * tokens_per_step
     print(f"tokens per step: {tokens_per_step:,}; training FLOPs per step: {human(flops_per_step)}")
+    print(describe_data_plan(train_config.data, train_config.tokenizer, model_config.vocab_size))
+    print(f"the run reads {tokens_per_step * train_config.steps:,} training tokens ({train_config.steps:,} steps)")
     print(memory.describe(micro_batch))

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .documents import SkipCounts, SplitDocuments, default_cache_dir
-from .gpt2 import load_gpt2
+from .gpt2 import GPT2_VOCAB_SIZE, load_gpt2
 from .sources import is_streaming, load_splits, source_fingerprint, source_slug
 from .streaming import open_stream, parse_stream_source, route_documents
 from .token_file import (
@@ -210,6 +210,21 @@ def _build_streamed(
         raise
     finally:
         bar.close()
+
+
+def describe_data_plan(source: str, tokenizer: str, vocab_size: int, cache_dir: Path | None = None) -> str:
+    """One line for a dry run: the source, the tokenizer and its size, and what the cache already holds for them
+    (nothing is read or written but two small manifests)."""
+    size = GPT2_VOCAB_SIZE if tokenizer == "gpt2" else vocab_size
+    kind = "GPT-2's byte-level BPE" if tokenizer == "gpt2" else "a byte-level BPE trained on the source"
+    directory = (cache_dir or default_cache_dir()) / source_slug(source) / tokenizer_directory(tokenizer, vocab_size)
+    manifests = {split: read_manifest(directory / f"{split}.bin") for split in ("train", "eval")}
+    if all(manifests.values()):
+        train, held = manifests["train"], manifests["eval"]
+        cached = f"cached: {train['n_tokens']:,} train and {held['n_tokens']:,} eval tokens in {directory}"
+    else:
+        cached = f"not prepared yet (it will be, under {directory})"
+    return f"data: {source}, tokenizer {tokenizer} ({kind}, {size:,} tokens); {cached}"
 
 
 def prepare_data(
