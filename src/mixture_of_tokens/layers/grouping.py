@@ -14,16 +14,20 @@ from __future__ import annotations
 import torch
 
 
-def check_group_size(batch_size: int, group_size: int) -> None:
-    """Fail before any compute when the group size cannot tile the batch."""
+def _check_tiles(group_size: int, length: int, where: str, allowed_for: str) -> None:
+    """Fail before any compute when `group_size` does not divide `length`, listing the sizes that would."""
     if group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size}.")
-    if batch_size % group_size != 0:
-        divisors = [g for g in range(1, batch_size + 1) if batch_size % g == 0]
+    if length % group_size != 0:
+        divisors = [g for g in range(1, length + 1) if length % g == 0]
         raise ValueError(
-            f"group_size={group_size} must divide the batch size {batch_size}: "
-            f"allowed group sizes for this batch are {divisors}."
+            f"group_size={group_size} must divide {where}: allowed group sizes for {allowed_for} are {divisors}."
         )
+
+
+def check_group_size(batch_size: int, group_size: int) -> None:
+    """Fail before any compute when the group size cannot tile the batch."""
+    _check_tiles(group_size, batch_size, f"the batch size {batch_size}", "this batch")
 
 
 def group_by_position(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -53,14 +57,7 @@ def from_position_groups(x_RGD: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 def check_sequence_length(seq_len: int, group_size: int) -> None:
     """Fail before any compute when the group size cannot tile the sequence (within-sequence groups)."""
-    if group_size < 1:
-        raise ValueError(f"group_size must be a positive integer, got {group_size}.")
-    if seq_len % group_size != 0:
-        divisors = [g for g in range(1, seq_len + 1) if seq_len % g == 0]
-        raise ValueError(
-            f"group_size={group_size} must divide the sequence length {seq_len} for within-sequence groups: "
-            f"allowed group sizes for this length are {divisors}."
-        )
+    _check_tiles(group_size, seq_len, f"the sequence length {seq_len} for within-sequence groups", "this length")
 
 
 def sequence_groups(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
