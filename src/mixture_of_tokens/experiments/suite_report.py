@@ -148,13 +148,18 @@ def plot_losses(report: ReportInput, path: Path) -> Path:
                 name, [s for s, _ in c if s in base], [v - base[s] for s, v in c if s in base], group=name, marker="o"
             )
             for name, c in curves.items()
-            if name != report.reference
-        ]
+            if name != report.reference and _objective(report, name) == _objective(report, report.reference)
+        ]  # a masked-token loss is not comparable with a next-token loss
         panels.append(
             Panel(f"difference to {report.reference} (below 0: better)", "step", "eval loss difference (nats)",
                   differences, hlines=[(0.0, report.reference)])
         )  # fmt: skip
     return plot_panels(panels, path, columns=3, groups=list(report.summaries))
+
+
+def _objective(report: ReportInput, name: str) -> str:
+    """The training objective of a suite model (causal unless its arm sets one)."""
+    return str(dict(report.summaries[name].arm.model).get("objective", "causal"))
 
 
 def plot_entropy(report: ReportInput, path: Path) -> Path | None:
