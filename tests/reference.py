@@ -168,25 +168,42 @@ def reference_mot_options(
     for g in range(batch // group_size):
         members = order[g * group_size : (g + 1) * group_size]
         for s in range(seq_len):
-            merge_w = reference_merge_weights(
-                [[float(merge_z[b, s, e]) for e in range(n_experts)] for b in members], taus, routing
-            )
-            if emit == "experts":
-                emit_w = [plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for b in members]
-            elif emit == "group":
-                emit_w = reference_merge_weights(
-                    [[float(emit_z[b, s, e]) for e in range(n_experts)] for b in members], taus, routing
-                )
-            else:
-                raise ValueError(emit)
-            for e in range(n_experts):
-                mixed = torch.zeros(dim, dtype=torch.float64)
-                for i, b in enumerate(members):
-                    mixed = mixed + merge_w[i][e] * x[b, s]
-                y = expert_output(mixed, w1, w2, e)
-                for i, b in enumerate(members):
-                    out[b, s] = out[b, s] + emit_w[i][e] * y
+            _reference_group([(b, s) for b in members], x, merge_z, emit_z, w1, w2, taus, routing, emit, out)
     return out
+
+
+def _reference_group(
+    tokens: list[tuple[int, int]],
+    x: torch.Tensor,
+    merge_z: torch.Tensor,
+    emit_z: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    taus: list[float],
+    routing: str,
+    emit: str,
+    out: torch.Tensor,
+) -> None:
+    """Merge, experts and emit for one group, its tokens given as (example, position) pairs; adds into `out`."""
+    n_experts = merge_z.shape[-1]
+    merge_w = reference_merge_weights(
+        [[float(merge_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing
+    )
+    if emit == "experts":
+        emit_w = [plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for b, s in tokens]
+    elif emit == "group":
+        emit_w = reference_merge_weights(
+            [[float(emit_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing
+        )
+    else:
+        raise ValueError(emit)
+    for e in range(n_experts):
+        mixed = torch.zeros(x.shape[-1], dtype=torch.float64)
+        for i, (b, s) in enumerate(tokens):
+            mixed = mixed + merge_w[i][e] * x[b, s]
+        y = expert_output(mixed, w1, w2, e)
+        for i, (b, s) in enumerate(tokens):
+            out[b, s] = out[b, s] + emit_w[i][e] * y
 
 
 def reference_feed_forward(
@@ -237,25 +254,6 @@ def reference_mot_within_sequence(
     out = torch.zeros(batch, seq_len, dim, dtype=torch.float64)
     for b in range(batch):
         for g in range(seq_len // group_size):
-            positions = list(range(g * group_size, (g + 1) * group_size))
-            merge_w = reference_merge_weights(
-                [[float(merge_z[b, s, e]) for e in range(n_experts)] for s in positions], taus, routing
-            )
-            if emit == "experts":
-                emit_w = [
-                    plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for s in positions
-                ]
-            elif emit == "group":
-                emit_w = reference_merge_weights(
-                    [[float(emit_z[b, s, e]) for e in range(n_experts)] for s in positions], taus, routing
-                )
-            else:
-                raise ValueError(emit)
-            for e in range(n_experts):
-                mixed = torch.zeros(dim, dtype=torch.float64)
-                for i, s in enumerate(positions):
-                    mixed = mixed + merge_w[i][e] * x[b, s]
-                y = expert_output(mixed, w1, w2, e)
-                for i, s in enumerate(positions):
-                    out[b, s] = out[b, s] + emit_w[i][e] * y
+            tokens = [(b, s) for s in range(g * group_size, (g + 1) * group_size)]
+            _reference_group(tokens, x, merge_z, emit_z, w1, w2, taus, routing, emit, out)
     return out
