@@ -45,6 +45,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "z_loss_weight": ["--z-loss-weight", "-0.5"],
     "load_balance_reduce": ["--load-balance-reduce", "max"],
     "ec_tokens_per_expert": ["--ec-tokens-per-expert", "0"],
+    "expert_dispatch": ["--expert-dispatch", "scatter"],
     "tie_embeddings": ["--tie-embeddings=maybe"],
     "init_scale": ["--init-scale", "0"],
     "final_norm": ["--final-norm=maybe"],

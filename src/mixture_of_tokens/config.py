@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .layers.conversion import SWITCH_TARGETS
+from .layers.experts import EXPERT_DISPATCHES
 from .layers.init import EMBEDDING_INITS
 from .layers.mot_options import (
     EMITS,
@@ -103,6 +104,12 @@ class ModelConfig:
         default="sum",
     )
     ec_tokens_per_expert: int = _help("Expert Choice: tokens each expert picks per group (1..group_size)", default=1)
+    expert_dispatch: str = _help(
+        "Token / Expert Choice expert compute: auto (grouped on CUDA where torch._grouped_mm runs, else padded) | "
+        "grouped (one grouped GEMM over the tokens sorted by expert) | padded (a capacity-padded [E, slots, D] "
+        "buffer and two bmm)",
+        default="auto",
+    )
     tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
     final_norm: bool = _help(
@@ -134,6 +141,7 @@ class ModelConfig:
             ("mot_grouping", GROUPINGS),
             ("objective", OBJECTIVES),
             ("mot_group_axis", GROUP_AXES),
+            ("expert_dispatch", EXPERT_DISPATCHES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -243,7 +251,9 @@ class TrainConfig:
     parallel: str = _help("with torchrun: ddp | fsdp (FSDP2 fully_shard)", default="ddp")
     checkpoint_every: int = _help("write a resumable checkpoint every N steps (0: only at the end)", default=0)
     keep_checkpoints: int = _help("keep the newest N checkpoints", default=2)
-    compile: bool = _help("torch.compile the model", default=False)
+    compile: bool | None = _help(
+        "torch.compile the model (default: on CUDA yes, on CPU no; --compile / --no-compile force it)", default=None
+    )
     deterministic: bool = _help("deterministic kernels (bit-identical resume on CPU)", default=False)
     tensorboard: bool = _help("also write TensorBoard logs to RUN_DIR/tensorboard", default=False)
     collapse_share: float = _help(
@@ -283,6 +293,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}.")
         _check_int("switch_at", self.switch_at, low=0)
+        if self.compile not in (None, True, False):
+            raise ValueError(f"compile must be true, false or unset (auto: on CUDA only), got {self.compile!r}.")
         for name, allowed in (
             ("precision", PRECISIONS),
             ("parallel", PARALLEL_MODES),

@@ -22,7 +22,7 @@ def add_config_fields(
         if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
+        if f.type in ("bool", "bool | None"):
             group.add_argument(
                 flag,
                 dest=f.name,

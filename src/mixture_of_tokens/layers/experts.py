@@ -12,6 +12,9 @@ from torch import nn
 
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
+EXPERT_DISPATCHES: tuple[str, ...] = ("auto", "grouped", "padded")
+"""How Token / Expert Choice run their experts (ModelConfig.expert_dispatch)."""
+
 
 def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
     """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, T, D] -> [E, T, D].

@@ -148,7 +148,7 @@ class Trainer:
         self.counts = count_model(raw_model)
         self.raw_model = self.precision.prepare_model(raw_model).to(self.device)
         self.model = dist_utils.wrap_model(self.raw_model, self.context, config.parallel, self.device)
-        if config.compile:
+        if self._compiles():
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.model, config)
         self.optimizer_step = OptimizerStep(
@@ -287,6 +287,12 @@ class Trainer:
         log.say(f"[{self.run_name}] interrupted at step {step}; checkpoint written to {path}")
         return True
 
+    def _compiles(self) -> bool:
+        """`compile` as set, or when unset: on CUDA only (on CPU, compiling a small model costs more than it
+        saves)."""
+        wanted = self.config.compile
+        return self.device.type == "cuda" if wanted is None else wanted
+
     def _switch(self, step: int, log: RunLog) -> None:
         """Transition tuning inside the run: every MoT layer becomes `switch_to`, made of the same parameters (AdamW
         keeps their moments, the LR schedule runs on); logs the held-out loss just before and just after."""
@@ -294,7 +300,7 @@ class Trainer:
         before = self.checkpointer.held_out_loss(self.model)
         converted = switch_in_place(self.raw_model, self.optimizer, target)
         self.model = dist_utils.wrap_model(self.raw_model, self.context, self.config.parallel, self.device)
-        if self.config.compile:
+        if self._compiles():
             self.model = torch.compile(self.model)
         self.optimizer_step.model = self.checkpointer.trained.model = self.model
         self.plan = self.checkpointer.plan = dataclasses.replace(self.plan, model_config=converted)
