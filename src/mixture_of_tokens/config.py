@@ -13,6 +13,7 @@ from .layers.mot_options import (
     GROUP_AXES,
     GROUPINGS,
     LEARNABLE_TEMPERATURES,
+    MOT_KERNELS,
     ROUTINGS,
     check_group_axis,
     check_temperature_freeze,
@@ -82,6 +83,11 @@ class ModelConfig:
         "consecutive positions of one sequence; masked objective only, G must divide max_seq_len)",
         default="across_batch",
     )
+    mot_kernel: str = _help(
+        "MoT compute path: auto (fused on CUDA, torch elsewhere) | fused (merge fused into the first expert GEMM "
+        "and the second into emit; Triton on CUDA) | torch (plain PyTorch: the reference)",
+        default="auto",
+    )
     temperature_freeze_steps: int = _help(
         "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
         default=0,
@@ -142,6 +148,7 @@ class ModelConfig:
             ("objective", OBJECTIVES),
             ("mot_group_axis", GROUP_AXES),
             ("expert_dispatch", EXPERT_DISPATCHES),
+            ("mot_kernel", MOT_KERNELS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
