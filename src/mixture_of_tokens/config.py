@@ -13,7 +13,6 @@ from .layers.mot_options import (
     GROUP_AXES,
     GROUPINGS,
     LEARNABLE_TEMPERATURES,
-    MOT_KERNELS,
     ROUTINGS,
     check_group_axis,
     check_temperature_freeze,
@@ -83,10 +82,10 @@ class ModelConfig:
         "consecutive positions of one sequence; masked objective only, G must divide max_seq_len)",
         default="across_batch",
     )
-    mot_kernel: str = _help(
-        "MoT compute path: auto (fused on CUDA, torch elsewhere) | fused (merge fused into the first expert GEMM "
-        "and the second into emit; Triton on CUDA) | torch (plain PyTorch: the reference)",
-        default="auto",
+    mot_recompute: bool = _help(
+        "MoT: keep no mixed tokens for the backward pass but recompute them, a block of experts at a time (E/G x "
+        "d_model fewer activation values per token, for a little more compute)",
+        default=False,
     )
     temperature_freeze_steps: int = _help(
         "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
@@ -148,7 +147,6 @@ class ModelConfig:
             ("objective", OBJECTIVES),
             ("mot_group_axis", GROUP_AXES),
             ("expert_dispatch", EXPERT_DISPATCHES),
-            ("mot_kernel", MOT_KERNELS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

@@ -47,6 +47,7 @@ from .mot_options import (
     check_group_axis,
     check_temperature_freeze,
 )
+from .mot_recompute import recomputing_mix
 from .routing_stats import routing_statistics
 
 if TYPE_CHECKING:
@@ -87,6 +88,9 @@ class MixtureOfTokens(FeedForwardLayer):
         temperature_freeze_steps: a learnable temperature requires no gradient, so AdamW leaves it (and its
             moments) untouched, during the first N optimizer steps; the training loop reports steps through
             `on_train_step`. Needs a learnable temperature when > 0.
+        recompute: in training (gradients enabled), keep no mixed tokens for the backward pass: merge, experts and
+            emit run one block of experts at a time and the backward pass recomputes each block's mixed tokens
+            (`layers/mot_recompute.py`): E/G x D fewer activation values per token, the same results.
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
     """
 
@@ -107,6 +111,7 @@ class MixtureOfTokens(FeedForwardLayer):
         grouping: Grouping = "consecutive",
         group_axis: GroupAxis = "across_batch",
         temperature_freeze_steps: int = 0,
+        recompute: bool = False,
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
         super().__init__()
@@ -131,6 +136,7 @@ class MixtureOfTokens(FeedForwardLayer):
         self.grouping = grouping
         self.group_axis = group_axis
         self.temperature_freeze_steps = temperature_freeze_steps
+        self.recompute = recompute
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
         if separate_emit_controller:
@@ -163,6 +169,7 @@ class MixtureOfTokens(FeedForwardLayer):
             grouping=config.mot_grouping,
             group_axis=config.mot_group_axis,
             temperature_freeze_steps=config.temperature_freeze_steps,
+            recompute=config.mot_recompute,
             init_scale=config.init_scale,
         )
 
@@ -180,7 +187,8 @@ class MixtureOfTokens(FeedForwardLayer):
     def activation_values_per_token(cls, config: ModelConfig) -> float:
         """The grouped input, the merge weights (E; one more E-vector for emit weights of their own, a separate
         emit controller or a learnable temperature), and for each of its E/G mixed tokens: the mixed token, the
-        expert hidden layer after ReLU (in place) and the expert output. (A micro-batch of a single group keeps
+        expert hidden layer after ReLU (in place) and the expert output; with `mot_recompute` the mixed tokens
+        are not kept. (A micro-batch of a single group keeps
         one more d: its grouped input is a view of the input, copied again for the controller.)"""
         d_model, hidden = config.d_model, config.expert_size
         extra_weights = (
@@ -189,7 +197,8 @@ class MixtureOfTokens(FeedForwardLayer):
             + (config.mot_learnable_temperature != "none")
         )
         weights = config.n_experts * (1 + extra_weights)
-        return d_model + weights + config.n_experts / config.group_size * (2 * d_model + hidden)
+        kept_per_mixed_token = (1 if config.mot_recompute else 2) * d_model + hidden  # without m when recomputed
+        return d_model + weights + config.n_experts / config.group_size * kept_per_mixed_token
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
@@ -286,10 +295,13 @@ class MixtureOfTokens(FeedForwardLayer):
         emit_logits_RGE = None if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
         merge_RGE, emit_RGE = self._routing_weights(logits_RGE, emit_logits_RGE)
 
-        mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
-        # Strided view fed to the shared expert MLP: [R, E, D] read as [E, R, D] without a copy.
-        out_ERD = expert_mlp(mixed_RED.transpose(0, 1), self.w1, self.w2)
-        dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
+        if self.recompute and torch.is_grad_enabled():
+            dx_RGD = recomputing_mix(x_RGD, merge_RGE, emit_RGE, self.w1, self.w2)
+        else:
+            mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
+            # Strided view fed to the shared expert MLP: [R, E, D] read as [E, R, D] without a copy.
+            out_ERD = expert_mlp(mixed_RED.transpose(0, 1), self.w1, self.w2)
+            dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
 
         self._last_routing = (logits_RGE.detach(), merge_RGE.detach())
         return dx_RGD

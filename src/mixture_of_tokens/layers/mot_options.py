@@ -19,9 +19,6 @@ EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 GROUPINGS: tuple[str, ...] = ("consecutive", "random")
 GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
-MOT_KERNELS: tuple[str, ...] = ("auto", "fused", "torch")
-"""The MoT layer's compute path: "torch" (plain PyTorch, the reference and the CPU path), "fused" (the fused
-merge/expert/emit path, `layers/mot_fused.py`), "auto" (fused on CUDA, torch elsewhere)."""
 
 
 def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
