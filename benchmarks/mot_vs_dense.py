@@ -10,39 +10,27 @@ the printed ratio is the median MoT time over the median dense time.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import fwd_bwd_seconds, interleaved_medians
 
 from mixture_of_tokens import FeedForward, MixtureOfTokens, mot_sizing
 
 BATCH, SEQ_LEN, D_MODEL, D_FF = 32, 128, 256, 1024
 
 
-def fwd_bwd_seconds(layer: torch.nn.Module, x_BSD: torch.Tensor, grad_BSD: torch.Tensor) -> float:
-    """One forward + backward; gradients start empty as in training (`zero_grad(set_to_none=True)`)."""
-    layer.zero_grad(set_to_none=True)
-    x_BSD.grad = None
-    sync = torch.cuda.synchronize if x_BSD.is_cuda else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    layer(x_BSD).backward(grad_BSD)
-    sync()
-    return time.perf_counter() - start
-
-
 def compare(name: str, mot: MixtureOfTokens, dense: FeedForward, repeats: int, device: str) -> float:
     x_BSD = torch.randn(BATCH, SEQ_LEN, D_MODEL, device=device, requires_grad=True)
     grad_BSD = torch.randn_like(x_BSD)
-    for _ in range(3):  # warm-up
-        fwd_bwd_seconds(dense, x_BSD, grad_BSD)
-        fwd_bwd_seconds(mot, x_BSD, grad_BSD)
-    dense_times, mot_times = [], []
-    for _ in range(repeats):
-        dense_times.append(fwd_bwd_seconds(dense, x_BSD, grad_BSD))
-        mot_times.append(fwd_bwd_seconds(mot, x_BSD, grad_BSD))
-    dense_s, mot_s = statistics.median(dense_times), statistics.median(mot_times)
+    medians = interleaved_medians(
+        {
+            "dense": lambda: fwd_bwd_seconds(dense, x_BSD, grad_BSD),
+            "mot": lambda: fwd_bwd_seconds(mot, x_BSD, grad_BSD),
+        },
+        repeats=repeats,
+        warmup=3,
+    )
+    dense_s, mot_s = medians["dense"], medians["mot"]
     ratio = mot_s / dense_s
     print(f"{name:<10} dense {dense_s * 1e3:7.2f} ms   MoT {mot_s * 1e3:7.2f} ms   ratio {ratio:.3f}")
     return ratio
