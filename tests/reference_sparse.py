@@ -1,7 +1,8 @@
 """Plain-loop float64 references of the sparse baselines, written from docs/method.md §2.
 
 Deliberately slow and explicit: loops over routing groups, tokens and experts; the only vectorised operation is
-one token's vector-matrix product. Used by the tests to check the batched Token Choice and Expert Choice layers.
+one token's vector-matrix product. Used by the tests to check the batched Token Choice and Expert Choice layers,
+under each `expert_dispatch` (`with_dispatch`: the grouped GEMM has no float64 kernel, so it is checked in float32).
 """
 
 from __future__ import annotations
@@ -9,7 +10,27 @@ from __future__ import annotations
 import math
 
 import torch
+from helpers import FLOAT64_TOL
 from reference import expert_output, plain_softmax, reference_logits
+from torch import nn
+
+DISPATCHES: tuple[str, ...] = ("padded", "grouped")
+"""The expert_dispatch values the routing-rule tests run under (`with_dispatch`)."""
+
+FLOAT32_TOL = 1e-5
+"""How closely a float32 layer must match the float64 reference, or the other dispatch (absolute and relative)."""
+
+
+def with_dispatch(layer: nn.Module, dispatch: str) -> nn.Module:
+    """A float64 test layer set to run its experts by `dispatch`; "grouped" also turns it into float32, as
+    torch._grouped_mm has no float64 kernel (its d_model and expert_size must then be multiples of 4)."""
+    layer.expert_dispatch = dispatch
+    return layer.float() if dispatch == "grouped" else layer
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """FLOAT64_TOL for float64 tensors, FLOAT32_TOL for float32 ones."""
+    return FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
 
 
 def _router_logits(x: torch.Tensor, router: torch.Tensor) -> dict[tuple[int, int], list[float]]:

@@ -1,4 +1,5 @@
-"""Expert Choice against the plain-loop float64 reference (docs/method.md §2), edge cases, structure and gradients."""
+"""Expert Choice against the plain-loop float64 reference (docs/method.md §2), edge cases, structure and gradients.
+The routing-rule tests marked with `dispatch` run under both expert dispatches (grouped in float32)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from helpers import assert_close, gradcheck_layer, random_float64_layer, same_gr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import reference_expert
-from reference_sparse import reference_expert_choice
+from reference_sparse import DISPATCHES, reference_expert_choice, with_dispatch
 
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.counting import count_model
@@ -17,15 +18,16 @@ from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.presets import get_preset
 
 
-def make_layer(d, e, h, g, *, seed=0, router_std=2.0, **kwargs) -> ExpertChoice:
-    """A float64 layer with spread-out router probabilities and a non-trivial output LayerNorm."""
+def make_layer(d, e, h, g, *, seed=0, router_std=2.0, dispatch="padded", **kwargs) -> ExpertChoice:
+    """A float64 layer with spread-out router probabilities and a non-trivial output LayerNorm; float32 for
+    dispatch "grouped" (`with_dispatch`)."""
     layer = random_float64_layer(
         ExpertChoice, d, n_experts=e, expert_size=h, group_size=g, seed=seed, router_std=router_std, **kwargs
     )
     with torch.no_grad():
         layer.norm.weight.uniform_(0.5, 1.5)
         layer.norm.bias.normal_()
-    return layer
+    return with_dispatch(layer, dispatch)
 
 
 def reference_of(layer: ExpertChoice, x: torch.Tensor):
@@ -67,10 +69,11 @@ def test_matches_reference(group_size, n_groups, seq_len, d, e, h, k, seed):
     assert layer.aux_losses == {}
 
 
-def test_unpicked_tokens_get_zero_update():
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_unpicked_tokens_get_zero_update(dispatch):
     """One token per expert, 2 experts, groups of 8: at most 2 of every 8 tokens are updated."""
-    layer = make_layer(5, 2, 4, 8, seed=1)
-    x = torch.randn(16, 3, 5, dtype=torch.float64)
+    layer = make_layer(8, 2, 4, 8, seed=1, dispatch=dispatch)
+    x = torch.randn(16, 3, 8, dtype=torch.float64).to(layer.router.dtype)
     out = layer(x)
     updated_GS = (out.abs().amax(dim=-1) > 0).view(2, 8, 3).sum(dim=1)
     assert torch.all((updated_GS >= 1) & (updated_GS <= 2))
@@ -78,9 +81,10 @@ def test_unpicked_tokens_get_zero_update():
     torch.testing.assert_close(layer.expert_load, torch.full((2,), 0.5))  # balanced by construction
 
 
-def test_each_expert_takes_its_most_probable_token():
-    layer = make_layer(4, 3, 5, 4, seed=2)
-    x = torch.randn(4, 1, 4, dtype=torch.float64)
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_each_expert_takes_its_most_probable_token(dispatch):
+    layer = make_layer(4, 3, 8, 4, seed=2, dispatch=dispatch)
+    x = torch.randn(4, 1, 4, dtype=torch.float64).to(layer.router.dtype)
     out = layer(x)
     probs = torch.softmax(x[:, 0] @ layer.router.detach(), dim=-1)  # [G, E]
     expected_picked = set(probs.argmax(dim=0).tolist())
@@ -95,11 +99,12 @@ def test_single_expert_picking_every_token_is_a_normalised_dense_feed_forward():
     assert_close(layer(x), layer.norm(dense).detach())
 
 
+@pytest.mark.parametrize("dispatch", DISPATCHES)
 @pytest.mark.parametrize("example,position", [(5, 2), (0, 0), (7, 3)])
-def test_perturbation_stays_in_its_group_and_position(example, position):
+def test_perturbation_stays_in_its_group_and_position(example, position, dispatch):
     g, batch, seq_len = 4, 8, 4
-    layer = make_layer(5, 4, 6, g, seed=4, tokens_per_expert=2)
-    x = torch.randn(batch, seq_len, 5, dtype=torch.float64)
+    layer = make_layer(8, 4, 8, g, seed=4, tokens_per_expert=2, dispatch=dispatch)
+    x = torch.randn(batch, seq_len, 8, dtype=torch.float64).to(layer.router.dtype)
     x2 = x.clone()
     x2[example, position] += 5.0 * layer.router.detach()[:, 0]  # push it up expert 0's ranking
     moved = (layer(x2) - layer(x)).abs().amax(dim=-1)
@@ -122,10 +127,11 @@ def test_gradcheck():
     assert gradcheck_layer(layer, x)
 
 
-def test_router_gets_gradient_through_the_gate():
-    layer = make_layer(4, 3, 5, 4, seed=7)
-    x = torch.randn(8, 2, 4, dtype=torch.float64)
-    (layer(x) * torch.randn(8, 2, 4, dtype=torch.float64)).sum().backward()
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_router_gets_gradient_through_the_gate(dispatch):
+    layer = make_layer(4, 3, 8, 4, seed=7, dispatch=dispatch)
+    x = torch.randn(8, 2, 4, dtype=torch.float64).to(layer.router.dtype)
+    (layer(x) * torch.randn(8, 2, 4, dtype=torch.float64).to(x.dtype)).sum().backward()
     assert layer.router.grad.abs().sum() > 0
 
 

@@ -11,6 +11,11 @@ picked get a zero update. Groups never span positions, so the layer adds no futu
 The LayerNorm is applied to picked tokens only: the authors' code normalises every token, so an unpicked token
 gets the LayerNorm bias; here it gets exactly zero, as docs/method.md §2 says. Ties between tokens with equal
 probabilities (e.g. E = 1, where every p is 1) go to the earlier example of the group (a stable sort).
+
+Every expert takes exactly K tokens per group, so the [E, R*K, D] buffer of `expert_dispatch` "padded" (gather
+within each group, batched expert MLP, scatter-add) has no padding; "grouped" runs the same rows, sorted by
+expert, through two grouped GEMMs (layers/experts.py) and adds them back with `index_add`; "auto" picks grouped
+where `torch._grouped_mm` runs on CUDA.
 """
 
 from __future__ import annotations
@@ -21,8 +26,15 @@ import torch
 from torch import nn
 
 from .base import FeedForwardLayer
-from .checks import at_least_fp32, check_positive, check_positive_ints
-from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
+from .experts import (
+    EXPERT_DISPATCHES,
+    expert_mlp,
+    grouped_expert_update,
+    init_expert_weights_,
+    new_expert_weights,
+    use_grouped_dispatch,
+)
 from .grouping import from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
@@ -41,6 +53,7 @@ class ExpertChoice(FeedForwardLayer):
         group_size: tokens per group G (consecutive examples at one position); must divide the batch.
         tokens_per_expert: tokens K each expert picks per group (1 <= K <= G; the paper: 1 of 32).
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+        expert_dispatch: "auto" | "grouped" | "padded", how the experts run (module docstring; settable).
     """
 
     kind = "expert_choice"
@@ -54,9 +67,11 @@ class ExpertChoice(FeedForwardLayer):
         group_size: int,
         tokens_per_expert: int = 1,
         init_scale: float = DEFAULT_INIT_SCALE,
+        expert_dispatch: str = "auto",
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
+        check_choice("expert_dispatch", expert_dispatch, EXPERT_DISPATCHES)
         self._check_tokens_per_expert(tokens_per_expert, group_size)
         check_positive("init_scale", init_scale)
         self.d_model = d_model
@@ -65,6 +80,7 @@ class ExpertChoice(FeedForwardLayer):
         self.group_size = group_size
         self.tokens_per_expert = tokens_per_expert
         self.init_scale = init_scale
+        self.expert_dispatch = expert_dispatch
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
         self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
@@ -82,6 +98,7 @@ class ExpertChoice(FeedForwardLayer):
             group_size=config.group_size,
             tokens_per_expert=config.ec_tokens_per_expert,
             init_scale=config.init_scale,
+            expert_dispatch=config.expert_dispatch,
         )
 
     @classmethod
@@ -120,9 +137,11 @@ class ExpertChoice(FeedForwardLayer):
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         """1. same-position groups; 2. softmax over experts per token; 3. each expert takes its top-K tokens of
-        every group (gather); 4. one batched expert MLP; 5. gate-scale, scatter-add back, LayerNorm picked tokens.
+        every group (gather); 4. the experts as one batched MLP (padded) or two grouped GEMMs (grouped);
+        5. gate-scale, add back, LayerNorm picked tokens.
         """
         self._check_tokens_per_expert(self.tokens_per_expert, self.group_size)  # group_size may be changed
+        grouped = use_grouped_dispatch(self.expert_dispatch, x_BSD, self.w1, self.w2)
         x_RGD = position_groups(x_BSD, self.group_size)
         n_rows, group_size, dim = x_RGD.shape
         n_experts, k = self.n_experts, self.tokens_per_expert
@@ -133,18 +152,27 @@ class ExpertChoice(FeedForwardLayer):
         gate_RGE, token_RGE = torch.sort(probs_RGE, dim=1, descending=True, stable=True)
         gate_RKE, token_RKE = gate_RGE[:, :k], token_RGE[:, :k]
         gate_REK, token_REK = gate_RKE.transpose(1, 2), token_RKE.transpose(1, 2)
-        index_RXD = token_REK.reshape(n_rows, n_experts * k, 1).expand(-1, -1, dim)
+        token_A = (token_REK + torch.arange(n_rows, device=x_BSD.device)[:, None, None] * group_size).reshape(-1)
 
-        picked_RXD = x_RGD.gather(1, index_RXD)  # [R, E*K, D]
-        x_EXD = picked_RXD.view(n_rows, n_experts, k, dim).transpose(0, 1).reshape(n_experts, n_rows * k, dim)
-        out_EXD = expert_mlp(x_EXD, self.w1, self.w2)
-        y_REKD = out_EXD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REK[..., None].to(out_EXD.dtype)
-        sum_RGD = x_RGD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_REKD.reshape(n_rows, -1, dim))
+        if grouped:  # assignments in (expert, row, choice) order, R*K of each expert; rows of x_RGD.view(R*G, D)
+            sorted_A = token_A.view(n_rows, n_experts, k).transpose(0, 1).reshape(-1)
+            gate_A = gate_REK.transpose(0, 1).reshape(-1)
+            count_E = torch.full((n_experts,), n_rows * k, device=x_BSD.device)
+            x_ND = x_RGD.reshape(n_rows * group_size, dim)
+            sum_ND = grouped_expert_update(x_ND, sorted_A, gate_A, count_E, self.w1, self.w2)
+            sum_RGD = sum_ND.view(n_rows, group_size, dim)
+        else:
+            index_RXD = token_REK.reshape(n_rows, n_experts * k, 1).expand(-1, -1, dim)
+            picked_RXD = x_RGD.gather(1, index_RXD)  # [R, E*K, D]
+            x_EXD = picked_RXD.view(n_rows, n_experts, k, dim).transpose(0, 1).reshape(n_experts, n_rows * k, dim)
+            out_EXD = expert_mlp(x_EXD, self.w1, self.w2)
+            gate_REKD = gate_REK[..., None].to(out_EXD.dtype)
+            y_REKD = out_EXD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REKD
+            sum_RGD = x_RGD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_REKD.reshape(n_rows, -1, dim))
         picked_RG = torch.zeros(n_rows, group_size, dtype=torch.bool, device=x_BSD.device)
         picked_RG.scatter_(1, token_REK.reshape(n_rows, -1), True)
         dx_RGD = self.norm(sum_RGD) * picked_RG[..., None].to(sum_RGD.dtype)
 
-        token_A = (token_REK + torch.arange(n_rows, device=x_BSD.device)[:, None, None] * group_size).reshape(-1)
         expert_A = torch.arange(n_experts, device=x_BSD.device).repeat_interleave(k).repeat(n_rows)
         self._last_routing = SparseRouting(
             probs_RGE.detach().reshape(-1, n_experts), expert_A, token_A, torch.ones_like(expert_A, dtype=torch.bool)
@@ -170,5 +198,6 @@ class ExpertChoice(FeedForwardLayer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
-            f"group_size={self.group_size}, tokens_per_expert={self.tokens_per_expert}"
+            f"group_size={self.group_size}, tokens_per_expert={self.tokens_per_expert}, "
+            f"expert_dispatch={self.expert_dispatch}"
         )

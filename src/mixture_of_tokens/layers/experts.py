@@ -1,8 +1,13 @@
-"""The one batched expert MLP of every sparse layer (Mixture of Tokens, Token Choice, Expert Choice).
+"""The expert MLPs of every sparse layer (Mixture of Tokens, Token Choice, Expert Choice), and how Token / Expert
+Choice choose between the two ways of running them (`expert_dispatch`).
 
-Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (docs/method.md §1), W1 [E, D, H], W2 [E, H, D]. All
-experts run as two batched matmuls over a slot axis T that the routing fills (mixed tokens for MoT, dispatched
-tokens for Token/Expert Choice); there is no Python loop over experts.
+Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (docs/method.md §1), W1 [E, D, H], W2 [E, H, D].
+There is no Python loop over experts:
+    padded: two batched matmuls over a slot axis T that the routing fills ([E, T, D]; MoT's mixed tokens, Token
+        Choice's capacity-padded slots, Expert Choice's picked tokens).
+    grouped: the A token-expert assignments sorted by expert as one [A, D] tensor and two grouped GEMMs
+        (`torch._grouped_mm`) whose groups are the experts' row counts: no padding rows, nothing dropped is
+        computed.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checks import check_choice
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
 EXPERT_DISPATCHES: tuple[str, ...] = ("auto", "grouped", "padded")
 """How Token / Expert Choice run their experts (ModelConfig.expert_dispatch)."""
+
+GROUPED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes torch._grouped_mm multiplies."""
 
 
 def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
@@ -24,6 +33,114 @@ def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) 
     """
     hidden_ETH = torch.bmm(x_ETD, w1_EDH.to(x_ETD.dtype)).relu_()
     return torch.bmm(hidden_ETH, w2_EHD.to(hidden_ETH.dtype))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: grouped_mm's backward refuses the stride-0
+    gradient that e.g. `.sum().backward()` sends."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the experts multiply in: autocast's when it is on for x's device (torch._grouped_mm is not
+    autocast, so the grouped path casts to it itself), else x's."""
+    device_type = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def grouped_expert_mlp(
+    x_AD: torch.Tensor, count_E: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor
+) -> torch.Tensor:
+    """relu(x[a] @ W1[e]) @ W2[e] for rows sorted by expert, count_E[e] rows of expert e: [A, D] -> [A, D].
+
+    Two grouped GEMMs with int32 end offsets cumsum(count_E); an expert with no row is skipped. Runs in
+    `compute_dtype(x_AD)`; `grouped_mm_problem` says whether it can run at all.
+    """
+    dtype = compute_dtype(x_AD)
+    offsets_E = count_E.cumsum(0).to(torch.int32)  # cumsum(dtype=int32) came out int64 compiled (torch 2.13)
+    hidden_AH = torch._grouped_mm(x_AD.to(dtype), w1_EDH.to(dtype), offs=offsets_E).relu_()
+    return _ContiguousGrad.apply(torch._grouped_mm(hidden_AH, w2_EHD.to(dtype), offs=offsets_E))
+
+
+def _device_problem(device: torch.device) -> str | None:
+    if device.type == "cpu":
+        version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+        return None if version >= (2, 9) else f"torch {torch.__version__} has no CPU kernel (2.9 or later has)"
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        return None if capability >= (8, 0) else f"the GPU's compute capability {capability} is below (8, 0)"
+    return f"the device is {device.type}, not cpu or cuda"
+
+
+def grouped_mm_problem(x: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> str | None:
+    """Why torch._grouped_mm cannot run the experts on input `x`, or None when it can: it needs a float32,
+    bfloat16 or float16 compute dtype (bfloat16 only inside torch.compile), a CPU (torch >= 2.9) or CUDA (compute
+    capability >= 8.0) device, and rows of D and H values that are multiples of 16 bytes."""
+    if not hasattr(torch, "_grouped_mm"):
+        return f"torch {torch.__version__} has no torch._grouped_mm"
+    dtype = compute_dtype(x)
+    if dtype not in GROUPED_DTYPES:
+        return f"the compute dtype is {dtype}, not float32, bfloat16 or float16"
+    if dtype != torch.bfloat16 and torch.compiler.is_compiling():
+        return f"under torch.compile torch._grouped_mm takes bfloat16 only (its meta kernel), not {dtype}"
+    problem = _device_problem(x.device)
+    if problem is not None:
+        return problem
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    d_model, expert_size = w1_EDH.shape[1:]
+    if (d_model * itemsize) % 16 or (expert_size * itemsize) % 16:
+        return f"rows of d_model={d_model} or expert_size={expert_size} {dtype} values are not multiples of 16 bytes"
+    for w in (w1_EDH, w2_EHD):
+        if w.dtype == dtype and any(stride != 1 and (stride * itemsize) % 16 for stride in w.stride()):
+            return f"the expert weights' strides {w.stride()} are not multiples of 16 bytes"
+    return None
+
+
+def use_grouped_dispatch(expert_dispatch: str, x: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> bool:
+    """Whether a Token / Expert Choice forward on `x` runs its experts grouped. "padded": no; "auto": on CUDA
+    when `grouped_mm_problem` finds nothing, else no (silently); "grouped": yes, and a ValueError naming the
+    reason when torch._grouped_mm cannot run here."""
+    check_choice("expert_dispatch", expert_dispatch, EXPERT_DISPATCHES)
+    if expert_dispatch == "padded":
+        return False
+    problem = grouped_mm_problem(x, w1_EDH, w2_EHD)
+    if expert_dispatch == "auto":
+        return x.device.type == "cuda" and problem is None
+    if problem is not None:
+        raise ValueError(
+            f"expert_dispatch='grouped' cannot run here: {problem}; it needs torch._grouped_mm with a float32, "
+            "bfloat16 or float16 compute dtype (bfloat16 under torch.compile) on CPU (torch >= 2.9) or CUDA "
+            "(compute capability >= 8.0) and d_model and expert_size rows of a multiple of 16 bytes; use "
+            "expert_dispatch='auto' or 'padded'."
+        )
+    return True
+
+
+def grouped_expert_update(
+    x_ND: torch.Tensor,
+    token_A: torch.Tensor,
+    gate_A: torch.Tensor,
+    count_E: torch.Tensor,
+    w1_EDH: torch.Tensor,
+    w2_EHD: torch.Tensor,
+) -> torch.Tensor:
+    """dx[n] = sum over assignments a with token_A[a] = n of gate_A[a] * expert_e(a)(x[n]): [N, D] -> [N, D].
+
+    The assignments come sorted by expert, count_E[e] of expert e: their rows are gathered into one [A, D]
+    tensor, run through `grouped_expert_mlp`, scaled by the gates and added back with `index_add_`.
+    """
+    out_AD = grouped_expert_mlp(x_ND.index_select(0, token_A), count_E, w1_EDH, w2_EHD)
+    y_AD = out_AD * gate_A[:, None].to(out_AD.dtype)
+    return x_ND.new_zeros(x_ND.shape).index_add_(0, token_A, y_AD.to(x_ND.dtype))
 
 
 def new_expert_weights(n_experts: int, d_model: int, expert_size: int) -> tuple[nn.Parameter, nn.Parameter]:

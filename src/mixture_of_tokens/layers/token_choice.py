@@ -20,9 +20,11 @@ Routing scopes:
         token's fate depends only on same-position tokens of its group: causal-safe.
 With capacity_factor None or 0 the layer is dropless and the scope does not matter (no coupling at all).
 
-Dispatch is index-based: assignments are sorted by (group, expert, priority), copied into an [E, R*C, D] slot
-buffer, run through the shared batched expert MLP, and added back with `index_add`. There is no dense
-tokens x experts x capacity tensor and no loop over experts.
+Dispatch is index-based: assignments are sorted by (expert, group, priority). `expert_dispatch` "padded" copies
+the kept ones into an [E, R*C, D] slot buffer and runs the batched expert MLP; "grouped" gathers just the kept
+ones, already in expert order, into [A, D] and runs two grouped GEMMs; "auto" picks grouped where
+`torch._grouped_mm` runs on CUDA (layers/experts.py). Either way the results are added back with `index_add`;
+there is no dense tokens x experts x capacity tensor and no loop over experts.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from torch import nn
 
 from .base import FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
-from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .experts import (
+    EXPERT_DISPATCHES,
+    expert_mlp,
+    grouped_expert_update,
+    init_expert_weights_,
+    new_expert_weights,
+    use_grouped_dispatch,
+)
 from .grouping import check_group_size, from_position_groups, position_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
@@ -63,20 +72,21 @@ def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_
 
 def rank_within_expert(
     expert_A: torch.Tensor, priority_A: torch.Tensor, group_A: torch.Tensor, n_experts: int, n_groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank of each assignment among its (group, expert)'s assignments, by priority (descending), ties by index.
 
-    Two stable sorts: first by priority, then by (group, expert). Returns (rank_A, count per (group, expert)).
+    Two stable sorts: first by priority, then by (expert, group). Returns (rank_A, order_A, count_ER): the
+    assignments in (expert, group, rank) order and the count per (expert, group) [E, R].
     """
     order_A = torch.argsort(priority_A, descending=True, stable=True)
-    bucket_A = group_A * n_experts + expert_A
+    bucket_A = expert_A * n_groups + group_A
     order_A = order_A[torch.argsort(bucket_A[order_A], stable=True)]
-    count_RE = torch.bincount(bucket_A, minlength=n_groups * n_experts)
-    start_RE = torch.cumsum(count_RE, 0) - count_RE
+    count_X = torch.bincount(bucket_A, minlength=n_experts * n_groups)
+    start_X = torch.cumsum(count_X, 0) - count_X
     sorted_bucket_A = bucket_A[order_A]
     rank_A = torch.empty_like(order_A)
-    rank_A[order_A] = torch.arange(order_A.numel(), device=order_A.device) - start_RE[sorted_bucket_A]
-    return rank_A, count_RE
+    rank_A[order_A] = torch.arange(order_A.numel(), device=order_A.device) - start_X[sorted_bucket_A]
+    return rank_A, order_A, count_X.view(n_experts, n_groups)
 
 
 class TokenChoice(FeedForwardLayer):
@@ -94,6 +104,7 @@ class TokenChoice(FeedForwardLayer):
         load_balance_weight: alpha of the Switch load-balancing loss (0: not computed).
         z_loss_weight: w_z of the router z-loss (0: not computed).
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+        expert_dispatch: "auto" | "grouped" | "padded", how the experts run (module docstring; settable).
     """
 
     kind = "token_choice"
@@ -111,9 +122,11 @@ class TokenChoice(FeedForwardLayer):
         load_balance_weight: float = 0.01,
         z_loss_weight: float = 0.0,
         init_scale: float = DEFAULT_INIT_SCALE,
+        expert_dispatch: str = "auto",
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size)
+        check_choice("expert_dispatch", expert_dispatch, EXPERT_DISPATCHES)
         if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
         check_choice("scope", scope, SCOPES)
@@ -136,6 +149,7 @@ class TokenChoice(FeedForwardLayer):
         self.load_balance_weight = load_balance_weight
         self.z_loss_weight = z_loss_weight
         self.init_scale = init_scale
+        self.expert_dispatch = expert_dispatch
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
         self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
@@ -157,6 +171,7 @@ class TokenChoice(FeedForwardLayer):
             load_balance_weight=config.load_balance_weight,
             z_loss_weight=config.z_loss_weight,
             init_scale=config.init_scale,
+            expert_dispatch=config.expert_dispatch,
         )
 
     @classmethod
@@ -236,11 +251,13 @@ class TokenChoice(FeedForwardLayer):
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         """1. router probabilities (float32) and top-k experts per token; 2. rank each expert's assignments per
-        routing group by probability and drop those beyond capacity; 3. copy kept tokens into per-expert slots,
-        run all experts in one batched MLP; 4. add p * expert output back to each token; 5. aux losses.
+        routing group by probability and drop those beyond capacity; 3. run the kept assignments through the
+        experts (grouped GEMM over expert-sorted rows, or padded per-expert slots and one batched MLP); 4. add
+        p * expert output back to each token; 5. aux losses.
         """
         if self.scope == "group" and self.capacity_factor is not None:
             check_group_size(x_BSD.shape[0], self.group_size)
+        grouped = use_grouped_dispatch(self.expert_dispatch, x_BSD, self.w1, self.w2)
         x_RTD = self._routing_groups(x_BSD)
         n_groups, n_tokens, dim = x_RTD.shape
         capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts)
@@ -256,20 +273,32 @@ class TokenChoice(FeedForwardLayer):
         expert_A = expert_RTK.reshape(-1)
         token_A = torch.arange(n_groups * n_tokens, device=x_BSD.device).repeat_interleave(top_k)
         group_A = token_A // n_tokens
-        rank_A, count_RE = rank_within_expert(expert_A, gate_RTK.detach().reshape(-1), group_A, n_experts, n_groups)
-        if capacity is None:  # dropless: as many slots as the busiest expert needs (one device sync)
-            capacity = max(int(count_RE.max()), 1)
-        kept_A = rank_A < capacity
-        kept = kept_A.nonzero().squeeze(-1)
-        slot_K = ((expert_A[kept] * n_groups + group_A[kept]) * capacity + rank_A[kept]).contiguous()
-        token_K = token_A[kept]
+        rank_A, order_A, count_ER = rank_within_expert(
+            expert_A, gate_RTK.detach().reshape(-1), group_A, n_experts, n_groups
+        )
 
-        x_ND = x_RTD.reshape(n_groups * n_tokens, dim)
-        slots_XD = x_ND.new_zeros(n_experts * n_groups * capacity, dim).index_copy(0, slot_K, x_ND[token_K])
-        out_ECD = expert_mlp(slots_XD.view(n_experts, n_groups * capacity, dim), self.w1, self.w2)
-        gate_K = gate_RTK.reshape(-1)[kept].to(out_ECD.dtype)
-        y_KD = out_ECD.reshape(-1, dim)[slot_K] * gate_K[:, None]
-        dx_ND = x_ND.new_zeros(x_ND.shape).index_add(0, token_K, y_KD.to(x_ND.dtype))
+        # x_ND and gate_A are taken after the device syncs: torch.compile breaks its graph there and (torch 2.13)
+        # fails to replay a chain of views carried across the break
+        if grouped:  # the kept assignments in (expert, group, rank) order: one row each, no padding
+            if capacity is None:  # dropless: every assignment, with no device sync
+                kept_A, sorted_K, count_E = torch.ones_like(rank_A, dtype=torch.bool), order_A, count_ER.sum(dim=1)
+            else:
+                kept_A = rank_A < capacity
+                sorted_K, count_E = order_A[kept_A[order_A]], count_ER.clamp(max=capacity).sum(dim=1)
+            x_ND, gate_A = x_RTD.reshape(n_groups * n_tokens, dim), gate_RTK.reshape(-1)
+            dx_ND = grouped_expert_update(x_ND, token_A[sorted_K], gate_A[sorted_K], count_E, self.w1, self.w2)
+        else:
+            if capacity is None:  # dropless: as many slots as the busiest expert needs (one device sync)
+                capacity = max(int(count_ER.max()), 1)
+            kept_A = rank_A < capacity
+            kept = kept_A.nonzero().squeeze(-1)
+            x_ND, gate_A = x_RTD.reshape(n_groups * n_tokens, dim), gate_RTK.reshape(-1)
+            slot_K = ((expert_A[kept] * n_groups + group_A[kept]) * capacity + rank_A[kept]).contiguous()
+            token_K = token_A[kept]
+            slots_XD = x_ND.new_zeros(n_experts * n_groups * capacity, dim).index_copy(0, slot_K, x_ND[token_K])
+            out_ECD = expert_mlp(slots_XD.view(n_experts, n_groups * capacity, dim), self.w1, self.w2)
+            y_KD = out_ECD.reshape(-1, dim)[slot_K] * gate_A[kept].to(out_ECD.dtype)[:, None]
+            dx_ND = x_ND.new_zeros(x_ND.shape).index_add(0, token_K, y_KD.to(x_ND.dtype))
 
         probs_NE = probs_RTE.reshape(-1, n_experts)
         self.aux_losses = self._aux_losses(probs_NE, logits_RTE.reshape(-1, n_experts), expert_A)
@@ -310,5 +339,5 @@ class TokenChoice(FeedForwardLayer):
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, scope={self.scope}, "
-            f"group_size={self.group_size}"
+            f"group_size={self.group_size}, expert_dispatch={self.expert_dispatch}"
         )
