@@ -175,3 +175,17 @@ def test_presets_match_dense_active_flops():
         assert (config.n_experts, config.expert_size, config.group_size) == (8, 512, 8)
     assert get_preset("tiny-token-choice").model.top_k == 1
     assert get_preset("tiny-expert-choice").model.ec_tokens_per_expert == 1
+
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+def test_bf16_autocast_agrees_with_float32(dispatch):
+    """Under CPU bf16 autocast the experts run in bfloat16 and the scatter-add sums in their dtype (it used to mix
+    a float32 buffer with bfloat16 outputs and fail); the result stays within bfloat16 rounding of float32."""
+    torch.manual_seed(0)
+    layer = ExpertChoice(16, n_experts=4, expert_size=16, group_size=4, tokens_per_expert=2, expert_dispatch=dispatch)
+    x = torch.randn(8, 3, 16)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2)

@@ -168,7 +168,8 @@ class ExpertChoice(FeedForwardLayer):
             out_EXD = expert_mlp(x_EXD, self.w1, self.w2)
             gate_REKD = gate_REK[..., None].to(out_EXD.dtype)
             y_REKD = out_EXD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REKD
-            sum_RGD = x_RGD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_REKD.reshape(n_rows, -1, dim))
+            y_RXD = y_REKD.reshape(n_rows, -1, dim)  # the experts' dtype (autocast's, under autocast)
+            sum_RGD = y_RXD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_RXD)
         picked_RG = torch.zeros(n_rows, group_size, dtype=torch.bool, device=x_BSD.device)
         picked_RG.scatter_(1, token_REK.reshape(n_rows, -1), True)
         dx_RGD = self.norm(sum_RGD) * picked_RG[..., None].to(sum_RGD.dtype)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .experts import compute_dtype
+
 BLOCK_BYTES = 8 * 2**20
 """Budget for one block's mixed tokens [R, experts in block, D]: 8 MiB (the other block buffers are no larger)."""
 
@@ -49,14 +51,6 @@ def recomputing_mix(
     inputs = [tensor.to(dtype) for tensor in (x_RGD, merge_RGE, emit_RGE, w1_EDH, w2_EHD)]
     with torch.autocast(x_RGD.device.type, enabled=False):
         return _BlockedMix.apply(*inputs)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the plain path's matmuls run in: autocast's on x's device when it is on, else x's own."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
 
 
 def _accumulator(like: torch.Tensor) -> torch.Tensor:
