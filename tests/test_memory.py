@@ -1,12 +1,15 @@
 """The training-memory estimate of `mot train --dry-run`: each feed-forward kind states exactly what it keeps for
 backward, the model's total matches saved-tensor hooks, the estimate is within 15% of the peak RSS of real
-training steps on the CPU for the tiny preset, and the dry run says which device and precision it assumes."""
+training steps on the CPU for the tiny preset (and the runtime constant within 15% of what training a negligible
+model adds), and the dry run says which device and precision it assumes."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from mixture_of_tokens.layers import build_ffn, layer_class
 from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.presets import get_preset
 from mixture_of_tokens.runtime.precision import resolve_precision
-from mixture_of_tokens.training.memory import block_values_per_token, estimate_training_memory
+from mixture_of_tokens.training.memory import CPU_RUNTIME_BYTES, block_values_per_token, estimate_training_memory
 
 TINY_MOT = get_preset("tiny-mot").model
 LAYER_CASES = {
@@ -35,7 +38,7 @@ LAYER_CASES = {
 }
 
 
-def _saved_values_per_token(module: torch.nn.Module, *inputs: torch.Tensor, tokens: int) -> float:
+def _saved_values_per_token(module: torch.nn.Module | partial, *inputs: torch.Tensor, tokens: int) -> float:
     """Float32-sized values per token of every tensor autograd keeps for backward (parameters excluded)."""
     storages: dict[int, int] = {}
 
@@ -46,7 +49,7 @@ def _saved_values_per_token(module: torch.nn.Module, *inputs: torch.Tensor, toke
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
         module(*inputs)
-    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    parameters = {p.untyped_storage().data_ptr() for p in getattr(module, "func", module).parameters()}
     return sum(n for pointer, n in storages.items() if pointer not in parameters) / 4 / tokens
 
 
@@ -64,28 +67,34 @@ def test_each_kind_states_what_it_keeps_for_backward(case: str) -> None:
 def test_the_whole_model_keeps_what_the_estimate_counts(preset: str) -> None:
     config = get_preset(preset).model
     ids = torch.randint(config.vocab_size, (32, config.max_seq_len))
-    measured = _saved_values_per_token(Transformer(config).train(), ids, ids, tokens=ids.numel())
-    # blocks and final norm, the float32 log-probabilities, and the int64 ids and targets (2 values each)
-    assert measured == pytest.approx(block_values_per_token(config) + config.vocab_size + 4, rel=0.01)
+    model = Transformer(config).train()
+    measured = _saved_values_per_token(partial(model, return_logits=False), ids, ids, tokens=ids.numel())
+    # blocks and final norm (the gradient of the hidden states in place of the head's input), the int64 ids
+    # (2 values each) and the head's gradient computed in the forward (V*d float32 values for the whole batch)
+    head_gradient = config.model_vocab_size * config.d_model / ids.numel()
+    assert measured == pytest.approx(block_values_per_token(config) + 2 + head_gradient, rel=0.01)
 
 
 # VmHWM, the peak resident set of this process image: getrusage's ru_maxrss would also count the pytest process it
 # was forked from (Linux keeps the larger of the two across fork and exec).
 PEAK_RSS = """
-import re, sys, torch
+import dataclasses, re, sys, torch
 from mixture_of_tokens.presets import get_preset
 from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.training.step import build_optimizer
 torch.set_num_threads(1)
 preset = get_preset("tiny-mot")
+config = preset.model
+if sys.argv[1] == "negligible":  # a model too small to count: what remains is PyTorch's runtime
+    config = dataclasses.replace(config, vocab_size=64, d_model=16, d_ff=64, expert_size=64, max_seq_len=16)
 torch.manual_seed(0)
-ids = torch.randint(preset.model.vocab_size, (preset.train.batch_size, preset.model.max_seq_len + 1))
+ids = torch.randint(config.vocab_size, (preset.train.batch_size, config.max_seq_len + 1))
 inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
-if sys.argv[1] == "train":
-    model = Transformer(preset.model)
+if sys.argv[1] != "baseline":
+    model = Transformer(config)
     optimizer = build_optimizer(model, preset.train)
     for _ in range(2):  # the second step's peak holds AdamW's moments too
-        model(inputs, targets).loss.backward()
+        model(inputs, targets, return_logits=False).loss.backward()  # the trainer's chunked loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 status = open("/proc/self/status").read()
@@ -93,6 +102,7 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024)
 """
 
 
+@functools.cache
 def _peak_rss(mode: str) -> int:
     result = subprocess.run([sys.executable, "-c", PEAK_RSS, mode], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -101,13 +111,18 @@ def _peak_rss(mode: str) -> int:
 
 def test_the_estimate_is_within_15_percent_of_the_measured_peak_rss_on_cpu() -> None:
     preset = get_preset("tiny-mot")
-    measured = _peak_rss("train") - _peak_rss("baseline")  # the same process without the model and its training
+    measured = _peak_rss("tiny-mot") - _peak_rss("baseline")  # the same process without the model and its training
     with torch.device("meta"):
         counts = count_model(Transformer(preset.model))
     cpu = torch.device("cpu")
     precision = resolve_precision("fp32", cpu)
     estimate = estimate_training_memory(counts, preset.model, preset.train.batch_size, precision, cpu)
     assert estimate.total_bytes == pytest.approx(measured, rel=0.15), (estimate, measured)
+
+
+def test_the_cpu_runtime_is_what_training_a_negligible_model_adds() -> None:
+    measured = _peak_rss("negligible") - _peak_rss("baseline")
+    assert CPU_RUNTIME_BYTES == pytest.approx(measured, rel=0.15), measured
 
 
 def test_the_dry_run_says_which_device_and_precision_it_assumes(capsys: pytest.CaptureFixture) -> None:

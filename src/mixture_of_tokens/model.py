@@ -3,6 +3,8 @@ masked objective, a BERT-style encoder (bidirectional attention, loss on the mas
 
 The model is single-device and knows nothing of parallelism; wrap it with DDP/FSDP from outside.
 Layers may record `aux_losses` (added to the LM loss) and `stats` (detached diagnostics) during forward.
+The trainer asks for the loss only (`return_logits=False`): the head and the cross-entropy then run a chunk of
+tokens at a time (`lm_loss.chunked_lm_loss_sum`), so float32 logits of the whole batch never exist.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .data.masking import IGNORE_INDEX
 from .layers import FeedForwardLayer, build_ffn
 from .layers.init import authors_embedding_init_, scaled_trunc_normal_
 from .layers.modes import inference_routing, mot_mode, set_inference_routing
+from .lm_loss import LOSS_CHUNK_TOKENS, chunked_lm_loss_sum
 
 
 @dataclass
@@ -106,9 +109,10 @@ class Block(nn.Module):
 @dataclass
 class ModelOutput:
     """logits[B, S, V]; with targets also the total loss = lm_loss + sum of auxiliary losses. Masked objective:
-    V counts the mask token too, and lm_loss is the mean over the scored (masked) positions."""
+    V counts the mask token too, and lm_loss is the mean over the scored (masked) positions. logits is None when
+    the forward was asked for the loss only (`return_logits=False`)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -164,9 +168,20 @@ class Transformer(nn.Module):
                 module.reset_parameters()  # layers with their own tensors (experts, routers) initialise them
 
     def forward(
-        self, ids_BS: torch.Tensor, targets_BS: torch.Tensor | None = None, *, cache: KVCache | None = None
+        self,
+        ids_BS: torch.Tensor,
+        targets_BS: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        return_logits: bool = True,
+        loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
     ) -> ModelOutput:
-        """With `cache`, ids are the next positions after `cache.length` (incremental decoding); the cache grows."""
+        """Embed, run the blocks, final norm; then the logits (and the loss against `targets`), or with
+        `return_logits=False` the loss alone, the head and cross-entropy taken `loss_chunk_tokens` tokens at a time
+        (the training step's way: equal to the full-logits loss, without float32 logits of the whole batch).
+        With `cache`, ids are the next positions after `cache.length` (incremental decoding); the cache grows."""
+        if not return_logits and targets_BS is None:
+            raise ValueError("return_logits=False computes the loss only, so it needs targets.")
         batch, seq_len = ids_BS.shape
         if cache is not None:
             self.config.check_causal("incremental decoding (a KV cache)")
@@ -179,16 +194,32 @@ class Transformer(nn.Module):
             x_BSD = block(x_BSD) if cache is None else block(x_BSD, cache.layers[index])
         if cache is not None:
             cache.length += seq_len
-        logits_BSV = self.head(self.final_norm(x_BSD))
+        hidden_BSD = self.final_norm(x_BSD)
+        if not return_logits:
+            total = chunked_lm_loss_sum(
+                hidden_BSD.flatten(0, 1), self.head.weight, targets_BS.flatten(), chunk_tokens=loss_chunk_tokens
+            )
+            return self._with_losses(None, self._mean_lm_loss(total, targets_BS))
+        logits_BSV = self.head(hidden_BSD)
         if targets_BS is None:
             return ModelOutput(logits=logits_BSV)
         if self.config.objective == "causal":
             lm_loss = F.cross_entropy(logits_BSV.float().flatten(0, 1), targets_BS.flatten())
-        else:  # mean over the scored positions; 0 (not NaN) when a batch scores none
+        else:
             total = F.cross_entropy(
                 logits_BSV.float().flatten(0, 1), targets_BS.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-            lm_loss = total / (targets_BS != IGNORE_INDEX).sum().clamp(min=1)
+            lm_loss = self._mean_lm_loss(total, targets_BS)
+        return self._with_losses(logits_BSV, lm_loss)
+
+    def _mean_lm_loss(self, total: torch.Tensor, targets_BS: torch.Tensor) -> torch.Tensor:
+        """The summed loss over the scored tokens as a mean: causal, over the targets that are not IGNORE_INDEX (as
+        `F.cross_entropy`'s mean); masked, over the scored positions, 0 (not NaN) when a batch scores none."""
+        scored = (targets_BS != IGNORE_INDEX).sum()
+        return total / (scored if self.config.objective == "causal" else scored.clamp(min=1))
+
+    def _with_losses(self, logits_BSV: torch.Tensor | None, lm_loss: torch.Tensor) -> ModelOutput:
+        """The output with the layers' auxiliary losses added to `lm_loss`."""
         aux_losses = self.aux_losses()
         loss = lm_loss + sum(aux_losses.values()) if aux_losses else lm_loss
         return ModelOutput(logits=logits_BSV, loss=loss, lm_loss=lm_loss, aux_losses=aux_losses)

@@ -37,7 +37,7 @@ from .metrics import read_metrics
 from .plan import RunPlan, check_resumed_tokenizer, check_run_settings, plan_run
 from .run_directory import claim_run_directory
 from .state import METRICS_FILE, TrainingState, load_training_state, restore_rng_state
-from .step import OptimizerStep, StepResult, build_optimizer
+from .step import OptimizerStep, StepResult, build_optimizer, with_implementation_of
 from .switch import has_mot_layers, switch_in_place, switched_copy
 
 __all__ = ["RunResult", "Trainer", "build_optimizer", "check_run_settings", "train"]
@@ -187,7 +187,8 @@ class Trainer:
         return data
 
     def _restore(self, state: TrainingState) -> None:
-        dist_utils.load_full_state_dicts(self.model, self.optimizer, state.model_state, state.optimizer_state)
+        optimizer_state = with_implementation_of(self.optimizer, state.optimizer_state)  # fused on CUDA only
+        dist_utils.load_full_state_dicts(self.model, self.optimizer, state.model_state, optimizer_state)
         self.sampler.load_state_dict(state.sampler_state)
         restore_rng_state(state.rng_state)
         self.start_step = state.step

@@ -1,16 +1,19 @@
 """The training-memory estimate of `mot train --dry-run`: one process at the peak of a training step.
 
-The peak is reached in the backward pass of the loss, when every activation kept for backward is still alive:
+The peak is reached at the end of the forward pass, in the loss, when every activation kept for backward is alive:
   states       weights, gradients and AdamW's two moments (4 copies of the parameters, float32 unless bf16-pure)
   activations  per token and block: the residual stream, both LayerNorm outputs, q/k/v, the attention output
                and its copy into the output projection (7*d values), fused attention's log-sum-exp per head and
                the two LayerNorms' statistics; plus what the block's feed-forward layer keeps
-               (`activation_values_per_token` of its kind, its input included); plus the final LayerNorm;
-  loss         per token, the logits (in the activation dtype), the float32 log-probabilities, their gradient
-               and the logits' float32 gradient (4*V values in fp32);
-  runtime      on the CPU, what PyTorch itself maps in during the first training step (kernels, thread
-               buffers): about 90 MB with the CPU build of torch 2.13, measured as peak RSS minus a process that
-               has everything but the model and its training; on CUDA, the CUDA context is not counted.
+               (`activation_values_per_token` of its kind, its input included); plus the final LayerNorm (its
+               output's place is taken by the gradient of the hidden states the chunked loss keeps);
+  loss         the trainer's chunked loss (`lm_loss`): one chunk of LOSS_CHUNK_TOKENS tokens' logits in float32
+               (plus their copy in bf16 under bf16), and the head's float32 gradient, computed in the forward;
+  runtime      on the CPU, what PyTorch itself maps in during the first training steps: about 195 MB with the
+               CPU build of torch 2.13 (most of it the first optimizer importing torch._dynamo; the rest kernels
+               and thread buffers), measured as the peak RSS of two training steps of a model too small to count
+               (d = 16, V = 64) minus a process that has everything but a model and its training; on CUDA, the
+               CUDA context is not counted.
 Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/test_memory.py).
 """
 
@@ -23,9 +26,10 @@ import torch
 from ..config import ModelConfig
 from ..counting import ModelCounts
 from ..layers import block_classes
+from ..lm_loss import LOSS_CHUNK_TOKENS
 from ..runtime.precision import Precision
 
-CPU_RUNTIME_BYTES = 90 * 10**6
+CPU_RUNTIME_BYTES = 195 * 10**6
 FLOAT32_BYTES = 4
 
 
@@ -59,14 +63,20 @@ def block_values_per_token(config: ModelConfig) -> float:
 
 
 def activation_values_per_token(config: ModelConfig) -> float:
-    """Values alive per token at the peak, counting the float32 loss buffers as values (fp32 training)."""
-    return block_values_per_token(config) + 4 * config.vocab_size
+    """Values alive per token at the peak: the blocks' and the final LayerNorm's (the chunked loss keeps nothing
+    per token beyond them; its buffers are per chunk, `loss_bytes`)."""
+    return block_values_per_token(config)
 
 
-def loss_bytes_per_token(config: ModelConfig, activation_bytes: int) -> int:
-    """The logits in the activation dtype; the float32 log-probabilities, their gradient and the logits'
-    float32 gradient (the peak, in log-softmax's backward)."""
-    return config.vocab_size * (activation_bytes + 3 * FLOAT32_BYTES)
+def loss_bytes(config: ModelConfig, tokens: int, activation_bytes: int) -> int:
+    """The chunked loss at its peak: one chunk's float32 logits (in place they become the softmax and its
+    gradient), their copy in the activation dtype when that is not float32, and the head's float32 gradient."""
+    chunk = min(tokens, LOSS_CHUNK_TOKENS)
+    copy_bytes = activation_bytes if activation_bytes != FLOAT32_BYTES else 0
+    return (
+        chunk * config.model_vocab_size * (FLOAT32_BYTES + copy_bytes)
+        + config.model_vocab_size * config.d_model * FLOAT32_BYTES
+    )
 
 
 def estimate_training_memory(
@@ -74,11 +84,11 @@ def estimate_training_memory(
 ) -> MemoryEstimate:
     tokens = micro_batch * config.max_seq_len
     value_bytes = precision.activation_bytes
-    per_token = block_values_per_token(config) * value_bytes + loss_bytes_per_token(config, value_bytes)
+    activations = block_values_per_token(config) * value_bytes * tokens
     return MemoryEstimate(
         device=device.type,
         precision=str(precision),
         states_bytes=counts.total_params * precision.state_bytes * 4,
-        activation_bytes=int(per_token * tokens),
+        activation_bytes=int(activations) + loss_bytes(config, tokens, value_bytes),
         runtime_bytes=CPU_RUNTIME_BYTES if device.type == "cpu" else 0,
     )

@@ -5,18 +5,25 @@ The guard works on the device: every step it records whether the loss and the gr
 (`torch.logical_or` into a flag, and the first bad step), and zeroes the gradients of a non-finite step before
 AdamW sees them, so NaN or infinity never enters the weights or the moments. The loop reads the flag (one sync)
 only where it syncs anyway (log, eval and checkpoint steps) and before anything is written, and stops there.
+
+On CUDA a step is also free of the other host waits: the batch arrives through pinned memory without blocking
+(`runtime.devices.to_device`), AdamW is the fused kernel (`fused_adamw_applies`), and the model returns the loss
+only, its head and cross-entropy taken a chunk of tokens at a time (`Transformer(..., return_logits=False)`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
 from ..runtime import distributed as dist_utils
+from ..runtime.devices import to_device
 from ..runtime.precision import Precision
 from .schedule import lr_multiplier
 
@@ -32,15 +39,33 @@ class StepResult:
     aux: dict[str, torch.Tensor]
 
 
+def fused_adamw_applies(parameters: Iterable[torch.Tensor]) -> bool:
+    """True when every parameter is a floating-point CUDA tensor: AdamW then runs as one fused kernel per group
+    (its step counters on the device, so no host work per parameter). Elsewhere torch's default stays (for-each
+    kernels on CUDA, per-tensor updates on the CPU)."""
+    parameters = list(parameters)
+    return bool(parameters) and all(p.device.type == "cuda" and p.is_floating_point() for p in parameters)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and expert tensors (dim >= 2), none on biases, norms, temperatures."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW; weight decay on matrices and expert tensors (dim >= 2), none on biases, norms, temperatures; fused
+    where `fused_adamw_applies`."""
+    trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in trained if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+    fused = True if fused_adamw_applies(trained) else None  # None: torch's default implementation
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
+
+
+def with_implementation_of(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved optimizer state `saved` with `optimizer`'s implementation (fused, foreach) in its param groups,
+    since loading a state dict otherwise restores the saved flags: a checkpoint written fused on CUDA resumes on
+    the CPU without fusion, one written on the CPU resumes fused on CUDA (AdamW's loader then moves the step
+    counters to the device, where the fused kernel keeps them)."""
+    implementation = {key: optimizer.param_groups[0].get(key) for key in ("fused", "foreach")}
+    return {**saved, "param_groups": [{**group, **implementation} for group in saved["param_groups"]]}
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -104,7 +129,7 @@ class OptimizerStep:
         lr = learning_rate(step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = (dist_utils.local_rows(t, self.context) for t in batch)
+        inputs, targets = (to_device(dist_utils.local_rows(t, self.context), self.device) for t in batch)
         loss, lm_loss, aux = self._forward_backward(inputs, targets)
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -128,7 +153,7 @@ class OptimizerStep:
         for index, (micro_inputs, micro_targets) in enumerate(micro_batches):
             with dist_utils.gradient_sync(self.model, enabled=index == accumulation - 1):
                 with self.precision.autocast(self.device):
-                    output = self.model(micro_inputs.to(self.device), micro_targets.to(self.device))
+                    output = self.model(micro_inputs, micro_targets, return_logits=False)  # the chunked loss
                 (output.loss / accumulation).backward()
             loss_sum = loss_sum + output.loss.detach().float()
             lm_loss_sum = lm_loss_sum + output.lm_loss.detach().float()
