@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from corpus import write_corpus
 from torch import nn
@@ -18,6 +19,9 @@ from mixture_of_tokens.model import Transformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TASK_FIXTURES = FIXTURES / "tasks"
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+"""Marks a test of a CUDA path: CI and the CPU machines skip it."""
 
 FLOAT64_TOL = 1e-10
 """How closely a float64 layer must match its float64 plain-loop reference (absolute and relative)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_float64_layer
+from helpers import needs_cuda, random_float64_layer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_sparse import FLOAT32_TOL
@@ -245,7 +245,7 @@ def test_setting_is_checked_and_comes_from_the_config():
 # CUDA
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_cuda_grouped_matches_padded(dtype, tol):
     device = torch.device("cuda")

@@ -11,20 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runs import run_mot, train_argv
-from corpus import write_corpus
 from helpers import tiny_model_config, tiny_train_config
 from safetensors.torch import load_file
 
-from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.training.errors import NonFiniteError
 from mixture_of_tokens.training.loop import Trainer
 from mixture_of_tokens.training.state import list_checkpoints
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, module_cache_dir: Path) -> dict:
-    source = f"text:{write_corpus(tmp_path_factory.mktemp('corpus') / 'docs', n_documents=20)}"
-    return {"source": source, "data": prepare_data(source, vocab_size=300, progress=False)}
 
 
 def _strict_json_lines(path: Path) -> list[dict]:

@@ -15,12 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from corpus import write_corpus
-from helpers import FLOAT64_TOL, build_model, tiny_model_config, tiny_train_config
+from helpers import FLOAT64_TOL, build_model, needs_cuda, tiny_model_config, tiny_train_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixture_of_tokens.checkpoint import read_manifest, write_manifest
-from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.data.masking import IGNORE_INDEX
 from mixture_of_tokens.lm_loss import LOSS_CHUNK_TOKENS, chunked_lm_loss_sum
 from mixture_of_tokens.runtime.devices import pins_host_memory, to_device
@@ -33,24 +31,8 @@ from mixture_of_tokens.training.step import (
     fused_adamw_applies,
 )
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 FLOAT32_TOL = 1e-5
 BATCH, SEQ = 8, 32  # the tiny trainer model's batch: 256 tokens
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, module_cache_dir: Path) -> dict:
-    source = f"text:{write_corpus(tmp_path_factory.mktemp('corpus') / 'docs', n_documents=20)}"
-    return {"source": source, "data": prepare_data(source, vocab_size=300, progress=False)}
-
-
-@pytest.fixture
-def trainer_factory(corpus: dict, tmp_path: Path):
-    def make(model_overrides: dict | None = None, **overrides) -> Trainer:
-        config = tiny_train_config(corpus["source"], tmp_path / "run", **overrides)
-        return Trainer(tiny_model_config(**(model_overrides or {})), config, data=corpus["data"], progress=False)
-
-    return make
 
 
 # ----------------------------------------------------------------------------------------------- the chunked loss
