@@ -9,16 +9,17 @@ The peak is reached at the end of the forward pass, in the loss, when every acti
                output's place is taken by the gradient of the hidden states the chunked loss keeps);
   loss         the trainer's chunked loss (`lm_loss`): one chunk of LOSS_CHUNK_TOKENS tokens' logits in float32
                (plus their copy in bf16 under bf16), and the head's float32 gradient, computed in the forward;
-  runtime      on the CPU, what PyTorch itself maps in during the first training steps: about 195 MB with the
-               CPU build of torch 2.13 (most of it the first optimizer importing torch._dynamo; the rest kernels
-               and thread buffers), measured as the peak RSS of two training steps of a model too small to count
-               (d = 16, V = 64) minus a process that has everything but a model and its training; on CUDA, the
-               CUDA context is not counted.
+  runtime      on the CPU, what PyTorch itself maps in during the first training steps: about 97 MB with the
+               CPU build of torch 2.13 (kernels, thread buffers, and the first optimizer importing torch._dynamo),
+               and about 98 MB more when Triton is installed (torch._dynamo then imports it too); measured as the
+               peak RSS of two training steps of a model too small to count (d = 16, V = 64) minus a process that
+               has everything but a model and its training; on CUDA, the CUDA context is not counted.
 Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/test_memory.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,16 @@ from ..layers import block_classes
 from ..lm_loss import LOSS_CHUNK_TOKENS
 from ..runtime.precision import Precision
 
-CPU_RUNTIME_BYTES = 195 * 10**6
+CPU_RUNTIME_BYTES = 97 * 10**6
+TRITON_IMPORT_BYTES = 98 * 10**6
+
+
+def cpu_runtime_bytes() -> int:
+    """What PyTorch maps in on the CPU during the first training steps, with Triton's import when it is installed."""
+    with_triton = importlib.util.find_spec("triton") is not None
+    return CPU_RUNTIME_BYTES + (TRITON_IMPORT_BYTES if with_triton else 0)
+
+
 FLOAT32_BYTES = 4
 
 
@@ -90,5 +100,5 @@ def estimate_training_memory(
         precision=str(precision),
         states_bytes=counts.total_params * precision.state_bytes * 4,
         activation_bytes=int(activations) + loss_bytes(config, tokens, value_bytes),
-        runtime_bytes=CPU_RUNTIME_BYTES if device.type == "cpu" else 0,
+        runtime_bytes=cpu_runtime_bytes() if device.type == "cpu" else 0,
     )
