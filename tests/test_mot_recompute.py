@@ -139,3 +139,11 @@ def test_without_gradients_the_plain_path_runs(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("mixture_of_tokens.layers.mot.recomputing_mix", None)  # would fail if called
     with torch.no_grad():
         assert layer(torch.randn(4, 2, 8, dtype=torch.float64)).shape == (4, 2, 8)
+
+
+def test_a_block_of_mixed_tokens_stays_within_the_budget() -> None:
+    """Blocks take as many experts as fit BLOCK_BYTES of mixed tokens [R, experts, D] (at least one, at most E)."""
+    per_expert = 256 * 256 * 4  # R = 256 rows of D = 256 float32 values: /16E/8 at the CPU benchmark's shape
+    assert recompute_module.experts_per_block(256, 128, 256, 4) == recompute_module.BLOCK_BYTES // per_expert == 32
+    assert recompute_module.experts_per_block(4, 5, 8, 4) == 5  # everything fits: one block
+    assert recompute_module.experts_per_block(10**6, 5, 1024, 4) == 1  # nothing fits: one expert a block
