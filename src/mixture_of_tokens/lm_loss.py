@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .data.masking import IGNORE_INDEX
+from .layers.experts import compute_dtype
 
 LOSS_CHUNK_TOKENS = 1024
 """Tokens per chunk of the training loss: at GPT-2's V = 50257 one chunk's float32 logits take 1024 * V * 4 B = 206 MB
@@ -32,20 +33,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         hidden_ND: torch.Tensor,
         weight_VD: torch.Tensor,
         targets_N: torch.Tensor,
-        compute_dtype: torch.dtype,
+        matmul_dtype: torch.dtype,
         chunk_tokens: int,
         needs_grad: bool,
     ) -> torch.Tensor:
-        accumulate_dtype = torch.promote_types(compute_dtype, torch.float32)
+        accumulate_dtype = torch.promote_types(matmul_dtype, torch.float32)
         with torch.autocast(hidden_ND.device.type, enabled=False):  # dtypes chosen here, not by autocast
-            weight_VD_c = weight_VD.to(compute_dtype)
+            weight_VD_c = weight_VD.to(matmul_dtype)
             loss_sum = torch.zeros((), dtype=accumulate_dtype, device=hidden_ND.device)
             if needs_grad:
-                grad_hidden_ND = torch.empty(hidden_ND.shape, dtype=compute_dtype, device=hidden_ND.device)
+                grad_hidden_ND = torch.empty(hidden_ND.shape, dtype=matmul_dtype, device=hidden_ND.device)
                 grad_weight_VD = torch.zeros(weight_VD.shape, dtype=accumulate_dtype, device=weight_VD.device)
             for start in range(0, hidden_ND.shape[0], chunk_tokens):
                 rows = slice(start, start + chunk_tokens)
-                hidden_CD = hidden_ND[rows].to(compute_dtype)
+                hidden_CD = hidden_ND[rows].to(matmul_dtype)
                 logits_CV = (hidden_CD @ weight_VD_c.T).to(accumulate_dtype)
                 scored_C = targets_N[rows] != IGNORE_INDEX
                 target_C1 = torch.where(scored_C, targets_N[rows], 0)[:, None]
@@ -57,9 +58,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 loss_sum = loss_sum + torch.where(scored_C, loss_C, 0).sum()
                 if needs_grad:  # d loss_C / d logits = softmax - one-hot at the target; zero where nothing is scored
                     probs_CV.div_(total_C[:, None]).scatter_add_(1, target_C1, torch.full_like(max_C, -1)[:, None])
-                    grad_logits_CV = probs_CV.masked_fill_(~scored_C[:, None], 0).to(compute_dtype)
+                    grad_logits_CV = probs_CV.masked_fill_(~scored_C[:, None], 0).to(matmul_dtype)
                     grad_hidden_ND[rows] = grad_logits_CV @ weight_VD_c
-                    if grad_weight_VD.dtype == compute_dtype:
+                    if grad_weight_VD.dtype == matmul_dtype:
                         grad_weight_VD.addmm_(grad_logits_CV.T, hidden_CD)
                     else:
                         grad_weight_VD += grad_logits_CV.T @ hidden_CD
@@ -89,13 +90,9 @@ def chunked_lm_loss_sum(
     them. The matmul runs in the autocast dtype when autocast is on (as `nn.Linear` would), else in the inputs'."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}.")
-    device_type = hidden_ND.device.type
-    if torch.is_autocast_enabled(device_type):
-        compute_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        compute_dtype = torch.promote_types(hidden_ND.dtype, weight_VD.dtype)
+    dtype = compute_dtype(hidden_ND, weight_VD)
     needs_grad = torch.is_grad_enabled() and (hidden_ND.requires_grad or weight_VD.requires_grad)
-    return _ChunkedLinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, compute_dtype, chunk_tokens, needs_grad)
+    return _ChunkedLinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, dtype, chunk_tokens, needs_grad)
 
 
 __all__ = ["LOSS_CHUNK_TOKENS", "chunked_lm_loss_sum"]

@@ -48,13 +48,17 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the experts multiply in: autocast's when it is on for x's device (torch._grouped_mm is not
-    autocast, so the grouped path casts to it itself), else x's."""
+def compute_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of x (and `others`) runs in, as autocast would choose it: autocast's when it is on for
+    x's device, else the promotion of the operands' dtypes. For the paths that pick their dtype themselves
+    (torch._grouped_mm is not autocast; custom autograd functions run with autocast off inside)."""
     device_type = x.device.type
     if x.is_floating_point() and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
-    return x.dtype
+    dtype = x.dtype
+    for other in others:
+        dtype = torch.promote_types(dtype, other.dtype)
+    return dtype
 
 
 def grouped_expert_mlp(
