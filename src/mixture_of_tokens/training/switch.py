@@ -31,10 +31,11 @@ def switch_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, t
     fresh = convert_model_in_place(model, converted)
     if optimizer is not None:
         kept = {id(p) for p in model.parameters()}
-        for group in optimizer.param_groups:  # tensors the target has no use for (e.g. a learnable temperature)
+        for group in optimizer.param_groups:  # tensors the target has no use for (a learnable temperature, W_e)
+            # by identity: list.remove would compare tensors with ==, whose elementwise result has no truth value
             for parameter in [p for p in group["params"] if id(p) not in kept]:
-                group["params"].remove(parameter)
-                optimizer.state.pop(parameter, None)
+                optimizer.state.pop(parameter, None)  # its moments go with it
+            group["params"] = [p for p in group["params"] if id(p) in kept]
         no_decay = next(g for g in optimizer.param_groups if g["weight_decay"] == 0.0)
         decay = optimizer.param_groups[0]
         for parameter in fresh:
