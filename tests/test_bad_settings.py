@@ -31,6 +31,9 @@ BAD_VALUES: dict[str, list[str]] = {
     "n_experts": ["--n-experts", "0"],
     "expert_size": ["--expert-size", "0"],
     "mot_temperature": ["--mot-temperature", "0"],
+    "mot_temperature_schedule": ["--mot-temperature-schedule", "linear"],
+    "mot_temperature_final": ["--mot-temperature-final", "0.5"],  # a final tau without a schedule
+    "mot_temperature_anneal_steps": ["--mot-temperature-anneal-steps", "-1"],
     "mot_learnable_temperature": ["--mot-learnable-temperature", "sometimes"],
     "mot_routing": ["--mot-routing", "argmax"],
     "mot_emit": ["--mot-emit", "tokens"],

@@ -220,7 +220,7 @@ def test_temperature_freeze_holds_a_learnable_temperature_for_n_steps():
     x = torch.randn(8, 2, 6, dtype=torch.float64)
     target = torch.randn(8, 2, 6, dtype=torch.float64)
     for step in range(6):
-        layer.on_train_step(step)
+        layer.on_train_step(step, 6)
         frozen = step < 3
         assert layer.log_temperature.requires_grad != frozen
         controller = layer.controller.detach().clone()
@@ -242,7 +242,7 @@ def test_temperature_freeze_settings():
     assert make_layer(learnable_temperature="scalar", temperature_freeze_steps=2).may_leave_parameters_unused()
     assert make_layer(routing="uniform").may_leave_parameters_unused()
     layer = make_layer(learnable_temperature="scalar")
-    layer.on_train_step(0)
+    layer.on_train_step(0, 4)
     assert layer.log_temperature.requires_grad  # no freeze: nothing changes
 
 
@@ -280,9 +280,9 @@ def test_model_config_wires_the_options_and_the_step_hook():
     (layer,) = mot_layers_of(model)
     assert layer.emit_controller is not None and layer.grouping == "random" and layer.temperature_freeze_steps == 2
     assert "blocks.1.ffn.emit_controller" in model.state_dict()
-    model.on_train_step(0)
+    model.on_train_step(0, 4)
     assert not layer.log_temperature.requires_grad
-    model.on_train_step(2)
+    model.on_train_step(2, 4)
     assert layer.log_temperature.requires_grad
     defaults = Transformer(options_config(mot_separate_emit_controller=False, mot_grouping="consecutive"))
     (plain,) = mot_layers_of(defaults)
@@ -311,9 +311,10 @@ def test_the_trainer_reports_every_step_to_the_layers(tmp_path, monkeypatch, cac
     seen: list[tuple[int, torch.Tensor]] = []
     hook = MixtureOfTokens.on_train_step
 
-    def spy(self, step):
+    def spy(self, step, steps):
+        assert steps == 3
         seen.append((step, self.log_temperature.detach().clone()))
-        hook(self, step)
+        hook(self, step, steps)
 
     monkeypatch.setattr(MixtureOfTokens, "on_train_step", spy)
     train_config = tiny_train_config(
@@ -340,7 +341,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, results) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
         temperatures = []
         for step in range(4):
-            model.on_train_step(step)
+            model.on_train_step(step, 4)
             ids = torch.randint(300, (4, 8), generator=torch.Generator().manual_seed(10 * step + rank))
             wrapped(ids, ids).loss.backward()
             optimizer.step()

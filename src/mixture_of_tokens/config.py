@@ -16,6 +16,7 @@ from .layers.mot_options import (
     ROUTINGS,
     check_group_axis,
     check_temperature_freeze,
+    check_temperature_schedule,
 )
 from .layers.registry import ffn_kinds
 from .layers.token_choice import SCOPES as TC_SCOPES
@@ -65,7 +66,18 @@ class ModelConfig:
     )
     n_experts: int = _help("number of experts E (MoT, Token Choice, Expert Choice)", default=8)
     expert_size: int = _help("expert width h (MoT: E*h = G*d_ff matches dense FLOPs)", default=512)
-    mot_temperature: float = _help("MoT softmax temperature tau (> 0)", default=1.0)
+    mot_temperature: float = _help("MoT softmax temperature tau (> 0); with a schedule, tau at step 0", default=1.0)
+    mot_temperature_schedule: str = _help(
+        "MoT temperature over training: constant | cosine | geometric (from mot_temperature at step 0 to "
+        "mot_temperature_final at the anneal's last step, then held; the trained model evaluates at the final tau)",
+        default="constant",
+    )
+    mot_temperature_final: float = _help(
+        "MoT: the final tau of a temperature schedule (> 0; 0 with schedule constant)", default=0.0
+    )
+    mot_temperature_anneal_steps: int = _help(
+        "MoT: optimizer steps the temperature schedule takes to reach its final tau (0: the whole run)", default=0
+    )
     mot_learnable_temperature: str = _help("MoT learnable temperature: none | scalar | per_expert", default="none")
     mot_routing: str = _help("MoT routing: softmax | uniform | discrete (argmax, for evaluation)", default="softmax")
     mot_emit: str = _help("MoT emit weights: group (the method) | experts (softmax over experts)", default="group")
@@ -153,6 +165,13 @@ class ModelConfig:
                     f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
                 )
         check_temperature_freeze(self.temperature_freeze_steps, self.mot_learnable_temperature)
+        check_temperature_schedule(
+            self.mot_temperature_schedule,
+            final=self.mot_temperature_final,
+            anneal_steps=self.mot_temperature_anneal_steps,
+            routing=self.mot_routing,
+            learnable_temperature=self.mot_learnable_temperature,
+        )
         check_group_axis(
             self.mot_group_axis,
             grouping=self.mot_grouping,

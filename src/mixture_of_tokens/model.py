@@ -243,11 +243,12 @@ class Transformer(nn.Module):
         layers = (m for m in self.modules() if isinstance(m, FeedForwardLayer))
         return self.config.objective == "causal" and all(layer.is_causal() for layer in layers)
 
-    def on_train_step(self, step: int) -> None:
-        """Tell every feed-forward layer that 0-based optimizer step `step` begins (the training loop calls this)."""
+    def on_train_step(self, step: int, steps: int) -> None:
+        """Tell every feed-forward layer that 0-based optimizer step `step` of a `steps`-step run begins (the
+        training loop calls this)."""
         for module in self.modules():
             if isinstance(module, FeedForwardLayer):
-                module.on_train_step(step)
+                module.on_train_step(step, steps)
 
     def routing_stats(self) -> dict[str, float]:
         """Detached routing diagnostics of the last forward, keyed 'block{i}.{name}' (syncs the device)."""

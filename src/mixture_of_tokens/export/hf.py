@@ -32,6 +32,7 @@ from ..evaluation.runner import load_checkpoint
 from ..extras import require
 from ..files import write_text_atomic
 from ..layers import batch_multiple
+from ..layers.mot_options import trained_temperature
 from ..model import Transformer
 from .model_card import model_card
 from .tokenizer_files import write_tokenizer_files
@@ -91,6 +92,11 @@ def check_exportable(config: ModelConfig) -> None:
 def hf_config(config: ModelConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> dict[str, Any]:
     """config.json of the exported model."""
     fields = dataclasses.asdict(config)
+    exported = {name: fields[name] for name in _FIELDS}
+    # a temperature schedule ends at its final tau: the fixed tau the trained model (and load_model) computes with
+    exported["mot_temperature"] = trained_temperature(
+        config.mot_temperature, config.mot_temperature_schedule, config.mot_temperature_final
+    )
     return {
         "model_type": "mixture_of_tokens",
         "architectures": ["MoTForCausalLM"],
@@ -98,7 +104,7 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> 
             "AutoConfig": f"{MODELING_FILE[:-3]}.MoTConfig",
             "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.MoTForCausalLM",
         },
-        **{name: fields[name] for name in _FIELDS},
+        **exported,
         "experts_per_token": config.top_k,  # top_k would name a generation setting in transformers
         "block_ffn_kinds": config.block_ffn_kinds(),
         "bos_token_id": tokenizer.eos_id,

@@ -11,7 +11,8 @@ A feed-forward layer maps x[B, S, D] to a tensor of the same shape. Besides `for
     evaluation_modes(config, batch_size)  other ways to evaluate the same weights (e.g. MoT at other group sizes)
     scaling_shape(config)                 (granularity, expansion rate) for the fine-grained scaling law, if any
 and per instance `is_causal()`, `active_params_per_token()` and `flops_per_token()`, plus two training hooks:
-`on_train_step(step)` (called before every optimizer step, e.g. to end a parameter freeze) and
+`on_train_step(step, steps)` (called before every optimizer step of a `steps`-step run, e.g. to end a parameter
+freeze or set a scheduled temperature) and
 `may_leave_parameters_unused()` (a data-parallel wrapper must then look for parameters without gradient).
 Auxiliary losses (`aux_losses`) and detached statistics (`stats`) recorded during forward are collected by the
 model, so the training loop never knows which routing is used.
@@ -86,8 +87,9 @@ class FeedForwardLayer(nn.Module):
     def flops_per_token(self) -> int:
         return 2 * self.active_params_per_token()
 
-    def on_train_step(self, step: int) -> None:
-        """Called by the training loop before 0-based optimizer step `step`; nothing by default."""
+    def on_train_step(self, step: int, steps: int) -> None:
+        """Called by the training loop before 0-based optimizer step `step` of a run of `steps` optimizer steps;
+        nothing by default."""
 
     def may_leave_parameters_unused(self) -> bool:
         """True when a training step may leave one of the layer's parameters without a gradient."""

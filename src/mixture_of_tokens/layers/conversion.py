@@ -17,6 +17,7 @@ from torch import nn
 
 from .expert_choice import ExpertChoice
 from .mot import MixtureOfTokens
+from .mot_options import trained_temperature
 from .token_choice import TokenChoice
 
 if TYPE_CHECKING:
@@ -48,8 +49,12 @@ def convert_config(config: ModelConfig, target: str, **routing: object) -> Model
     if MixtureOfTokens.kind not in config.block_ffn_kinds():
         kinds = ", ".join(config.block_ffn_kinds())
         raise ValueError(f"the checkpoint has no MoT layer to convert (its blocks are: {kinds}).")
-    if target == "discrete-mot":
-        return dataclasses.replace(config, mot_routing="discrete")
+    if target == "discrete-mot":  # argmax routing has no tau: a temperature schedule ends at its trained value
+        tau = trained_temperature(config.mot_temperature, config.mot_temperature_schedule, config.mot_temperature_final)
+        return dataclasses.replace(
+            config, mot_routing="discrete", mot_temperature=tau, mot_temperature_schedule="constant",
+            mot_temperature_final=0.0,
+        )  # fmt: skip
     replaced = dataclasses.replace(config, ffn=TARGETS[target])
     if target == "token-choice":
         defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in ROUTING_FIELDS}

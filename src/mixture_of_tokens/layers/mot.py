@@ -9,10 +9,10 @@ For each group of G tokens at the same position (consecutive examples), every ex
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 
 The authors' ablations are options: uniform / discrete routing, learnable temperature (optionally held fixed for
-the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping. Their
-BERT-style runs also grouped G consecutive positions of one sequence (`group_axis="within_sequence"`): merge,
-experts and emit are unchanged, but a token then meets later positions, so that variant needs bidirectional
-attention (the masked objective).
+the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping; a fixed
+temperature may also be annealed over training (cosine or geometric schedule). Their BERT-style runs also grouped
+G consecutive positions of one sequence (`group_axis="within_sequence"`): merge, experts and emit are unchanged,
+but a token then meets later positions, so that variant needs bidirectional attention (the masked objective).
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ from .mot_options import (
     Grouping,
     LearnableTemperature,
     Routing,
+    TemperatureSchedule,
     check_group_axis,
     check_temperature_freeze,
+    check_temperature_schedule,
+    scheduled_temperature,
+    trained_temperature,
 )
 from .mot_recompute import recomputing_mix
 from .routing_stats import routing_statistics
@@ -63,8 +67,9 @@ class MixtureOfTokens(FeedForwardLayer):
         expert_size: hidden width H of each expert.
         group_size: tokens mixed per group G (consecutive examples at one position); must divide the batch.
             It may be changed after training (`layer.group_size = 1`); no parameter depends on it.
-        temperature: softmax temperature tau (> 0); the initial value when learnable. A fixed tau is kept as a
-            Python float and used exactly (logits are divided by it in their own dtype, float64 included).
+        temperature: softmax temperature tau (> 0); the initial value when learnable or scheduled. A fixed tau is
+            kept as a Python float (`fixed_temperature`) and used exactly (logits are divided by it in their own
+            dtype, float64 included).
         learnable_temperature: "none", "scalar" (one learned tau) or "per_expert" (one tau per expert).
         routing: "softmax" (the method), "uniform" (plain averaging: every weight 1/G, the paper's baseline), or
             "discrete" (each expert takes the argmax token of its group and writes back to it alone: the
@@ -88,6 +93,9 @@ class MixtureOfTokens(FeedForwardLayer):
         temperature_freeze_steps: a learnable temperature requires no gradient, so AdamW leaves it (and its
             moments) untouched, during the first N optimizer steps; the training loop reports steps through
             `on_train_step`. Needs a learnable temperature when > 0.
+        temperature_schedule, final_temperature, anneal_steps: "constant" (final 0), or "cosine" / "geometric": a
+            fixed softmax tau goes from `temperature` at step 0 to `final_temperature` (> 0) at step anneal_steps - 1
+            (0: the run's last step), then stays; `on_train_step` sets it. A built layer holds the final tau.
         recompute: in training (gradients enabled), keep no mixed tokens for the backward pass: merge, experts and
             emit run one block of experts at a time and the backward pass recomputes each block's mixed tokens
             (`layers/mot_recompute.py`): E/G x D fewer activation values per token, the same results.
@@ -111,6 +119,9 @@ class MixtureOfTokens(FeedForwardLayer):
         grouping: Grouping = "consecutive",
         group_axis: GroupAxis = "across_batch",
         temperature_freeze_steps: int = 0,
+        temperature_schedule: TemperatureSchedule = "constant",
+        final_temperature: float = 0.0,
+        anneal_steps: int = 0,
         recompute: bool = False,
         init_scale: float = DEFAULT_INIT_SCALE,
     ) -> None:
@@ -125,6 +136,10 @@ class MixtureOfTokens(FeedForwardLayer):
         check_choice("group_axis", group_axis, GROUP_AXES)
         check_group_axis(group_axis, grouping=grouping)
         check_temperature_freeze(temperature_freeze_steps, learnable_temperature)
+        check_temperature_schedule(
+            temperature_schedule, final=final_temperature, anneal_steps=anneal_steps, routing=routing,
+            learnable_temperature=learnable_temperature, names="layer",
+        )  # fmt: skip
 
         self.d_model = d_model
         self.n_experts = n_experts
@@ -136,6 +151,10 @@ class MixtureOfTokens(FeedForwardLayer):
         self.grouping = grouping
         self.group_axis = group_axis
         self.temperature_freeze_steps = temperature_freeze_steps
+        self.temperature_schedule = temperature_schedule
+        self.initial_temperature = float(temperature)
+        self.final_temperature = float(final_temperature)
+        self.anneal_steps = anneal_steps
         self.recompute = recompute
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
@@ -144,7 +163,7 @@ class MixtureOfTokens(FeedForwardLayer):
         else:
             self.register_parameter("emit_controller", None)
         self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
-        self.fixed_temperature = float(temperature)
+        self.fixed_temperature = trained_temperature(temperature, temperature_schedule, final_temperature)
         if learnable_temperature == "none":
             self.register_parameter("log_temperature", None)
         else:
@@ -169,6 +188,9 @@ class MixtureOfTokens(FeedForwardLayer):
             grouping=config.mot_grouping,
             group_axis=config.mot_group_axis,
             temperature_freeze_steps=config.temperature_freeze_steps,
+            temperature_schedule=config.mot_temperature_schedule,
+            final_temperature=config.mot_temperature_final,
+            anneal_steps=config.mot_temperature_anneal_steps,
             recompute=config.mot_recompute,
             init_scale=config.init_scale,
         )
@@ -245,10 +267,16 @@ class MixtureOfTokens(FeedForwardLayer):
             scaled_trunc_normal_(self.emit_controller, fan_in=self.d_model, scale=self.init_scale)
         init_expert_weights_(self.w1, self.w2, self.init_scale)
 
-    def on_train_step(self, step: int) -> None:
-        """A learnable temperature requires no gradient before 0-based step `temperature_freeze_steps`."""
+    def on_train_step(self, step: int, steps: int) -> None:
+        """Before 0-based step `step` of a `steps`-step run: a learnable temperature requires no gradient before
+        step `temperature_freeze_steps`; a scheduled tau takes its value at `step`."""
         if self.log_temperature is not None and self.temperature_freeze_steps > 0:
             self.log_temperature.requires_grad_(step >= self.temperature_freeze_steps)
+        if self.temperature_schedule != "constant":
+            self.fixed_temperature = scheduled_temperature(
+                step, schedule=self.temperature_schedule, initial=self.initial_temperature,
+                final=self.final_temperature, anneal_steps=self.anneal_steps, run_steps=steps,
+            )  # fmt: skip
 
     def is_causal(self) -> bool:
         """Across-batch groups stay at one position; within-sequence groups mix later positions in."""
@@ -345,8 +373,9 @@ class MixtureOfTokens(FeedForwardLayer):
         """
         if self._last_routing is None:
             return {}
-        learned = self.temperature.detach() if self.learnable_temperature != "none" else None
-        return routing_statistics(*self._last_routing, learned_temperature=learned)
+        varying = self.learnable_temperature != "none" or self.temperature_schedule != "constant"
+        tau = self.temperature.detach() if varying else None  # logged as temperature_mean: learned or scheduled
+        return routing_statistics(*self._last_routing, learned_temperature=tau)
 
     @property
     def n_controllers(self) -> int:
@@ -368,10 +397,16 @@ class MixtureOfTokens(FeedForwardLayer):
         return experts + 2 * (self.n_controllers + 2) * self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
+        schedule = (
+            ""
+            if self.temperature_schedule == "constant"
+            else f", temperature_schedule={self.temperature_schedule} ({self.initial_temperature} -> "
+            f"{self.final_temperature} over {self.anneal_steps or 'all'} steps)"
+        )
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"group_size={self.group_size}, routing={self.routing}, emit={self.emit}, "
             f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
             f"group_axis={self.group_axis}, "
-            f"separate_emit_controller={self.emit_controller is not None}"
+            f"separate_emit_controller={self.emit_controller is not None}{schedule}"
         )

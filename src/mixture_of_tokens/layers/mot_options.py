@@ -3,6 +3,7 @@ that depend on each other; shared by the layer and ModelConfig, one sentence per
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from .checks import check_choice
@@ -13,12 +14,21 @@ Emit = Literal["group", "experts"]
 LearnableTemperature = Literal["none", "scalar", "per_expert"]
 Grouping = Literal["consecutive", "random"]
 GroupAxis = Literal["across_batch", "within_sequence"]
+TemperatureSchedule = Literal["constant", "cosine", "geometric"]
 
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
 LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 GROUPINGS: tuple[str, ...] = ("consecutive", "random")
 GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
+TEMPERATURE_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "geometric")
+
+_SCHEDULE_NAMES = {
+    "config": ("mot_temperature_schedule", "mot_temperature_final", "mot_temperature_anneal_steps", "mot_routing",
+               "mot_learnable_temperature"),
+    "layer": ("temperature_schedule", "final_temperature", "anneal_steps", "routing", "learnable_temperature"),
+}  # fmt: skip
+"""How ModelConfig and the layer name the settings of a temperature schedule, for the refusals."""
 
 
 def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
@@ -29,6 +39,69 @@ def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
         raise ValueError(
             f"temperature_freeze_steps={steps} needs a learnable temperature (learnable_temperature scalar or "
             "per_expert); with learnable_temperature='none' the allowed value is 0."
+        )
+
+
+def scheduled_temperature(
+    step: int, *, schedule: str, initial: float, final: float, anneal_steps: int, run_steps: int
+) -> float:
+    """tau at 0-based optimizer step `step`: from `initial` at step 0 to `final` at step T - 1 and after, where T is
+    `anneal_steps`, or the run's `run_steps` when that is 0. With p = min(step / max(T - 1, 1), 1):
+    cosine tau = final + (initial - final) (1 + cos(pi p)) / 2; geometric tau = initial (final / initial)^p.
+    A pure function of the step, so a resumed run repeats it exactly; both ends are returned exactly."""
+    if schedule == "constant":
+        return initial
+    length = anneal_steps or run_steps
+    progress = min(step / max(length - 1, 1), 1.0)
+    if progress <= 0.0:
+        return initial
+    if progress >= 1.0:
+        return final
+    if schedule == "cosine":
+        return final + (initial - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    return initial * (final / initial) ** progress
+
+
+def trained_temperature(temperature: float, schedule: str, final: float) -> float:
+    """The fixed tau a model ends training with, and evaluates and exports at: the schedule's final value."""
+    return float(temperature if schedule == "constant" else final)
+
+
+def check_temperature_schedule(
+    schedule: str,
+    *,
+    final: float,
+    anneal_steps: int,
+    routing: str,
+    learnable_temperature: str,
+    names: Literal["config", "layer"] = "config",
+) -> None:
+    """A known schedule with a positive final tau, over a non-negative number of steps, annealing a fixed softmax
+    temperature; `names` picks ModelConfig's field names or the layer's argument names for the sentence."""
+    schedule_name, final_name, steps_name, routing_name, learnable_name = _SCHEDULE_NAMES[names]
+    check_choice(schedule_name, schedule, TEMPERATURE_SCHEDULES)
+    if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
+        raise ValueError(f"{steps_name} must be a non-negative integer (0: the whole run), got {anneal_steps!r}.")
+    if schedule == "constant":
+        if final != 0:
+            raise ValueError(
+                f"{final_name}={final!r} needs a schedule ({schedule_name} cosine or geometric); with "
+                f"{schedule_name}='constant' the allowed value is 0."
+            )
+        return
+    if routing != "softmax":
+        raise ValueError(
+            f"{schedule_name}={schedule!r} anneals the softmax temperature, which {routing_name}={routing!r} does not "
+            "use; with that routing the allowed value is constant."
+        )
+    if learnable_temperature != "none":
+        raise ValueError(
+            f"{schedule_name}={schedule!r} sets tau at every step, so it cannot anneal a learnable temperature "
+            f"({learnable_name}={learnable_temperature!r}); use {learnable_name} none or {schedule_name} constant."
+        )
+    if isinstance(final, bool) or not isinstance(final, (int, float)) or not (math.isfinite(final) and final > 0):
+        raise ValueError(
+            f"{final_name} must be a positive finite temperature with {schedule_name}={schedule!r}, got {final!r}."
         )
 
 

@@ -225,7 +225,8 @@ class Trainer:
                 while step < config.steps and not stopped_early:
                     if config.switch_to and step == config.switch_at and has_mot_layers(self.model_config):
                         self._switch(step, log)
-                    self.raw_model.on_train_step(step)  # layers' per-step hooks, e.g. the end of a temperature freeze
+                    # layers' per-step hooks, e.g. the end of a temperature freeze or a scheduled temperature
+                    self.raw_model.on_train_step(step, config.steps)
                     result = self.optimizer_step(step, self.sampler.next_batch())
                     step += 1
                     log.count_step()
