@@ -107,3 +107,23 @@ def test_a_mot_model_without_its_directory_needs_filler_text(checkpoints):
     filler = torch.randint(0, tokenizer.vocab_size, (500,)).numpy()
     predictor = Predictor(model, tokenizer, filler_tokens=filler, protocol_rows=8)
     assert predictor.score("The cat", " sees") < 0 and isinstance(predictor.generate("The", max_new_tokens=3), str)
+
+
+@pytest.mark.parametrize("ffn", ["mot", "dense"])
+def test_lists_give_one_result_per_prompt_or_pair_in_order(checkpoints, ffn):
+    """A list is many single requests, each under the single-request policy: never one joined prompt."""
+    predictor = Predictor(checkpoints[ffn])
+    prompts = ["The cat", "A dog"]
+    for options in ({"temperature": 1.0, "seed": 3}, {}):
+        texts = predictor.generate(prompts, max_new_tokens=4, **options)
+        assert texts == [predictor.generate(prompt, max_new_tokens=4, **options) for prompt in prompts]
+    assert predictor.generate((prompts[1],), max_new_tokens=4) == [texts[1]] and predictor.generate([]) == []
+    with pytest.raises(ValueError, match=r"takes a string or a list of strings; got a list of 1 \(list\)"):
+        predictor.generate([prompts])
+    contexts, continuations = ["The cat sees", "A dog"], [" the river", " follows"]
+    scores = predictor.score(contexts, continuations)
+    assert scores == [predictor.score(c, x) for c, x in zip(contexts, continuations)]
+    refusal = r"two lists of strings of the same length for one score per \(context, continuation\) pair; got "
+    for context, continuation in ((contexts, continuations[:1]), ("The cat", continuations), (contexts, " sees")):
+        with pytest.raises(ValueError, match=refusal):
+            predictor.score(context, continuation)

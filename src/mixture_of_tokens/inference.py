@@ -1,4 +1,5 @@
-"""Python inference API: load a trained model, score continuations and generate text, one sequence at a time.
+"""Python inference API: load a trained model, score continuations and generate text, one sequence at a time (a
+list is many single sequences).
 
     model = load_model("runs/tiny-mot")             # eval mode, inference routing, on the CPU
     tokenizer = load_tokenizer("runs/tiny-mot")
@@ -17,7 +18,9 @@ through `generate.generate_text`: there is no second path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,39 +105,67 @@ class Predictor:
         """The batch policy in words (print it next to any result)."""
         return self.policy.describe()
 
-    def score(self, context: str, continuation: str) -> float:
+    def score(self, context: str | Sequence[str], continuation: str | Sequence[str]) -> float | list[float]:
         """Sum log-probability of `continuation` after `context` (lm-eval's tokenisation: trailing spaces of the
         context move to the continuation). Equal to `mot eval`'s and the lm-eval adapter's score of the same text
-        under the same policy and seed."""
-        return self.scorer.score([text_request(context, continuation)])[0].logprob
+        under the same policy and seed. Two equally long lists give one score per (context, continuation) pair, in
+        order, each the score of that pair alone."""
+        if isinstance(context, str) and isinstance(continuation, str):
+            return self.scorer.score([text_request(context, continuation)])[0].logprob
+        if not (_is_text_list(context) and _is_text_list(continuation) and len(context) == len(continuation)):
+            raise ValueError(
+                "score(context, continuation) takes two strings, or two lists of strings of the same length for one "
+                f"score per (context, continuation) pair; got {_describe(context)} and {_describe(continuation)}."
+            )
+        requests = [text_request(c, x) for c, x in zip(context, continuation, strict=True)]
+        return [result.logprob for result in self.scorer.score(requests)]
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[str],
         *,
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
-    ) -> str:
+    ) -> str | list[str]:
         """Text generated after `prompt` (greedy at temperature 0; stops at eos or max_new_tokens). A MoT model
-        decodes the prompt in lock-step with held-out filler rows up to its group size, as `mot generate` does."""
+        decodes the prompt in lock-step with held-out filler rows up to its group size, as `mot generate` does.
+        A list of prompts gives one text per prompt, in order, each generated alone (so a prompt's text does not
+        depend on the others in the list)."""
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if not isinstance(prompt, str):
+            if not _is_text_list(prompt):
+                raise ValueError(f"generate(prompt) takes a string or a list of strings; got {_describe(prompt)}.")
+            return [self._generate_one(one, **options) for one in prompt]
+        return self._generate_one(prompt, **options)
+
+    def _generate_one(self, prompt: str, *, seed: int | None, **options: Any) -> str:
         try:
             with self.policy.applied(self.model):
                 return generate_text(
                     self.model,
                     self.tokenizer,
                     [prompt],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
                     seed=self.policy.seed if seed is None else seed,
                     filler_tokens=self.generate_filler,
+                    **options,
                 )[0]
         finally:
             set_inference_routing(self.model)  # generation leaves the model in training routing
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+
+
+def _describe(value: object) -> str:
+    """'a str', 'a list of 2 str', 'a list of 2 (int, str)': what a caller passed, for a refusal."""
+    if not isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__}"
+    kinds = ", ".join(sorted({type(item).__name__ for item in value}))
+    return f"a {type(value).__name__} of {len(value)}" + (f" ({kinds})" if kinds else "")
 
 
 def _checkpoint_texts(directory: Path, model: Transformer, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
