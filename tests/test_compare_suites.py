@@ -134,15 +134,19 @@ def test_a_claim_without_finished_runs_is_not_judged() -> None:
 @pytest.mark.parametrize("name", list(SUITES))
 def test_every_suite_builds_valid_runs_at_equal_active_flops(name: str) -> None:
     """Each arm at each size is a valid run, and every model spends the dense model's FLOPs per token (within the
-    routers' and controllers' few percent)."""
+    routers' few percent, once MoT's controller, merge and emit are taken out)."""
     suite = SUITES[name]
     for size in suite.sizes.values():
         flops = {}
-        for arm in suite.arms:
+        for arm in (a for a in suite.arms if not a.is_alias):  # an alias trains its winner's runs
             spec = run_spec(suite, size, arm.name, size.lrs[0], 0, Path("unused"), device="cpu")
             check_run_settings(spec.model, dataclasses.replace(spec.train, data="packaged"))
             with torch.device("meta"):
-                flops[arm.name] = count_model(Transformer(spec.model)).forward_flops_per_token
+                model = Transformer(spec.model)
+            # MoT's controller, merge and emit (3 d E multiply-adds per token) are not FLOP-matched: 19% of the FF
+            # for /32E at d_model 64 (docs/method.md); the rest must match dense
+            unmatched = sum(6 * m.d_model * m.n_experts for m in model.modules() if getattr(m, "kind", "") == "mot")
+            flops[arm.name] = count_model(model).forward_flops_per_token - unmatched
         with torch.device("meta"):
             dense = count_model(Transformer(size.base_model())).forward_flops_per_token
         assert all(abs(f / dense - 1) < 0.06 for f in flops.values()), flops

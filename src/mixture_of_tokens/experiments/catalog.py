@@ -9,6 +9,7 @@ otherwise; every model spends the dense model's FLOPs per token in its feed-forw
 from __future__ import annotations
 
 from ..layers import ExpertChoice, TokenChoice
+from .catalog_capacity import CLAIMS_CAPACITY
 from .suites import (
     BF16,
     DENSE,
@@ -272,7 +273,16 @@ SMOKE = Suite(
 
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (CLAIMS_CORE, CLAIMS_SPARSE, CLAIMS_PRECISION, CLAIMS_TRANSITION, CLAIMS_MASKED, CROSSOVER, SMOKE)
+    for s in (
+        CLAIMS_CORE,
+        CLAIMS_SPARSE,
+        CLAIMS_PRECISION,
+        CLAIMS_TRANSITION,
+        CLAIMS_MASKED,
+        CROSSOVER,
+        CLAIMS_CAPACITY,
+        SMOKE,
+    )  # fmt: skip
 }
 for _suite in SUITES.values():
     check_suite(_suite)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..runtime.devices import resolve_device
 from .catalog import get_suite
+from .planner import lr_text
 from .results import ArmSummary, collect
-from .runner import SuiteRun, lr_text, run_suite
+from .runner import SuiteRun, current_plan, run_suite
 from .suite_report import ReportInput, tokens, write_report
 from .suites import Size, Suite
 from .verdicts import Verdict, judge, pooled_noise
@@ -54,7 +55,8 @@ def suite_report_input(suite: Suite, size: Size, summaries: dict[str, ArmSummary
     results = {name: s.result() for name, s in summaries.items() if s.losses}
     noise = pooled_noise(list(results.values()))
     verdicts = [judge(claim, results, noise) for claim in suite.claims]
-    n_runs = len(size.lrs) * len(suite.arms) + (size.seeds - 1) * len(suite.arms)
+    plan = current_plan(suite, size, run.out) if run is not None else None
+    n_runs = len(plan.runs) if plan is not None else len(size.lrs) * len(suite.arms) * size.seeds
     model = size.base_model()
     overview = [
         f"Suite **{suite.name}** at size **{size.name}**: {suite.description}.",
@@ -65,6 +67,9 @@ def suite_report_input(suite: Suite, size: Size, summaries: dict[str, ArmSummary
         f"{size.vocab_size}). Learning rate: the best of {', '.join(lr_text(lr) for lr in size.lrs)} at seed 0, "
         f"then {size.seeds} seed(s) at the chosen rate: {n_runs} runs.",
     ]
+    if suite.protocol:
+        overview[-1] = overview[-1].rsplit(" Learning rate:", 1)[0] + f" {n_runs} runs so far."
+        overview += ["", suite.protocol]
     if run is not None:
         counts: dict[str, int] = {}
         for outcome in run.outcomes:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..training.metrics import read_metrics
-from .runner import DIVERGED_SUFFIX, RUNS_DIR, run_name
+from .planner import DIVERGED_SUFFIX, RUNS_DIR, run_name
+from .runner import current_plan
 from .suites import Arm, Size, Suite
 from .verdicts import ArmResult
 
@@ -83,6 +84,12 @@ class ArmSummary:
     best_lr: float | None
     runs: list[RunRecord]
     """The finished runs at the best rate, one per seed."""
+    winner: str = ""
+    """For an alias (`best_of`) or an arm at another arm's setting (`settings_from`): the arm it resolved to."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm.label} (= {self.winner})" if self.winner else self.arm.label
 
     @property
     def losses(self) -> tuple[float, ...]:
@@ -119,16 +126,20 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int,
 
 
 def collect(suite: Suite, size: Size, out: Path) -> dict[str, ArmSummary]:
-    """Every arm's sweep and runs as they are on disk under out/runs (the same choice of rate as the runner)."""
+    """Every arm's seed-0 runs and its runs at the chosen rate as they are on disk under out/runs (the runner's
+    plan, so the same rates, winners and seeds)."""
     runs_dir = Path(out) / RUNS_DIR
+    plan = current_plan(suite, size, out)
     summaries = {}
     for arm in suite.arms:
-        sweep = {lr: read_run(runs_dir / run_name(arm.name, lr, 0), lr, 0) for lr in size.lrs}
-        finished = [r for r in sweep.values() if r.finished]
-        best = min(finished, key=lambda r: (r.final_eval_loss, r.lr)).lr if finished else None
+        arm_plan = plan.arms[arm.name]
+        trained = arm_plan.arm.name
+        rates = sorted(set(arm_plan.rates) | set(arm_plan.losses))
+        sweep = {lr: read_run(runs_dir / run_name(trained, lr, 0), lr, 0) for lr in rates}
+        best = arm_plan.chosen
         runs = []
         if best is not None:
-            seeds = [read_run(runs_dir / run_name(arm.name, best, s), best, s) for s in range(size.seeds)]
+            seeds = [read_run(runs_dir / run_name(trained, best, s), best, s) for s in range(arm_plan.seeds)]
             runs = [r for r in seeds if r.finished]
-        summaries[arm.name] = ArmSummary(arm, sweep, best, runs)
+        summaries[arm.name] = ArmSummary(arm, sweep, best, runs, arm_plan.winner)
     return summaries

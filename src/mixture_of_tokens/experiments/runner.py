@@ -27,23 +27,13 @@ from ..data import PreparedData, prepare_data
 from ..training.errors import TrainingStopped
 from ..training.loop import train
 from ..training.state import resolve_resume_checkpoint
-from .suites import Size, Suite
+from .planner import DIVERGED_SUFFIX, RUNS_DIR, SuitePlan, disk_outcome, plan_suite, run_name
+from .suites import Arm, Size, Suite
 
-RUNS_DIR = "runs"
-DIVERGED_SUFFIX = ".diverged.json"
 IGNORED_TRAIN_FIELDS = frozenset({"out_dir", "device", "threads", "checkpoint_every", "keep_checkpoints"})
 """Settings that do not change what a run computes: a finished run with other values here is reused."""
 IGNORED_MODEL_FIELDS = frozenset({"vocab_size"})
 """The tokenizer sets the vocabulary (a small corpus may give fewer tokens than asked)."""
-
-
-def lr_text(lr: float) -> str:
-    """A learning rate as run names and reports write it: 0.003, 0.0015, 1e30."""
-    return f"{lr:.3g}".replace("e+", "e")
-
-
-def run_name(arm: str, lr: float, seed: int) -> str:
-    return f"{arm}-lr{lr_text(lr)}-s{seed}"
 
 
 @dataclass(frozen=True)
@@ -77,11 +67,15 @@ class RunOutcome:
 
 def run_spec(suite: Suite, size: Size, arm_name: str, lr: float, seed: int, out: Path, **train_fields: Any) -> RunSpec:
     """The run of `arm_name` at `lr` and `seed`, writing into out/runs/NAME."""
-    arm = suite.arm(arm_name)
+    return arm_spec(suite.arm(arm_name), size, lr, seed, out, **train_fields)
+
+
+def arm_spec(arm: Arm, size: Size, lr: float, seed: int, out: Path, **train_fields: Any) -> RunSpec:
+    """The run of `arm` (its settings resolved) at `lr` and `seed`, writing into out/runs/NAME."""
     model = arm.model_config(size.base_model())
-    directory = Path(out) / RUNS_DIR / run_name(arm_name, lr, seed)
+    directory = Path(out) / RUNS_DIR / run_name(arm.name, lr, seed)
     fields = {**arm.train_fields(size.steps), **train_fields, "out_dir": str(directory)}
-    return RunSpec(arm_name, lr, seed, model, size.train_config(lr=lr, seed=seed, **fields))
+    return RunSpec(arm.name, lr, seed, model, size.train_config(lr=lr, seed=seed, **fields))
 
 
 def config_difference(spec: RunSpec, saved: dict[str, Any]) -> str | None:
@@ -194,18 +188,21 @@ class SuiteRun:
 
 
 def best_learning_rate(outcomes: list[RunOutcome]) -> float | None:
-    """The sweep's winner: the lowest finite final eval loss (None when every rate diverged)."""
+    """The lowest finite final eval loss's rate among `outcomes` (None when every rate diverged)."""
     finished = [o for o in outcomes if o.final_eval_loss is not None and math.isfinite(o.final_eval_loss)]
     return min(finished, key=lambda o: (o.final_eval_loss, o.spec.lr)).spec.lr if finished else None
 
 
+def current_plan(suite: Suite, size: Size, out: Path) -> SuitePlan:
+    """The suite's plan given the runs under out/runs as they are now."""
+    runs = Path(out) / RUNS_DIR
+    return plan_suite(suite, size, lambda arm, lr, seed: disk_outcome(runs / run_name(arm.name, lr, seed)))
+
+
 def suite_specs(suite: Suite, size: Size, out: Path, device: str, threads: int) -> list[RunSpec]:
-    """The sweep's runs (seed 0 at every rate), arm by arm."""
-    return [
-        run_spec(suite, size, arm.name, lr, 0, out, device=device, threads=threads)
-        for arm in suite.arms
-        for lr in size.lrs
-    ]
+    """Every run the plan wants so far (seed-0 runs first), as specs."""
+    plan = current_plan(suite, size, out)
+    return [arm_spec(r.arm, size, r.lr, r.seed, out, device=device, threads=threads) for r in plan.runs]
 
 
 def run_suite(
@@ -218,22 +215,21 @@ def run_suite(
     progress: bool = False,
     say: Callable[[str], None] = print,
 ) -> SuiteRun:
-    """Train (or skip, or resume) every run of `suite` at `size` under `out`; the data is prepared once here."""
+    """Train (or skip, or resume) every run of `suite` at `size` under `out`; the data is prepared once here.
+    After every finished run the plan is read again from disk (`planner.py`), so the runs that depend on it
+    (further seeds, widened rates, arms at another arm's rate or setting) join the queue as soon as they can."""
     if parallel < 1:
         raise ValueError(f"--parallel must be a positive integer, got {parallel}.")
     out = Path(out)
     threads = size.threads or (max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0)
-    sweep = suite_specs(suite, size, out, device, threads)
-    for spec in sweep:  # every conflict is found before any training
+    for spec in suite_specs(suite, size, out, device, threads):  # every conflict is found before any training
         run_state(spec)
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     data = prepare_data(size.data, vocab_size=size.vocab_size, progress=progress)
     started = time.perf_counter()
-    queue: deque[RunSpec] = deque(sweep)
-    pending_sweep = {arm.name: len(size.lrs) for arm in suite.arms}
     outcomes: list[RunOutcome] = []
-    best: dict[str, float | None] = {}
-    total = len(sweep) + len(suite.arms) * (size.seeds - 1)
+    seen: set[str] = set()
+    queue: deque[RunSpec] = deque()
     if parallel > 1:
         import multiprocessing
 
@@ -241,7 +237,20 @@ def run_suite(
     else:
         executor = _InProcess()
     running: dict[Future, RunSpec] = {}
+
+    def refill() -> bool:
+        """Queue the runs the plan now wants that were not queued before; True when the plan is complete."""
+        plan = current_plan(suite, size, out)
+        for planned in plan.runs:
+            spec = arm_spec(planned.arm, size, planned.lr, planned.seed, out, device=device, threads=threads)
+            if spec.name not in seen:
+                run_state(spec)
+                seen.add(spec.name)
+                queue.append(spec)
+        return plan.complete
+
     try:
+        complete = refill()
         while queue or running:
             while queue and len(running) < parallel:
                 spec = queue.popleft()
@@ -253,30 +262,21 @@ def run_suite(
                 running[future] = spec
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                spec = running.pop(future)
-                outcome = future.result()
-                outcomes.append(outcome)
-                say(_describe(outcome, len(outcomes), total))
-                if outcome.spec.seed == 0 and outcome.spec.arm in pending_sweep:
-                    pending_sweep[spec.arm] -= 1
-                    if pending_sweep[spec.arm] == 0:
-                        del pending_sweep[spec.arm]
-                        swept = [o for o in outcomes if o.spec.arm == spec.arm and o.spec.seed == 0]
-                        best[spec.arm] = lr = best_learning_rate(swept)
-                        if lr is None:
-                            total -= size.seeds - 1
-                            continue
-                        queue.extend(
-                            run_spec(suite, size, spec.arm, lr, seed, out, device=device, threads=threads)
-                            for seed in range(1, size.seeds)
-                        )
+                running.pop(future)
+                outcomes.append(future.result())
+            complete = refill()
+            first = len(outcomes) - len(done)
+            for index, outcome in enumerate(outcomes[first:], start=first + 1):
+                say(_describe(outcome, index, len(seen), complete))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+    plan = current_plan(suite, size, out)
+    best = {name: p.chosen for name, p in plan.arms.items()}
     return SuiteRun(suite, size, out, outcomes, best, time.perf_counter() - started, parallel, device)
 
 
-def _describe(outcome: RunOutcome, index: int, total: int) -> str:
+def _describe(outcome: RunOutcome, index: int, total: int, complete: bool = True) -> str:
     loss = f"eval loss {outcome.final_eval_loss:.4f}" if outcome.final_eval_loss is not None else "no eval loss"
     timing = f" in {outcome.seconds:.0f} s" if outcome.seconds else ""
     note = f" ({outcome.message})" if outcome.action == "diverged" and outcome.message else ""
-    return f"[{index}/{total}] {outcome.spec.name}: {outcome.action}, {loss}{timing}{note}"
+    return f"[{index}/{total}{'' if complete else '+'}] {outcome.spec.name}: {outcome.action}, {loss}{timing}{note}"

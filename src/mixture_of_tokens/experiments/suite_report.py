@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..counting import human
+from .planner import lr_text
 from .plots import Panel, Series, loss_ylim, plot_panels
 from .results import ArmSummary
-from .runner import lr_text
 from .verdicts import NOT_JUDGED, Noise, Verdict
 
 REPORT_FILE = "report.md"
@@ -82,7 +82,7 @@ def results_rows(report: ReportInput) -> list[list[str]]:
         mean = summary.mean_loss
         if mean is None or run is None:
             why = "diverged at every rate" if all(r.diverged for r in summary.sweep.values()) else "not finished"
-            rows.append([f"{name}: {summary.arm.label}", "–", why, "", "", "", "", "", "", ""])
+            rows.append([f"{name}: {summary.label}", "–", why, "", "", "", "", "", "", ""])
             continue
         spread = f" ± {summary.spread / 2:.4f}" if summary.spread is not None else ""
         delta = f"{mean - reference.mean_loss:+.4f}" if reference and reference.mean_loss is not None else "–"
@@ -92,7 +92,7 @@ def results_rows(report: ReportInput) -> list[list[str]]:
         resumed = "*" if any(r.resumed for r in summary.runs) else ""
         rows.append(
             [
-                f"{name}: {summary.arm.label}",
+                f"{name}: {summary.label}",
                 lr_text(summary.best_lr),
                 f"{mean:.4f}{spread}",
                 str(len(summary.losses)),

@@ -47,6 +47,8 @@ class Size:
     """Checkpoints kept per run (the newest): enough to resume, and little disk for a suite of many runs."""
     threads: int = 0
     """Torch CPU threads per run (0: all cores, or cores / N with --parallel N). Tiny models run fastest on one."""
+    widen: int = 0
+    """Rates added beyond an edge of the sweep (x2 or /2 each) while an arm's best rate sits at that edge."""
 
     def __post_init__(self) -> None:
         if not self.lrs or self.seeds < 1 or self.steps < self.evals:
@@ -110,6 +112,24 @@ class Arm:
     switch_to: str = ""
     """Transition tuning inside the run: token-choice | expert-choice at `switch_fraction` of the steps."""
     switch_fraction: float = 0.75
+    stage: str = ""
+    """The suite's stage this arm belongs to (reports group by it; the runner trains earlier stages first)."""
+    seeds: int = 0
+    """Seeds at the chosen rate (0: the size's `seeds`)."""
+    lr_from: str = ""
+    """Train only at the rate chosen for this earlier arm (no sweep of its own)."""
+    settings_from: tuple[str, ...] = ()
+    """At the best of these earlier arms (lowest seed-0 loss): its rate, and its model and training overrides when
+    it is of the same kind, under this arm's own overrides."""
+    best_of: tuple[str, ...] = ()
+    """An alias, trained as nothing of its own: the best of these earlier arms (lowest seed-0 loss). Its further
+    seeds (and re-check rates) train under the winner's name, and claims judge the winner through it."""
+    recheck: bool = False
+    """An alias's winner also trains at half and twice its rate (seed 0); the alias takes the best of the three."""
+
+    @property
+    def is_alias(self) -> bool:
+        return bool(self.best_of)
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         fields: dict[str, Any] = {}
@@ -159,6 +179,8 @@ class Suite:
     arms: tuple[Arm, ...]
     claims: tuple[Claim, ...]
     sizes: dict[str, Size] = field(default_factory=dict)
+    protocol: str = ""
+    """How the suite chooses rates and settings, for the report (empty: every arm swept, then its seeds)."""
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -177,6 +199,16 @@ def check_suite(suite: Suite) -> None:
     names = {a.name for a in suite.arms}
     if len(names) != len(suite.arms):
         raise ValueError(f"suite {suite.name!r} names an arm twice.")
+    earlier: set[str] = set()
+    for arm in suite.arms:
+        sources = (arm.lr_from,) * bool(arm.lr_from) + arm.settings_from + arm.best_of
+        if any(source not in earlier for source in sources):
+            raise ValueError(f"arm {arm.name!r} of suite {suite.name!r} depends on arms that are not listed before it.")
+        if len([x for x in (arm.lr_from, arm.settings_from, arm.best_of) if x]) > 1:
+            raise ValueError(f"arm {arm.name!r}: lr_from, settings_from and best_of exclude each other.")
+        if arm.recheck and not arm.best_of:
+            raise ValueError(f"arm {arm.name!r}: recheck needs best_of.")
+        earlier.add(arm.name)
     for claim in suite.claims:
         if claim.test not in TESTS:
             raise ValueError(f"claim {claim.key!r}: test {claim.test!r} is not one of {', '.join(TESTS)}.")

@@ -1,0 +1,148 @@
+"""`claims-capacity`: the capacity-bound size, where extra parameters at equal FLOPs can pay.
+
+A narrow model (2 blocks x d_model 64, d_ff 256, about 0.1M non-embedding parameters) trained on 20M tokens, about
+200 tokens per dense non-embedding parameter and two passes over `packaged+brown` at BPE 1,024. Every mixture
+sits in every block (a 2-block model has no second half worth the name). Token Choice top-1 over 8 full-width
+experts is the positive control: if it does not beat dense here, the size is wrong.
+
+Staged (docs/compare.md): (a) dense, the control and MoT /8E at tau = 1, each swept over three learning rates
+(widened where the best is at an edge); (b) MoT /8E at MoT's rate with sharper mixing; (c) the best MoT setting at
+other group sizes and granularity, and Expert Choice; the winner re-checked at its neighbouring rates; (d) a
+second seed for dense, the control, MoT at tau = 1 and the best MoT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..layers import ExpertChoice, MixtureOfTokens, TokenChoice
+from .suites import PAPER_TOKENS_PER_STEP, Arm, Claim, Size, Suite, mot_arm
+
+CAPACITY_SIZE = Size(
+    "capacity",
+    d_model=64,
+    n_blocks=2,
+    n_heads=2,
+    seq_len=64,
+    batch_size=64,
+    steps=5000,
+    lrs=(2e-3, 4e-3, 8e-3),
+    vocab_size=1024,
+    data="packaged+brown",
+    evals=10,
+    eval_batches=32,
+    log_every=50,
+    checkpoints=5,
+    threads=1,
+)
+"""20.5M tokens per run (5000 steps of 64 x 64): about 10-12 minutes a run on one core of the 2-core CPU."""
+
+EVERY_BLOCK = "all"
+CAPACITY_DENSE = Arm("dense", "dense Transformer")
+CAPACITY_CONTROL = Arm(
+    "token-choice",
+    "Token Choice top-1 over 8 experts of width d_ff (the positive control)",
+    TokenChoice.kind,
+    experts=8,
+    blocks=EVERY_BLOCK,
+)
+CAPACITY_MOT = mot_arm("mot-8e", "/8E", "MoT /8E (G = E = 8), tau = 1", blocks=EVERY_BLOCK, seeds=2)
+
+
+def _sharper(name: str, label: str, *model: tuple[str, object]) -> Arm:
+    """Stage (b): MoT /8E at MoT's rate with sharper mixing."""
+    return mot_arm(name, "/8E", f"MoT /8E, {label}", blocks=EVERY_BLOCK, model=model, lr_from="mot-8e", seeds=1,
+                   stage="b")  # fmt: skip
+
+
+def _geometric(final: float) -> tuple[tuple[str, object], ...]:
+    return (("mot_temperature_schedule", "geometric"), ("mot_temperature_final", final))
+
+
+SHARPER = (
+    _sharper("mot-8e-t0.3", "tau = 0.3", ("mot_temperature", 0.3)),
+    _sharper("mot-8e-t0.1", "tau = 0.1", ("mot_temperature", 0.1)),
+    _sharper("mot-8e-t0.03", "tau = 0.03", ("mot_temperature", 0.03)),
+    _sharper("mot-8e-learn-scalar", "learnable tau (one scalar, from 1)", ("mot_learnable_temperature", "scalar")),
+    _sharper("mot-8e-learn-expert", "learnable tau per expert (from 1)", ("mot_learnable_temperature", "per_expert")),
+    _sharper("mot-8e-anneal-0.1", "tau annealed 1 -> 0.1 (geometric, whole run)", *_geometric(0.1)),
+    _sharper("mot-8e-anneal-0.03", "tau annealed 1 -> 0.03 (geometric, whole run)", *_geometric(0.03)),
+)
+SHARPER_NAMES = tuple(arm.name for arm in SHARPER)
+MOT_SETTINGS = ("mot-8e", *SHARPER_NAMES)
+
+
+def _at_best_setting(name: str, size: str, label: str) -> Arm:
+    """Stage (c): MoT of another size at the best /8E setting (its tau options and rate)."""
+    return mot_arm(name, size, label, blocks=EVERY_BLOCK, settings_from=("mot-setting",), seeds=1, stage="c")
+
+
+AT_BEST_SETTING = (
+    _at_best_setting("mot-16e", "/16E", "MoT /16E (G = E = 16) at the best /8E setting"),
+    _at_best_setting("mot-32e", "/32E", "MoT /32E (G = E = 32) at the best /8E setting"),
+    _at_best_setting("mot-8e-4", "/8E/4", "MoT /8E/4 (32 experts of width d_ff / 4) at the best /8E setting"),
+)
+
+CLAIMS_CAPACITY_ARMS = (
+    dataclasses.replace(CAPACITY_DENSE, seeds=2, stage="a"),
+    dataclasses.replace(CAPACITY_CONTROL, seeds=2, stage="a"),
+    dataclasses.replace(CAPACITY_MOT, stage="a"),
+    *SHARPER,
+    Arm("mot-sharp", "the best sharper MoT /8E of stage (b)", MixtureOfTokens.kind, best_of=SHARPER_NAMES, seeds=1,
+        stage="b"),
+    Arm("mot-setting", "the best MoT /8E setting (tau = 1 or sharper)", MixtureOfTokens.kind, best_of=MOT_SETTINGS,
+        seeds=1, stage="b"),
+    *AT_BEST_SETTING,
+    Arm("expert-choice", "Expert Choice, 8 experts of width d_ff, one token per expert per group of 8 (MoT's sharp "
+        "limit), at the best MoT setting's rate", ExpertChoice.kind, experts=8, blocks=EVERY_BLOCK,
+        settings_from=("mot-setting",), seeds=1, stage="c"),
+    Arm("mot-best", "the best MoT of every stage, re-checked at half and twice its rate", MixtureOfTokens.kind,
+        best_of=(*MOT_SETTINGS, *(arm.name for arm in AT_BEST_SETTING)), recheck=True, seeds=2, stage="d"),
+)  # fmt: skip
+
+PAPER_MAIN = 150_000 * PAPER_TOKENS_PER_STEP
+_PAPER_HEADLINE = (
+    "the paper's best MoT models reach Transformer-Medium's final loss in about a third of the steps (C4, 150K "
+    "steps of 256 x 256 tokens)"
+)
+_PAPER_SPARSE = (
+    'Fig. "vs sparse MoE": MoT-Medium/32E/16 against Token Choice and Expert Choice at dense FLOPs (100K steps)'
+)
+
+CLAIMS_CAPACITY_CLAIMS = (
+    Claim("control-beats-dense", "The positive control: Token Choice top-1 over 8 full-width experts reaches a lower "
+          "eval loss than dense at equal active FLOPs (if not, the size is not capacity-bound).", "better",
+          ("token-choice", "dense"), "the sparse-MoE literature's premise; no figure of the paper"),
+    Claim("mot-beats-dense", "MoT /8E at tau = 1 (the paper's setting) reaches a lower eval loss than dense at equal "
+          "active FLOPs.", "better", ("mot-8e", "dense"), _PAPER_HEADLINE, PAPER_MAIN),
+    Claim("best-mot-beats-dense", "The best MoT of the suite reaches a lower eval loss than dense.", "better",
+          ("mot-best", "dense"), _PAPER_HEADLINE, PAPER_MAIN),
+    Claim("sharper-beats-tau-1", "Sharper mixing (the best of lower, learnable or annealed tau) beats MoT /8E at "
+          "tau = 1.", "better", ("mot-sharp", "mot-8e"), "no figure: the authors offer a learnable temperature"),
+    Claim("more-experts", "More experts help: at the best setting, the loss falls from G = E = 8 to 16 to 32.",
+          "trend", ("mot-setting", "mot-16e", "mot-32e"), 'Fig. "more experts" (150K steps)', PAPER_MAIN),
+    Claim("finer-experts", "Finer experts help: /8E/4 beats /8E at the best setting.", "better",
+          ("mot-8e-4", "mot-setting"), 'Fig. "mixtures per expert" (150K steps)', PAPER_MAIN),
+    Claim("mot-matches-token-choice", "The best MoT is not worse than Token Choice.", "matches",
+          ("mot-best", "token-choice"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
+    Claim("mot-matches-expert-choice", "The best MoT is not worse than Expert Choice.", "matches",
+          ("mot-best", "expert-choice"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
+)  # fmt: skip
+
+CLAIMS_CAPACITY = Suite(
+    "claims-capacity",
+    "capacity-bound: dense, Token Choice (the positive control) and MoT /8E swept; MoT /8E with sharper mixing; "
+    "the best setting at G = E = 16, 32, /8E/4 and Expert Choice; a second seed where verdicts need one",
+    CLAIMS_CAPACITY_ARMS,
+    CLAIMS_CAPACITY_CLAIMS,
+    {"capacity": CAPACITY_SIZE},
+    protocol=(
+        "Staged. (a) dense, Token Choice and MoT /8E at tau = 1 each sweep the learning rate (seed 0; a best rate "
+        "at an edge widens the sweep by x2 steps, up to twice). (b) MoT /8E with sharper mixing trains at MoT /8E's "
+        "rate. (c) MoT /16E, /32E, /8E/4 train at the best /8E setting (its tau options and rate), Expert Choice at "
+        "that rate. (d) The best MoT of all stages is re-checked at half and twice its rate and keeps the best; "
+        "dense, Token Choice, MoT /8E at tau = 1 and the best MoT get a second seed. Stage (b) and (c) models have "
+        "one seed: their verdicts use the seed noise pooled over the models with two. Choosing the best of many "
+        "arms by one seed favours it slightly; its second seed is unselected."
+    ),
+)

@@ -1,0 +1,147 @@
+"""The staged suite planner (`experiments/planner.py`) on fabricated outcomes: which runs it wants, in which
+order, as runs finish — the sweep and its widening past an edge, an arm at another's rate, an arm at the best
+setting of others, an alias that resolves to the best arm and re-checks it at its neighbouring rates, further
+seeds at the chosen rate, diverged runs passed over — and the suite checks that refuse a forward reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixture_of_tokens.experiments.catalog import get_suite
+from mixture_of_tokens.experiments.planner import plan_suite, run_name
+from mixture_of_tokens.experiments.suites import Arm, Size, Suite, check_suite, mot_arm
+
+SIZE = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3, 2e-3, 4e-3), seeds=2, widen=2)
+DIVERGED = object()
+
+
+class Disk:
+    """Fabricated finished runs: run name -> final eval loss (DIVERGED: recorded as diverged)."""
+
+    def __init__(self) -> None:
+        self.losses: dict[str, object] = {}
+
+    def __call__(self, arm: Arm, lr: float, seed: int) -> tuple[bool, float | None]:
+        name = run_name(arm.name, lr, seed)
+        if name not in self.losses:
+            return False, None
+        loss = self.losses[name]
+        return True, None if loss is DIVERGED else loss  # type: ignore[return-value]
+
+    def finish(self, plan, losses: dict[str, object]) -> None:
+        wanted = {run_name(r.arm.name, r.lr, r.seed) for r in plan.runs}
+        assert set(losses) <= wanted, sorted(set(losses) - wanted)
+        self.losses.update(losses)
+
+
+def names(plan) -> list[str]:
+    return [run_name(r.arm.name, r.lr, r.seed) for r in plan.runs]
+
+
+def test_a_sweep_then_seeds_at_the_chosen_rate() -> None:
+    suite = Suite("s", "", (Arm("dense", "dense"),), ())
+    disk = Disk()
+    plan = plan_suite(suite, SIZE, disk)
+    assert names(plan) == ["dense-lr0.001-s0", "dense-lr0.002-s0", "dense-lr0.004-s0"] and not plan.complete
+    disk.finish(plan, {"dense-lr0.001-s0": 3.0, "dense-lr0.002-s0": 2.5, "dense-lr0.004-s0": 2.7})
+    plan = plan_suite(suite, SIZE, disk)
+    assert names(plan)[3:] == ["dense-lr0.002-s1"] and plan.complete
+    assert plan.arms["dense"].chosen == 2e-3
+
+
+def test_a_best_rate_at_an_edge_widens_the_sweep_at_most_widen_times() -> None:
+    suite = Suite("s", "", (Arm("dense", "dense"),), ())
+    disk = Disk()
+    disk.finish(
+        plan_suite(suite, SIZE, disk), {"dense-lr0.001-s0": 3.0, "dense-lr0.002-s0": 2.9, "dense-lr0.004-s0": 2.8}
+    )
+    plan = plan_suite(suite, SIZE, disk)
+    assert names(plan)[-1] == "dense-lr0.008-s0" and not plan.arms["dense"].resolved
+    disk.finish(plan, {"dense-lr0.008-s0": 2.7})
+    plan = plan_suite(suite, SIZE, disk)
+    assert names(plan)[-1] == "dense-lr0.016-s0"
+    disk.finish(plan, {"dense-lr0.016-s0": 2.6})  # still at the edge, but widened twice: resolved
+    plan = plan_suite(suite, SIZE, disk)
+    assert plan.arms["dense"].resolved and plan.arms["dense"].chosen == 0.016
+    assert names(plan)[-1] == "dense-lr0.016-s1"
+    low = Disk()
+    low.finish(
+        plan_suite(suite, SIZE, low), {"dense-lr0.001-s0": 2.0, "dense-lr0.002-s0": 2.9, "dense-lr0.004-s0": 3.0}
+    )
+    assert names(plan_suite(suite, SIZE, low))[-1] == "dense-lr0.0005-s0"
+
+
+def _staged() -> Suite:
+    return Suite(
+        "staged",
+        "",
+        (
+            mot_arm("mot", "/2E", "MoT", seeds=1),
+            mot_arm("mot-t0.1", "/2E", "MoT tau 0.1", model=(("mot_temperature", 0.1),), lr_from="mot", seeds=1),
+            mot_arm("mot-t0.3", "/2E", "MoT tau 0.3", model=(("mot_temperature", 0.3),), lr_from="mot", seeds=1),
+            Arm("setting", "best setting", "mot", best_of=("mot", "mot-t0.1", "mot-t0.3"), seeds=1),
+            mot_arm("mot-4e", "/4E", "MoT /4E at the best setting", settings_from=("setting",), seeds=1),
+            Arm("ec", "Expert Choice", "expert_choice", experts=2, settings_from=("setting",), seeds=1),
+            Arm("best", "best", "mot", best_of=("mot", "mot-t0.1", "mot-t0.3", "mot-4e"), recheck=True, seeds=2),
+        ),
+        (),
+    )
+
+
+def test_stages_follow_the_rates_and_settings_they_depend_on() -> None:
+    suite, disk = _staged(), Disk()
+    size = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3, 2e-3, 4e-3), seeds=2)
+    plan = plan_suite(suite, size, disk)
+    assert names(plan) == ["mot-lr0.001-s0", "mot-lr0.002-s0", "mot-lr0.004-s0"]  # the rest waits for mot's rate
+    disk.finish(plan, {"mot-lr0.001-s0": 3.0, "mot-lr0.002-s0": 2.8})
+    assert len(plan_suite(suite, size, disk).runs) == 3  # one rate still running: nothing is decided yet
+    disk.finish(plan, {"mot-lr0.004-s0": 2.9})
+    plan = plan_suite(suite, size, disk)
+    assert names(plan)[3:] == ["mot-t0.1-lr0.002-s0", "mot-t0.3-lr0.002-s0"]
+    disk.finish(plan, {"mot-t0.1-lr0.002-s0": 2.6, "mot-t0.3-lr0.002-s0": 2.7})
+    plan = plan_suite(suite, size, disk)
+    assert plan.arms["setting"].winner == "mot-t0.1"
+    assert names(plan)[5:] == ["mot-4e-lr0.002-s0", "ec-lr0.002-s0"]
+    mot_4e = next(r.arm for r in plan.runs if r.arm.name == "mot-4e")
+    assert dict(mot_4e.model) == {"mot_temperature": 0.1} and mot_4e.mot == "/4E"  # the winner's tau, its own size
+    ec = next(r.arm for r in plan.runs if r.arm.name == "ec")
+    assert ec.model == ()  # another kind takes only the rate
+    disk.finish(plan, {"mot-4e-lr0.002-s0": 2.65, "ec-lr0.002-s0": DIVERGED})
+    plan = plan_suite(suite, size, disk)
+    # the best of all is re-checked at half and twice its rate, under its own name
+    assert plan.arms["best"].winner == "mot-t0.1"
+    assert names(plan)[7:] == ["mot-t0.1-lr0.001-s0", "mot-t0.1-lr0.004-s0"] and not plan.complete
+    disk.finish(plan, {"mot-t0.1-lr0.001-s0": 2.55, "mot-t0.1-lr0.004-s0": 2.9})
+    plan = plan_suite(suite, size, disk)
+    assert plan.arms["best"].chosen == 1e-3 and plan.arms["mot-t0.1"].chosen == 2e-3
+    assert names(plan)[9:] == ["mot-t0.1-lr0.001-s1"] and plan.complete
+    assert len(set(names(plan))) == len(plan.runs)
+
+
+def test_an_arm_whose_sources_all_diverged_trains_nothing() -> None:
+    suite, disk = _staged(), Disk()
+    size = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3,), seeds=1)
+    disk.finish(plan_suite(suite, size, disk), {"mot-lr0.001-s0": DIVERGED})
+    plan = plan_suite(suite, size, disk)
+    assert names(plan) == ["mot-lr0.001-s0"] and plan.complete
+    assert all(p.chosen is None for p in plan.arms.values())
+
+
+@pytest.mark.parametrize(
+    ("arm", "message"),
+    [
+        (Arm("x", "x", lr_from="later"), "depends on arms that are not listed before it"),
+        (Arm("x", "x", best_of=("dense",), lr_from="dense"), "exclude each other"),
+        (Arm("x", "x", recheck=True), "recheck needs best_of"),
+    ],
+)
+def test_a_suite_that_depends_on_a_later_arm_is_refused(arm: Arm, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_suite(Suite("s", "", (Arm("dense", "dense"), arm), ()))
+
+
+def test_claims_capacity_starts_with_its_three_sweeps() -> None:
+    suite = get_suite("claims-capacity")
+    plan = plan_suite(suite, suite.size("capacity"), Disk())
+    assert sorted({r.arm.name for r in plan.runs}) == ["dense", "mot-8e", "token-choice"]
+    assert len(plan.runs) == 9 and not plan.complete
