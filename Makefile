@@ -46,6 +46,7 @@ lint: install-test
 
 bench: install
 	$(BIN)/python benchmarks/mot_vs_dense.py
+	$(BIN)/python benchmarks/narrow.py
 	$(BIN)/python benchmarks/loader_speed.py
 	@# the GPU benchmark only where CUDA is present; a failure of gpu.py itself fails the target
 	@if $(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \

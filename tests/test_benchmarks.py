@@ -1,5 +1,6 @@
 """benchmarks/gpu.py runs end to end (--quick on the CPU) and prints both tables whole: one row per layer setting
-and per preset, with numeric ratios where a path runs. Nothing here asserts a speed."""
+and per preset, with numeric ratios where a path runs; benchmarks/narrow.py (--quick) prints its tables with one
+row per contender and a verdict that follows the printed ratio. Nothing here asserts a speed."""
 
 from __future__ import annotations
 
@@ -75,3 +76,26 @@ def test_gpu_benchmark_quick_run_prints_both_tables(gpu_module) -> None:
         assert is_number(row["eager tokens/s"]) and is_number(row["eager / dense"]), row
         assert row["eager MFU"] == "n/a"  # no peak FLOP rate is known for a CPU
     assert model[0]["eager / dense"] == "1.00"
+
+
+def test_narrow_benchmark_quick_run_prints_every_contender_and_a_computed_verdict() -> None:
+    command = [sys.executable, str(BENCHMARKS / "narrow.py"), "--quick", "--repeats", "1", "--breakdown"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=BENCHMARKS.parent)
+    assert result.returncode == 0, result.stderr
+    assert "round" in result.stderr  # the progress line
+    layers, steps, verdicts, breakdown = markdown_tables(result.stdout).values()
+
+    contenders = ["dense", "MoT /8E", "Token Choice top-1", "Expert Choice"]
+    assert [row["layer"] for row in layers] == contenders
+    assert [row["model"] for row in steps] == contenders
+    for row in layers + steps:
+        assert all(is_number(cell) for name, cell in row.items() if name not in ("layer", "model")), row
+    assert layers[0]["/ dense"] == steps[0]["/ dense"] == "1.000"
+
+    measured = [layers[1]["/ dense"], steps[1]["/ dense"]]
+    assert [row["ratio"] for row in verdicts] == measured
+    for row in verdicts:  # computed from the ratio, not written in
+        assert row["verdict"] == ("met" if float(row["ratio"]) <= 1.10 else "not met"), row
+
+    assert [row["step"] for row in breakdown][:2] == ["dense layer", "MoT layer"] and len(breakdown) == 7
+    assert all(is_number(row["ms"]) for row in breakdown)
