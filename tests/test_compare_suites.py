@@ -19,10 +19,11 @@ from corpus import write_corpus
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.counting import count_model
 from mixture_of_tokens.experiments.catalog import SUITES, claim_mot_beats_dense, get_suite
-from mixture_of_tokens.experiments.compare_suite import compare_suite
+from mixture_of_tokens.experiments.compare_suite import compare_suite, suite_report_input
 from mixture_of_tokens.experiments.report import comparison_table, load_run
+from mixture_of_tokens.experiments.results import collect
 from mixture_of_tokens.experiments.runner import run_name, run_spec, run_state, run_suite
-from mixture_of_tokens.experiments.suites import Claim, Size, Suite
+from mixture_of_tokens.experiments.suites import Arm, Claim, Size, Suite
 from mixture_of_tokens.experiments.verdicts import (
     HELD,
     NOT_HELD,
@@ -168,12 +169,13 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, module_cache_dir: Path) -> d
 def test_smoke_writes_a_report_with_plots_and_computed_verdicts(smoke: dict) -> None:
     out, suite = smoke["out"], smoke["suite"]
     report = (out / "report.md").read_text()
-    for plot in ("eval_loss.png", "merge_entropy.png", "lr_sweep.png"):
+    for plot in ("eval_loss.png", "merge_entropy.png", "lr_sweep.png", "entropy_vs_loss.png"):
         assert (out / plot).read_bytes()[:8] == PNG
         assert f"]({plot})" in report
     for claim in suite.claims:
         assert claim.statement in report
     assert "tokens per run" in report and "9.8B tokens per run" in report  # the budget next to the paper's
+    assert "## Merge-weight entropy and eval loss" in report and "| mot-4e-uniform | 1.000 |" in report
     results = json.loads((out / "results.json").read_text())
     # the verdicts are recomputed here from the runs' own summaries
     size = suite.size("smoke")
@@ -238,6 +240,30 @@ def test_half_finished_runs_resume_and_unstarted_ones_restart(smoke: dict, tmp_p
     }  # fmt: skip
     assert json.loads((half / "summary.json").read_text())["resumed_from_step"] == 4
     assert list((out / "runs").glob("mot-2e-lr0.01-s1.old-*"))  # the unfinished directory moved aside, not lost
+
+
+def test_a_staged_suite_trains_what_its_plan_wants_and_reports_the_winner(smoke: dict, tmp_path: Path) -> None:
+    """An arm at another's rate, an alias re-checked at half and twice its rate, a second seed for the alias: the
+    runner trains exactly the planned runs, and the report names the winner and pools each run's loss once."""
+    base, size = _tiny_suite(smoke["corpus"], lrs=(1e-2,), seeds=1)
+    mot = base.arms[1]
+    sharp = dataclasses.replace(mot, name="mot-2e-t0.1", model=(("mot_temperature", 0.1),), lr_from=mot.name)
+    best = Arm("mot-best", "best MoT", mot.kind, best_of=(mot.name, sharp.name), recheck=True, seeds=2)
+    dense = dataclasses.replace(base.arms[0], seeds=2)
+    suite = Suite("staged", "staged", (dense, mot, sharp, best), (claim_mot_beats_dense("mot-best"),), {})
+    out = tmp_path / "staged"
+    run = run_suite(suite, size, out, device="cpu", say=lambda _: None)
+    winner = min((mot.name, sharp.name), key=lambda a: json.loads((out / "runs" / run_name(a, 1e-2, 0) /
+                 "summary.json").read_text())["final_eval_loss"])  # fmt: skip
+    rates = {o.spec.lr for o in run.outcomes if o.spec.arm == winner and o.spec.seed == 0}
+    assert rates == {5e-3, 1e-2, 2e-2}  # re-checked at half and twice its rate
+    assert {o.spec.name for o in run.outcomes if o.spec.seed == 1} == {
+        "dense-lr0.01-s1", run_name(winner, run.best_lr["mot-best"], 1)}  # fmt: skip
+    assert len(run.outcomes) == len({o.spec.name for o in run.outcomes}) == 7
+    summaries = collect(suite, size, out)
+    assert summaries["mot-best"].winner == winner and len(summaries["mot-best"].losses) == 2
+    report = suite_report_input(suite, size, summaries, run)
+    assert report.noise.arms == 2  # dense and the winner: the alias does not pool the winner's runs again
 
 
 def test_a_run_of_other_settings_in_the_directory_is_refused(smoke: dict) -> None:

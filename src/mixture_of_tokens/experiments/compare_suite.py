@@ -53,7 +53,8 @@ def compare_suite(
 
 def suite_report_input(suite: Suite, size: Size, summaries: dict[str, ArmSummary], run: SuiteRun | None) -> ReportInput:
     results = {name: s.result() for name, s in summaries.items() if s.losses}
-    noise = pooled_noise(list(results.values()))
+    distinct = {tuple(r.run_dir for r in s.runs): results[name] for name, s in summaries.items() if s.losses}
+    noise = pooled_noise(list(distinct.values()))  # an alias reads its winner's runs: pooled once
     verdicts = [judge(claim, results, noise) for claim in suite.claims]
     plan = current_plan(suite, size, run.out) if run is not None else None
     n_runs = len(plan.runs) if plan is not None else len(size.lrs) * len(suite.arms) * size.seeds

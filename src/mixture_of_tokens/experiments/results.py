@@ -18,6 +18,7 @@ from .suites import Arm, Size, Suite
 from .verdicts import ArmResult
 
 ENTROPY_KEY = re.compile(r"^routing\.block(\d+)\.entropy_mean$")
+TEMPERATURE_KEY = re.compile(r"^routing\.block(\d+)\.temperature_mean$")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class RunRecord:
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
     entropy: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     """MoT layers' mean normalised merge-weight entropy H(w)/log G per block, at log steps."""
+    temperature: dict[int, float] = field(default_factory=dict)
+    """A learnable or scheduled MoT temperature per block, at the last log step (mean over experts)."""
     counts: dict[str, int] = field(default_factory=dict)
     tokens_per_s: float | None = None
     seconds: float | None = None
@@ -43,6 +46,12 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.final_eval_loss is not None
+
+    @property
+    def final_entropy(self) -> float | None:
+        """The merge-weight entropy at the last log step, averaged over the MoT blocks (None without MoT)."""
+        last = [curve[-1][1] for curve in self.entropy.values() if curve]
+        return sum(last) / len(last) if last else None
 
 
 def read_run(run_dir: Path, lr: float = math.nan, seed: int = 0) -> RunRecord:
@@ -63,6 +72,9 @@ def read_run(run_dir: Path, lr: float = math.nan, seed: int = 0) -> RunRecord:
                 match = ENTROPY_KEY.match(key)
                 if match and isinstance(value, (int, float)):
                     record.entropy.setdefault(int(match.group(1)), []).append((step, float(value)))
+                match = TEMPERATURE_KEY.match(key)
+                if match and isinstance(value, (int, float)):
+                    record.temperature[int(match.group(1))] = float(value)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary: dict[str, Any] = json.loads(summary_path.read_text())

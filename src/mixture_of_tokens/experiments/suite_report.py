@@ -23,6 +23,7 @@ from .verdicts import NOT_JUDGED, Noise, Verdict
 
 REPORT_FILE = "report.md"
 LOSS_PLOT, ENTROPY_PLOT, SWEEP_PLOT = "eval_loss.png", "merge_entropy.png", "lr_sweep.png"
+ENTROPY_LOSS_PLOT = "entropy_vs_loss.png"
 
 
 @dataclass
@@ -127,8 +128,9 @@ def sweep_table(report: ReportInput) -> str:
 
 
 def plot_losses(report: ReportInput, path: Path) -> Path:
-    curves = {name: s.mean_curve() for name, s in report.summaries.items() if s.runs}
-    flops = {name: s.runs[0].counts.get("train_flops_per_token", 0) for name, s in report.summaries.items() if s.runs}
+    trained = {name: s for name, s in report.summaries.items() if s.runs and not s.arm.is_alias}
+    curves = {name: s.mean_curve() for name, s in trained.items()}
+    flops = {name: s.runs[0].counts.get("train_flops_per_token", 0) for name, s in trained.items()}
     ylim = loss_ylim([loss for curve in curves.values() for _, loss in curve])
     by_step = [Series(name, [s for s, _ in c], [v for _, v in c], group=name, marker="o") for name, c in curves.items()]
     by_flops = [
@@ -164,18 +166,65 @@ def _objective(report: ReportInput, name: str) -> str:
 
 def plot_entropy(report: ReportInput, path: Path) -> Path | None:
     """One panel per block holding an MoT layer; one line per MoT model (its first seed at the chosen rate)."""
-    blocks = sorted({b for s in report.summaries.values() for r in s.runs[:1] for b in r.entropy})
+    trained = {name: s for name, s in report.summaries.items() if s.runs and not s.arm.is_alias}
+    blocks = sorted({b for s in trained.values() for b in s.runs[0].entropy})
     if not blocks:
         return None
     panels = []
     for block in blocks:
         series = [
             Series(name, [x for x, _ in s.runs[0].entropy[block]], [y for _, y in s.runs[0].entropy[block]], group=name)
-            for name, s in report.summaries.items()
-            if s.runs and block in s.runs[0].entropy
+            for name, s in trained.items()
+            if block in s.runs[0].entropy
         ]
         panels.append(Panel(f"block {block}: merge-weight entropy", "step", "mean H(w) / log G (1 = uniform)", series))
     return plot_panels(panels, path, columns=min(len(panels), 3), groups=list(report.summaries))
+
+
+def entropy_points(report: ReportInput) -> dict[str, tuple[float, float]]:
+    """Every trained MoT model's (merge-weight entropy at the end of its first seed, mean final eval loss)."""
+    points = {}
+    for name, summary in report.summaries.items():
+        if summary.runs and not summary.arm.is_alias and summary.mean_loss is not None:
+            entropy = summary.runs[0].final_entropy
+            if entropy is not None:
+                points[name] = (entropy, summary.mean_loss)
+    return points
+
+
+def entropy_table(report: ReportInput) -> list[str]:
+    """The entropy-against-loss section: one row per MoT model, most diffuse first."""
+    points = entropy_points(report)
+    if not points:
+        return []
+    rows = []
+    for name, (entropy, loss) in sorted(points.items(), key=lambda item: -item[1][0]):
+        run = report.summaries[name].runs[0]
+        blocks = ", ".join(f"{curve[-1][1]:.3f}" for _, curve in sorted(run.entropy.items()) if curve)
+        taus = ", ".join(f"{t:.3g}" for _, t in sorted(run.temperature.items())) or "fixed"
+        rows.append([name, f"{entropy:.3f}", blocks, taus, f"{loss:.4f}"])
+    headers = ["model", "merge entropy at the end", "per block", "tau at the end", "final eval loss"]
+    return [
+        "## Merge-weight entropy and eval loss",
+        "",
+        "Normalised merge-weight entropy H(w) / log G at the last log step of each MoT model's first seed (1: "
+        "uniform mixing, 0: one token per expert per group), and the learned or scheduled tau where it moves.",
+        "",
+        markdown_table(headers, rows),
+    ]
+
+
+def plot_entropy_against_loss(report: ReportInput, path: Path) -> Path | None:
+    """One point per MoT model: final merge-weight entropy against final eval loss, dense as a line."""
+    points = entropy_points(report)
+    if len(points) < 2:
+        return None
+    series = [Series(name, [e], [loss], group=name, marker="o", linestyle="") for name, (e, loss) in points.items()]
+    reference = report.summaries.get(report.reference or "")
+    hlines = [(reference.mean_loss, report.reference)] if reference and reference.mean_loss is not None else []
+    panel = Panel("MoT: sharper mixing against eval loss", "merge-weight entropy at the end (H / log G)",
+                  "final eval loss (mean over seeds)", series, hlines=hlines)  # fmt: skip
+    return plot_panels([panel], path, columns=1, groups=list(report.summaries))
 
 
 def plot_sweep(report: ReportInput, path: Path) -> Path | None:
@@ -197,6 +246,7 @@ def write_report(report: ReportInput, out: Path) -> Path:
     loss_plot = plot_losses(report, out / LOSS_PLOT) if any(s.runs for s in report.summaries.values()) else None
     entropy_plot = plot_entropy(report, out / ENTROPY_PLOT)
     sweep_plot = plot_sweep(report, out / SWEEP_PLOT)
+    entropy_loss_plot = plot_entropy_against_loss(report, out / ENTROPY_LOSS_PLOT)
     lines = [f"# {report.title}", "", *report.overview, "", "## Verdicts", ""]
     lines += [
         markdown_table(["claim", "verdict", "margin (nats)", "noise", "found at", "the paper"], verdict_rows(report)),
@@ -214,6 +264,8 @@ def write_report(report: ReportInput, out: Path) -> Path:
     )
     if any(len(s.sweep) > 1 for s in report.summaries.values()):
         lines += ["", "## Learning-rate sweep", "", "Final eval loss at seed 0; bold: chosen.", "", sweep_table(report)]
+    if len(entropy_points(report)) > 1:
+        lines += ["", *entropy_table(report)]
     if report.sections:
         lines += ["", *report.sections]
     lines += ["", "## Plots", ""]
@@ -221,6 +273,7 @@ def write_report(report: ReportInput, out: Path) -> Path:
         (loss_plot, "eval loss against steps and training FLOPs"),
         (entropy_plot, "MoT merge-weight entropy over training (1 = uniform merge weights)"),
         (sweep_plot, "learning-rate sweep"),
+        (entropy_loss_plot, "MoT merge-weight entropy at the end against final eval loss"),
     ):
         if plot is not None:
             lines += [f"![{caption}]({plot.name})", ""]
