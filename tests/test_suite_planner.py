@@ -5,11 +5,15 @@ seeds at the chosen rate, diverged runs passed over — and the suite checks tha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mixture_of_tokens.experiments.catalog import get_suite
-from mixture_of_tokens.experiments.planner import plan_suite, run_name
+from mixture_of_tokens.experiments.planner import expected_runs, plan_suite, run_name
+from mixture_of_tokens.experiments.runner import arm_spec
 from mixture_of_tokens.experiments.suites import Arm, Size, Suite, check_suite, mot_arm
+from mixture_of_tokens.presets import get_preset
 
 SIZE = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3, 2e-3, 4e-3), seeds=2, widen=2)
 DIVERGED = object()
@@ -145,3 +149,27 @@ def test_claims_capacity_starts_with_its_three_sweeps() -> None:
     plan = plan_suite(suite, suite.size("capacity"), Disk())
     assert sorted({r.arm.name for r in plan.runs}) == ["dense", "mot-8e", "token-choice"]
     assert len(plan.runs) == 9 and not plan.complete
+
+
+@pytest.mark.parametrize(
+    ("preset", "arm"),
+    [("narrow-dense", "dense"), ("narrow-mot", "mot-8e"), ("narrow-token-choice", "token-choice"),
+     ("narrow-expert-choice", "expert-choice")],
+)  # fmt: skip
+def test_the_narrow_presets_are_the_capacity_suites_models(preset: str, arm: str) -> None:
+    """One answer for the capacity-bound shape: each narrow preset trains the suite's model on its budget."""
+    suite = get_suite("claims-capacity")
+    size = suite.size("capacity")
+    spec = arm_spec(suite.arm(arm), size, 4e-3, 0, Path("unused"))
+    chosen = get_preset(preset)
+    assert chosen.model == spec.model
+    for name in ("steps", "batch_size", "warmup_steps", "eval_every", "eval_batches", "data", "min_lr_ratio"):
+        assert getattr(chosen.train, name) == getattr(spec.train, name), name
+
+
+def test_expected_runs_counts_what_the_plan_trains() -> None:
+    smoke = get_suite("smoke")
+    assert expected_runs(smoke, smoke.size("smoke")) == 42  # 14 models: 2 rates, then a second seed
+    suite = get_suite("claims-capacity")
+    # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed
+    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1

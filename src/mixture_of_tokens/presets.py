@@ -10,6 +10,7 @@ from .config import ModelConfig, TrainConfig
 from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
 
 CPU = "CPU presets (packaged corpus, minutes on 2 cores)"
+CPU_CAPACITY = "CPU presets, capacity-bound (narrow models trained long: about 10-20 minutes a run on one core)"
 CPU_MASKED = "CPU presets, masked LM (BERT-style; packaged corpus, minutes on 2 cores)"
 FIG_EXPERTS = 'paper, Fig. "more experts": MoT-Medium with G = E in 8, 32, 128 against dense and uniform routing'
 FIG_GRANULARITY = 'paper, Fig. "mixtures per expert": MoT-Medium/32E split k = 1, 8, 16, 32 ways'
@@ -42,13 +43,15 @@ def _mot(base: ModelConfig, size_name: str, ffn_blocks: str = "second-half", **f
     )
 
 
-def _sparse(base: ModelConfig, kind: str, n_experts: int, **fields: object) -> ModelConfig:
-    """Token Choice / Expert Choice with n_experts experts of width d_ff in the second half: dense FLOPs with
+def _sparse(
+    base: ModelConfig, kind: str, n_experts: int, ffn_blocks: str = "second-half", **fields: object
+) -> ModelConfig:
+    """Token Choice / Expert Choice with n_experts experts of width d_ff in the given blocks: dense FLOPs with
     top-1 (Token Choice) or one token per expert per group of n_experts (Expert Choice)."""
     return dataclasses.replace(
         base,
         ffn=kind,
-        ffn_blocks="second-half",
+        ffn_blocks=ffn_blocks,
         group_size=n_experts,
         n_experts=n_experts,
         expert_size=base.d_ff,
@@ -59,6 +62,12 @@ def _sparse(base: ModelConfig, kind: str, n_experts: int, **fields: object) -> M
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
 _TINY_TRAIN = TrainConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=100, eval_batches=8)
 _TINY_BERT = dataclasses.replace(_TINY, objective="masked")
+# The capacity-bound size of `mot compare --suite claims-capacity` (docs/compare.md): 2 x d_model 64, about 0.1M
+# non-embedding parameters, 20.5M tokens (about 200 per dense non-embedding parameter, two passes over
+# packaged+brown at BPE 1,024); every mixture in every block.
+_NARROW = ModelConfig(vocab_size=1024, max_seq_len=64, d_model=64, n_blocks=2, n_heads=2, d_ff=256)
+_NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
+                            log_every=50, data="packaged+brown")  # fmt: skip
 # The paper's models: GPT-2 vocabulary, context 256; Token Choice's load-balancing loss averaged over its layers,
 # as in the authors' paper-era code.
 _MEDIUM = ModelConfig(
@@ -115,6 +124,32 @@ def _presets() -> list[Preset]:
             "the FLOPs of tiny-dense",
             dataclasses.replace(tiny_second_half, ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
             _TINY_TRAIN,
+        ),
+        Preset(
+            "narrow-dense", "2 x 64 dense Transformer trained long (20.5M tokens)", _NARROW, _NARROW_TRAIN, CPU_CAPACITY
+        ),
+        Preset(
+            "narrow-mot",
+            "narrow-dense with MoT /8E (G = E = 8, full-width experts) in every block",
+            _mot(_NARROW, "/8E", ffn_blocks="all"),
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-token-choice",
+            "narrow-dense with Token Choice top-1 over 8 experts of width d_ff in every block (capacity 1.25, load "
+            "balancing 0.01): the capacity suite's positive control",
+            _sparse(_NARROW, TokenChoice.kind, 8, ffn_blocks="all"),
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-expert-choice",
+            "narrow-dense with Expert Choice in every block (8 experts of width d_ff, one token per expert per group "
+            "of 8: MoT's sharp limit)",
+            _sparse(_NARROW, ExpertChoice.kind, 8, ffn_blocks="all"),
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
         ),
         Preset(
             "tiny-bert-dense",

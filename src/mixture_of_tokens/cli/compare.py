@@ -76,6 +76,7 @@ def run_suite_command(args: argparse.Namespace) -> None:
 
 def list_suites() -> str:
     from ..experiments.catalog import SUITES
+    from ..experiments.planner import expected_runs
     from ..experiments.suite_report import tokens
 
     lines = []
@@ -84,9 +85,10 @@ def list_suites() -> str:
         lines.append(f"  models: {', '.join(arm.name for arm in suite.arms)}")
         lines.append(f"  claims: {', '.join(claim.key for claim in suite.claims)}")
         for size in suite.sizes.values():
-            runs = len(suite.arms) * (len(size.lrs) + size.seeds - 1)
+            runs = expected_runs(suite, size)
+            more = " or more (a sweep widens at an edge)" if size.widen else ""
             lines.append(
                 f"  size {size.name}: d_model {size.d_model}, {size.n_blocks} blocks, batch {size.batch_size} x "
-                f"{size.seq_len}, {size.steps} steps ({tokens(size.tokens_per_run)} per run), {runs} runs"
+                f"{size.seq_len}, {size.steps} steps ({tokens(size.tokens_per_run)} per run), {runs} runs{more}"
             )
     return "\n".join(lines)

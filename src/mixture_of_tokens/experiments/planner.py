@@ -115,6 +115,18 @@ def plan_suite(suite: Suite, size: Size, outcome: Callable[[Arm, float, int], Ou
     return SuitePlan(plans, runs, all(p.resolved for p in plans.values()))
 
 
+def expected_runs(suite: Suite, size: Size) -> int:
+    """The runs a suite trains at `size` before any widening: each swept arm's rates, one rate for an arm at
+    another's rate or setting, an alias's two re-check rates, and every further seed (an alias's seeds may
+    coincide with its winner's, which this counts twice)."""
+    count = 0
+    for arm in suite.arms:
+        swept = not (arm.lr_from or arm.settings_from or arm.best_of)
+        first = len(size.lrs) if swept else (2 * arm.recheck if arm.best_of else 1)
+        count += first + (arm.seeds or size.seeds) - 1
+    return count
+
+
 def _key(arm: Arm, lr: float, seed: int) -> str:
     return run_name(arm.name, lr, seed)
 
