@@ -93,7 +93,8 @@ class ArmPlan:
 class SuitePlan:
     arms: dict[str, ArmPlan]
     runs: list[PlannedRun]
-    """Every run wanted so far, once each, seed-0 runs first (in arm order), then further seeds."""
+    """Every run wanted so far, once each, arm by arm: its seed-0 runs, then its further seeds (so the noise of
+    the first arms, e.g. a positive control, is known before later stages finish)."""
     complete: bool
     """Every arm is resolved: no run will be added."""
 
@@ -103,16 +104,14 @@ def plan_suite(suite: Suite, size: Size, outcome: Callable[[Arm, float, int], Ou
     plans: dict[str, ArmPlan] = {}
     for arm in suite.arms:
         plans[arm.name] = _plan_arm(arm, size, plans, outcome)
-    first: dict[str, PlannedRun] = {}
-    further: dict[str, PlannedRun] = {}
+    runs: dict[str, PlannedRun] = {}
     for plan in plans.values():
         for lr in plan.rates:
-            first.setdefault(_key(plan.arm, lr, 0), PlannedRun(plan.arm, lr, 0))
+            runs.setdefault(_key(plan.arm, lr, 0), PlannedRun(plan.arm, lr, 0))
         if plan.resolved and plan.chosen is not None:
             for seed in range(1, plan.seeds):
-                further.setdefault(_key(plan.arm, plan.chosen, seed), PlannedRun(plan.arm, plan.chosen, seed))
-    runs = [*first.values(), *(r for k, r in further.items() if k not in first)]
-    return SuitePlan(plans, runs, all(p.resolved for p in plans.values()))
+                runs.setdefault(_key(plan.arm, plan.chosen, seed), PlannedRun(plan.arm, plan.chosen, seed))
+    return SuitePlan(plans, list(runs.values()), all(p.resolved for p in plans.values()))
 
 
 def expected_runs(suite: Suite, size: Size) -> int:
