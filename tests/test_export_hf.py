@@ -132,3 +132,57 @@ def test_gpt2_is_rebuilt_for_transformers_and_encodes_as_tiktoken(tmp_path):
         ids = tokenizer(text, add_special_tokens=False).input_ids
         assert ids == gpt2.encode(text) and tokenizer.decode(ids) == text
     assert tokenizer.eos_token_id == 50256 and len(tokenizer) == 50257
+
+
+# ------------------------------------------------------------------------------------ padding and batched generate
+
+PROMPTS = ["The cat sees the river and the", "A dog", "Naïve café, 42 ships sailed"]
+
+
+def _tokenizer(directory, padding_side="right"):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=True)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def test_the_tokenizer_has_the_pad_token_config_json_names(exported):
+    directory = exported["dense"][1]
+    config = json.loads((directory / "config.json").read_text())
+    tokenizer = _tokenizer(directory)
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id == config["pad_token_id"]
+
+
+@pytest.mark.parametrize("ffn", ["dense", "token_choice"])
+def test_left_padded_batched_generate_equals_each_prompt_alone(exported, ffn):
+    """Positions come from the attention mask and padded keys are masked: every row of a left-padded batch
+    generates exactly the greedy continuation it generates alone (generate and pipeline, batch size 2 and 3)."""
+    directory = exported[ffn][1]
+    model, tokenizer = _auto_model(directory), _tokenizer(directory, "left")
+    options = dict(max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    alone = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt")
+        alone.append(model.generate(**ids, **options)[0, ids.input_ids.shape[1] :].tolist())
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    assert not batch.attention_mask.all()  # prompts of different lengths: the batch is padded
+    batched = model.generate(**batch, **options)[:, batch.input_ids.shape[1] :].tolist()
+    assert batched == alone
+
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer, batch_size=2)
+    texts = [out[0]["generated_text"] for out in pipe(PROMPTS, max_new_tokens=5, do_sample=False)]
+    assert texts == [prompt + tokenizer.decode(new) for prompt, new in zip(PROMPTS, alone)]
+
+
+@pytest.mark.parametrize("ffn", ["dense", "token_choice"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_rows_score_as_each_row_alone(exported, ffn, side):
+    """Scoring a padded batch (either side) gives each row its own logits on its real tokens."""
+    directory = exported[ffn][1]
+    model, tokenizer = _auto_model(directory), _tokenizer(directory, side)
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        for row, prompt in enumerate(PROMPTS):
+            alone = model(**tokenizer(prompt, return_tensors="pt")).logits[0]
+            real = batch.attention_mask[row].bool()
+            torch.testing.assert_close(logits[row][real], alone, atol=1e-5, rtol=0)

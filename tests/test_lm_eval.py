@@ -39,6 +39,16 @@ TASKS = {
     ),
 }
 PROTOCOL_ROWS = 8
+GENERATE_TASK = (
+    "task: local_piqa_generate\ndataset_path: json\n"
+    "dataset_kwargs:\n  data_files:\n    validation: {path}\n  cache_dir: {cache}\n"
+    "output_type: generate_until\nvalidation_split: validation\n"
+    'doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"\ndoc_to_target: "{{{{sol1}}}}"\n'
+    'generation_kwargs:\n  until: ["\\n\\n"]\n  max_gen_toks: 6\n  do_sample: false\n'
+    "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    "metadata:\n  version: 1.0\n"
+)
+"""A generate_until task on the local PIQA file: three questions of different lengths, greedy, 6 new tokens."""
 
 
 def write_local_tasks(directory: Path, cache: Path) -> Path:
@@ -54,6 +64,9 @@ def write_local_tasks(directory: Path, cache: Path) -> Path:
             "metadata:\n  version: 1.0\n",
             encoding="utf-8",
         )
+    (directory / "local_piqa_generate.yaml").write_text(
+        GENERATE_TASK.format(path=TASK_FIXTURES / "piqa.jsonl", cache=cache), encoding="utf-8"
+    )
     return directory
 
 
@@ -150,3 +163,40 @@ def test_lm_eval_device_and_batch_size_arguments():
     assert lm_eval_device("cuda:0") == lm_eval_device("cuda") == expected_cuda
     assert lm_eval_device(None) == "auto" and lm_eval_device("cpu") == "cpu"
     assert lm_eval_batch_size("auto") == lm_eval_batch_size("auto:4") == 32 and lm_eval_batch_size("8") == 8
+
+
+@pytest.fixture(scope="module")
+def hf_exports(workspace):
+    """The dense checkpoint and a Token Choice one, exported for transformers (mot export --to hf)."""
+    checkpoints = {"dense": workspace["dense"], "token_choice": make_checkpoint(workspace["root"], "token_choice")}
+    exports = {}
+    for ffn, checkpoint in checkpoints.items():
+        exports[ffn] = workspace["root"] / f"hf-{ffn}"
+        assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(exports[ffn])]) == 0
+    return exports
+
+
+@pytest.mark.parametrize("ffn", ["dense", "token_choice"])
+def test_lm_eval_hf_model_generates_in_left_padded_batches_as_alone(workspace, hf_exports, ffn, monkeypatch):
+    """lm-eval's own `--model hf` on an export: generate_until at batch size 3 (prompts of different lengths,
+    left-padded by lm-eval) gives every document the text it gets at batch size 1."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    manager = TaskManager(include_path=str(workspace["tasks"]))
+    generations = {}
+    for batch_size in (1, 3):
+        output = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={hf_exports[ffn]},trust_remote_code=True,dtype=float32",
+            tasks=["local_piqa_generate"],
+            task_manager=manager,
+            batch_size=batch_size,
+            device="cpu",
+            log_samples=True,
+        )
+        samples = sorted(output["samples"]["local_piqa_generate"], key=lambda sample: sample["doc_id"])
+        generations[batch_size] = [sample["resps"][0][0] for sample in samples]
+    assert len(generations[1]) == 3 and any(generations[1])
+    assert generations[3] == generations[1]

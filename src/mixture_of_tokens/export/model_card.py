@@ -38,9 +38,14 @@ def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
         "",
         "`modeling_mot.py` needs only PyTorch and transformers. Its logits equal those of the mixture-of-tokens",
         "package's model for the same ids (checked when the directory was written, float32, to 1e-5). Token Choice",
-        "blocks route dropless, as that package runs them at inference: a token's output is its own. There is no KV",
-        "cache: `generate` recomputes the whole prefix at every step. Pad on the right (positions start at 0 in every",
-        "row). The tokenizer's `<|endoftext|>` is the end-of-text token (id",
+        "blocks route dropless, as that package runs them at inference: a token's output is its own, and padding",
+        "takes no expert capacity. There is no KV cache: `generate` recomputes the whole prefix at every step.",
+        "Padding works as in transformers' decoder models, on either side: positions are counted from the",
+        "`attention_mask` (cumsum - 1) and padded keys are masked in attention, so in a batch padded on the left",
+        '(`tokenizer.padding_side = "left"`, for `generate` and `pipeline`) or on the right (scoring), the real',
+        "tokens of each row get the logits of that row alone"
+        + (" (MoT blocks: see the batch rule below)." if has_mot else "."),
+        "The tokenizer's `<|endoftext|>` is the end-of-text and the padding token (id",
         f"{tokenizer.eos_id}), also when it appears inside a text.",
     ]
     if has_mot:
@@ -54,7 +59,9 @@ def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
             f"- **the batch must be a multiple of {group}** (rows g*{group} .. g*{group}+{group - 1} form group g); "
             "another batch size is refused with one sentence;",
             "- **the rows of a group change each other's outputs** (tokens at other positions never meet, so nothing",
-            "  leaks from later positions, but a row's logits depend on the other rows of its group);",
+            "  leaks from later positions, but a row's logits depend on the other rows of its group); padded tokens",
+            "  (attention_mask 0) are still mixed into their group like any other token, so padding changes the rows",
+            "  of its group;",
             f"- **to score or generate one sequence, fill its group with {group - 1} rows of ordinary text** (e.g.",
             "  windows of the training text, cut to the same length) and read only its row. The mixture-of-tokens",
             "  package does exactly this (`Predictor`, `mot eval`, its lm-eval adapter: the query in one random row of",

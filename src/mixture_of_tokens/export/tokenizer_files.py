@@ -23,7 +23,8 @@ __all__ = ["gpt2_tokenizer", "write_tokenizer_files"]
 
 
 def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, *, max_length: int) -> list[str]:
-    """tokenizer.json and tokenizer_config.json (a PreTrainedTokenizerFast with eos = bos = <|endoftext|>)."""
+    """tokenizer.json and tokenizer_config.json (a PreTrainedTokenizerFast with eos = bos = pad = <|endoftext|>, the
+    pad_token_id config.json names; padding is masked by the exported model, so the pad id never reaches a score)."""
     if isinstance(tokenizer, BPETokenizer):
         tokenizer.save(directory / "tokenizer.json")
     elif isinstance(tokenizer, GPT2Tokenizer):
@@ -34,6 +35,7 @@ def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, *, max_length: 
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": EOS_TOKEN,
         "eos_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
         "model_max_length": max_length,
         "clean_up_tokenization_spaces": False,
     }

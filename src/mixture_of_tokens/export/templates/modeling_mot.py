@@ -107,13 +107,26 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal attention; `allowed_B1SS` (from `attention_allowed`) also masks padded keys."""
         batch, seq_len, dim = x_BSD.shape
         q_BHSK, k_BHSK, v_BHSK = (
             self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
         )
-        y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
+        if allowed_B1SS is None:
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
+        else:
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, attn_mask=allowed_B1SS)
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
+
+
+def attention_allowed(keep_BS: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] keys each query may attend to: earlier or same positions that are not padding. A query always
+    sees itself, so a padded query (whose output no real token reads) never has an empty row."""
+    seq_len = keep_BS.shape[1]
+    causal_SS = torch.ones(seq_len, seq_len, dtype=torch.bool, device=keep_BS.device).tril()
+    diagonal_SS = torch.eye(seq_len, dtype=torch.bool, device=keep_BS.device)
+    return ((causal_SS & keep_BS[:, None, :]) | diagonal_SS)[:, None]
 
 
 class FeedForward(nn.Module):
@@ -243,8 +256,8 @@ class Block(nn.Module):
         self.ffn_norm = LayerNorm(config.d_model)
         self.ffn = FFN_CLASSES[ffn_kind](config)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD))
+    def forward(self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None) -> torch.Tensor:
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), allowed_B1SS)
         return x_BSD + self.ffn(self.ffn_norm(x_BSD))
 
 
@@ -281,20 +294,27 @@ class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """`attention_mask` may mark right padding (causal attention keeps it from earlier positions, so it is not
-        needed); left padding would shift positions and is refused."""
+        """`attention_mask` [B, S] (1 = token, 0 = padding) may pad on either side, as in transformers' decoder
+        models: positions count a row's tokens only (`position_ids` = cumsum(mask) - 1, unless given) and padded
+        keys are masked in attention, so a real token's logits are those of its row alone."""
         batch, seq_len = input_ids.shape
         if seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.config.max_seq_len}.")
-        if attention_mask is not None and bool((attention_mask.diff(dim=-1) > 0).any()):
-            raise ValueError("left padding is not supported (positions start at 0 in every row); pad on the right.")
-        positions_S = torch.arange(seq_len, device=input_ids.device)
-        x_BSD = self.token_embedding(input_ids) + self.position_embedding(positions_S)
+        keep_BS = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            keep_BS = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        if position_ids is None and keep_BS is None:
+            position_ids = torch.arange(seq_len, device=input_ids.device)[None]
+        elif position_ids is None:
+            position_ids = (keep_BS.long().cumsum(dim=-1) - 1).clamp(min=0)
+        allowed_B1SS = None if keep_BS is None else attention_allowed(keep_BS)
+        x_BSD = self.token_embedding(input_ids) + self.position_embedding(position_ids)
         for block in self.blocks:
-            x_BSD = block(x_BSD)
+            x_BSD = block(x_BSD, allowed_B1SS)
         logits_BSV = self.head(self.final_norm(x_BSD))
         loss = None
         if labels is not None:
@@ -302,4 +322,5 @@ class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits_BSV)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        """The whole prefix and its mask every step (no cache); positions come from the mask in `forward`."""
         return {"input_ids": input_ids, "attention_mask": kwargs.get("attention_mask")}
