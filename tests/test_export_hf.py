@@ -186,3 +186,23 @@ def test_padded_rows_score_as_each_row_alone(exported, ffn, side):
             alone = model(**tokenizer(prompt, return_tensors="pt")).logits[0]
             real = batch.attention_mask[row].bool()
             torch.testing.assert_close(logits[row][real], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ffn", ["dense", "mot"])
+def test_sdpa_and_eager_attention_are_accepted_and_agree(exported, ffn):
+    """attn_implementation="sdpa" (the default: scaled_dot_product_attention) and "eager" (the plain softmax)
+    both load and give the same logits, with and without padding."""
+    directory = exported[ffn][1]
+    models = {}
+    for implementation in ("sdpa", "eager"):
+        models[implementation] = transformers.AutoModelForCausalLM.from_pretrained(
+            str(directory), trust_remote_code=True, attn_implementation=implementation
+        ).eval()
+        assert models[implementation].config._attn_implementation == implementation
+    ids = torch.randint(0, 320, (4, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # a left-padded row
+    with torch.no_grad():
+        for attention_mask in (None, mask):
+            sdpa, eager = (m(input_ids=ids, attention_mask=attention_mask).logits for m in models.values())
+            torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)

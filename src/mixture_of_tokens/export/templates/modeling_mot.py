@@ -101,11 +101,15 @@ class LayerNorm(nn.LayerNorm):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    """Causal self-attention through `config._attn_implementation`: "sdpa" (the default, PyTorch's
+    scaled_dot_product_attention, as the mixture-of-tokens package computes it) or "eager" (the same in plain ops)."""
+
+    def __init__(self, config: MoTConfig) -> None:
         super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.config = config
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None) -> torch.Tensor:
         """Causal attention; `allowed_B1SS` (from `attention_allowed`) also masks padded keys."""
@@ -113,11 +117,25 @@ class CausalSelfAttention(nn.Module):
         q_BHSK, k_BHSK, v_BHSK = (
             self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
         )
-        if allowed_B1SS is None:
+        if self.config._attn_implementation == "eager":
+            y_BHSK = eager_attention(q_BHSK, k_BHSK, v_BHSK, allowed_B1SS)
+        elif allowed_B1SS is None:
             y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
         else:
             y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, attn_mask=allowed_B1SS)
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
+
+
+def eager_attention(
+    q_BHSK: torch.Tensor, k_BHSK: torch.Tensor, v_BHSK: torch.Tensor, allowed_B1SS: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(K), masked) v in plain ops; the causal mask when `allowed_B1SS` is None."""
+    seq_len = q_BHSK.shape[2]
+    if allowed_B1SS is None:
+        allowed_B1SS = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q_BHSK.device).tril()
+    scores_BHSS = (q_BHSK @ k_BHSK.transpose(-2, -1)) * q_BHSK.shape[-1] ** -0.5
+    scores_BHSS = scores_BHSS.masked_fill(~allowed_B1SS, float("-inf"))
+    return torch.softmax(scores_BHSS, dim=-1) @ v_BHSK
 
 
 def attention_allowed(keep_BS: torch.Tensor) -> torch.Tensor:
@@ -252,7 +270,7 @@ class Block(nn.Module):
     def __init__(self, config: MoTConfig, ffn_kind: str) -> None:
         super().__init__()
         self.attn_norm = LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        self.attn = CausalSelfAttention(config)
         self.ffn_norm = LayerNorm(config.d_model)
         self.ffn = FFN_CLASSES[ffn_kind](config)
 
@@ -265,6 +283,7 @@ class MoTPreTrainedModel(PreTrainedModel):
     config_class = MoTConfig
     base_model_prefix = "mot"
     _no_split_modules = ["Block"]
+    _supports_sdpa = True  # attention is scaled_dot_product_attention; "eager" computes the same in plain ops
 
     def _init_weights(self, module: nn.Module) -> None:
         """Every weight comes from model.safetensors; nothing is initialised here."""
