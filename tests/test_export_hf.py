@@ -199,6 +199,7 @@ def test_sdpa_and_eager_attention_are_accepted_and_agree(exported, ffn):
             str(directory), trust_remote_code=True, attn_implementation=implementation
         ).eval()
         assert models[implementation].config._attn_implementation == implementation
+    assert _auto_model(directory).config._attn_implementation == "sdpa"  # the default
     ids = torch.randint(0, 320, (4, 12), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # a left-padded row
