@@ -35,7 +35,8 @@ from .guards import InterruptFlag, peak_flops_per_second
 from .log import RunLog
 from .metrics import read_metrics
 from .plan import RunPlan, check_resumed_tokenizer, check_run_settings, plan_run
-from .run_directory import claim_run_directory
+from .run_directory import claim_run_directory, lock_run_directory
+from .run_lock import RunLock
 from .state import METRICS_FILE, TrainingState, load_training_state, restore_rng_state
 from .step import OptimizerStep, StepResult, build_optimizer, with_implementation_of
 from .switch import has_mot_layers, switch_in_place, switched_copy
@@ -97,8 +98,17 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
 
     def _set_up(self, plan: RunPlan, *, data: PreparedData | None, progress: bool) -> None:
-        """Runtime, data, model and optimizer; then the run directory is claimed and a resumed state restored."""
+        """Lock the run directory (rank 0), then set up; a failed setup releases the lock."""
         self._set_up_runtime(plan, progress=progress)
+        self.lock = lock_run_directory(plan) if self.is_main else RunLock()
+        try:
+            self._set_up_run(plan, data=data)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _set_up_run(self, plan: RunPlan, *, data: PreparedData | None) -> None:
+        """Data, model and optimizer; then the run directory is claimed and a resumed state restored."""
         for warning in plan.resume.warnings if plan.resume else ():
             self._say(f"warning: {warning}")
         self.data = data or self._prepare_data(plan.train_config, plan.model_config)
@@ -128,7 +138,7 @@ class Trainer:
         )
         resume_state = load_training_state(plan.resume.checkpoint) if plan.resume else None
         if self.is_main:
-            for note in claim_run_directory(plan, self.checkpointer.config_payload()):
+            for note in claim_run_directory(plan, self.checkpointer.config_payload(), self.lock):
                 self._say(f"[{self.run_name}] {note}")
         self.start_step = 0
         if resume_state is not None:
@@ -200,6 +210,13 @@ class Trainer:
         dist_utils.barrier(self.context)
 
     def run(self) -> RunResult:
+        """Train to the last step (or a stop), write the final files, and release the run directory's lock."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> RunResult:
         config = self.config
         log = RunLog(
             self.out_dir,
@@ -357,6 +374,6 @@ def train_plan(plan: RunPlan, *, data: PreparedData | None = None, progress: boo
     """Train a run resolved by `plan_run`."""
     trainer = Trainer.from_plan(plan, data=data, progress=progress)
     try:
-        return trainer.run()
+        return trainer.run()  # releases the run directory's lock, also on an exception
     finally:
         dist_utils.shutdown(trainer.context)

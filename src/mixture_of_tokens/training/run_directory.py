@@ -4,14 +4,17 @@ A new run never writes into a directory that holds another run: it is refused wi
 `force` the old run is moved aside whole to a sibling NAME.old-<timestamp>. A run resumed from an older
 checkpoint (a branch) moves the abandoned timeline's later checkpoints and final files aside into
 RUN_DIR/superseded/<run id>-after-step-N/, so nothing is deleted and nothing is mixed. The disk pre-check
-counts the checkpoints kept, the one being written and the final weights.
+counts the checkpoints kept, the one being written and the final weights. The training that owns the directory
+holds its lock (`run_lock`) for the whole run, so a second training into it is refused before any data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +25,8 @@ from ..counting import count_model
 from ..model import Transformer
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_precision
-from .state import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_step, list_checkpoints
+from .run_lock import LOCK_FILE, RunLock, check_not_in_use
+from .state import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_run_id, checkpoint_step, list_checkpoints
 
 if TYPE_CHECKING:
     from .plan import RunPlan
@@ -38,12 +42,20 @@ def holds_run(directory: Path) -> bool:
     return any((Path(directory) / marker).exists() for marker in RUN_MARKERS)
 
 
-def check_run_directory(plan: RunPlan) -> None:
-    """Fail with one sentence, before any data, when the run cannot own its directory or the disk is too small."""
+def has_files(directory: Path) -> bool:
+    """True when `directory` holds anything besides a run lock file."""
+    return any(path.name != LOCK_FILE for path in Path(directory).iterdir())
+
+
+def check_run_directory(plan: RunPlan, *, locked: bool = False) -> None:
+    """Fail with one sentence, before any data, when the run cannot own its directory (another training holds
+    it, unless `locked`: this process does) or the disk is too small."""
     run_dir = plan.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out_dir={str(run_dir)!r} is a file, not a directory; choose another out_dir.")
-    if plan.resume is None and run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and not locked:
+        check_not_in_use(run_dir, LOCK_HINT)
+    if plan.resume is None and run_dir.is_dir() and has_files(run_dir):
         if not holds_run(run_dir):
             raise FileExistsError(
                 f"out_dir={str(run_dir)!r} is not empty and holds no run; a run needs a new or empty directory."
@@ -55,6 +67,35 @@ def check_run_directory(plan: RunPlan) -> None:
             )
     _check_writable(run_dir)
     _check_free_space(plan)
+
+
+LOCK_HINT = "wait for it to finish, or choose another --out-dir or --name."
+
+
+def lock_run_directory(plan: RunPlan) -> RunLock:
+    """Lock the run directory for the whole run (refused with one sentence while another training holds it), then
+    check it again: another run may have written into it between the plan and the lock."""
+    lock = RunLock(LOCK_HINT)
+    lock.acquire(plan.run_dir)
+    try:
+        check_run_directory(plan, locked=True)
+        if plan.resume is not None:
+            _check_resume_point_unchanged(plan)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_resume_point_unchanged(plan: RunPlan) -> None:
+    assert plan.resume is not None
+    run_id = checkpoint_run_id(plan.resume.checkpoint)
+    later = any(checkpoint_step(c) > plan.resume.step for c in list_checkpoints(plan.run_dir, run_id))
+    if not plan.resume.checkpoint.is_dir() or later != plan.resume.branch:
+        raise ValueError(
+            f"{plan.run_dir} changed while this run was starting (another training wrote into it); run the same "
+            "`mot train --resume` again."
+        )
 
 
 def aside_name(run_dir: Path) -> str:
@@ -111,13 +152,15 @@ def _check_free_space(plan: RunPlan) -> None:
         )
 
 
-def claim_run_directory(plan: RunPlan, payload: dict[str, Any]) -> list[str]:
+def claim_run_directory(plan: RunPlan, payload: dict[str, Any], lock: RunLock | None = None) -> list[str]:
     """Make the directory the run's own, once setup succeeded: move an old run (force) or an abandoned timeline
-    (branch) aside, create it, and record the run's config and id in config.json; returns what was moved."""
+    (branch) aside, create it, and record the run's config and id in config.json; returns what was moved. `lock`
+    (the run's lock) follows the run directory when an old run is moved aside."""
     run_dir, notes = plan.run_dir, []
     if plan.resume is None and plan.force and run_dir.is_dir() and holds_run(run_dir):
-        moved = _free_sibling(run_dir)
-        run_dir.rename(moved)
+        moved = move_aside(run_dir)
+        if lock is not None:
+            lock.move_to(run_dir)
         notes.append(f"moved the run that was in {run_dir} aside to {moved}")
     if plan.resume is not None and plan.resume.branch:
         moved = move_superseded_aside(plan)
@@ -129,6 +172,48 @@ def claim_run_directory(plan: RunPlan, payload: dict[str, Any]) -> list[str]:
     if plan.resume is None or plan.resume.branch or not (run_dir / CONFIG_FILE).exists():
         write_config(run_dir, payload)
     return notes
+
+
+@contextlib.contextmanager
+def new_output_directory(out: Path, source: Path, *, force: bool) -> Iterator[Path | None]:
+    """The destination of a command that writes a new directory from a checkpoint (`mot convert`, `mot export`).
+
+    Refused with one sentence: an `out` that is the source or holds it, one a training holds, and an existing
+    non-empty one without `force`. With `force` an existing `out` is moved aside (`move_aside`, never deleted);
+    the context yields where it went (None: nothing was there) and puts it back if the body fails and leaves
+    nothing at `out`.
+    """
+    out, source = Path(out), Path(source)
+    out_resolved, source_resolved = out.resolve(), source.resolve()
+    if out_resolved == source_resolved or out_resolved in source_resolved.parents:
+        raise ValueError(
+            f"--out {out} is the checkpoint {source} or holds it; the source is never overwritten or moved: choose "
+            "another --out."
+        )
+    if out.is_dir():
+        check_not_in_use(out, "wait for it to finish, or choose another --out.")
+    moved = None
+    if out.exists() and (not out.is_dir() or has_files(out)):
+        if not force:
+            raise FileExistsError(
+                f"--out {out} already exists; choose another directory or pass --force to move it aside to "
+                f"{aside_name(out)}."
+            )
+        moved = move_aside(out)
+    try:
+        yield moved
+    except BaseException:
+        if moved is not None and not out.exists():
+            moved.rename(out)
+        raise
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` (a run, or any directory or file a command would replace) to a free sibling
+    NAME.old-<timestamp>, in one rename: nothing is deleted; returns the new path."""
+    moved = _free_sibling(Path(path))
+    Path(path).rename(moved)
+    return moved
 
 
 def _free_sibling(run_dir: Path) -> Path:
