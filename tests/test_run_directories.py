@@ -151,6 +151,44 @@ def test_convert_prints_a_next_command_that_never_trains_into_the_source(corpus,
     assert read_config(continued)["model"]["ffn"] == "token_choice" and _summary(continued)["final_eval_loss"]
 
 
+def test_export_never_deletes_the_run_it_exports_from_and_moves_an_old_export_aside(corpus, workdir, capsys) -> None:
+    pytest.importorskip("transformers")
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "E")[0] == 0
+    before = tree_digest(workdir / "E")
+    (checkpoint,) = list_checkpoints(workdir / "E")
+    for source in ("E", str(checkpoint)):  # the run itself, or a checkpoint inside it
+        status, _, err = run_mot(["export", "--checkpoint", source, "--to", "hf", "--out", "E", "--force"], capsys)
+        assert status == 2 and len(error_lines(err)) == 1 and "the source is never overwritten or moved" in err
+    assert tree_digest(workdir / "E") == before
+
+    (workdir / "hf").mkdir()
+    (workdir / "hf" / "notes.txt").write_text("precious")
+    assert run_mot(["export", "--checkpoint", "E", "--to", "hf", "--out", "hf", "--force"], capsys)[0] == 0
+    (aside,) = workdir.glob("hf.old-*")
+    assert (aside / "notes.txt").read_text() == "precious" and (workdir / "hf" / "modeling_mot.py").is_file()
+
+
+def test_convert_force_moves_an_existing_run_aside_instead_of_mixing_with_it(corpus, workdir, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "M")[0] == 0
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "old", "--seed", "1")[0] == 0
+    old_run = tree_digest(workdir / "old")
+    argv = ["convert", "--checkpoint", "M", "--to", "token-choice", "--out", "old", "--force"]
+    assert run_mot(argv, capsys)[0] == 0
+    (aside,) = workdir.glob("old.old-*")
+    assert tree_digest(aside) == old_run  # moved whole
+    assert sorted(p.name for p in (workdir / "old").iterdir()) == [
+        "checkpoint.json", "config.json", "model.safetensors", "tokenizer.json",
+    ]  # fmt: skip
+    status, _, err = _resume("old", 4, capsys)  # nothing of the old run to go back to
+    assert status == 2 and "has no checkpoints" in err
+    (checkpoint,) = list_checkpoints(workdir / "M")
+    before = tree_digest(workdir / "M")
+    status, _, err = run_mot(["convert", "--checkpoint", str(checkpoint), "--to", "token-choice", "--out", "M",
+                              "--force"], capsys)  # fmt: skip
+    assert status == 2 and "the source is never overwritten or moved" in err
+    assert tree_digest(workdir / "M") == before
+
+
 def _state(step: int) -> TrainingState:
     weights = {"w": torch.full((2,), float(step))}
     return TrainingState(step, weights, {}, {}, {"torch": torch.get_rng_state()})

@@ -10,12 +10,12 @@ discrete MoT (argmax routing over the group, no retraining).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
-    MANIFEST_FILE,
     WEIGHTS_FILE,
     check_weights_integrity,
     read_config,
@@ -26,6 +26,7 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 from .layers.conversion import ROUTING_FIELDS, TARGETS, convert_config, convert_weights
+from .training.run_directory import new_output_directory
 
 
 def convert_checkpoint(
@@ -36,27 +37,42 @@ def convert_checkpoint(
     force: bool = False,
     **routing: object,
 ) -> Path:
-    """Write the converted checkpoint to `out` (a new directory unless `force`); returns `out`.
+    """Write the converted checkpoint to `out` (a new or empty directory; with `force` an existing one is moved
+    aside to OUT.old-<timestamp>, never deleted or mixed with); returns `out`.
 
-    All checks run before anything is written; the new config records where it came from.
+    All checks run before anything is written; the files are written under a temporary name beside `out` and
+    renamed into place; the new config records where it came from.
     """
     source, out = Path(source), Path(out)
     saved = read_config(source)
     model_config = ModelConfig(**saved["model"])
     converted_config = convert_config(model_config, target, **routing)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"--out {out} already exists and is not empty; pass --force to overwrite it.")
-    if out.resolve() == source.resolve():
-        raise ValueError("--out must differ from --checkpoint: the source checkpoint is never overwritten.")
-    check_weights_integrity(source)
-    weights = convert_weights(read_weights(source / WEIGHTS_FILE), model_config, target)
+    with new_output_directory(out, source, force=force):
+        check_weights_integrity(source)
+        weights = convert_weights(read_weights(source / WEIGHTS_FILE), model_config, target)
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            _write_converted(partial, source, saved, weights, converted_config, target)
+            partial.rename(out)  # replaces an existing empty directory
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return out
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest while the new files are written
-    save_weights(weights, out / WEIGHTS_FILE)
+
+def _write_converted(
+    directory: Path,
+    source: Path,
+    saved: dict[str, Any],
+    weights: dict[str, Any],
+    converted_config: ModelConfig,
+    target: str,
+) -> None:
+    save_weights(weights, directory / WEIGHTS_FILE)
     tokenizer: dict[str, Any] = saved.get("tokenizer", {})
     if "file" in tokenizer:
-        shutil.copyfile(source / tokenizer["file"], out / tokenizer["file"])
+        shutil.copyfile(source / tokenizer["file"], directory / tokenizer["file"])
     payload = {
         **saved,
         "model": dataclasses.asdict(converted_config),
@@ -68,9 +84,8 @@ def convert_checkpoint(
             "source_steps": saved.get("train", {}).get("steps"),
         },
     }
-    write_config(out, payload)
-    write_manifest(out, [WEIGHTS_FILE, *([tokenizer["file"]] if "file" in tokenizer else [])])
-    return out
+    write_config(directory, payload)
+    write_manifest(directory, [WEIGHTS_FILE, *([tokenizer["file"]] if "file" in tokenizer else [])])
 
 
 __all__ = ["ROUTING_FIELDS", "TARGETS", "convert_checkpoint", "convert_config", "convert_weights"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .help_text import examples
 
 EXAMPLES = examples(
     "mot export --checkpoint runs/tiny-mot --to hf --out exports/tiny-mot",
-    "mot export --checkpoint runs/tiny-token-choice --to hf --out exports/tiny-tc --force    # replace an export",
+    "mot export --checkpoint runs/tiny-token-choice --to hf --out exports/tiny-tc --force    # old one moved aside",
     note='then, in Python (transformers only):\n  AutoModelForCausalLM.from_pretrained("exports/tiny-mot", '
     "trust_remote_code=True)",
 )
@@ -31,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
     parser.add_argument("--to", required=True, choices=TARGETS, help="format: hf (Hugging Face transformers)")
     parser.add_argument("--out", required=True, help="directory to write (must not exist unless --force)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="when --out exists, move it aside to a sibling OUT.old-<timestamp> (never the checkpoint itself)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -40,8 +45,12 @@ def run(args: argparse.Namespace) -> None:
 
     require("transformers", "hf", purpose="mot export --to hf")  # before anything is read
     from ..export import export_hf
+    from ..training.run_directory import new_output_directory
 
-    result = export_hf(args.checkpoint, args.out, force=args.force)
+    with new_output_directory(Path(args.out), Path(args.checkpoint), force=args.force) as moved:
+        result = export_hf(args.checkpoint, args.out, force=args.force)
+    if moved is not None:
+        print(f"moved what was in {args.out} aside to {moved}")
     print(f"wrote {result.directory}: {', '.join(result.files)}")
     rows, positions = result.checked_shape
     print(
