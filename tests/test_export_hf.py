@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import stat
 import sys
 
 import pytest
@@ -207,3 +209,44 @@ def test_sdpa_and_eager_attention_are_accepted_and_agree(exported, ffn):
         for attention_mask in (None, mask):
             sdpa, eager = (m(input_ids=ids, attention_mask=attention_mask).logits for m in models.values())
             torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ the export in this package
+
+
+@pytest.mark.parametrize("ffn", ["mot", "token_choice"])
+def test_transformer_from_pretrained_loads_an_export(exported, ffn):
+    """An export holds the package's weights (same names) and ModelConfig (config.json's mixture_of_tokens
+    section): Transformer.from_pretrained and load_model rebuild the package's model from it, bit for bit."""
+    from mixture_of_tokens import Transformer
+
+    checkpoint, directory = exported[ffn]
+    ours = load_model(checkpoint)
+    for loaded in (Transformer.from_pretrained(directory), load_model(directory, dtype=torch.float64)):
+        assert isinstance(loaded, Transformer) and not loaded.training and loaded.config == ours.config
+        assert loaded.name_or_path == str(directory)
+        ids = torch.randint(0, ours.config.vocab_size, (8, 10), generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            expected, got = ours.double()(ids).logits, loaded.double()(ids).logits
+        assert torch.equal(got, expected)
+
+
+def test_from_pretrained_on_a_foreign_transformers_directory_names_the_right_call(tmp_path):
+    from mixture_of_tokens import Transformer
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    with pytest.raises(ValueError) as error:
+        Transformer.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert "is a transformers model directory (model_type 'gpt2')" in message and "\n" not in message
+    assert f"AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)" in message
+
+
+def test_exported_files_have_the_usual_mode(exported):
+    """Files are readable by others as any file the user creates (0o666 less the umask, 0644 under umask 022);
+    safetensors writes its temporary file with mode 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory = exported["dense"][1]
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes

@@ -30,6 +30,7 @@ from .data import Tokenizer
 from .evaluation.batch_policy import BatchPolicy, resolve_policy
 from .evaluation.runner import LoadedCheckpoint, load_checkpoint, load_texts
 from .evaluation.scoring import Scorer, text_request
+from .export.hf import load_export, transformers_config
 from .generate import generate_text
 from .model import Transformer, set_inference_routing
 
@@ -41,7 +42,11 @@ def load_model(
 ) -> Transformer:
     """The model of a checkpoint or finished run directory, ready for inference: weights checked against the
     checkpoint's manifest, eval mode, inference routing (Token Choice dropless), on `device` (cpu | cuda | auto)
-    in `dtype` (default: as saved, float32). `model.name_or_path` is the directory it came from."""
+    in `dtype` (default: as saved, float32). `model.name_or_path` is the directory it came from. A
+    `mot export --to hf` directory loads too (its config.json records the ModelConfig, its weights keep this
+    package's names); another transformers directory is refused in one sentence."""
+    if transformers_config(directory) is not None:
+        return load_export(directory, device=device, dtype=dtype)
     loaded = load_checkpoint(directory, str(device), dtype)
     loaded.model.name_or_path = str(loaded.directory)
     return loaded.model

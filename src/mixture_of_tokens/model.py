@@ -142,8 +142,9 @@ class Transformer(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> Transformer:
-        """The model of a checkpoint or run directory, ready for inference (eval mode, inference routing) on
-        `device` in `dtype`: `mixture_of_tokens.load_model`."""
+        """The model of a checkpoint, run or `mot export --to hf` directory, ready for inference (eval mode,
+        inference routing) on `device` in `dtype`: `mixture_of_tokens.load_model`. (transformers loads an export
+        with `AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)`.)"""
         from .inference import load_model  # the loader needs checkpoint, which needs this module
 
         return load_model(directory, device=device, dtype=dtype)

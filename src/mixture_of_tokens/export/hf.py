@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import WEIGHTS_FILE, read_config, save_weights, saved_configs
+from ..checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_weights_into,
+    read_config,
+    read_weights,
+    save_weights,
+    saved_configs,
+)
 from ..config import ModelConfig
 from ..data import Tokenizer
 from ..evaluation.runner import load_checkpoint
@@ -33,11 +41,15 @@ from ..extras import require
 from ..files import write_text_atomic
 from ..layers import batch_multiple
 from ..layers.mot_options import trained_temperature
-from ..model import Transformer
+from ..model import Transformer, set_inference_routing
+from ..runtime.devices import resolve_device
 from .model_card import model_card
 from .tokenizer_files import write_tokenizer_files
 
-__all__ = ["EXPORTABLE_KINDS", "ExportResult", "check_exportable", "export_hf", "hf_config"]
+__all__ = [
+    "EXPORTABLE_KINDS", "ExportResult", "check_exportable", "export_hf", "hf_config", "load_export",
+    "transformers_config",
+]  # fmt: skip
 
 MODELING_FILE = "modeling_mot.py"
 TOLERANCE = 1e-5
@@ -140,6 +152,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
         write_text_atomic(partial / "README.md", model_card(config, loaded.tokenizer, loaded.directory))
         files.append("README.md")
         difference, shape = check_export(partial, model)
+        usual_file_modes(partial)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)
@@ -170,3 +183,50 @@ def check_export(directory: Path, model: Transformer, seed: int = 0) -> tuple[fl
             f"{shape[0]} x {shape[1]} random ids; the export was not written (please report it)."
         )
     return difference, shape
+
+
+def usual_file_modes(directory: Path) -> None:
+    """Give every file of `directory` the mode a newly created file gets (0o666 less the umask: 0644 under umask
+    022). safetensors writes model.safetensors through a temporary file of mode 0600, readable by its owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def transformers_config(directory: Path | str) -> dict[str, Any] | None:
+    """config.json of a transformers model directory (one with a model_type and no checkpoint's "model"
+    section), or None for anything else (a checkpoint, a run, a missing or unreadable file)."""
+    try:
+        payload = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("model_type"), str) and "model" not in payload:
+        return payload
+    return None
+
+
+def load_export(
+    directory: Path | str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Transformer:
+    """This package's model from a `mot export --to hf` directory: the ModelConfig recorded in config.json
+    (`mixture_of_tokens.model_config`) and the weights of model.safetensors (this package's names), in eval mode
+    with inference routing, on `device` in `dtype` (default float32). Another transformers model is refused in
+    one sentence naming the call that loads it."""
+    directory = Path(directory)
+    payload = transformers_config(directory) or {}
+    recorded = payload.get("mixture_of_tokens", {})
+    if payload.get("model_type") != "mixture_of_tokens" or "model_config" not in recorded:
+        raise ValueError(
+            f"{directory} is a transformers model directory (model_type {payload.get('model_type')!r}), not a "
+            f"mixture-of-tokens checkpoint or export; load it with AutoModelForCausalLM.from_pretrained("
+            f"{str(directory)!r}, trust_remote_code=True)."
+        )
+    config = ModelConfig(**recorded["model_config"])
+    model = Transformer(config)
+    load_weights_into(model, read_weights(directory / WEIGHTS_FILE))  # a tied head is stored twice: same values
+    torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model = set_inference_routing(model.to(torch_device, dtype)).eval()
+    model.name_or_path = str(directory)
+    return model
