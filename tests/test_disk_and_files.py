@@ -4,6 +4,7 @@ run can always be resumed, resume refuses changed data, and --tensorboard withou
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -79,6 +80,57 @@ def test_flipped_bytes_in_final_weights_are_one_clear_error(corpus, capsys) -> N
         load_model(Path("run"))
     status, _, err = run_mot(["eval", "--checkpoint", "run", "--device", "cpu"], capsys)
     assert status == 2 and len(error_lines(err)) == 1 and "sha256" in err
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_config(directory: Path, **model_fields) -> None:
+    path = directory / "config.json"
+    payload = json.loads(path.read_text())
+    payload["model"].update(model_fields)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def test_init_from_checks_the_weights_as_every_other_load(corpus, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "run")[0] == 0
+    _flip_a_byte(Path("run") / "model.safetensors")
+    status, _, err = run_mot(["train", "--init-from", "run", "--steps", "2", "--out-dir", "next"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "model.safetensors does not match its recorded sha256" in err
+    assert not Path("next").exists()
+
+
+def test_a_hand_edited_config_is_refused_by_every_load(corpus, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "run")[0] == 0
+    (checkpoint,) = list_checkpoints(Path("run"))
+    for directory in (Path("run"), checkpoint):
+        _edit_config(directory, mot_temperature=0.25)
+    with pytest.raises(ValueError, match=r"run/config.json .*sha256"):
+        load_model(Path("run"))
+    for argv in (
+        ["eval", "--checkpoint", "run", "--device", "cpu"],
+        ["train", "--init-from", "run", "--steps", "2", "--out-dir", "next"],
+        ["train", "--resume", str(checkpoint), "--steps", "4"],
+        ["train", "--resume", "run", "--steps", "4"],
+        ["convert", "--checkpoint", "run", "--to", "token-choice", "--out", "converted"],
+    ):
+        status, _, err = run_mot(argv, capsys)
+        assert status == 2 and len(error_lines(err)) == 1 and "config.json" in err and "sha256" in err, (argv, err)
+    assert not Path("next").exists() and not Path("converted").exists()
+
+
+def test_a_directory_without_a_config_digest_still_loads(corpus, capsys) -> None:
+    """Run directories written before config.json was in the manifest: no record, no check."""
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "run")[0] == 0
+    manifest = Path("run") / "checkpoint.json"
+    record = json.loads(manifest.read_text())
+    record["sha256"].pop("config.json", None)
+    manifest.write_text(json.dumps(record))
+    _edit_config(Path("run"), mot_temperature=0.25)
+    assert load_model(Path("run"))[1].mot_temperature == 0.25
 
 
 def test_a_finished_run_without_periodic_checkpoints_can_be_extended(corpus, capsys) -> None:

@@ -4,11 +4,13 @@ A checkpoint directory holds
     config.json        {"model": ModelConfig fields, "train": TrainConfig fields, "tokenizer": {...}, ...}
     model.safetensors  the weights
     tokenizer.json     the trained BPE (when the tokenizer is one)
-    checkpoint.json    the sha256 of the weights and tokenizer files (training checkpoints: of every file, plus
-                       the step and the run id), written last and checked on load
+    checkpoint.json    the sha256 of the weights, tokenizer and config files (training checkpoints: of every file,
+                       plus the step and the run id), written last and checked on load
 A finished run directory is itself a checkpoint directory (its final weights). `read_config` and `write_config`
-are the only reader and writer of config.json; `write_manifest` and `manifest_problem` the only writer and
-checker of checkpoint.json.
+are the only reader and writer of config.json (`read_config` checks its sha256 wherever checkpoint.json records
+one, so an edited setting never silently changes what a checkpoint computes); `write_manifest` and
+`manifest_problem` the only writer and checker of checkpoint.json. Directories written before config.json was
+recorded load without that check.
 """
 
 from __future__ import annotations
@@ -87,10 +89,17 @@ def write_config(directory: Path, payload: dict[str, Any]) -> None:
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    """The contents of a checkpoint's config.json; a missing or unreadable file is one clear error."""
+    """The contents of a checkpoint's config.json; a missing, unreadable or edited file is one clear error."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {CONFIG_FILE}.")
+    recorded = (read_manifest(directory) or {}).get("sha256", {}).get(CONFIG_FILE)
+    if recorded is not None and sha256_file(path) != recorded:
+        raise ValueError(
+            f"{path} does not match its recorded sha256 in {MANIFEST_FILE} (edited, truncated or corrupt); a "
+            "checkpoint's settings are those its weights were saved with: restore the file (a setting that keeps "
+            "every weight's shape can be changed for a new run with `mot train --init-from` and its flag)."
+        )
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -136,7 +145,7 @@ def manifest_problem(directory: Path) -> str | None:
         if not path.is_file():
             return f"{path} is missing"
         if sha256_file(path) != expected:
-            return f"{path} does not match its recorded sha256 (truncated or corrupt)"
+            return f"{path} does not match its recorded sha256 (edited, truncated or corrupt)"
     return None
 
 
@@ -148,13 +157,13 @@ def write_model_files(
     *,
     tied_names: tuple[str, ...] = (),
 ) -> list[str]:
-    """Weights, tokenizer and config.json into an existing `directory`; returns the names of the weight and
-    tokenizer files (what a manifest must cover)."""
+    """Weights, tokenizer and config.json into an existing `directory`; returns the names of the weight, tokenizer
+    and config files (what a manifest must cover)."""
     directory = Path(directory)
     save_weights(state_dict, directory / WEIGHTS_FILE, tied_names=tied_names)
     spec = tokenizer_spec(tokenizer, directory)
     write_config(directory, {**payload, "tokenizer": spec})
-    return [WEIGHTS_FILE, *([spec["file"]] if "file" in spec else [])]
+    return [WEIGHTS_FILE, *([spec["file"]] if "file" in spec else []), CONFIG_FILE]
 
 
 def save_checkpoint(
@@ -177,9 +186,12 @@ def save_checkpoint(
 
 
 def check_weights_integrity(directory: Path) -> None:
-    """Fail with one sentence when a directory's manifest does not match its files (directories written before
-    manifests existed have none and are not checked)."""
+    """Fail with one sentence when a checkpoint has no weights file or its manifest does not match its files
+    (directories written before manifests existed have none and are not checked). Every load of weights asks it:
+    load_model, --init-from, conversion."""
     directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {WEIGHTS_FILE}.")
     if (directory / MANIFEST_FILE).exists():
         problem = manifest_problem(directory)
         if problem is not None:
@@ -190,12 +202,9 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> tuple[Tra
     """Rebuild the model of a checkpoint (or finished run) directory, in eval mode."""
     directory = Path(directory)
     model_config, train_config = saved_configs(read_config(directory))
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {WEIGHTS_FILE}.")
     check_weights_integrity(directory)
     model = Transformer(model_config)
-    load_weights_into(model, read_weights(weights))
+    load_weights_into(model, read_weights(directory / WEIGHTS_FILE))
     return model.to(device).eval(), model_config, train_config
 
 

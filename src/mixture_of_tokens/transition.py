@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import (
+    CONFIG_FILE,
     WEIGHTS_FILE,
     check_weights_integrity,
     read_config,
@@ -85,7 +86,7 @@ def _write_converted(
         },
     }
     write_config(directory, payload)
-    write_manifest(directory, [WEIGHTS_FILE, *([tokenizer["file"]] if "file" in tokenizer else [])])
+    write_manifest(directory, [WEIGHTS_FILE, *([tokenizer["file"]] if "file" in tokenizer else []), CONFIG_FILE])
 
 
 __all__ = ["ROUTING_FIELDS", "TARGETS", "convert_checkpoint", "convert_config", "convert_weights"]

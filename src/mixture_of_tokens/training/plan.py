@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_config, read_manifest, saved_configs
+from ..checkpoint import check_weights_integrity, read_config, read_manifest, saved_configs
 from ..config import ModelConfig, TrainConfig
 from ..data.prepare import check_data_settings
 from ..data.sources import source_fingerprint
@@ -161,6 +161,7 @@ def _plan_init_from(
     train_overrides: dict[str, Any],
 ) -> RunPlan:
     saved_model, saved_train = saved_configs(read_config(source))
+    check_weights_integrity(source)  # as every load does: flipped bytes never train silently
     model_config = model_config or dataclasses.replace(saved_model, **model_overrides)
     check_same_weight_shapes(saved_model, model_config, source)
     if train_config is None:  # the checkpoint's settings, but never its run directory
