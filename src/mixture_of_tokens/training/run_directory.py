@@ -160,7 +160,7 @@ def claim_run_directory(plan: RunPlan, payload: dict[str, Any], lock: RunLock | 
     if plan.resume is None and plan.force and run_dir.is_dir() and holds_run(run_dir):
         moved = move_aside(run_dir)
         if lock is not None:
-            lock.move_to(run_dir)
+            lock.move_to(run_dir, moved_to=moved)
         notes.append(f"moved the run that was in {run_dir} aside to {moved}")
     if plan.resume is not None and plan.resume.branch:
         moved = move_superseded_aside(plan)

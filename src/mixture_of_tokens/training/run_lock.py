@@ -102,15 +102,16 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
 
-    def move_to(self, directory: Path) -> None:
-        """Hold the lock of `directory` instead (after the old run, lock file and all, was moved aside)."""
-        old_fd, old_directory = self._fd, self.directory
+    def move_to(self, directory: Path, *, moved_to: Path) -> None:
+        """Lock `directory` instead, after the held directory, lock file and all, was renamed to `moved_to` (an old
+        run moved aside); the old lock is released and its file removed only once the new one is held."""
+        old_fd = self._fd
         self._fd, self._created = None, False
         try:
             self.acquire(directory)
         finally:
             if old_fd is not None:
-                _unlock(old_directory / LOCK_FILE, old_fd)
+                _unlock(Path(moved_to) / LOCK_FILE, old_fd)
 
     def release(self) -> None:
         """Drop the lock and remove its file; a directory this lock created and nothing else used is removed."""
