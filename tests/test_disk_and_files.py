@@ -4,6 +4,7 @@ run can always be resumed, resume refuses changed data, and --tensorboard withou
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from cli_runs import error_lines, run_mot, train_argv, tree_digest
 from corpus import write_corpus
+from helpers import make_checkpoint
 
 from mixture_of_tokens.checkpoint import load_model
 from mixture_of_tokens.training import run_directory
@@ -131,6 +133,41 @@ def test_a_directory_without_a_config_digest_still_loads(corpus, capsys) -> None
     manifest.write_text(json.dumps(record))
     _edit_config(Path("run"), mot_temperature=0.25)
     assert load_model(Path("run"))[1].mot_temperature == 0.25
+
+
+BAD_CONFIGS = {
+    "empty": ("", "is empty"),
+    "invalid JSON": ('{"model": {"d_model": 16,', "is not valid JSON"),
+    "unknown key": (None, "names an unknown model setting 'not_a_setting'"),
+    "a transformers config": (
+        json.dumps({"model_type": "mixture_of_tokens", "architectures": ["MoTForCausalLM"], "vocab_size": 320}),
+        "is a Hugging Face transformers config",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CONFIGS)
+def test_a_bad_config_json_is_one_sentence_naming_the_file(kind, tmp_path, cache_dir, capsys) -> None:
+    checkpoint = make_checkpoint(tmp_path / "made")
+    (checkpoint / "checkpoint.json").unlink()  # no sha256 record: the file is read as it is
+    text, message = BAD_CONFIGS[kind]
+    if text is None:
+        _edit_config(checkpoint, not_a_setting=1)
+    else:
+        (checkpoint / "config.json").write_text(text)
+    commands = [
+        ["eval", "--checkpoint", str(checkpoint), "--device", "cpu"],
+        ["audit", str(checkpoint)],
+        ["convert", "--checkpoint", str(checkpoint), "--to", "token-choice", "--out", "converted"],
+        ["train", "--init-from", str(checkpoint), "--steps", "2", "--out-dir", "next"],
+    ]
+    if importlib.util.find_spec("transformers") is not None:
+        commands.append(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", "exported"])
+    for argv in commands:
+        status, _, err = run_mot(argv, capsys)
+        assert status == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, (argv, err)
+        assert f"{checkpoint / 'config.json'} {message}" in err, (argv, err)
+    assert not any(Path(name).exists() for name in ("converted", "next", "exported"))
 
 
 def test_a_finished_run_without_periodic_checkpoints_can_be_extended(corpus, capsys) -> None:

@@ -130,6 +130,18 @@ def test_resume_refuses_another_out_dir(corpus, workdir, capsys) -> None:
     assert status == 2 and "--init-from" in err and not (workdir / "elsewhere").exists()
 
 
+def test_resume_refuses_init_from_and_a_preset(corpus, workdir, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "P")[0] == 0
+    before = tree_digest(workdir / "P")
+    for flags, message in (
+        (("--init-from", "P"), "--resume and --init-from exclude each other"),
+        (("--preset", "tiny-mot"), "--preset does not apply to --resume"),
+    ):
+        status, _, err = _resume("P", 4, capsys, *flags)
+        assert status == 2 and len(error_lines(err)) == 1 and message in err, err
+    assert tree_digest(workdir / "P") == before
+
+
 def test_bad_run_names_are_refused_before_anything(corpus, workdir, capsys) -> None:
     for name in ("../../x", "a/b", ".hidden", "x" * 101):
         status, _, err = _train(corpus, capsys, "--steps", "2", "--name", name)

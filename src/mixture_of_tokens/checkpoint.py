@@ -88,30 +88,78 @@ def write_config(directory: Path, payload: dict[str, Any]) -> None:
     write_json_atomic(Path(directory) / CONFIG_FILE, payload)
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    """The contents of a checkpoint's config.json; a missing, unreadable or edited file is one clear error."""
+class ConfigFileError(ValueError):
+    """A config.json this package cannot read as a checkpoint's settings; the message names the file and what is
+    wrong with it (the command line prints it as one sentence)."""
+
+
+class SavedConfig(dict):
+    """The contents of a config.json, remembering the file they were read from (named by `saved_configs`)."""
+
+    path: Path | None = None
+
+
+def read_config(directory: Path) -> SavedConfig:
+    """The contents of a checkpoint's config.json. A missing file is FileNotFoundError; an edited (sha256), empty,
+    non-JSON or foreign (a transformers config.json) file is one ConfigFileError naming it. The settings themselves
+    are checked by `saved_configs`, so reports can still read the files of runs written by older versions."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {CONFIG_FILE}.")
     recorded = (read_manifest(directory) or {}).get("sha256", {}).get(CONFIG_FILE)
     if recorded is not None and sha256_file(path) != recorded:
-        raise ValueError(
+        raise ConfigFileError(
             f"{path} does not match its recorded sha256 in {MANIFEST_FILE} (edited, truncated or corrupt); a "
             "checkpoint's settings are those its weights were saved with: restore the file (a setting that keeps "
             "every weight's shape can be changed for a new run with `mot train --init-from` and its flag)."
         )
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} cannot be read ({error}); it is truncated or corrupt.") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path} is not a checkpoint config (a JSON object of settings).")
-    return payload
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigFileError(f"{path} cannot be read ({error}); it is truncated or corrupt.") from None
+    if not text.strip():
+        raise ConfigFileError(f"{path} is empty; a checkpoint's config.json holds its model and training settings.")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigFileError(f"{path} is not valid JSON ({error}); it is truncated or corrupt.") from None
+    if isinstance(payload, dict) and "model" not in payload and ("model_type" in payload or "architectures" in payload):
+        raise ConfigFileError(
+            f"{path} is a Hugging Face transformers config (a `mot export` directory or another model), not a "
+            "mixture-of-tokens checkpoint; pass the run or checkpoint directory it was exported from (transformers "
+            "loads this one with from_pretrained)."
+        )
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise ConfigFileError(
+            f"{path} is not a mixture-of-tokens checkpoint config (a JSON object with the model's settings under "
+            '"model").'
+        )
+    config = SavedConfig(payload)
+    config.path = path
+    return config
 
 
 def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs recorded in a config.json payload."""
-    return ModelConfig(**payload["model"]), TrainConfig(**payload.get("train", {}))
+    """The model and training configs recorded in a config.json payload; an unknown or invalid setting is one
+    ConfigFileError naming the file (when the payload came from `read_config`)."""
+    where = str(getattr(payload, "path", None) or CONFIG_FILE)
+    built = []
+    for key, config_class in (("model", ModelConfig), ("train", TrainConfig)):
+        fields = payload.get(key, {})
+        if not isinstance(fields, dict):
+            raise ConfigFileError(f"{where} has {key} settings that are not a JSON object.")
+        known = {field.name for field in dataclasses.fields(config_class)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigFileError(
+                f"{where} names an unknown {key} setting {unknown[0]!r} (it was edited, or written by another version "
+                f"of mixture-of-tokens); `mot train --help` lists the known settings."
+            )
+        try:
+            built.append(config_class(**fields))
+        except (TypeError, ValueError) as error:
+            raise ConfigFileError(f"{where} holds an invalid {key} setting: {error}") from None
+    return built[0], built[1]
 
 
 def write_manifest(directory: Path, names: list[str] | None = None, **fields: Any) -> None:

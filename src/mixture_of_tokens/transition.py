@@ -22,6 +22,7 @@ from .checkpoint import (
     read_config,
     read_weights,
     save_weights,
+    saved_configs,
     write_config,
     write_manifest,
 )
@@ -46,7 +47,7 @@ def convert_checkpoint(
     """
     source, out = Path(source), Path(out)
     saved = read_config(source)
-    model_config = ModelConfig(**saved["model"])
+    model_config = saved_configs(saved)[0]
     converted_config = convert_config(model_config, target, **routing)
     with new_output_directory(out, source, force=force):
         check_weights_integrity(source)

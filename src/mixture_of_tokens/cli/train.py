@@ -59,8 +59,18 @@ def plan_from_args(args: argparse.Namespace):
     model_overrides, train_overrides = overrides(args, ModelConfig), overrides(args, TrainConfig)
     common = {"name": args.name or None, "force": args.force, "check_directory": not args.dry_run}
     if args.resume:
+        if args.preset:
+            raise ValueError(
+                f"--preset does not apply to --resume: the run continues with its own saved config; drop --preset "
+                f"{args.preset} (training settings may be changed with their flags, e.g. --steps)."
+            )
+        init_from = Path(args.init_from) if args.init_from else None  # refused together with resume_from
         return plan_run(
-            resume_from=Path(args.resume), model_overrides=model_overrides, train_overrides=train_overrides, **common
+            resume_from=Path(args.resume),
+            init_from=init_from,
+            model_overrides=model_overrides,
+            train_overrides=train_overrides,
+            **common,
         )
     if args.init_from:
         train_config = configs_from_args(args)[1] if args.preset else None
