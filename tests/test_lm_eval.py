@@ -200,3 +200,73 @@ def test_lm_eval_hf_model_generates_in_left_padded_batches_as_alone(workspace, h
         generations[batch_size] = [sample["resps"][0][0] for sample in samples]
     assert len(generations[1]) == 3 and any(generations[1])
     assert generations[3] == generations[1]
+
+
+# ----------------------------------------------------------------------------------- model_args, lm-eval's way
+
+
+def test_model_args_pretrained_is_the_checkpoint_and_names_the_results(workspace, tmp_path, monkeypatch, capsys):
+    """lm-eval's convention `--model_args pretrained=DIR` (here with dtype and max_length, through lm-eval's command
+    line): the checkpoint is DIR, the results are filed under DIR's name, and the scores are mot eval's."""
+    from mixture_of_tokens.evaluation import lm_eval_adapter
+
+    out = tmp_path / "out"
+    for name, value in dict(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")).items():
+        monkeypatch.setenv(name, value)
+    argv = ["lm_eval", "--model", "mot", "--model_args", f"pretrained={workspace['dense']},dtype=float32,max_length=48"]
+    argv += ["--tasks", "local_piqa,local_arc_easy", "--include_path", str(workspace["tasks"]), "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv + ["--output_path", str(out), "--log_samples"])
+    lm_eval_adapter.main()
+    capsys.readouterr()
+    results = next(out.rglob("results_*.json"))
+    assert workspace["dense"].name in results.parent.name  # lm-eval names the folder after pretrained=
+    samples = {
+        f"local_{task}": [json.loads(line) for line in next(out.rglob(f"samples_local_{task}_*.jsonl")).open()]
+        for task in TASKS
+    }
+    assert_same_per_doc(samples, mot_eval_per_doc(workspace["dense"]))
+
+
+def test_model_args_unknown_keys_and_bad_values_are_one_sentence(workspace):
+    from mixture_of_tokens.evaluation.lm_eval_adapter import register
+
+    model_class = register()
+    dense = str(workspace["dense"])
+    cases = {
+        "trust_remote_code": (dict(pretrained=dense, trust_remote_code=True), "model_args trust_remote_code is not"),
+        "no checkpoint": (dict(), "model_args needs pretrained=CHECKPOINT"),
+        "two checkpoints": (dict(pretrained=dense, checkpoint=str(workspace["mot"])), "name two checkpoints"),
+        "dtype": (dict(pretrained=dense, dtype="int8"), "dtype='int8' is not supported; allowed values: auto,"),
+        "max_length": (dict(pretrained=dense, max_length=49), "max_length=49 exceeds the model's context of 48"),
+    }
+    for case, (model_args, expected) in cases.items():
+        with pytest.raises(ValueError) as error:
+            model_class(**model_args)
+        assert expected in str(error.value) and "\n" not in str(error.value), case
+    with pytest.raises(ValueError, match="allowed keys: pretrained, checkpoint, dtype, max_length, mot_eval"):
+        model_class(pretrained=dense, bogus=1)
+    assert model_class(checkpoint=dense).backend.loaded.directory.name == "ckpt-dense"  # the old key still works
+    from lm_eval.api.registry import get_model
+
+    assert register() is model_class and get_model("mot") is model_class  # registering twice is harmless
+    assert get_model("hf").__name__ == "HFLM"  # lm-eval's own models are still found after "mot" is registered
+
+
+def test_dtype_and_max_length_are_honoured(workspace):
+    import torch
+
+    from mixture_of_tokens.evaluation.lm_eval_adapter import MoTBackend
+
+    dense = str(workspace["dense"])
+    for dtype, expected in [("auto", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)]:
+        assert next(MoTBackend(dense, dtype=dtype, device="cpu").loaded.model.parameters()).dtype == expected
+    full, short = MoTBackend(dense, device="cpu"), MoTBackend(dense, device="cpu", max_length=20)
+    context = "The ship sailed across the wide river and the old dog slept by the fire every evening while"
+    continuation = " it"
+    context_ids, continuation_ids = full.scorer.encode(context, continuation)
+    assert len(continuation_ids) < 10 and len(context_ids) > 30
+    kept = context_ids[-(21 - len(continuation_ids)) :]  # the model sees the last 20 of context + continuation
+    (truncated,) = full.scorer.score_tokens([(kept, continuation_ids)], [("x",)])
+    (got,) = short.loglikelihood([(context, continuation)])
+    assert got == (truncated.logprob, truncated.is_greedy)
+    assert got[0] != full.loglikelihood([(context, continuation)])[0][0]

@@ -2,22 +2,25 @@
 
     pip install 'mixture-of-tokens[lm-eval]'      # lm_eval is optional
     python -m mixture_of_tokens.evaluation.lm_eval_adapter --model mot \
-        --model_args checkpoint=runs/tiny-mot --tasks piqa
+        --model_args pretrained=runs/tiny-mot --tasks piqa
 
 `python -m mixture_of_tokens.evaluation.lm_eval_adapter` registers the model and then runs lm-eval's own command
 line with the same arguments (lm-eval does not discover third-party models by itself). From Python:
 
     from mixture_of_tokens.evaluation.lm_eval_adapter import register
     MoTLM = register()
-    lm_eval.simple_evaluate(model=MoTLM(checkpoint="runs/tiny-mot"), tasks=["piqa"])
+    lm_eval.simple_evaluate(model=MoTLM(pretrained="runs/tiny-mot"), tasks=["piqa"])
 
-model_args: checkpoint (required), mot_eval (auto | protocol | discrete | plain), protocol_rows (default max(32, G):
-the smallest multiple of G >= 32), seed (0), device (auto), batch_size (32, plain policy), prefix_eos (false; true
-starts every request's context with the end-of-text token, as the authors' harness did). lm-eval's own --device
-(cuda:0 unless given, even without a GPU) runs on the CPU when CUDA is absent; its --batch_size sets the plain
-policy's batches ("auto": 32). The request -> score logic lives in `MoTBackend`, which needs no lm_eval; the
-lm_eval class only unpacks `request.args`. Loglikelihood requests are seeded by their text, as in `mot eval`, so
-both give the same scores (tests/test_lm_eval.py runs lm-eval's command line on a local task and checks it).
+model_args: pretrained (required: the checkpoint or run directory, lm-eval's key, which also names the results;
+checkpoint is its old name), dtype (auto | float32 | bfloat16 | float16), max_length (the longest input, at most
+the model's context: longer contexts keep their last tokens), mot_eval (auto | protocol | discrete | plain),
+protocol_rows (default max(32, G): the smallest multiple of G >= 32), seed (0), device (auto), batch_size (32,
+plain policy), prefix_eos (false; true starts every request's context with the end-of-text token, as the authors'
+harness did), threads; any other key is refused in one sentence. lm-eval's own --device (cuda:0 unless given, even
+without a GPU) runs on the CPU when CUDA is absent; its --batch_size sets the plain policy's batches ("auto": 32).
+The request -> score logic lives in `MoTBackend`, which needs no lm_eval; the lm_eval class only unpacks
+`request.args`. Loglikelihood requests are seeded by their text, as in `mot eval`, so both give the same scores
+(tests/test_lm_eval.py runs lm-eval's command line on a local task and checks it).
 """
 
 from __future__ import annotations
@@ -38,15 +41,43 @@ from .scoring import text_request
 __all__ = ["MoTBackend", "main", "register"]
 
 
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""model_args dtype values: the weights' dtype for scoring ("auto": as loaded, float32)."""
+
+
+def model_dtype(value: object) -> torch.dtype | None:
+    """model_args dtype (a name of DTYPES or a torch.dtype) as a torch dtype; None for auto."""
+    if isinstance(value, torch.dtype) and value in DTYPES.values():
+        return value
+    if value is None or str(value) not in DTYPES:
+        raise ValueError(f"dtype={value!r} is not supported; allowed values: {', '.join(DTYPES)}.")
+    return DTYPES[str(value)]
+
+
 class MoTBackend:
     """The three lm-eval request types as plain functions over strings, under one batch policy."""
 
-    def __init__(self, checkpoint: str, *, train_tokens: np.ndarray | None = None, **settings: object) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        train_tokens: np.ndarray | None = None,
+        dtype: object = "auto",
+        max_length: int | str | None = None,
+        **settings: object,
+    ) -> None:
         """`settings` are ScoringConfig fields (mot_eval, protocol_rows, prefix_eos, seed, batch_size, device,
-        threads), as Python values or as the strings lm-eval's --model_args passes."""
+        threads), as Python values or as the strings lm-eval's --model_args passes. `dtype`: auto (float32) |
+        float32 | bfloat16 | float16. `max_length`: the longest input in tokens (at most the model's context,
+        the default): longer contexts keep their last tokens, rolling windows and generation prompts too."""
         config = config_from_strings(ScoringConfig, settings)
-        self.loaded = load_checkpoint(checkpoint, config.device)
+        torch_dtype = model_dtype(dtype)
+        self.loaded = load_checkpoint(checkpoint, config.device, torch_dtype)
         self.loaded.model_config.check_causal("the lm-eval adapter")
+        context = self.loaded.model_config.max_seq_len
+        max_length = context if max_length is None else _positive_int("max_length", max_length)
+        if max_length > context:
+            raise ValueError(f"max_length={max_length} exceeds the model's context of {context} tokens.")
         if config.threads:
             torch.set_num_threads(config.threads)
         rows = config.protocol_rows or None
@@ -63,6 +94,7 @@ class MoTBackend:
             device=self.loaded.device,
             prefix_eos=config.prefix_eos,
         )
+        self.scorer.max_len = max_length  # the scorer keeps the last max_len (+ 1 predicted) tokens of every input
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         """(context, continuation) -> (sum log-probability of the continuation, is it the greedy continuation)."""
@@ -83,9 +115,8 @@ class MoTBackend:
             max_new = max(1, min(max_new, model.config.max_seq_len - 1))
             temperature = float(options.get("temperature", 0.0)) if options.get("do_sample", False) else 0.0
             prompt = tokenizer.encode_batch([context])[0]
-            prompt = ([tokenizer.eos_id] + prompt if self.scorer.prefix_eos or not prompt else prompt)[
-                -(model.config.max_seq_len - 1) :
-            ]
+            longest = min(self.scorer.max_len, model.config.max_seq_len - 1)  # room for one new token
+            prompt = ([tokenizer.eos_id] + prompt if self.scorer.prefix_eos or not prompt else prompt)[-longest:]
             seed = int(np.random.default_rng(query_seed(self.policy.seed, "generate", context)).integers(2**62))
             with self.policy.applied(model):
                 result = generate_tokens(
@@ -107,6 +138,16 @@ class MoTBackend:
         return outputs
 
 
+def _positive_int(name: str, value: object) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name}={value!r} is not a positive whole number.")
+    return number
+
+
 def lm_eval_device(device: object) -> str:
     """lm-eval's --device as a device of this package. lm-eval passes cuda:0 unless told otherwise, also on a
     machine without a GPU, so cuda[:N] means CUDA when it is present and the CPU when it is not."""
@@ -124,20 +165,53 @@ def lm_eval_batch_size(value: object) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
+MODEL_ARGS = ("pretrained", "checkpoint", "dtype", "max_length", *(f.name for f in dataclasses.fields(ScoringConfig)))
+"""The keys --model_args accepts (`checkpoint` is the old name of `pretrained`)."""
+LM_EVAL_ARGS = ("max_batch_size",)
+"""What lm-eval adds to model_args on its own (batch_size and device are model args too); max_batch_size only
+bounds lm-eval's automatic batch size search, which this adapter does not run."""
+
+_registered: list[type] = []
+
+
+def checkpoint_argument(pretrained: object, checkpoint: object) -> str:
+    """The checkpoint of model_args: `pretrained` (lm-eval's key, which names the results), or `checkpoint`."""
+    if pretrained is None and checkpoint is None:
+        raise ValueError("model_args needs pretrained=CHECKPOINT (a checkpoint or run directory of mixture-of-tokens).")
+    if pretrained is not None and checkpoint is not None and str(pretrained) != str(checkpoint):
+        raise ValueError(
+            f"model_args name two checkpoints (pretrained={pretrained}, checkpoint={checkpoint}); give pretrained= "
+            "alone (checkpoint is its old name)."
+        )
+    return str(pretrained if pretrained is not None else checkpoint)
+
+
 def register() -> type:
-    """Import lm_eval (lazily), define and register the "mot" model class, and return it."""
+    """Import lm_eval (lazily), define and register the "mot" model class (once a process), and return it."""
     require("lm_eval", "lm-eval", purpose="the lm-eval adapter")
+    if _registered:
+        return _registered[0]
+    import lm_eval.models  # noqa: F401  lm-eval's own models first: it loads them only into an empty registry
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 
     class MoTLM(LM):
-        def __init__(self, checkpoint: str, **options: Any) -> None:
+        """lm-eval's model "mot"; model_args: MODEL_ARGS (pretrained=CHECKPOINT required)."""
+
+        def __init__(self, pretrained: str | None = None, checkpoint: str | None = None, **options: Any) -> None:
             super().__init__()
-            allowed = {f.name for f in dataclasses.fields(ScoringConfig)}  # lm-eval adds its own keys too
-            options["device"] = lm_eval_device(options.get("device"))
-            if options.get("batch_size") is not None:
-                options["batch_size"] = lm_eval_batch_size(options["batch_size"])
-            self.backend = MoTBackend(checkpoint, **{k: v for k, v in options.items() if k in allowed})
+            unknown = sorted(set(options) - set(MODEL_ARGS) - set(LM_EVAL_ARGS))
+            if unknown:
+                raise ValueError(
+                    f"model_args {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a setting of the "
+                    f"mot model; allowed keys: {', '.join(MODEL_ARGS)}."
+                )
+            directory = checkpoint_argument(pretrained, checkpoint)
+            settings = {key: value for key, value in options.items() if key not in LM_EVAL_ARGS}
+            settings["device"] = lm_eval_device(settings.get("device"))
+            if settings.get("batch_size") is not None:
+                settings["batch_size"] = lm_eval_batch_size(settings["batch_size"])
+            self.backend = MoTBackend(directory, **settings)
 
         def loglikelihood(self, requests):
             return self.backend.loglikelihood([tuple(r.args[:2]) for r in requests])
@@ -148,7 +222,8 @@ def register() -> type:
         def generate_until(self, requests):
             return self.backend.generate_until([(r.args[0], dict(r.args[1])) for r in requests])
 
-    return register_model("mot")(MoTLM)
+    _registered.append(register_model("mot")(MoTLM))
+    return MoTLM
 
 
 def main() -> None:
