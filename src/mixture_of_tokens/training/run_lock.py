@@ -67,7 +67,7 @@ class RunLock:
         self.hint = hint
         self.directory: Path | None = None
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []  # the directories acquire made, deepest first
 
     @property
     def held(self) -> bool:
@@ -76,7 +76,10 @@ class RunLock:
     def acquire(self, directory: Path) -> None:
         """Lock `directory` (created if missing) or fail with RunDirectoryInUse; nothing else is written."""
         directory = Path(directory)
-        self._created = not directory.exists()
+        missing = directory
+        while not missing.exists() and missing != missing.parent:
+            self._created.append(missing)
+            missing = missing.parent
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         if fcntl is None:
@@ -106,7 +109,7 @@ class RunLock:
         """Lock `directory` instead, after the held directory, lock file and all, was renamed to `moved_to` (an old
         run moved aside); the old lock is released and its file removed only once the new one is held."""
         old_fd = self._fd
-        self._fd, self._created = None, False
+        self._fd, self._created = None, []
         try:
             self.acquire(directory)
         finally:
@@ -114,19 +117,19 @@ class RunLock:
                 _unlock(Path(moved_to) / LOCK_FILE, old_fd)
 
     def release(self) -> None:
-        """Drop the lock and remove its file; a directory this lock created and nothing else used is removed."""
+        """Drop the lock and remove its file; directories this lock created and nothing else used are removed."""
         fd, directory = self._fd, self.directory
         self._fd = None
         if directory is None:
             return
         if fd is not None:
             _unlock(directory / LOCK_FILE, fd)
-        if self._created:
+        for created in self._created:  # only while empty: a run that never claimed it leaves nothing behind
             try:
-                directory.rmdir()  # only when empty: a run that never claimed it leaves nothing behind
+                created.rmdir()
             except OSError:
-                pass
-        self.directory, self._created = None, False
+                break
+        self.directory, self._created = None, []
 
     def __enter__(self) -> RunLock:
         return self
