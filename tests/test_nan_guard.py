@@ -4,6 +4,7 @@ the step and the last good checkpoint, and metrics.jsonl stays valid JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -73,6 +74,28 @@ def test_a_bad_step_between_checks_is_caught_and_keeps_the_weights_finite(corpus
     assert all(torch.isfinite(s).all() for st in trainer.optimizer.state.values() for s in st.values())
     assert list_checkpoints(tmp_path) == []
     assert re.search(r"not finite at step 3\b.*none \(no checkpoint", str(stop.value))
+    assert "resume" not in str(stop.value)  # there is nothing to resume
+
+
+def test_a_resumed_checkpoint_that_fails_again_at_once_is_named_as_such(corpus: dict, tmp_path: Path) -> None:
+    config = tiny_train_config(corpus["source"], tmp_path, steps=4, checkpoint_every=4, eval_every=4)
+    Trainer(tiny_model_config(), config, data=corpus["data"], progress=False).run()
+    longer = dataclasses.replace(config, steps=8)
+    trainer = Trainer(tiny_model_config(), longer, data=corpus["data"], progress=False, resume_from=tmp_path)
+    _poison_gradients_at(trainer, 1)  # the first step after the checkpoint
+    with pytest.raises(NonFiniteError) as stop:
+        trainer.run()
+    message = str(stop.value)
+    assert re.search(r"not finite at step 5\b.*step-0000004, the checkpoint this run resumed from", message)
+    assert "failed again 1 step after it" in message and "--lr" in message
+
+
+def test_an_absurd_learning_rate_is_refused_before_any_data(corpus: dict, tmp_path: Path, cache_dir, capsys) -> None:
+    for lr in ("1e39", "inf", "nan", "0"):
+        status, _, err = run_mot(train_argv(corpus["source"], "--lr", lr, "--out-dir", str(tmp_path / "run")), capsys)
+        assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (lr, err)
+        assert "lr must be a positive finite number at most 1e+30" in err
+    assert not cache_dir.exists() and not (tmp_path / "run").exists()
 
 
 def test_a_huge_learning_rate_stops_with_one_sentence_and_valid_metrics(corpus: dict, tmp_path: Path, capsys) -> None:

@@ -30,6 +30,9 @@ FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "ever
 
 OBJECTIVES: tuple[str, ...] = ("causal", "masked")
 
+MAX_LR = 1e30
+"""The largest learning rate accepted: AdamW's step (lr / (1 - beta1) early on) must fit in float32 (3.4e38)."""
+
 
 def _help(text: str, **kwargs):
     return field(metadata={"help": text}, **kwargs)
@@ -306,7 +309,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), low=0)
         _check_int("seed", self.seed, low=0, high=2**32 - 1)
         for name, allowed, ok in (
-            ("lr", "a positive finite number", 0 < self.lr < math.inf),
+            ("lr", f"a positive finite number at most {MAX_LR:g} (AdamW's float32 step)", 0 < self.lr <= MAX_LR),
             ("min_lr_ratio", "in [0, 1]", 0 <= self.min_lr_ratio <= 1),
             ("beta1", "in [0, 1)", 0 <= self.beta1 < 1),
             ("beta2", "in [0, 1)", 0 <= self.beta2 < 1),

@@ -116,11 +116,16 @@ class Checkpointer:
         dist_utils.barrier(self.context)
         return path
 
-    def last_good_description(self) -> str:
+    def last_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint this run can go back to: its last save, the one it resumed from, or None."""
         if self.last_good is not None:
-            return str(self.last_good)
+            return self.last_good
         newest = list_checkpoints(self.plan.run_dir, self.plan.run_id)
-        return str(newest[-1]) if newest else "none (no checkpoint was written yet)"
+        return newest[-1] if newest else None
+
+    def last_good_description(self) -> str:
+        last_good = self.last_good_checkpoint()
+        return str(last_good) if last_good is not None else "none (no checkpoint was written yet)"
 
     def finish(self, *, seconds: float, tokens_per_second: float, counts: ModelCounts, unigram_entropy: float) -> None:
         """The last step's checkpoint (unless just written), then the final weights and the summary."""

@@ -30,7 +30,7 @@ from ..runtime import distributed as dist_utils
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_precision
 from .checkpointing import Checkpointer, TrainedModel
-from .errors import NonFiniteError
+from .errors import NonFiniteError, non_finite_message
 from .guards import InterruptFlag, peak_flops_per_second
 from .log import RunLog
 from .metrics import read_metrics
@@ -340,11 +340,9 @@ class Trainer:
         if result is not None and log is not None:  # the failing step's values, NaN written as null
             record = {"step": step, "loss": float(result.loss), "grad_norm": float(result.grad_norm)}
             log.write({**record, "stopped": "non-finite loss or gradient norm"}, None)
-        raise NonFiniteError(
-            f"the loss or gradient norm was not finite at step {bad_step}, so training stopped before writing "
-            f"anything from that step on; the last good checkpoint is {self.checkpointer.last_good_description()} "
-            "(resume it with a lower --lr or a tighter --grad-clip)."
-        )
+        resumed_from = self.plan.resume.checkpoint if self.plan.resume else None
+        last_good = self.checkpointer.last_good_checkpoint()
+        raise NonFiniteError(non_finite_message(bad_step, last_good, resumed_from, self.start_step))
 
     def _stop_requested(self, interrupt: InterruptFlag) -> bool:
         flag = 1.0 if interrupt.is_set() else 0.0
