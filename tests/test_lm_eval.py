@@ -270,3 +270,29 @@ def test_dtype_and_max_length_are_honoured(workspace):
     (got,) = short.loglikelihood([(context, continuation)])
     assert got == (truncated.logprob, truncated.is_greedy)
     assert got[0] != full.loglikelihood([(context, continuation)])[0][0]
+
+
+def test_help_and_a_wrong_model_name_say_lm_eval_model_mot_cannot_find_it(workspace, monkeypatch, capsys):
+    """`lm_eval --model mot` finds no third-party model; the adapter's --help, its error for a model lm-eval does
+    not know, and docs/evaluation.md name the command that works."""
+    command = "python -m mixture_of_tokens.evaluation.lm_eval_adapter"
+    done = subprocess.run(
+        [sys.executable, "-m", "mixture_of_tokens.evaluation.lm_eval_adapter", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: {command} --model mot --model_args pretrained=CHECKPOINT")
+    assert "`lm_eval --model mot` cannot do this" in done.stdout and "--tasks" in done.stdout  # lm-eval's help too
+
+    from mixture_of_tokens.evaluation import lm_eval_adapter
+
+    argv = ["lm_eval", "--model", "mot_lm", "--model_args", f"pretrained={workspace['dense']}", "--tasks", "local_piqa"]
+    monkeypatch.setattr(sys, "argv", argv + ["--include_path", str(workspace["tasks"]), "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_:
+        lm_eval_adapter.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and err.startswith(f"{command}: error: lm-eval has no model 'mot_lm'")
+    assert f"`lm_eval --model mot` cannot find a third-party model): {command} --model mot" in err
+
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().split())
+    assert f"`lm_eval --model mot` cannot find a third-party model: `{command}` is the command" in docs

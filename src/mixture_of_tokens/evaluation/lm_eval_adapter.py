@@ -226,17 +226,60 @@ def register() -> type:
     return MoTLM
 
 
+COMMAND = "python -m mixture_of_tokens.evaluation.lm_eval_adapter"
+USAGE = f"""usage: {COMMAND} --model mot --model_args pretrained=CHECKPOINT[,KEY=VALUE...] --tasks TASKS [lm-eval flags]
+
+Runs lm-eval's own command line with the model "mot" (a mixture-of-tokens checkpoint or run directory, scored
+under this package's batch policy) registered first. `lm_eval --model mot` cannot do this: lm-eval finds only the
+models it ships and does not discover a third-party model, so it answers "no model for this name found";
+{COMMAND} is the command.
+
+example:
+  {COMMAND} --model mot --model_args pretrained=runs/tiny-mot --tasks piqa,hellaswag --limit 200
+
+model_args (comma-separated KEY=VALUE; any other key is refused):
+  pretrained     the checkpoint or run directory (required; results are named after it; checkpoint= is its old name)
+  dtype          auto | float32 | bfloat16 | float16 (auto: float32)
+  max_length     the longest input in tokens, at most the model's context (default); contexts keep their last tokens
+  mot_eval       auto | protocol | discrete | plain (auto: protocol for MoT, plain otherwise)
+  protocol_rows  rows of an isolated batch, a multiple of G (default max(32, G))
+  seed           seed of the filler rows and the query's row (0)
+  prefix_eos     true: every context starts with the end-of-text token (false)
+  batch_size     plain-policy batches (32; lm-eval's --batch_size sets it too, auto: 32)
+  device         cpu | cuda | auto (lm-eval's --device cuda:0 runs on the CPU when CUDA is absent)
+  threads        torch CPU threads (0: torch's default)
+
+Every other flag is lm-eval's (docs/evaluation.md#lm-eval); lm-eval's own help follows.
+"""
+
+
 def main() -> None:
-    """Register "mot", then hand the command line to lm-eval."""
+    """Register "mot", then hand the command line to lm-eval; --help (or no argument) prints USAGE first."""
+    arguments = sys.argv[1:]
+    if not arguments or arguments[0] in ("-h", "--help") or arguments == ["run", "--help"]:
+        print(USAGE)
+        sys.argv[1:] = ["run", "--help"]
     try:
         register()
     except ImportError as error:
-        print(f"mixture_of_tokens.evaluation.lm_eval_adapter: error: {error}", file=sys.stderr)
+        print(f"{COMMAND}: error: {error}", file=sys.stderr)
         sys.exit(2)
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv[0] = "lm_eval"
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as error:
+        if not str(error).startswith("Attempted to load model"):
+            raise
+        model = str(error).split("'")[1] if "'" in str(error) else "?"
+        print(
+            f"{COMMAND}: error: lm-eval has no model {model!r}; this command registers one model, mot "
+            f"(`lm_eval --model mot` cannot find a third-party model): {COMMAND} --model mot --model_args "
+            "pretrained=CHECKPOINT --tasks TASKS.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":
