@@ -190,6 +190,26 @@ def test_resume_refuses_changed_data_before_retraining_the_tokenizer(corpus, cac
     assert status == 2 and len(error_lines(err)) == 1 and "data and tokenizer cannot change" in err
 
 
+def test_init_from_refuses_a_tokenizer_that_would_change_under_the_weights(corpus, cache_dir, capsys) -> None:
+    assert _train(corpus, capsys, "--steps", "2", "--out-dir", "run")[0] == 0
+    other = write_corpus(corpus.parent / "other", n_documents=20, seed=1)
+    init_from = ["train", "--init-from", "run", "--steps", "2", "--out-dir", "next"]
+    before = tree_digest(cache_dir)
+    status, _, err = run_mot([*init_from, "--data", f"text:{other}"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "would change the tokenizer under the loaded weights" in err
+    assert tree_digest(cache_dir) == before  # refused before any BPE is trained
+
+    with (corpus / "doc000.txt").open("a") as handle:
+        handle.write(" A new sentence changes the byte-pair merges.")
+    status, _, err = run_mot(["train", "--resume", "run", "--steps", "4"], capsys)
+    assert status == 2 and "changed since checkpoint" in err and "--init-from" not in err  # no advice that fails
+    status, _, err = run_mot(init_from, capsys)  # the same source, edited: found once its BPE is trained
+    last = err.strip().splitlines()[-1]  # after the progress of preparing the data
+    assert status == 2 and "Traceback" not in err
+    assert last.startswith("mot train: error:") and "ids would mean other words to the loaded weights" in last
+    assert not Path("next").exists()
+
+
 def test_tensorboard_without_the_package_fails_before_data_and_metrics(corpus, cache_dir, capsys, monkeypatch) -> None:
     assert _train(corpus, capsys, "--steps", "2", "--checkpoint-every", "2", "--out-dir", "run")[0] == 0
     before = tree_digest(Path("run"))

@@ -166,6 +166,13 @@ def _plan_init_from(
     check_same_weight_shapes(saved_model, model_config, source)
     if train_config is None:  # the checkpoint's settings, but never its run directory
         train_config = dataclasses.replace(dataclasses.replace(saved_train, out_dir=""), **train_overrides)
+    change = tokenizer_change(saved_train, train_config)
+    if change is not None:
+        raise ValueError(
+            f"--init-from {source}: {change} would change the tokenizer under the loaded weights (its ids would mean "
+            f"other words to them); start from these weights on the data and tokenizer they were trained with "
+            f"({saved_train.data!r}, unchanged; {saved_train.tokenizer})."
+        )
     name = name or check_default_name(f"{source.resolve().name}-continued")
     run_dir = Path(train_config.out_dir) if train_config.out_dir else RUNS_ROOT / name
     source_resolved, run_resolved = source.resolve(), run_dir.resolve()
@@ -247,30 +254,51 @@ def _plan_resume(
     return RunPlan(model_config, train_config, name, run_dir, plan_id, resume=resume)
 
 
+def tokenizer_change(saved_train: TrainConfig, train_config: TrainConfig) -> str | None:
+    """The setting that would make the tokenizer prepared for `train_config` another than the one a checkpoint was
+    trained with (a BPE is trained on its data; GPT-2's is the same for any text), or None. Edited text under the
+    same source is caught once the tokenizer is prepared (`check_resumed_tokenizer`)."""
+    if train_config.tokenizer != saved_train.tokenizer:
+        return f"--tokenizer {train_config.tokenizer} (the checkpoint's is {saved_train.tokenizer})"
+    if train_config.tokenizer == "bpe" and train_config.data != saved_train.data:
+        return (
+            f"the data {train_config.data!r} (a BPE is trained on its data; the checkpoint's is {saved_train.data!r})"
+        )
+    return None
+
+
 def _check_same_data(saved: dict[str, Any], saved_train: TrainConfig, train_config: TrainConfig, where: Path) -> None:
-    """A resumed run must read the same text with the same tokenizer (else its token ids mean other words)."""
+    """A resumed run must read the same text with the same tokenizer (else its token ids mean other words). A new
+    run from these weights (--init-from) is suggested only where it keeps the tokenizer."""
     if (train_config.data, train_config.tokenizer) != (saved_train.data, saved_train.tokenizer):
+        keeps = tokenizer_change(saved_train, train_config) is None
+        advice = f"start a new run with --init-from {where}" if keeps else "a new run from these weights needs them too"
         raise ValueError(
             f"--resume continues on the checkpoint's data {saved_train.data!r} with tokenizer "
-            f"{saved_train.tokenizer!r}; data and tokenizer cannot change (start a new run with --init-from {where})."
+            f"{saved_train.tokenizer!r}; data and tokenizer cannot change ({advice})."
         )
     recorded = saved.get("data_fingerprint")
     if recorded is not None and recorded != source_fingerprint(train_config.data):
+        advice = "restore the data" if train_config.tokenizer == "bpe" else f"start a new run with --init-from {where}"
         raise ValueError(
             f"the data of {train_config.data!r} changed since checkpoint {where} was written (files added, removed "
-            "or edited), so its tokenizer and token ids would no longer match; restore the data, or start a new "
-            f"run from these weights with --init-from {where}."
+            f"or edited), so its tokenizer and token ids would no longer match; {advice}."
         )
 
 
 def check_resumed_tokenizer(plan: RunPlan, fingerprint: str) -> None:
-    """After data preparation: the tokenizer must be the one the checkpoint was trained with."""
-    if plan.resume is None:
+    """After data preparation: the tokenizer must be the one the resumed (or --init-from) checkpoint was trained
+    with, else the loaded weights would read other words."""
+    if plan.resume is not None:
+        source, saved = plan.resume.checkpoint, plan.resume.saved
+    elif plan.init_from is not None:
+        source, saved = plan.init_from, read_config(plan.init_from)
+    else:
         return
-    recorded = plan.resume.saved.get("tokenizer", {}).get("fingerprint")
+    recorded = saved.get("tokenizer", {}).get("fingerprint")
     if recorded is not None and recorded != fingerprint:
         raise ValueError(
-            f"the tokenizer prepared for {plan.train_config.data!r} differs from the one checkpoint "
-            f"{plan.resume.checkpoint} was trained with (fingerprint {fingerprint[:12]} vs {recorded[:12]}); "
-            "resume on the data and cache it was trained with."
+            f"the tokenizer prepared for {plan.train_config.data!r} differs from the one checkpoint {source} was "
+            f"trained with (fingerprint {fingerprint[:12]} vs {recorded[:12]}), so its ids would mean other words to "
+            "the loaded weights; train on the data it was trained with, unchanged."
         )
