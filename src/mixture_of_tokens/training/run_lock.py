@@ -131,6 +131,11 @@ class RunLock:
                 break
         self.directory, self._created = None, []
 
+    def __del__(self) -> None:  # a trainer dropped without running still frees its directory
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def __enter__(self) -> RunLock:
         return self
 
