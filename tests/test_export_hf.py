@@ -250,3 +250,75 @@ def test_exported_files_have_the_usual_mode(exported):
     directory = exported["dense"][1]
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_mot_padding_takes_no_part_in_the_mix(exported):
+    """MoT export: masked tokens get zero merge weight in their group (the softmax renormalised over the unmasked
+    ones; an all-masked group position contributes nothing), so neither the pad id nor the contents of pad rows
+    change a real row's logits; the model card says so."""
+    directory = exported["mot"][1]
+    model = _auto_model(directory)
+    generator = torch.Generator().manual_seed(6)
+    ids = torch.randint(1, 320, (8, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding in the first group
+    mask[2] = 0  # a pad row
+    mask[5, 7:] = 0  # right padding in the second group
+    mask[6:] = 0  # two pad rows: half of the second group
+    results = []
+    for pad_id, seed in [(0, 7), (11, 8)]:
+        other = torch.randint(1, 320, ids.shape, generator=torch.Generator().manual_seed(seed))
+        padded = torch.where(mask.bool(), ids, torch.where(mask.sum(1, keepdim=True) == 0, other, pad_id))
+        with torch.no_grad():
+            results.append(model(input_ids=padded, attention_mask=mask).logits)
+    real = mask.bool()
+    assert torch.isfinite(results[0]).all()
+    torch.testing.assert_close(results[0][real], results[1][real], atol=1e-6, rtol=0)
+    with torch.no_grad():  # a mask of ones is no mask: the package's numbers
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, model(input_ids=ids).logits
+        )
+    card = " ".join((directory / "README.md").read_text().split())
+    assert "padded tokens (attention_mask 0) take no part in the mix" in card
+
+
+def _template_module():
+    """The packaged modeling_mot.py, imported as a module (it needs torch and transformers only)."""
+    import importlib.util
+    from importlib import resources
+
+    path = resources.files("mixture_of_tokens.export") / "templates" / "modeling_mot.py"
+    spec = importlib.util.spec_from_file_location("modeling_mot_template", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(mot_routing="uniform"),
+        dict(mot_routing="discrete"),
+        dict(mot_emit="experts"),
+        dict(mot_separate_emit_controller=True),
+        dict(mot_separate_emit_controller=True, mot_routing="discrete"),
+        dict(mot_learnable_temperature="per_expert"),
+    ],
+)
+def test_every_mot_option_keeps_padding_out_of_the_mix(options):
+    """The exported MoT layer under each option: padded tokens (also a group position with none kept) change no
+    kept token's output and get a zero update themselves."""
+    module = _template_module()
+    config = module.MoTConfig(d_model=8, n_blocks=1, block_ffn_kinds=["mot"], group_size=4, n_experts=3, **options)
+    layer = module.MixtureOfTokens(config)
+    torch.manual_seed(0)
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    x = torch.randn(8, 5, 8, dtype=torch.float64)
+    keep = torch.rand(8, 5) > 0.4
+    keep[4:, 2] = False  # a group position with no kept token
+    changed = torch.where(keep[..., None], x, torch.randn_like(x) * 3)
+    with torch.no_grad():
+        before, after = layer.double()(x, keep), layer(changed, keep)
+    assert torch.isfinite(before).all() and torch.equal(before[~keep], torch.zeros_like(before[~keep]))
+    torch.testing.assert_close(after[keep], before[keep], atol=1e-12, rtol=0)

@@ -15,8 +15,9 @@ Feed-forward kinds, one per block (`config.block_ffn_kinds`):
 
 Batch rule of a model with MoT blocks: the batch must be a multiple of `config.group_size` (rows g*G .. g*G+G-1
 form group g), and the rows of a group change each other's outputs (same position only, so nothing leaks from
-later positions). To score or generate one sequence, put it in a batch with G - 1 filler rows of ordinary text
-and read its row; the README of the exported directory says more.
+later positions). Padded tokens (attention_mask 0) take no part in the mix (zero merge and emit weight, the group
+softmax renormalised over the unmasked tokens). To score or generate one sequence, put it in a batch with G - 1
+filler rows of ordinary text and read its row; the README of the exported directory says more.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(config.d_model, config.d_ff)
         self.down = nn.Linear(config.d_ff, config.d_model)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+        """Per token, so padding (`keep_BS` False) cannot reach another token."""
         return self.down(torch.relu(self.up(x_BSD)))
 
 
@@ -193,15 +195,30 @@ class MixtureOfTokens(nn.Module):
     def _tau(self) -> float | torch.Tensor:
         return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
-    def _group_weights(self, logits_RGE: torch.Tensor) -> torch.Tensor:
+    def _group_weights(self, logits_RGE: torch.Tensor, keep_RG1: torch.Tensor | None) -> torch.Tensor:
+        """Weights over the group axis; with `keep_RG1`, masked tokens get 0 and the rest are normalised among
+        themselves (a row with no kept token gets all zeros)."""
+        if keep_RG1 is None:
+            if self.routing == "uniform":
+                return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
+            if self.routing == "discrete":
+                top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
+                return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
+            return torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
         if self.routing == "uniform":
-            return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
+            kept_RGE = keep_RG1.expand_as(logits_RGE).to(logits_RGE.dtype)
+            return kept_RGE / kept_RGE.sum(dim=1, keepdim=True).clamp(min=1)
+        masked_RGE = at_least_fp32(logits_RGE).masked_fill(~keep_RG1, float("-inf"))
         if self.routing == "discrete":
-            top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
-            return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-        return torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
+            top_R1E = masked_RGE.argmax(dim=1, keepdim=True)
+            weights_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
+        else:  # an all-masked row is NaN here and zeroed below
+            weights_RGE = torch.softmax(masked_RGE / self._tau(), dim=1).to(logits_RGE.dtype)
+        return torch.where(keep_RG1, weights_RGE, 0.0)
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+        """Merge, experts, emit. `keep_BS` (False: padding) keeps padded tokens out of the mix: zero merge and emit
+        weight, the group softmax renormalised over the kept tokens, so padding cannot change a kept token."""
         batch, seq_len, dim = x_BSD.shape
         group = self.group_size
         if batch % group:
@@ -211,15 +228,19 @@ class MixtureOfTokens(nn.Module):
             )
         # [B, S, D] -> [B/G, G, S, D] -> [B/G * S, G, D]: one row per (group, position)
         x_RGD = x_BSD.view(batch // group, group, seq_len, dim).transpose(1, 2).reshape(-1, group, dim)
+        keep_RG1 = None
+        if keep_BS is not None:  # [B, S] -> [B/G, G, S] -> [B/G * S, G, 1], as x
+            keep_RG1 = keep_BS.view(batch // group, group, seq_len).transpose(1, 2).reshape(-1, group, 1)
         logits_RGE = x_RGD @ self.controller.to(x_RGD.dtype)
-        merge_RGE = self._group_weights(logits_RGE)
+        merge_RGE = self._group_weights(logits_RGE, keep_RG1)
         source_RGE = logits_RGE if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
         if self.emit == "experts":
             emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
+            emit_RGE = emit_RGE if keep_RG1 is None else torch.where(keep_RG1, emit_RGE, 0.0)
         elif self.emit_controller is None:
             emit_RGE = merge_RGE
         else:
-            emit_RGE = self._group_weights(source_RGE)
+            emit_RGE = self._group_weights(source_RGE, keep_RG1)
         mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
         out_ERD = expert_mlp(mixed_RED.transpose(0, 1), self.w1, self.w2)
         dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
@@ -238,7 +259,8 @@ class TokenChoice(nn.Module):
         self.w1 = nn.Parameter(torch.empty(config.n_experts, config.d_model, config.expert_size))
         self.w2 = nn.Parameter(torch.empty(config.n_experts, config.expert_size, config.d_model))
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+        """Dropless, so padding (`keep_BS` False) takes no capacity and cannot reach another token."""
         dim, n_experts, top_k = x_BSD.shape[-1], self.n_experts, self.top_k
         x_ND = x_BSD.reshape(-1, dim)
         probs_NE = torch.softmax(at_least_fp32(x_ND) @ at_least_fp32(self.router), dim=-1)
@@ -274,9 +296,11 @@ class Block(nn.Module):
         self.ffn_norm = LayerNorm(config.d_model)
         self.ffn = FFN_CLASSES[ffn_kind](config)
 
-    def forward(self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None, keep_BS: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), allowed_B1SS)
-        return x_BSD + self.ffn(self.ffn_norm(x_BSD))
+        return x_BSD + self.ffn(self.ffn_norm(x_BSD), keep_BS)
 
 
 class MoTPreTrainedModel(PreTrainedModel):
@@ -333,7 +357,7 @@ class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
         allowed_B1SS = None if keep_BS is None else attention_allowed(keep_BS)
         x_BSD = self.token_embedding(input_ids) + self.position_embedding(position_ids)
         for block in self.blocks:
-            x_BSD = block(x_BSD, allowed_B1SS)
+            x_BSD = block(x_BSD, allowed_B1SS, keep_BS)
         logits_BSV = self.head(self.final_norm(x_BSD))
         loss = None
         if labels is not None:
