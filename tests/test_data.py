@@ -508,3 +508,16 @@ def test_brown_corpus_for_real(tmp_path: Path) -> None:
     assert first.name == "brown/ca01" and first.text.startswith("The Fulton County Grand Jury said Friday")
     assert "/at" not in first.text and "``" not in first.text
     assert splits.skipped.untagged_words == 0
+
+
+def test_data_preparation_progress_outside_a_terminal_is_plain_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write_documents(tmp_path / "corpus", _corpus(12))
+    prepare_data(f"text:{corpus}", vocab_size=300, cache_dir=tmp_path / "cache", progress=True)
+    prepare_data(f"c4:{C4_SAMPLE}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=True)
+    err = capsys.readouterr().err  # pytest's stderr is not a terminal, as a log file is not
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("tokenising train.bin: 11/11 (100%)") for line in lines)
+    assert any(line.startswith(f"tokenising c4:{C4_SAMPLE}: ") for line in lines)

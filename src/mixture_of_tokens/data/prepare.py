@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .documents import SkipCounts, SplitDocuments, default_cache_dir
 from .gpt2 import GPT2_VOCAB_SIZE, load_gpt2
 from .sources import is_streaming, load_splits, source_fingerprint, source_slug
@@ -139,7 +139,7 @@ def _write_routed(
     tokenizer: Tokenizer,
     writers: dict[str, TokenFileWriter],
     full: Callable[[str], bool],
-    bar: tqdm,
+    bar: Any,
 ) -> None:
     """Encode a chunk of (split, text) in one batch; write each whole document while its split has room."""
     encoded, ends = encode_documents(tokenizer, [text for _, text in pending])
@@ -181,7 +181,7 @@ def _build_streamed(
         )
 
     total = sum(b["max_tokens"] or 0 for b in budgets.values())
-    bar = tqdm(total=total, desc=f"tokenising {source}", unit="tok", unit_scale=True, disable=not progress)
+    bar = progress_bar(total, f"tokenising {source}", unit="tok", unit_scale=True, disable=not progress)
     try:
         pending: list[tuple[str, str]] = []
         pending_chars = 0

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ..files import temporary_path, write_json_atomic
+from ..progress import progress_bar
 from .batches import entropy_from_counts
 from .documents import Document
 from .tokenizer import Tokenizer
@@ -160,9 +160,7 @@ def build_token_file(
 ) -> np.ndarray:
     """Tokenise `documents` (eos after each) into `path` plus its manifest; returns the read-only memmap."""
     writer = TokenFileWriter(path, tokenizer)
-    bar = tqdm(
-        total=len(documents), desc=f"tokenising {Path(path).name}", unit="doc", leave=False, disable=not progress
-    )
+    bar = progress_bar(len(documents), f"tokenising {Path(path).name}", unit="doc", leave=False, disable=not progress)
     try:
         index = 0
         while index < len(documents):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .law import DenseLaw, FineGrainedLaw, Law
 from .runs import Run
 
@@ -183,10 +183,13 @@ def fit_law(
 
     if n_bootstrap > 0:
         samples = []
-        for _ in tqdm(range(n_bootstrap), desc="bootstrap", disable=not progress, dynamic_ncols=True):
+        bar = progress_bar(n_bootstrap, "bootstrap", disable=not progress, dynamic_ncols=True)
+        for _ in range(n_bootstrap):
             pick = rng.integers(0, len(runs), len(runs))
             sample_theta, _ = _fit_theta(_arrays([runs[i] for i in pick]), kind, [theta], delta, l2)
             samples.append(list(_theta_to_law(sample_theta, kind).as_dict().values()))
+            bar.update()
+        bar.close()
         low, high = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
         result.intervals = {n: (float(lo), float(hi)) for n, lo, hi in zip(_names(kind), low, high)}
         result.n_bootstrap = n_bootstrap
