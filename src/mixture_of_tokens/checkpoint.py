@@ -100,9 +100,9 @@ class SavedConfig(dict):
 
 
 def read_config(directory: Path) -> SavedConfig:
-    """The contents of a checkpoint's config.json. A missing file is FileNotFoundError; an edited (sha256), empty,
-    non-JSON or foreign (a transformers config.json) file is one ConfigFileError naming it. The settings themselves
-    are checked by `saved_configs`, so reports can still read the files of runs written by older versions."""
+    """The contents of a checkpoint's config.json. A missing file is FileNotFoundError; an edited (sha256), empty or
+    non-JSON file is one ConfigFileError naming it. What it holds (a checkpoint's settings, not a transformers
+    config) is checked by `saved_configs`, so reports can still read the files of runs written by older versions."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint directory: it has no {CONFIG_FILE}.")
@@ -123,26 +123,25 @@ def read_config(directory: Path) -> SavedConfig:
         payload = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigFileError(f"{path} is not valid JSON ({error}); it is truncated or corrupt.") from None
-    if isinstance(payload, dict) and "model" not in payload and ("model_type" in payload or "architectures" in payload):
-        raise ConfigFileError(
-            f"{path} is a Hugging Face transformers config (a `mot export` directory or another model), not a "
-            "mixture-of-tokens checkpoint; pass the run or checkpoint directory it was exported from (transformers "
-            "loads this one with from_pretrained)."
-        )
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise ConfigFileError(
-            f"{path} is not a mixture-of-tokens checkpoint config (a JSON object with the model's settings under "
-            '"model").'
-        )
+    if not isinstance(payload, dict):
+        raise ConfigFileError(f"{path} is not a checkpoint config (a JSON object of settings).")
     config = SavedConfig(payload)
     config.path = path
     return config
 
 
 def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs recorded in a config.json payload; an unknown or invalid setting is one
-    ConfigFileError naming the file (when the payload came from `read_config`)."""
+    """The model and training configs recorded in a config.json payload; a transformers config.json, an unknown or
+    an invalid setting is one ConfigFileError naming the file (when the payload came from `read_config`)."""
     where = str(getattr(payload, "path", None) or CONFIG_FILE)
+    if "model" not in payload and ("model_type" in payload or "architectures" in payload):
+        raise ConfigFileError(
+            f"{where} is a Hugging Face transformers config (a `mot export` directory or another model), not a "
+            "mixture-of-tokens checkpoint; pass the run or checkpoint directory it was exported from (transformers "
+            "loads this one with from_pretrained)."
+        )
+    if "model" not in payload:
+        raise ConfigFileError(f'{where} has no "model" settings; it is not a mixture-of-tokens checkpoint config.')
     built = []
     for key, config_class in (("model", ModelConfig), ("train", TrainConfig)):
         fields = payload.get(key, {})
