@@ -329,3 +329,34 @@ def test_compare_suite_from_python_returns_the_verdicts(smoke: dict) -> None:
     report, verdicts = compare_suite("smoke", smoke["out"], device="cpu", data=smoke["corpus"], say=lambda _: None)
     assert report == smoke["out"] / "report.md"
     assert [v.claim.key for v in verdicts] == [c.key for c in smoke["suite"].claims]
+
+
+def test_loss_range_shows_the_first_points_and_names_only_extreme_outliers() -> None:
+    from mixture_of_tokens.experiments.plots import loss_ylim
+
+    curve = [7.0, 6.1, 5.6, 5.3, 5.1, 4.9, 4.8, 4.7, 4.65, 4.6]  # a first eval far above the rest: shown
+    (low, high), note = loss_ylim(curve)
+    assert low < 4.6 and high > 7.0 and note == ""
+    (low, high), note = loss_ylim([*curve, 250.0])  # a diverged start: cut, and said
+    assert 7.0 < high < 250.0 and note == "1 outlying point(s) above 7 not shown (highest 250)"
+    assert loss_ylim([float("nan")]) == (None, "")
+
+
+def test_report_loss_panels_hold_every_point_and_entropy_panels_share_zero_to_one(
+    smoke: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mixture_of_tokens.experiments import suite_report
+
+    drawn: dict[str, list] = {}
+    monkeypatch.setattr(suite_report, "plot_panels", lambda panels, path, **_: drawn.setdefault(path.name, panels))
+    suite = smoke["suite"]
+    size = suite.size("smoke")
+    report = suite_report_input(suite, size, collect(suite, size, smoke["out"]), None)
+    suite_report.plot_losses(report, Path("eval_loss.png"))
+    suite_report.plot_entropy(report, Path("merge_entropy.png"))
+    for panel in drawn["eval_loss.png"][:2]:
+        values = [y for series in panel.series for y in series.y]
+        low, high = panel.ylim
+        assert low <= min(values) and max(values) <= high, (panel.title, panel.ylim, max(values))
+    entropy_panels = drawn["merge_entropy.png"]
+    assert len(entropy_panels) >= 1 and {panel.ylim for panel in entropy_panels} == {(0.0, 1.02)}

@@ -143,3 +143,26 @@ def test_cli_help_lists_every_config_field(capsys: pytest.CaptureFixture) -> Non
     for cls in (ModelConfig, TrainConfig):
         for field in dataclasses.fields(cls):
             assert "--" + field.name.replace("_", "-") in out
+
+
+def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_hparams(trainer_factory) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    trainer = trainer_factory(tensorboard=True, steps=4, eval_every=2)
+    trainer.run()
+    events = EventAccumulator(str(trainer.out_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lm_loss", "train/lr", "train/grad_norm", "eval/loss"} <= tags
+    assert "routing/block1/entropy_mean" in tags and "perf/tokens_per_s" in tags
+    assert all("/" in tag for tag in tags), tags  # nothing left ungrouped
+    assert [event.step for event in events.Scalars("eval/loss")] == [2, 4]
+
+    content = events.PluginTagToContent("hparams")
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    logged = hparams.session_start_info.hparams
+    assert logged["model/ffn"].string_value == "mot" and logged["model/group_size"].number_value == 4
+    assert logged["train/steps"].number_value == 4 and logged["train/tensorboard"].number_value == 1
+    assert "config/text_summary" in events.Tags()["tensors"]

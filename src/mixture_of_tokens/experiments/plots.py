@@ -109,13 +109,27 @@ def plot_panels(
     return path
 
 
-def loss_ylim(values: Sequence[float], *, floor: float | None = None) -> tuple[float, float] | None:
-    """A y range that shows the end of training rather than the first steps' large losses: from a little below
-    the lowest value to the highest value in the last three quarters of the range (None without values)."""
+OUTLIER_SPAN = 4.0
+"""A loss is an extreme outlier when it lies more than this many times the spread of the lower three quarters of
+the values above the lowest one (a diverged start, the loss of an untrained model)."""
+
+
+def loss_ylim(values: Sequence[float], *, floor: float | None = None) -> tuple[tuple[float, float] | None, str]:
+    """A y range that shows every point, first ones included: from a little below the lowest value to a little
+    above the highest. Only extreme outliers are cut (values more than OUTLIER_SPAN times the spread of the lower
+    three quarters above the lowest; never with fewer than 8 values), and then the second item is a note saying how
+    many points lie above the range, for the panel. Returns (None, "") without finite values."""
     finite = sorted(v for v in values if v == v and abs(v) != float("inf"))
     if not finite:
-        return None
+        return None, ""
     low = finite[0] if floor is None else min(finite[0], floor)
-    high = finite[min(len(finite) - 1, int(0.75 * len(finite)))]
+    high, note = finite[-1], ""
+    if len(finite) >= 8:
+        bound = low + OUTLIER_SPAN * (finite[int(0.75 * (len(finite) - 1))] - low)
+        shown = [v for v in finite if v <= bound]
+        if len(shown) < len(finite):
+            high = shown[-1]
+            hidden = len(finite) - len(shown)
+            note = f"{hidden} outlying point(s) above {high:.3g} not shown (highest {finite[-1]:.3g})"
     span = max(high - low, 1e-3)
-    return low - 0.05 * span, high + 0.1 * span
+    return (low - 0.05 * span, high + 0.05 * span), note

@@ -24,6 +24,8 @@ from .verdicts import NOT_JUDGED, Noise, Verdict
 REPORT_FILE = "report.md"
 LOSS_PLOT, ENTROPY_PLOT, SWEEP_PLOT = "eval_loss.png", "merge_entropy.png", "lr_sweep.png"
 ENTROPY_LOSS_PLOT = "entropy_vs_loss.png"
+ENTROPY_YLIM = (0.0, 1.02)
+"""One y scale for every merge-entropy panel: normalised entropy runs from 0 (one token) to 1 (uniform)."""
 
 
 @dataclass
@@ -131,7 +133,8 @@ def plot_losses(report: ReportInput, path: Path) -> Path:
     trained = {name: s for name, s in report.summaries.items() if s.runs and not s.arm.is_alias}
     curves = {name: s.mean_curve() for name, s in trained.items()}
     flops = {name: s.runs[0].counts.get("train_flops_per_token", 0) for name, s in trained.items()}
-    ylim = loss_ylim([loss for curve in curves.values() for _, loss in curve])
+    ylim, clipped = loss_ylim([loss for curve in curves.values() for _, loss in curve])
+    notes = (clipped,) if clipped else ()
     by_step = [Series(name, [s for s, _ in c], [v for _, v in c], group=name, marker="o") for name, c in curves.items()]
     by_flops = [
         Series(name, [s * report.tokens_per_step * flops[name] for s, _ in c], [v for _, v in c], group=name,
@@ -139,8 +142,16 @@ def plot_losses(report: ReportInput, path: Path) -> Path:
         for name, c in curves.items()
     ]  # fmt: skip
     panels = [
-        Panel("held-out loss (mean over seeds)", "step", "eval loss (nats/token)", by_step, ylim=ylim),
-        Panel("against training compute", "training FLOPs", "eval loss (nats/token)", by_flops, ylim=ylim, logx=True),
+        Panel("held-out loss (mean over seeds)", "step", "eval loss (nats/token)", by_step, ylim=ylim, notes=notes),
+        Panel(
+            "against training compute",
+            "training FLOPs",
+            "eval loss (nats/token)",
+            by_flops,
+            ylim=ylim,
+            logx=True,
+            notes=notes,
+        ),
     ]
     reference = curves.get(report.reference or "")
     if reference:
@@ -177,7 +188,10 @@ def plot_entropy(report: ReportInput, path: Path) -> Path | None:
             for name, s in trained.items()
             if block in s.runs[0].entropy
         ]
-        panels.append(Panel(f"block {block}: merge-weight entropy", "step", "mean H(w) / log G (1 = uniform)", series))
+        panels.append(
+            Panel(f"block {block}: merge-weight entropy", "step", "mean H(w) / log G (1 = uniform)", series,
+                  ylim=ENTROPY_YLIM)
+        )  # fmt: skip
     return plot_panels(panels, path, columns=min(len(panels), 3), groups=list(report.summaries))
 
 

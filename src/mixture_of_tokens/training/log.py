@@ -1,8 +1,13 @@
 """What a run reports: one metrics record per log step (losses, LR, gradient norm, throughput, MFU, routing
-statistics) to metrics.jsonl and optionally TensorBoard, and a progress bar. Only the main process writes."""
+statistics) to metrics.jsonl and optionally TensorBoard, and a progress bar. Only the main process writes.
+
+TensorBoard tags are grouped by what they measure (`tensorboard_tag`): `train/loss`, `train/lr`, `train/aux/...`,
+`eval/loss`, `perf/tokens_per_s`, `routing/block1/entropy_mean`; the run's config.json is logged once as hparams
+(`model/...`, `train/...`) and as text."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +80,7 @@ class RunLog:
         if self.tensorboard:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, record["step"])
+                    self.tensorboard.add_scalar(tensorboard_tag(key), value, record["step"])
         if "loss" not in record:  # an event (e.g. an architecture switch): nothing for the progress bar
             return
         postfix = {"loss": f"{record['loss']:.3f}"}
@@ -95,8 +100,52 @@ class RunLog:
             self.tensorboard.close()
 
 
-def _tensorboard_writer(out_dir: Path):
-    """The package's presence is checked with the settings (before any data); this only opens the writer."""
-    from torch.utils.tensorboard import SummaryWriter
+_PERF_KEYS = frozenset({"tokens_per_s", "mfu"})
 
-    return SummaryWriter(str(out_dir / "tensorboard"))
+
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl key: `eval_loss` -> `eval/loss`, `routing.block0.entropy_mean` ->
+    `routing/block0/entropy_mean`, `aux.load_balancing` -> `train/aux/load_balancing`, `tokens_per_s` and `mfu`
+    under `perf/`, every other training number under `train/`."""
+    if key.startswith("eval_"):
+        return "eval/" + key.removeprefix("eval_")
+    if key.startswith("routing."):
+        return key.replace(".", "/")
+    if key.startswith("aux."):
+        return "train/" + key.replace(".", "/")
+    return f"perf/{key}" if key in _PERF_KEYS else f"train/{key}"
+
+
+def config_hparams(payload: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """config.json flattened to TensorBoard hparams (`model/group_size`, `train/lr`, `run_id`); lists and None are
+    written as text, so every setting shows in the HPARAMS tab."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(config_hparams(value, prefix=f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
+def _tensorboard_writer(out_dir: Path):
+    """The package's presence is checked with the settings (before any data); this opens the writer and, the first
+    time TensorBoard logs in this run directory, records the run's config.json as hparams (with the metrics the
+    HPARAMS tab compares runs by) and as text."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    directory = out_dir / "tensorboard"
+    first = not any(directory.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(str(directory))
+    config_file = out_dir / "config.json"
+    if first and config_file.is_file():
+        payload = json.loads(config_file.read_text(encoding="utf-8"))
+        metrics = {"eval/loss": float("nan"), "train/loss": float("nan")}  # names only: the values are the scalars
+        for summary in hparams(config_hparams(payload), metrics):
+            writer.file_writer.add_summary(summary)
+        writer.add_text("config", "```json\n" + json.dumps(payload, indent=2) + "\n```")
+    return writer
