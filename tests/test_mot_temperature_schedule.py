@@ -29,6 +29,7 @@ from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.training import guards, loop
 from mixture_of_tokens.training.loop import train
 from mixture_of_tokens.training.metrics import read_metrics
+from mixture_of_tokens.training.plan import plan_run
 
 TAU0, TAU1 = 2.0, 0.25
 SCHEDULES = ["cosine", "geometric"]
@@ -236,3 +237,16 @@ def test_a_finished_run_loads_converts_and_exports_at_tau1(finished_run, tmp_pat
     assert result.max_abs_diff <= 1e-5
     exported = read_config(tmp_path / "hf")
     assert exported["mot_temperature"] == TAU1
+
+
+def test_an_anneal_longer_than_the_run_is_refused_before_any_data(corpus, tmp_path):
+    config = tiny_train_config(corpus["source"], tmp_path / "long", steps=8)
+    with pytest.raises(ValueError, match=r"mot_temperature_anneal_steps=9 is longer than the run's steps=8.*0 .* to 8"):
+        train(tiny_model_config(**RUN_SCHEDULE, mot_temperature_anneal_steps=9), config, progress=False)
+    assert not (tmp_path / "long").exists()
+
+
+def test_resuming_a_whole_run_anneal_with_other_steps_is_refused(finished_run, tmp_path):
+    """The schedule spans the run's steps: a longer resumed run would move tau back up mid-run."""
+    with pytest.raises(ValueError, match=r"steps=12 differs from the resumed run's 8: .*resume with --steps 8"):
+        plan_run(resume_from=finished_run / "checkpoints" / "step-0000004", train_overrides={"steps": 12})

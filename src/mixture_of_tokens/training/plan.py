@@ -146,6 +146,12 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
         )
         raise ValueError(f"with {where}: {error}") from None
     resolve_device(train_config.device)
+    if model_config.mot_temperature_anneal_steps > train_config.steps:
+        raise ValueError(
+            f"mot_temperature_anneal_steps={model_config.mot_temperature_anneal_steps} is longer than the run's "
+            f"steps={train_config.steps}: the run would end before tau reaches mot_temperature_final; allowed values: "
+            f"0 (the whole run) to {train_config.steps}."
+        )
     check_switch(model_config, train_config, world_size=world_size, parallel=train_config.parallel)
     check_data_settings(train_config.data, train_config.tokenizer)
     if train_config.tensorboard:
@@ -245,6 +251,12 @@ def _plan_resume(
             f"steps={train_config.steps} is at or below the checkpoint's step {step}: steps is the run's total, so "
             f"a resumed run needs steps > {step} (e.g. --steps {2 * step})."
         )
+    if has_whole_run_anneal(model_config) and train_config.steps != saved_train.steps:
+        raise ValueError(
+            f"steps={train_config.steps} differs from the resumed run's {saved_train.steps}: its MoT temperature "
+            "anneals over the run's steps (mot_temperature_anneal_steps=0), so another length would move tau mid-run; "
+            f"resume with --steps {saved_train.steps}."
+        )
     _check_same_data(saved, saved_train, train_config, checkpoint)
     run_id = checkpoint_run_id(checkpoint)
     branch = any(checkpoint_step(c) > step for c in list_checkpoints(run_dir, run_id))
@@ -252,6 +264,11 @@ def _plan_resume(
     name = name or check_default_name(run_dir.resolve().name)
     plan_id = new_run_id() if branch or run_id is None else run_id
     return RunPlan(model_config, train_config, name, run_dir, plan_id, resume=resume)
+
+
+def has_whole_run_anneal(model_config: ModelConfig) -> bool:
+    """An MoT temperature scheduled over the run's own steps: the run's length is part of the schedule."""
+    return model_config.mot_temperature_schedule != "constant" and model_config.mot_temperature_anneal_steps == 0
 
 
 def tokenizer_change(saved_train: TrainConfig, train_config: TrainConfig) -> str | None:
