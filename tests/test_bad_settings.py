@@ -71,6 +71,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "seed": ["--seed", "-1"],
     "data": ["--data", "nope:x"],
     "tokenizer": ["--tokenizer", "gpt3"],
+    "text_column": ["--text-column", "body"],  # the run's text: source reads its text itself
     "device": ["--device", "tpu"],
     "out_dir": ["--out-dir", "a-file"],  # an existing file
     "threads": ["--threads", "-1"],

@@ -521,3 +521,61 @@ def test_data_preparation_progress_outside_a_terminal_is_plain_lines(
     lines = err.splitlines()
     assert any(line.startswith("tokenising train.bin: 11/11 (100%)") for line in lines)
     assert any(line.startswith(f"tokenising c4:{C4_SAMPLE}: ") for line in lines)
+
+
+def test_hf_source_reads_the_text_column_it_is_given(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    dataset = tmp_path / "articles"
+    dataset.mkdir()
+    texts = _c4_texts()[:20]
+    rows = [{"content": t, "id": i} for i, t in enumerate(texts)]
+    (dataset / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError) as refused:
+        prepare_data(f"hf:{dataset}", cache_dir=cache, tokenizer="gpt2", progress=False)
+    message = str(refused.value)
+    assert "no column 'text'" in message and "columns found: content, id" in message and "--text-column" in message
+    assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+    data = prepare_data(f"hf:{dataset}", cache_dir=cache, tokenizer="gpt2", text_column="content", progress=False)
+    documents = _documents_of(data.train_tokens, data.tokenizer) + _documents_of(data.eval_tokens, data.tokenizer)
+    assert sorted(documents) == sorted(texts) and data.manifest["train"]["text_column"] == "content"
+
+
+def test_text_column_flags_of_mot_data_prepare_and_mot_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("datasets")
+    from cli_runs import error_lines, run_mot, train_argv
+
+    dataset = tmp_path / "articles"
+    dataset.mkdir()
+    rows = [{"content": t} for t in _c4_texts()[:20]]
+    (dataset / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    monkeypatch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_mot(["data", "prepare", "--source", f"hf:{dataset}", "--vocab-size", "300"], capsys)
+    assert status == 2 and len(error_lines(err)) == 1 and "no column 'text' (columns found: content)" in err
+    argv = train_argv(f"hf:{dataset}", "--steps", "2", "--text-column", "content", "--out-dir", "run")
+    status, _, err = run_mot(argv, capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["text_column"] == "content"
+
+
+def test_hf_source_text_column_on_a_local_parquet_file(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    dataset = tmp_path / "parquet_dataset"
+    dataset.mkdir()
+    texts = _c4_texts()[:12]
+    datasets.Dataset.from_dict({"body": texts}).to_parquet(str(dataset / "train.parquet"))
+    with pytest.raises(ValueError, match=r"no column 'text' \(columns found: body\)"):
+        prepare_data(f"hf:{dataset}", cache_dir=tmp_path / "cache", tokenizer="gpt2", progress=False)
+    data = prepare_data(f"hf:{dataset}", cache_dir=tmp_path / "cache", tokenizer="gpt2", text_column="body")
+    documents = _documents_of(data.train_tokens, data.tokenizer) + _documents_of(data.eval_tokens, data.tokenizer)
+    assert sorted(documents) == sorted(texts)
+
+
+def test_text_column_applies_to_hf_sources_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="text_column applies to hf: sources only"):
+        prepare_data(f"c4:{C4_SAMPLE}", cache_dir=tmp_path, tokenizer="gpt2", text_column="body")
+    with pytest.raises(ValueError, match="text_column must be a non-empty column name"):
+        prepare_data("hf:somewhere", cache_dir=tmp_path, tokenizer="gpt2", text_column="")

@@ -270,6 +270,7 @@ class TrainConfig:
         default="packaged",
     )
     tokenizer: str = _help("bpe (trained on the data, vocab_size tokens) | gpt2 (GPT-2's 50,257 tokens)", default="bpe")
+    text_column: str = _help("hf: sources: the dataset column that holds the text", default="text")
     device: str = _help("cpu | cuda | auto", default="auto")
     out_dir: str = _help("run directory (metrics.jsonl, config.json, model.safetensors)", default="")
     threads: int = _help("torch CPU threads (0: torch default)", default=0)
@@ -320,6 +321,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}.")
         _check_int("switch_at", self.switch_at, low=0)
+        if not isinstance(self.text_column, str) or not self.text_column.strip():
+            raise ValueError(f"text_column must be a non-empty column name, got {self.text_column!r}.")
         if self.compile not in (None, True, False):
             raise ValueError(f"compile must be true, false or unset (auto: on CUDA only), got {self.compile!r}.")
         for name, allowed in (

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument("--seed", type=int, default=0, help="streaming sources: seed of the shuffle buffer")
     prepare.add_argument("--shuffle-buffer", type=int, default=10_000, help="streaming sources: shuffle buffer size")
+    prepare.add_argument("--text-column", default="text", help="hf: sources: the dataset column that holds the text")
     prepare.add_argument("--cache-dir", default=None, help="cache root (default: $MOT_CACHE_DIR or ~/.cache/...)")
     prepare.set_defaults(handler=run_prepare)
 
@@ -74,6 +75,7 @@ def run_prepare(args: argparse.Namespace) -> None:
             max_documents=args.max_documents,
             seed=args.seed,
             shuffle_buffer=args.shuffle_buffer,
+            text_column=args.text_column,
         )
     except RuntimeError as error:  # npm, hub or tokenizer unavailable: say what to do, no traceback
         raise UserError(str(error)) from None

@@ -116,9 +116,10 @@ def parse_json_line(line: str, skipped: SkipCounts) -> Any | None:
         return None
 
 
-def record_text(record: Any, skipped: SkipCounts) -> str | None:
-    """A record's "text"; None (counted) when it is missing, not a string, or blank."""
-    text = record.get("text") if isinstance(record, dict) else None
+def record_text(record: Any, skipped: SkipCounts, column: str = "text") -> str | None:
+    """A record's text (its `column`, "text" by default); None (counted) when it is missing, not a string, or
+    blank."""
+    text = record.get(column) if isinstance(record, dict) else None
     if not isinstance(text, str):
         skipped.missing_text_lines += 1
         return None

@@ -106,6 +106,7 @@ def check_data_settings(
     max_tokens: int | None = None,
     max_documents: int | None = None,
     shuffle_buffer: int = 10_000,
+    text_column: str = "text",
 ) -> None:
     """Every bad setting fails here, before anything is read, downloaded or written."""
     if tokenizer not in TOKENIZERS:
@@ -120,13 +121,26 @@ def check_data_settings(
             raise ValueError(f"{name} applies to streaming sources (c4, c4:PATH, hf:NAME) only, not {source!r}.")
     if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be a positive integer, got {shuffle_buffer!r}.")
+    check_text_column_setting(text_column)
+    if text_column != "text" and not source.startswith("hf:"):
+        raise ValueError(
+            f"text_column applies to hf: sources only (the others read their text themselves), not {source!r}."
+        )
 
 
-def _stream_texts(source: str, seed: int, shuffle_buffer: int) -> Iterable[str]:
+def check_text_column_setting(text_column: object) -> None:
+    """The text column of an hf: source is a non-empty name (TrainConfig checks it on its own)."""
+    if not isinstance(text_column, str) or not text_column.strip():
+        raise ValueError(f"text_column must be a non-empty column name, got {text_column!r}.")
+
+
+def _stream_texts(source: str, seed: int, shuffle_buffer: int, text_column: str) -> Iterable[str]:
     """Train texts of a streaming source, up to BPE_SAMPLE_CHARS characters, for training a BPE."""
     stream = parse_stream_source(source)
     assert stream is not None
-    train, held = open_stream(stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=SkipCounts())
+    train, held = open_stream(
+        stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=SkipCounts(), text_column=text_column
+    )
     chars = [0]  # a cell the `full` callback reads
     for split, document in route_documents(train, held, lambda _split: chars[0] >= BPE_SAMPLE_CHARS):
         if split == "train":
@@ -166,12 +180,15 @@ def _build_streamed(
     seed: int,
     shuffle_buffer: int,
     progress: bool,
+    text_column: str,
 ) -> None:
     """One pass over the stream, writing train.bin and eval.bin until their budgets are met."""
     stream = parse_stream_source(source)
     assert stream is not None
     skipped = SkipCounts()
-    train, held = open_stream(stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=skipped)
+    train, held = open_stream(
+        stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=skipped, text_column=text_column
+    )
     writers = {split: TokenFileWriter(directory / f"{split}.bin", tokenizer) for split in ("train", "eval")}
 
     def full(split: str) -> bool:
@@ -238,15 +255,17 @@ def prepare_data(
     max_documents: int | None = None,
     seed: int = 0,
     shuffle_buffer: int = 10_000,
+    text_column: str = "text",
 ) -> PreparedData:
     """Load documents, train or reuse the tokenizer, build or reuse train.bin / eval.bin; print one summary line.
 
     `tokenizer`: "bpe" (trained on the source, `vocab_size` tokens) or "gpt2" (50,257 tokens; `vocab_size`
     is ignored). Streaming sources only: `max_tokens` / `max_documents` bound the train split (eval gets
     1/20 of each); unset means "reuse whatever is prepared for this source, else DEFAULT_STREAM_MAX_TOKENS";
-    `seed` and `shuffle_buffer` set the shuffle of the train stream.
+    `seed` and `shuffle_buffer` set the shuffle of the train stream; `text_column` (hf: sources only) is the column
+    holding the text.
     """
-    check_data_settings(source, tokenizer, max_tokens, max_documents, shuffle_buffer)
+    check_data_settings(source, tokenizer, max_tokens, max_documents, shuffle_buffer, text_column)
     started = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = source_fingerprint(source)
@@ -258,10 +277,13 @@ def prepare_data(
     if tokenizer == "gpt2":
         loaded_tokenizer: Tokenizer = load_gpt2()
     else:
-        texts = _stream_texts(source, seed, shuffle_buffer) if streaming else splits.train_texts()
-        loaded_tokenizer = _load_or_train_bpe(directory, fingerprint, vocab_size, texts)
+        texts = _stream_texts(source, seed, shuffle_buffer, text_column) if streaming else splits.train_texts()
+        trained_on = fingerprint if text_column == "text" else f"{fingerprint}|text_column={text_column}"
+        loaded_tokenizer = _load_or_train_bpe(directory, trained_on, vocab_size, texts)
 
     extra: dict[str, Any] = {"source": source, "source_fingerprint": fingerprint}
+    if text_column != "text":  # recorded only when set, so token files prepared before the setting stay current
+        extra["text_column"] = text_column
     budgets: dict[str, dict[str, int | None]] = {}
     if streaming:
         extra.update(seed=seed, shuffle_buffer=shuffle_buffer)
@@ -281,7 +303,12 @@ def prepare_data(
     built = False
     if streaming:
         if not (current("train") and current("eval")):
-            stream_args = {"seed": seed, "shuffle_buffer": shuffle_buffer, "progress": progress}
+            stream_args = {
+                "seed": seed,
+                "shuffle_buffer": shuffle_buffer,
+                "progress": progress,
+                "text_column": text_column,
+            }
             _build_streamed(source, loaded_tokenizer, directory, budgets, extra, **stream_args)
             built = True
     else:

@@ -10,8 +10,9 @@ Source strings:
   c4:PATH         local JSON-lines files in the C4 schema (text, timestamp, url), e.g. downloaded C4 shards
                   (.json, .jsonl, optionally .gz; a file, glob or directory). Files named *validation* are
                   the eval split; without them the eval split is a held-out slice of the train stream.
-  hf:NAME[:CONFIG] any HF dataset with a string `text` column (a hub name or a local directory); eval from
-                  its validation split when it has one, else a held-out slice.
+  hf:NAME[:CONFIG] any HF dataset with a string text column (`text`, or the one `text_column` names; a hub
+                  name or a local directory of .jsonl/.parquet/... files); eval from its validation split when
+                  it has one, else a held-out slice.
 Held-out slice: every 10th document of the shuffled train stream goes to eval until eval is full.
 Records whose text is missing, not a string or blank are skipped and counted; local files that are
 unreadable, truncated, binary or not UTF-8 are dropped whole and counted, as text:PATH does (documents.py).
@@ -115,13 +116,16 @@ def stream_fingerprint(stream: StreamSource) -> str:
     return digest.hexdigest()
 
 
-def _documents(records: Any, split: str, skipped: SkipCounts, *, json_lines: bool = False) -> Iterator[Document]:
-    """Documents of a record stream; with `json_lines` each record is one raw line of a local JSON-lines file,
-    parsed here so that a malformed line is skipped and counted instead of failing the whole file."""
+def _documents(
+    records: Any, split: str, skipped: SkipCounts, *, json_lines: bool = False, column: str = "text"
+) -> Iterator[Document]:
+    """Documents of a record stream (the text in `column`); with `json_lines` each record is one raw line of a
+    local JSON-lines file, parsed here so that a malformed line is skipped and counted instead of failing the
+    whole file."""
     for index, record in enumerate(records):
         if json_lines and (record := parse_json_line(record.get("text", ""), skipped)) is None:
             continue
-        text = record_text(record, skipped)
+        text = record_text(record, skipped, column)
         if text is not None:
             yield Document(str(record.get("url") or f"{split}:{index:09d}"), text)
 
@@ -164,10 +168,25 @@ def usable_local_files(stream: StreamSource, skipped: SkipCounts) -> dict[str, l
     return {split: files for split, files in usable.items() if files}
 
 
+def check_text_column(stream: StreamSource, split: Any, column: str) -> None:
+    """A dataset split without the text column is one sentence naming the column and the columns found."""
+    columns = split.column_names
+    if columns is None:  # a stream whose features are unknown until read: its first record says
+        first = next(iter(split), None)
+        columns = list(first) if isinstance(first, dict) else None
+    if columns is not None and column not in columns:
+        found = ", ".join(map(str, columns)) or "none"
+        raise ValueError(
+            f"{stream.source} has no column {column!r} (columns found: {found}); name the one holding the text "
+            "with --text-column (text_column)."
+        )
+
+
 def open_stream(
-    stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts
+    stream: StreamSource, *, seed: int, shuffle_buffer: int, skipped: SkipCounts, text_column: str = "text"
 ) -> tuple[Iterator[Document], Iterator[Document] | None]:
-    """(shuffled train documents, eval documents or None when the eval split is a held-out slice)."""
+    """(shuffled train documents, eval documents or None when the eval split is a held-out slice). `text_column`:
+    the column an hf: dataset holds its text in (local C4 files always use "text")."""
     if stream.path != "json" and not Path(stream.path).exists():  # a hub name, not a local dataset directory
         check_hub_reachable(stream.source)
     datasets = import_datasets()
@@ -185,12 +204,15 @@ def open_stream(
         ) from error
     if "train" not in splits:
         raise ValueError(f"{stream.source} has no 'train' split (it has: {', '.join(splits)}).")
+    json_lines = stream.path == "json"
+    column = "text" if json_lines else text_column
+    if not json_lines:
+        check_text_column(stream, splits["train"], column)
     train = splits["train"].shuffle(seed=seed, buffer_size=shuffle_buffer)
     held = splits["validation"] if "validation" in splits else None
-    json_lines = stream.path == "json"
     return (
-        _documents(train, "train", skipped, json_lines=json_lines),
-        None if held is None else _documents(held, "validation", skipped, json_lines=json_lines),
+        _documents(train, "train", skipped, json_lines=json_lines, column=column),
+        None if held is None else _documents(held, "validation", skipped, json_lines=json_lines, column=column),
     )
 
 

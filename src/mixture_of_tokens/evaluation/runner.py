@@ -62,6 +62,7 @@ def load_texts(loaded: LoadedCheckpoint, *, progress: bool = True) -> tuple[np.n
         vocab_size=loaded.model_config.vocab_size,
         progress=progress,
         tokenizer=loaded.train_config.tokenizer,
+        text_column=loaded.train_config.text_column,
     )
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise ValueError(

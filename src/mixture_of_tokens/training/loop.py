@@ -191,6 +191,7 @@ class Trainer:
             vocab_size=model_config.vocab_size,
             progress=self.progress,
             tokenizer=train_config.tokenizer,
+            text_column=train_config.text_column,
         )
         if self.context.enabled and self.is_main:
             dist_utils.barrier(self.context)

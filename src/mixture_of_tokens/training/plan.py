@@ -153,7 +153,7 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
             f"0 (the whole run) to {train_config.steps}."
         )
     check_switch(model_config, train_config, world_size=world_size, parallel=train_config.parallel)
-    check_data_settings(train_config.data, train_config.tokenizer)
+    check_data_settings(train_config.data, train_config.tokenizer, text_column=train_config.text_column)
     if train_config.tensorboard:
         require("tensorboard", "tensorboard", purpose="tensorboard=True (--tensorboard)")
 
