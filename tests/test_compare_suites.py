@@ -266,6 +266,17 @@ def test_a_staged_suite_trains_what_its_plan_wants_and_reports_the_winner(smoke:
     assert report.noise.arms == 2  # dense and the winner: the alias does not pool the winner's runs again
 
 
+def test_report_only_trains_nothing_and_says_what_is_missing(smoke: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "partial"
+    shutil.copytree(smoke["out"], out)
+    unfinished = sorted((out / "runs").glob("mot-4e-lr*-s1"))[0]  # a second seed, at whichever rate won
+    (unfinished / "summary.json").unlink()
+    argv = ["compare", "--suite", "smoke", "--out", str(out), "--data", smoke["corpus"], "--report-only"]
+    status, _, _ = run_mot(argv, capsys)
+    assert status == 0 and not (unfinished / "summary.json").exists()  # nothing trained
+    assert "**Incomplete:** 41 of the 42 runs planned so far have finished" in (out / "report.md").read_text()
+
+
 def test_a_run_of_other_settings_in_the_directory_is_refused(smoke: dict) -> None:
     suite, size = smoke["suite"], dataclasses.replace(smoke["suite"].size("smoke"), data=smoke["corpus"])
     spec = run_spec(suite, dataclasses.replace(size, steps=30), "dense", 1e-2, 0, smoke["out"])
@@ -316,6 +327,7 @@ def test_demo_report_points_to_the_suite_and_judges_nothing_from_one_seed(smoke:
         (["compare", "--suite", "smoke", "--parallel", "0"], "--parallel must be a positive integer"),
         (["compare", "--suite", "smoke", "somewhere"], "either --suite NAME or run directories"),
         (["compare", "--suite", "claims-core", "--size", "huge"], "has no size 'huge'; allowed values: cpu, gpu"),
+        (["compare", "runs/x", "--report-only"], "--report-only goes with --suite NAME"),
     ],
 )
 def test_compare_bad_input_is_one_sentence(argv, message, capsys, tmp_path, monkeypatch) -> None:

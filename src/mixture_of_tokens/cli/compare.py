@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", help="cpu | gpu (default: gpu on a CUDA device, else cpu; smoke has one size)")
     parser.add_argument("--data", help="text source replacing the suite's (e.g. text:PATH, packaged+brown)")
     parser.add_argument("--list", action="store_true", help="list the suites: models, claims, runs and budgets")
+    parser.add_argument(
+        "--report-only", action="store_true", help="with --suite: rebuild the report from the runs on disk, train none"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> None:
     if args.list:
         print(list_suites())
         return
+    if args.report_only and not args.suite:
+        raise ValueError("--report-only goes with --suite NAME (it rebuilds that suite's report).")
     if args.suite:
         if args.runs:
             raise ValueError("pass either --suite NAME or run directories, not both.")
@@ -67,7 +72,7 @@ def run_suite_command(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.suite}")
     report, verdicts = compare_suite(
         args.suite, out, device=args.device, parallel=args.parallel, size=args.size, data=args.data,
-        progress=args.parallel == 1,
+        progress=args.parallel == 1, train=not args.report_only,
     )  # fmt: skip
     print()
     print(verdict_sentence(verdicts))

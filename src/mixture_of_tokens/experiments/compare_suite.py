@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..runtime.devices import resolve_device
 from .catalog import get_suite
-from .planner import lr_text
+from .planner import RUNS_DIR, disk_outcome, lr_text, run_name
 from .results import ArmSummary, collect
 from .runner import SuiteRun, current_plan, run_suite
 from .suite_report import ReportInput, tokens, write_report
@@ -38,25 +38,32 @@ def compare_suite(
     vocab_size: int | None = None,
     progress: bool = False,
     say: Callable[[str], None] = print,
+    train: bool = True,
 ) -> tuple[Path, list[Verdict]]:
     """Run (or resume) the suite under `out`, then write out/report.md; returns its path and the verdicts.
-    `data` / `vocab_size` replace the size's text source and vocabulary."""
+    `data` / `vocab_size` replace the size's text source and vocabulary; `train=False` only rebuilds the report
+    from the runs on disk."""
     suite = get_suite(name)
     chosen = suite.size(resolve_size(suite, size, device))
     replaced = {"data": data, "vocab_size": vocab_size}
     chosen = dataclasses.replace(chosen, **{k: v for k, v in replaced.items() if v is not None})
-    run = run_suite(suite, chosen, Path(out), device=device, parallel=parallel, progress=progress, say=say)
+    run = None
+    if train:
+        run = run_suite(suite, chosen, Path(out), device=device, parallel=parallel, progress=progress, say=say)
     summaries = collect(suite, chosen, Path(out))
-    report = suite_report_input(suite, chosen, summaries, run)
+    report = suite_report_input(suite, chosen, summaries, run, out=Path(out))
     return write_report(report, Path(out)), report.verdicts
 
 
-def suite_report_input(suite: Suite, size: Size, summaries: dict[str, ArmSummary], run: SuiteRun | None) -> ReportInput:
+def suite_report_input(
+    suite: Suite, size: Size, summaries: dict[str, ArmSummary], run: SuiteRun | None, out: Path | None = None
+) -> ReportInput:
     results = {name: s.result() for name, s in summaries.items() if s.losses}
     distinct = {tuple(r.run_dir for r in s.runs): results[name] for name, s in summaries.items() if s.losses}
     noise = pooled_noise(list(distinct.values()))  # an alias reads its winner's runs: pooled once
     verdicts = [judge(claim, results, noise) for claim in suite.claims]
-    plan = current_plan(suite, size, run.out) if run is not None else None
+    directory = run.out if run is not None else out
+    plan = current_plan(suite, size, directory) if directory is not None else None
     n_runs = len(plan.runs) if plan is not None else len(size.lrs) * len(suite.arms) * size.seeds
     model = size.base_model()
     overview = [
@@ -78,6 +85,13 @@ def suite_report_input(suite: Suite, size: Size, summaries: dict[str, ArmSummary
         done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()))
         overview += ["", f"This invocation: {done}; {run.parallel} at a time, device {run.device}, "
                      f"{run.seconds / 60:.1f} minutes of wall-clock."]  # fmt: skip
+    if plan is not None and directory is not None:
+        finished = sum(disk_outcome(directory / RUNS_DIR / run_name(r.arm.name, r.lr, r.seed))[0] for r in plan.runs)
+        if finished < len(plan.runs) or not plan.complete:
+            more = "" if plan.complete else "; more runs join the plan as its stages finish"
+            overview += ["", f"**Incomplete:** {finished} of the {len(plan.runs)} runs planned so far have "
+                         f"finished{more}. Claims whose models have not finished are not judged; running the same "
+                         "command again continues where the suite stopped."]  # fmt: skip
     budgets = sorted({c.paper_tokens for c in suite.claims if c.paper_tokens})
     if budgets:
         ratio = budgets[0] / size.tokens_per_run

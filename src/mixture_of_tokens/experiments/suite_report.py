@@ -84,7 +84,7 @@ def results_rows(report: ReportInput) -> list[list[str]]:
         run = summary.runs[0] if summary.runs else None
         mean = summary.mean_loss
         if mean is None or run is None:
-            why = "diverged at every rate" if all(r.diverged for r in summary.sweep.values()) else "not finished"
+            why = waiting_reason(summary)
             rows.append([f"{name}: {summary.label}", "–", why, "", "", "", "", "", "", ""])
             continue
         spread = f" ± {summary.spread / 2:.4f}" if summary.spread is not None else ""
@@ -108,6 +108,17 @@ def results_rows(report: ReportInput) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def waiting_reason(summary: ArmSummary) -> str:
+    """Why a model has no loss yet: every rate diverged, its runs are under way, or it waits for other models."""
+    if summary.sweep and all(r.diverged for r in summary.sweep.values()):
+        return "diverged at every rate"
+    if summary.sweep:
+        return "not finished"
+    arm = summary.arm
+    sources = arm.best_of or arm.settings_from or ((arm.lr_from,) if arm.lr_from else ())
+    return f"waits for {', '.join(sources)}" if sources else "not started"
 
 
 def sweep_table(report: ReportInput) -> str:
