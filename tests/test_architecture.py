@@ -83,3 +83,29 @@ def test_no_module_over_400_lines():
         str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400
     }
     assert long == {}
+
+
+def documented_modules(text: str) -> set[str]:
+    """Module paths named in docs/architecture.md's package layout: a folder line ("  layers/") then its files."""
+    block = text.split("## Package layout", 1)[1]
+    folder, found = "", set()
+    for line in block.splitlines():
+        words = line.split()
+        if not line.startswith("    ") or not words:
+            continue
+        if words[0] == "src/mixture_of_tokens/":
+            folder = ""
+        elif words[0].endswith("/") and len(line) - len(line.lstrip()) == 6:
+            folder = words[0]
+        elif words[0].endswith(".py"):
+            found.add(folder + words[0])
+    return found
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    modules = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")}
+    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    documented = documented_modules(text)
+    assert modules - documented == set(), "modules missing from docs/architecture.md"
+    assert documented - modules == set(), "docs/architecture.md names modules that do not exist"
+    assert documented_modules(text.replace("        run_lock.py", "        gone.py")) != modules  # the check can fail
