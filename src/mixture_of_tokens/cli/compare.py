@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..runtime.devices import DEVICES
+from .config_file import add_config_file_argument
 from .help_text import examples
 
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--size", help="cpu | gpu (default: gpu on a CUDA device, else cpu; smoke has one size)")
     parser.add_argument("--data", help="text source replacing the suite's (e.g. text:PATH, packaged+brown)")
+    add_config_file_argument(parser)
     parser.add_argument("--list", action="store_true", help="list the suites: models, claims, runs and budgets")
     parser.add_argument(
         "--report-only", action="store_true", help="with --suite: rebuild the report from the runs on disk, train none"

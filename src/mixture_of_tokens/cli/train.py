@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
 from .config_args import add_preset_and_overrides, configs_from_args, overrides
+from .config_file import add_config_file_argument
 from .help_text import examples
 
 
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_preset_and_overrides(parser)
+    add_config_file_argument(parser)
     parser.add_argument("--name", default="", help="run name (default: the preset name); the run goes to runs/NAME")
     parser.add_argument("--dry-run", action="store_true", help="print sizes, FLOPs and memory; do not train")
     parser.add_argument(
@@ -82,10 +84,19 @@ def plan_from_args(args: argparse.Namespace):
             train_overrides=train_overrides,
             **common,
         )
-    if not args.preset:
-        raise ValueError("--preset is required (or --resume DIR / --init-from DIR); see `mot presets`.")
-    model_config, train_config = configs_from_args(args)
-    return plan_run(model_config, train_config, **{**common, "name": args.name or args.preset})
+    if not args.preset and not args.config:
+        raise ValueError("--preset is required (or --config FILE, --resume DIR, --init-from DIR); see `mot presets`.")
+    if args.preset:
+        model_config, train_config = configs_from_args(args)
+    else:  # every setting from the file (and flags) over the dataclasses' defaults
+        model_config, train_config = ModelConfig(**model_overrides), TrainConfig(**train_overrides)
+    return plan_run(model_config, train_config, **{**common, "name": args.name or args.preset or file_run_name(args)})
+
+
+def file_run_name(args: argparse.Namespace) -> str:
+    """A run configured by a file alone is named after it; after its run directory for a run's config.json."""
+    path = Path(args.config)
+    return f"{path.parent.name}-rerun" if path.name == "config.json" and path.parent.name else path.stem
 
 
 def run(args: argparse.Namespace) -> None:
