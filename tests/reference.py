@@ -29,8 +29,11 @@ def plain_softmax(values: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def reference_merge_weights(logits: list[list[float]], temperature: list[float], routing: str) -> list[list[float]]:
-    """Merge weights w[t][e] of one group from its logits z[t][e] (t over the G tokens of the group)."""
+def reference_merge_weights(
+    logits: list[list[float]], temperature: list[float], routing: str, discrete_rule: str = "project"
+) -> list[list[float]]:
+    """Merge weights w[t][e] of one group from its logits z[t][e] (t over the G tokens of the group). Discrete
+    routing: weight 1 on the first top token (discrete_rule "project") or on every tied top token ("authors")."""
     group_size = len(logits)
     n_experts = len(logits[0])
     weights = [[0.0] * n_experts for _ in range(group_size)]
@@ -40,6 +43,8 @@ def reference_merge_weights(logits: list[list[float]], temperature: list[float],
             column_w = plain_softmax([z / temperature[e] for z in column])
         elif routing == "uniform":
             column_w = [1.0 / group_size] * group_size
+        elif routing == "discrete" and discrete_rule == "authors":
+            column_w = [1.0 if z == max(column) else 0.0 for z in column]
         elif routing == "discrete":
             best = max(range(group_size), key=lambda t: column[t])
             column_w = [1.0 if t == best else 0.0 for t in range(group_size)]
@@ -145,6 +150,7 @@ def reference_mot_options(
     *,
     emit_controller: torch.Tensor | None = None,
     rows: list[int] | torch.Tensor | None = None,
+    discrete_rule: str = "project",
 ) -> torch.Tensor:
     """Mixture of Tokens with the authors' ablations (docs/method.md §1) in float64, one group, position and expert
     at a time.
@@ -152,7 +158,9 @@ def reference_mot_options(
     rows: the batch order groups are cut from; group g = examples rows[g*G] ... rows[g*G+G-1] (random grouping;
     None: 0 ... B-1, consecutive). emit_controller: a separate W_e [D, E] whose logits z'[t,e] = x_t . W_e[:, e]
     give the emit weights, under the same routing and tau (over the group for emit="group", over experts for
-    emit="experts"); None: the emit weights come from the merge logits.
+    emit="experts"); None: the emit weights come from the merge logits. discrete_rule (discrete routing only):
+    "project" gives weight 1 to the first top token of a group and keeps emit over experts a softmax; "authors"
+    gives weight 1 to every tied top token and makes emit over experts one-hot over every tied top expert.
     """
     x = x.double()
     controller, w1, w2 = controller.double(), w1.double(), w2.double()
@@ -168,7 +176,8 @@ def reference_mot_options(
     for g in range(batch // group_size):
         members = order[g * group_size : (g + 1) * group_size]
         for s in range(seq_len):
-            _reference_group([(b, s) for b in members], x, merge_z, emit_z, w1, w2, taus, routing, emit, out)
+            tokens = [(b, s) for b in members]
+            _reference_group(tokens, x, merge_z, emit_z, w1, w2, taus, routing, emit, out, discrete_rule)
     return out
 
 
@@ -183,17 +192,23 @@ def _reference_group(
     routing: str,
     emit: str,
     out: torch.Tensor,
+    discrete_rule: str = "project",
 ) -> None:
     """Merge, experts and emit for one group, its tokens given as (example, position) pairs; adds into `out`."""
     n_experts = merge_z.shape[-1]
     merge_w = reference_merge_weights(
-        [[float(merge_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing
+        [[float(merge_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing, discrete_rule
     )
-    if emit == "experts":
+    if emit == "experts" and routing == "discrete" and discrete_rule == "authors":
+        emit_w = []
+        for b, s in tokens:
+            scaled = [float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]
+            emit_w.append([1.0 if z == max(scaled) else 0.0 for z in scaled])
+    elif emit == "experts":
         emit_w = [plain_softmax([float(emit_z[b, s, e]) / taus[e] for e in range(n_experts)]) for b, s in tokens]
     elif emit == "group":
         emit_w = reference_merge_weights(
-            [[float(emit_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing
+            [[float(emit_z[b, s, e]) for e in range(n_experts)] for b, s in tokens], taus, routing, discrete_rule
         )
     else:
         raise ValueError(emit)

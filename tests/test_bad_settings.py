@@ -36,6 +36,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "mot_temperature_anneal_steps": ["--mot-temperature-anneal-steps", "-1"],
     "mot_learnable_temperature": ["--mot-learnable-temperature", "sometimes"],
     "mot_routing": ["--mot-routing", "argmax"],
+    "mot_discrete_rule": ["--mot-discrete-rule", "fair"],
     "mot_emit": ["--mot-emit", "tokens"],
     "mot_separate_emit_controller": ["--mot-separate-emit-controller=maybe"],
     "mot_grouping": ["--mot-grouping", "alphabetical"],

@@ -302,6 +302,7 @@ def _template_module():
         dict(mot_emit="experts"),
         dict(mot_separate_emit_controller=True),
         dict(mot_separate_emit_controller=True, mot_routing="discrete"),
+        dict(mot_routing="discrete", mot_discrete_rule="authors", mot_emit="experts"),
         dict(mot_learnable_temperature="per_expert"),
     ],
 )
@@ -322,3 +323,30 @@ def test_every_mot_option_keeps_padding_out_of_the_mix(options):
         before, after = layer.double()(x, keep), layer(changed, keep)
     assert torch.isfinite(before).all() and torch.equal(before[~keep], torch.zeros_like(before[~keep]))
     torch.testing.assert_close(after[keep], before[keep], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("emit", ["group", "experts"])
+@pytest.mark.parametrize("rule", ["project", "authors"])
+def test_the_exported_mot_layer_follows_the_discrete_rule_with_ties(emit, rule):
+    """Discrete routing with forced ties (two identical rows in a group, two experts with one controller column):
+    the exported layer equals the package's under either rule, with and without a mask of ones."""
+    from mixture_of_tokens.layers import MixtureOfTokens
+
+    module = _template_module()
+    options = dict(mot_routing="discrete", mot_discrete_rule=rule, mot_emit=emit)
+    config = module.MoTConfig(d_model=8, n_blocks=1, block_ffn_kinds=["mot"], group_size=4, n_experts=3, **options)
+    exported = module.MixtureOfTokens(config).double()
+    ours = MixtureOfTokens(8, n_experts=3, expert_size=512, group_size=4, routing="discrete", emit=emit,
+                           discrete_rule=rule).double()  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in ours.parameters():
+            torch.nn.init.normal_(parameter, std=0.5)
+        ours.controller[:, 1] = ours.controller[:, 0]
+    exported.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 5, 8, dtype=torch.float64)
+    x[1] = x[0]
+    with torch.no_grad():
+        expected = ours(x)
+        torch.testing.assert_close(exported(x), expected, atol=1e-12, rtol=0)
+        torch.testing.assert_close(exported(x, torch.ones(8, 5, dtype=torch.bool)), expected, atol=1e-12, rtol=0)

@@ -77,7 +77,7 @@ def reference_of(layer: MixtureOfTokens, x: torch.Tensor, rows=None) -> torch.Te
     emit_controller = None if layer.emit_controller is None else layer.emit_controller.detach()
     return reference_mot_options(
         x, *weights_of(layer), layer.group_size, layer.temperature.detach(), layer.routing, layer.emit,
-        emit_controller=emit_controller, rows=rows,
+        emit_controller=emit_controller, rows=rows, discrete_rule=layer.discrete_rule,
     )  # fmt: skip
 
 
@@ -89,6 +89,62 @@ def test_options_reference_without_options_is_the_method_reference(routing, emit
     expected = reference_mot(x, *weights_of(layer), 4, 0.7, routing, emit)
     assert_close(reference_of(layer, x), expected, tol=TOL)
     assert_close(reference_of(layer, x, rows=list(range(8))), expected, tol=TOL)
+
+
+# ----------------------------------------------------------------------------------------------- discrete rule
+
+
+def _tied_input_and_layer(emit: str, separate: bool, learnable: str, rule: str):
+    """A layer and an input with forced ties: rows 0 and 1 (one group) are the same tokens, so every expert's top
+    token of that group may be tied; experts 0 and 1 have the same controller column(s) and tau, so every token's
+    top expert may be tied."""
+    layer = make_layer(
+        seed=13, routing="discrete", emit=emit, separate_emit_controller=separate, learnable_temperature=learnable,
+        discrete_rule=rule,
+    )  # fmt: skip
+    with torch.no_grad():
+        controllers = [layer.controller] + ([layer.emit_controller] if separate else [])
+        for controller in controllers:
+            controller.normal_(0.0, 3.0 / math.sqrt(6))
+            controller[:, 1] = controller[:, 0]
+        if layer.log_temperature is not None:
+            layer.log_temperature.uniform_(-1.0, 1.0)
+            if layer.log_temperature.dim():
+                layer.log_temperature[1] = layer.log_temperature[0]
+    x = torch.randn(8, 3, 6, dtype=torch.float64)
+    x[1] = x[0]
+    return layer, x
+
+
+@pytest.mark.parametrize("emit", ["group", "experts"])
+@pytest.mark.parametrize("separate", [False, True])
+@pytest.mark.parametrize("learnable", ["none", "per_expert"])
+def test_discrete_rule_authors_sums_tied_tokens_and_emits_one_hot_over_experts(emit, separate, learnable):
+    authors, x = _tied_input_and_layer(emit, separate, learnable, "authors")
+    project, _ = _tied_input_and_layer(emit, separate, learnable, "project")
+    assert_close(authors(x), reference_of(authors, x), tol=TOL)
+    assert_close(project(x), reference_of(project, x), tol=TOL)
+    assert (authors(x) - project(x)).abs().max() > 1e-3  # the forced ties make the two rules differ
+    merge_RGE = authors._last_routing[1]
+    assert set(merge_RGE.sum(dim=1).unique().tolist()) >= {2.0}  # the tied pair both get weight 1
+
+
+def test_discrete_rule_changes_nothing_without_ties_under_emit_over_the_group():
+    authors = make_layer(seed=14, routing="discrete", discrete_rule="authors")
+    project = make_layer(seed=14, routing="discrete")
+    x = torch.randn(8, 3, 6, dtype=torch.float64)
+    assert torch.equal(authors(x), project(x))
+    authors.routing = project.routing = "softmax"  # the rule is for discrete routing only
+    assert torch.equal(authors(x), project(x))
+
+
+def test_discrete_rule_is_a_model_setting_refused_in_one_sentence():
+    config = ModelConfig(ffn="mot", mot_discrete_rule="authors")
+    assert Transformer(config).blocks[0].ffn.discrete_rule == "authors"
+    with pytest.raises(
+        ValueError, match=r"mot_discrete_rule='fair' is not supported; allowed values: project, authors"
+    ):
+        ModelConfig(ffn="mot", mot_discrete_rule="fair")
 
 
 # ----------------------------------------------------------------------------------------------- emit controller

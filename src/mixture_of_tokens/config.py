@@ -9,6 +9,7 @@ from .layers.conversion import SWITCH_TARGETS
 from .layers.experts import EXPERT_DISPATCHES
 from .layers.init import EMBEDDING_INITS
 from .layers.mot_options import (
+    DISCRETE_RULES,
     EMITS,
     GROUP_AXES,
     GROUPINGS,
@@ -83,6 +84,12 @@ class ModelConfig:
     )
     mot_learnable_temperature: str = _help("MoT learnable temperature: none | scalar | per_expert", default="none")
     mot_routing: str = _help("MoT routing: softmax | uniform | discrete (argmax, for evaluation)", default="softmax")
+    mot_discrete_rule: str = _help(
+        "MoT discrete routing (and the discrete evaluation mode): project (each expert's first top token; emit over "
+        "experts stays a softmax) | authors (every tied top token gets weight 1, so tied tokens are summed; emit over "
+        "experts is one-hot over the top experts, as the authors' code)",
+        default="project",
+    )
     mot_emit: str = _help("MoT emit weights: group (the method) | experts (softmax over experts)", default="group")
     mot_separate_emit_controller: bool = _help(
         "MoT: a second controller W_e whose logits give the emit weights (the authors' ablation)", default=False
@@ -154,6 +161,7 @@ class ModelConfig:
         self.block_ffn_kinds()  # validates ffn_blocks
         for name, allowed in (
             ("mot_routing", ROUTINGS),
+            ("mot_discrete_rule", DISCRETE_RULES),
             ("mot_emit", EMITS),
             ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS),

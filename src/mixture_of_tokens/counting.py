@@ -5,7 +5,9 @@ Attention scores count the full S x S product (the causal mask is not subtracted
 "Active" parameters are those whose multiply-adds one token pays for: for an MoT layer the experts' share
 2*D*E*H/G plus the controller D*E, so an MoT model and its dense twin have nearly equal active counts. Token
 Choice pays k experts (2*D*H*k) plus the router D*E (nominal: capacity drops are not subtracted); Expert Choice
-pays K*E/G experts (K tokens per expert per group of G) plus the router.
+pays K*E/G experts (K tokens per expert per group of G) plus the router. A SwiGLU expert or dense layer is three
+D x H matrices instead of two; grouped-query attention's key and value projections are D x (kv heads x head
+width) each. Norms (LayerNorm, RMSNorm, query/key norms) and RoPE's rotations are not counted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from torch import nn
+
+from .blocks import attention_params
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,16 @@ def count_model(model: nn.Module, seq_len: int | None = None) -> ModelCounts:
     config = model.config
     seq_len = seq_len or config.max_seq_len
     total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
-    embedding = model.token_embedding.weight.numel() + model.position_embedding.weight.numel()
+    embedding = model.token_embedding.weight.numel()
+    if model.position_embedding is not None:  # rotary positions have no table
+        embedding += model.position_embedding.weight.numel()
     if not config.tie_embeddings:
         embedding += model.head.weight.numel()
     d = config.d_model
     active = 0
     forward = 2 * d * config.vocab_size  # output head
+    attn_params = attention_params(config)  # 4*d*d for multi-head; less with grouped-query attention
     for block in model.blocks:
-        attn_params = 4 * d * d
         active += attn_params + _ffn_active_params(block.ffn)
         forward += 2 * attn_params + 2 * 2 * seq_len * d + _ffn_forward_flops(block.ffn)
     return ModelCounts(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import LayerNorm, RMSNorm, apply_rotary, build_norm, kv_heads, rotary_cos_sin
 from .config import ModelConfig
 from .data.masking import IGNORE_INDEX
 from .layers import FeedForwardLayer, build_ffn
@@ -27,7 +28,7 @@ from .lm_loss import LOSS_CHUNK_TOKENS, chunked_lm_loss_sum
 
 @dataclass
 class LayerKVCache:
-    """Keys and values [B, heads, L, D/heads] one attention layer has seen so far."""
+    """Keys and values [B, kv heads, L, D/heads] one attention layer has seen so far (keys after RoPE)."""
 
     keys_BHLK: torch.Tensor | None = None
     values_BHLK: torch.Tensor | None = None
@@ -52,34 +53,63 @@ class KVCache:
         self.length = 0
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (bf16-pure training keeps norms in float32)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+Rotary = tuple[torch.Tensor, torch.Tensor]
+"""RoPE's cos and sin [S, head width] at the positions of a forward (`blocks.rotary_cos_sin`)."""
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention without biases, fused through `scaled_dot_product_attention`: causal, or
-    bidirectional with `causal=False` (the masked objective; no KV cache then)."""
+    bidirectional with `causal=False` (the masked objective; no KV cache then).
 
-    def __init__(self, d_model: int, n_heads: int, *, causal: bool = True) -> None:
+    With `n_kv_heads` < n_heads (grouped-query attention) query head h reads key/value head h // (n_heads /
+    n_kv_heads), as transformers' repeat_kv; the KV cache holds the kv heads only. `rotary` (cos, sin) rotates
+    queries and keys; `qk_norm` RMS-normalises each head's queries and keys first (Qwen3)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        causal: bool = True,
+        n_kv_heads: int | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = d_model // n_heads
         self.causal = causal
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        # rows: queries [D], keys [kv heads x head width], values [kv heads x head width] (3D for multi-head)
+        self.qkv = nn.Linear(d_model, d_model + 2 * self.n_kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
+        if qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
-    def forward(self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None, rotary: Rotary | None = None
+    ) -> torch.Tensor:
         batch, seq_len, dim = x_BSD.shape
-        # [B, S, 3D] -> 3 x [B, heads, S, D/heads]
-        q_BHSK, k_BHSK, v_BHSK = (
-            self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
-        )
+        heads, kv_heads_, width = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv_BSX = self.qkv(x_BSD)
+        if kv_heads_ == heads and self.q_norm is None and rotary is None:  # the paper's block: one permuted view
+            q_BHSK, k_BHSK, v_BHSK = qkv_BSX.view(batch, seq_len, 3, heads, width).permute(2, 0, 3, 1, 4)
+        else:
+            # [B, S, D + 2 * kv heads * width] -> [B, heads, S, width], 2 x [B, kv heads, S, width]
+            q_BSHK, k_BSHK, v_BSHK = qkv_BSX.view(batch, seq_len, heads + 2 * kv_heads_, width).split(
+                [heads, kv_heads_, kv_heads_], dim=2
+            )
+            if self.q_norm is not None:
+                q_BSHK, k_BSHK = self.q_norm(q_BSHK), self.k_norm(k_BSHK)
+            q_BHSK, k_BHSK, v_BHSK = (t.transpose(1, 2) for t in (q_BSHK, k_BSHK, v_BSHK))
+            if rotary is not None:
+                q_BHSK, k_BHSK = apply_rotary(q_BHSK, *rotary), apply_rotary(k_BHSK, *rotary)
+        gqa = {"enable_gqa": True} if kv_heads_ != heads else {}
         if cache is None:
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=self.causal)
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=self.causal, **gqa)
         else:
             k_BHLK, v_BHLK = cache.append(k_BHSK, v_BHSK)
             # the S new queries sit at the last S of L positions: query i sees keys 0 .. L-S+i
@@ -87,22 +117,31 @@ class CausalSelfAttention(nn.Module):
             mask_SL = None
             if seq_len > 1:
                 mask_SL = torch.ones(seq_len, total, dtype=torch.bool, device=x_BSD.device).tril(total - seq_len)
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHLK, v_BHLK, attn_mask=mask_SL)
+            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHLK, v_BHLK, attn_mask=mask_SL, **gqa)
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
 class Block(nn.Module):
-    """x + attn(LN(x)), then x + ffn(LN(x))."""
+    """x + attn(norm(x)), then x + ffn(norm(x)); norm is LayerNorm or RMSNorm (`config.norm`)."""
 
     def __init__(self, config: ModelConfig, ffn_kind: str) -> None:
         super().__init__()
-        self.attn_norm = LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads, causal=config.objective == "causal")
-        self.ffn_norm = LayerNorm(config.d_model)
+        self.attn_norm = build_norm(config)
+        self.attn = CausalSelfAttention(
+            config.d_model,
+            config.n_heads,
+            causal=config.objective == "causal",
+            n_kv_heads=kv_heads(config),
+            qk_norm=config.qk_norm,
+            norm_eps=config.norm_eps,
+        )
+        self.ffn_norm = build_norm(config)
         self.ffn = build_ffn(ffn_kind, config)
 
-    def forward(self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cache)
+    def forward(
+        self, x_BSD: torch.Tensor, cache: LayerKVCache | None = None, rotary: Rotary | None = None
+    ) -> torch.Tensor:
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cache, rotary)
         return x_BSD + self.ffn(self.ffn_norm(x_BSD))
 
 
@@ -130,9 +169,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.model_vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
+        if config.positions == "learned":
+            self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
+        else:  # rotary positions act inside attention: no position table
+            self.position_embedding = None
         self.blocks = nn.ModuleList(Block(config, kind) for kind in config.block_ffn_kinds())
-        self.final_norm = LayerNorm(config.d_model) if config.final_norm else nn.Identity()
+        self.final_norm = build_norm(config) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.model_vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
@@ -190,9 +232,15 @@ class Transformer(nn.Module):
         if start + seq_len > self.config.max_seq_len:
             raise ValueError(f"sequence length {start + seq_len} exceeds max_seq_len={self.config.max_seq_len}.")
         positions_S = torch.arange(start, start + seq_len, device=ids_BS.device)
-        x_BSD = self.token_embedding(ids_BS) + self.position_embedding(positions_S)
+        x_BSD = self.token_embedding(ids_BS)
+        rotary = None
+        if self.position_embedding is not None:
+            x_BSD = x_BSD + self.position_embedding(positions_S)
+        else:
+            head_dim = self.config.d_model // self.config.n_heads
+            rotary = rotary_cos_sin(positions_S, head_dim, self.config.rope_base, x_BSD.dtype)
         for index, block in enumerate(self.blocks):
-            x_BSD = block(x_BSD) if cache is None else block(x_BSD, cache.layers[index])
+            x_BSD = block(x_BSD, None if cache is None else cache.layers[index], rotary)
         if cache is not None:
             cache.length += seq_len
         hidden_BSD = self.final_norm(x_BSD)
@@ -267,6 +315,7 @@ __all__ = [
     "LayerKVCache",
     "LayerNorm",
     "ModelOutput",
+    "RMSNorm",
     "Transformer",
     "inference_routing",
     "mot_mode",

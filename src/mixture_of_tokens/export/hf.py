@@ -58,7 +58,8 @@ TOLERANCE = 1e-5
 # ModelConfig fields the exported model reads (the rest shape training only).
 _FIELDS = (
     "vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff", "group_size", "n_experts", "expert_size",
-    "mot_temperature", "mot_learnable_temperature", "mot_routing", "mot_emit", "mot_separate_emit_controller",
+    "mot_temperature", "mot_learnable_temperature", "mot_routing", "mot_discrete_rule", "mot_emit",
+    "mot_separate_emit_controller",
     "final_norm",
 )  # fmt: skip
 

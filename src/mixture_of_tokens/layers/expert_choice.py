@@ -29,9 +29,11 @@ from .base import FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import (
     EXPERT_DISPATCHES,
+    expert_matrices,
     expert_mlp,
     grouped_expert_update,
     init_expert_weights_,
+    kept_hidden_values,
     new_expert_weights,
     use_grouped_dispatch,
 )
@@ -54,6 +56,7 @@ class ExpertChoice(FeedForwardLayer):
         tokens_per_expert: tokens K each expert picks per group (1 <= K <= G; the paper: 1 of 32).
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
         expert_dispatch: "auto" | "grouped" | "padded", how the experts run (module docstring; settable).
+        activation: "relu" (the paper's experts) or "swiglu" (W1 [E, D, 2H]: gate and up; layers/experts.py).
     """
 
     kind = "expert_choice"
@@ -68,6 +71,7 @@ class ExpertChoice(FeedForwardLayer):
         tokens_per_expert: int = 1,
         init_scale: float = DEFAULT_INIT_SCALE,
         expert_dispatch: str = "auto",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
@@ -81,9 +85,11 @@ class ExpertChoice(FeedForwardLayer):
         self.tokens_per_expert = tokens_per_expert
         self.init_scale = init_scale
         self.expert_dispatch = expert_dispatch
+        self.activation = activation
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
-        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        # [E, D, H] (SwiGLU: [E, D, 2H]), [E, H, D]
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size, activation)
         self.norm = nn.LayerNorm(d_model)
         self.reset_parameters()
         self.aux_losses: dict[str, torch.Tensor] = {}
@@ -99,6 +105,7 @@ class ExpertChoice(FeedForwardLayer):
             tokens_per_expert=config.ec_tokens_per_expert,
             init_scale=config.init_scale,
             expert_dispatch=config.expert_dispatch,
+            activation=config.ffn_activation,
         )
 
     @classmethod
@@ -113,15 +120,17 @@ class ExpertChoice(FeedForwardLayer):
     def activation_values_per_token(cls, config: ModelConfig) -> float:
         """The grouped input and the output LayerNorm's input (2d) and statistics, the router probabilities,
         their sort order and sorted values (4E), and for each of its K*E/G picked tokens the token, the expert
-        hidden layer after ReLU (in place), the expert output and the int64 gather index."""
-        d_model, hidden = config.d_model, config.expert_size
+        hidden layer after ReLU (in place; SwiGLU: 4H, `kept_hidden_values`), the expert output and the int64
+        gather index."""
+        d_model, hidden = config.d_model, kept_hidden_values(config.ffn_activation, config.expert_size)
         picked = config.ec_tokens_per_expert * config.n_experts / config.group_size
         return 2 * d_model + 4 * config.n_experts + 3 + picked * (2 * d_model + hidden + 2)
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
         layer = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size)
-        return {cls.kind: (layer, True)}
+        swiglu = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size, activation="swiglu")
+        return {cls.kind: (layer, True), f"{cls.kind}[swiglu]": (swiglu, True)}
 
     @staticmethod
     def _check_tokens_per_expert(tokens_per_expert: int, group_size: int) -> None:
@@ -192,13 +201,21 @@ class ExpertChoice(FeedForwardLayer):
         return expert_load(self._last_routing)
 
     def active_params_per_token(self) -> int:
-        """K * E / G experts' worth of weights per token plus the router (the output LayerNorm is ignored)."""
-        experts = 2 * self.d_model * self.expert_size * self.tokens_per_expert * self.n_experts // self.group_size
+        """K * E / G experts' worth of weights per token plus the router (the output LayerNorm is ignored); an
+        expert is 2 D x H matrices (ReLU) or 3 (SwiGLU)."""
+        experts = (
+            expert_matrices(self.activation)
+            * self.d_model
+            * self.expert_size
+            * self.tokens_per_expert
+            * self.n_experts
+            // self.group_size
+        )
         return experts + self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"group_size={self.group_size}, tokens_per_expert={self.tokens_per_expert}, "
-            f"expert_dispatch={self.expert_dispatch}"
+            f"expert_dispatch={self.expert_dispatch}, activation={self.activation}"
         )

@@ -1,8 +1,11 @@
 """The expert MLPs of every sparse layer (Mixture of Tokens, Token Choice, Expert Choice), and how Token / Expert
 Choice choose between the two ways of running them (`expert_dispatch`).
 
-Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (docs/method.md §1), W1 [E, D, H], W2 [E, H, D].
-There is no Python loop over experts:
+Each of E experts is relu(x @ W1[e]) @ W2[e] without biases (docs/method.md §1), W1 [E, D, H], W2 [E, H, D];
+with `ffn_activation` "swiglu" it is (silu(x @ W1g[e]) * (x @ W1u[e])) @ W2[e], the gate and up projections fused
+into one W1 [E, D, 2H] (columns 0..H-1 the gate, H..2H-1 the up projection: transformers' `gate_up_proj` [E, 2H, D]
+transposed). The form is read off the shapes (W1 holds H or 2H columns for W2's H rows), so the two can never
+disagree. There is no Python loop over experts:
     padded: two batched matmuls over a slot axis T that the routing fills ([E, T, D]; MoT's mixed tokens, Token
         Choice's capacity-padded slots, Expert Choice's picked tokens).
     grouped: the A token-expert assignments sorted by expert as one [A, D] tensor and two grouped GEMMs
@@ -18,6 +21,9 @@ from torch import nn
 from .checks import check_choice
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 
+FFN_ACTIVATIONS: tuple[str, ...] = ("relu", "swiglu")
+"""The feed-forward activations (ModelConfig.ffn_activation): ReLU (the paper) or SwiGLU (Llama, Mixtral, Qwen)."""
+
 EXPERT_DISPATCHES: tuple[str, ...] = ("auto", "grouped", "padded")
 """How Token / Expert Choice run their experts (ModelConfig.expert_dispatch)."""
 
@@ -25,13 +31,46 @@ GROUPED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.
 """The dtypes torch._grouped_mm multiplies."""
 
 
+def expert_activation(w1_EDX: torch.Tensor, w2_EHD: torch.Tensor) -> str:
+    """The experts' form: "relu" when W1 has H columns for W2's H rows, "swiglu" when it has 2H (gate, up)."""
+    first, hidden = w1_EDX.shape[-1], w2_EHD.shape[-2]
+    if first == hidden:
+        return "relu"
+    if first == 2 * hidden:
+        return "swiglu"
+    raise ValueError(
+        f"expert weights W1 [.., {first}] and W2 [{hidden}, ..] are neither ReLU (H, H) nor SwiGLU (2H, H)."
+    )
+
+
+def activate(hidden_TX: torch.Tensor, activation: str) -> torch.Tensor:
+    """The expert's (or dense layer's) nonlinearity on the first projection's output: relu (in place: the next
+    matmul's backward needs its input, not relu's), or silu(gate) * up for the [.., 2H] SwiGLU projection."""
+    if activation == "relu":
+        return hidden_TX.relu_()
+    gate_TH, up_TH = hidden_TX.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate_TH) * up_TH
+
+
+def expert_matrices(activation: str) -> int:
+    """Weight matrices of D x H per expert (or dense layer): 2 for ReLU, 3 for SwiGLU (gate, up, down)."""
+    return 3 if activation == "swiglu" else 2
+
+
+def kept_hidden_values(activation: str, expert_size: int) -> int:
+    """Values one expert application keeps for backward between its two matmuls: ReLU's in-place output (H);
+    SwiGLU's [2H] projection (silu's input and the product's up), silu's output and the product (4H)."""
+    return 4 * expert_size if activation == "swiglu" else expert_size
+
+
 def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
-    """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, T, D] -> [E, T, D].
+    """relu(x[e] @ W1[e]) @ W2[e] for every expert e (SwiGLU when W1 is [E, D, 2H]): [E, T, D] -> [E, T, D].
 
     `x_ETD` may be a strided view (e.g. [T, E, D] transposed): bmm reads it without a copy. The weights are cast
     to the input's dtype. ReLU runs in place: bmm's backward needs its inputs, not its output.
     """
-    hidden_ETH = torch.bmm(x_ETD, w1_EDH.to(x_ETD.dtype)).relu_()
+    activation = expert_activation(w1_EDH, w2_EHD)
+    hidden_ETH = activate(torch.bmm(x_ETD, w1_EDH.to(x_ETD.dtype)), activation)
     return torch.bmm(hidden_ETH, w2_EHD.to(hidden_ETH.dtype))
 
 
@@ -64,14 +103,15 @@ def compute_dtype(x: torch.Tensor, *others: torch.Tensor) -> torch.dtype:
 def grouped_expert_mlp(
     x_AD: torch.Tensor, count_E: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor
 ) -> torch.Tensor:
-    """relu(x[a] @ W1[e]) @ W2[e] for rows sorted by expert, count_E[e] rows of expert e: [A, D] -> [A, D].
+    """relu(x[a] @ W1[e]) @ W2[e] (or SwiGLU) for rows sorted by expert, count_E[e] rows of expert e: [A, D] -> [A, D].
 
     Two grouped GEMMs with int32 end offsets cumsum(count_E); an expert with no row is skipped. Runs in
     `compute_dtype(x_AD)`; `grouped_mm_problem` says whether it can run at all.
     """
     dtype = compute_dtype(x_AD)
     offsets_E = count_E.cumsum(0).to(torch.int32)  # cumsum(dtype=int32) came out int64 compiled (torch 2.13)
-    hidden_AH = torch._grouped_mm(x_AD.to(dtype), w1_EDH.to(dtype), offs=offsets_E).relu_()
+    activation = expert_activation(w1_EDH, w2_EHD)
+    hidden_AH = activate(torch._grouped_mm(x_AD.to(dtype), w1_EDH.to(dtype), offs=offsets_E), activation)
     return _ContiguousGrad.apply(torch._grouped_mm(hidden_AH, w2_EHD.to(dtype), offs=offsets_E))
 
 
@@ -100,7 +140,7 @@ def grouped_mm_problem(x: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tens
     if problem is not None:
         return problem
     itemsize = torch.empty((), dtype=dtype).element_size()
-    d_model, expert_size = w1_EDH.shape[1:]
+    d_model, expert_size = w1_EDH.shape[1], w2_EHD.shape[1]
     if (d_model * itemsize) % 16 or (expert_size * itemsize) % 16:
         return f"rows of d_model={d_model} or expert_size={expert_size} {dtype} values are not multiples of 16 bytes"
     for w in (w1_EDH, w2_EHD):
@@ -147,15 +187,21 @@ def grouped_expert_update(
     return x_ND.new_zeros(x_ND.shape).index_add_(0, token_A, y_AD.to(x_ND.dtype))
 
 
-def new_expert_weights(n_experts: int, d_model: int, expert_size: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """Uninitialised W1 [E, D, H] and W2 [E, H, D]; fill them with `init_expert_weights_`."""
+def new_expert_weights(
+    n_experts: int, d_model: int, expert_size: int, activation: str = "relu"
+) -> tuple[nn.Parameter, nn.Parameter]:
+    """Uninitialised W1 [E, D, H] (SwiGLU: [E, D, 2H], gate then up) and W2 [E, H, D]; fill them with
+    `init_expert_weights_`."""
+    check_choice("ffn_activation", activation, FFN_ACTIVATIONS)
+    first = 2 * expert_size if activation == "swiglu" else expert_size
     return (
-        nn.Parameter(torch.empty(n_experts, d_model, expert_size)),
+        nn.Parameter(torch.empty(n_experts, d_model, first)),
         nn.Parameter(torch.empty(n_experts, expert_size, d_model)),
     )
 
 
 def init_expert_weights_(w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, scale: float = DEFAULT_INIT_SCALE) -> None:
-    """docs/method.md §1 init: truncated normal, std sqrt(scale / fan_in), fan-in D for W1 and H for W2."""
+    """docs/method.md §1 init: truncated normal, std sqrt(scale / fan_in), fan-in D for W1 (both SwiGLU halves)
+    and H for W2."""
     scaled_trunc_normal_(w1_EDH, fan_in=w1_EDH.shape[1], scale=scale)
     scaled_trunc_normal_(w2_EHD, fan_in=w2_EHD.shape[1], scale=scale)

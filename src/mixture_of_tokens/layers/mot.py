@@ -34,11 +34,13 @@ from .grouping import (
 )
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 from .mot_options import (
+    DISCRETE_RULES,
     EMITS,
     GROUP_AXES,
     GROUPINGS,
     LEARNABLE_TEMPERATURES,
     ROUTINGS,
+    DiscreteRule,
     Emit,
     GroupAxis,
     Grouping,
@@ -74,6 +76,11 @@ class MixtureOfTokens(FeedForwardLayer):
         routing: "softmax" (the method), "uniform" (plain averaging: every weight 1/G, the paper's baseline), or
             "discrete" (each expert takes the argmax token of its group and writes back to it alone: the
             tau -> 0 limit, equal to Expert Choice with one token per expert per group; for evaluation).
+        discrete_rule: how discrete routing breaks ties and emits over experts. "project": weight 1 on the first top
+            token of each expert's group, and emit="experts" keeps its softmax over experts. "authors" (their
+            `argmax_one_hot`): weight 1 on every token whose softmax weight equals the group's maximum (tied tokens
+            are summed into the mixed token and all receive its output), and emit="experts" is one-hot over every
+            top expert of the token's softmax over experts. Without ties and with emit="group" the two agree.
         emit: "group" (emit with the merge weights, the method) or "experts" (emit weights are a softmax of the
             same logits over experts).
         separate_emit_controller: a second controller W_e [D, E] whose logits give the emit weights (softmaxed over
@@ -114,6 +121,7 @@ class MixtureOfTokens(FeedForwardLayer):
         temperature: float = 1.0,
         learnable_temperature: LearnableTemperature = "none",
         routing: Routing = "softmax",
+        discrete_rule: DiscreteRule = "project",
         emit: Emit = "group",
         separate_emit_controller: bool = False,
         grouping: Grouping = "consecutive",
@@ -131,6 +139,7 @@ class MixtureOfTokens(FeedForwardLayer):
         check_positive("init_scale", init_scale)
         check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
         check_choice("routing", routing, ROUTINGS)
+        check_choice("discrete_rule", discrete_rule, DISCRETE_RULES)
         check_choice("emit", emit, EMITS)
         check_choice("grouping", grouping, GROUPINGS)
         check_choice("group_axis", group_axis, GROUP_AXES)
@@ -146,6 +155,7 @@ class MixtureOfTokens(FeedForwardLayer):
         self.expert_size = expert_size
         self.group_size = group_size
         self.routing = routing
+        self.discrete_rule = discrete_rule
         self.emit = emit
         self.learnable_temperature = learnable_temperature
         self.grouping = grouping
@@ -183,6 +193,7 @@ class MixtureOfTokens(FeedForwardLayer):
             temperature=config.mot_temperature,
             learnable_temperature=config.mot_learnable_temperature,
             routing=config.mot_routing,
+            discrete_rule=config.mot_discrete_rule,
             emit=config.mot_emit,
             separate_emit_controller=config.mot_separate_emit_controller,
             grouping=config.mot_grouping,
@@ -349,8 +360,10 @@ class MixtureOfTokens(FeedForwardLayer):
         merge_RGE = self._group_weights(logits_RGE)
         if self.emit == "experts":
             source_RGE = logits_RGE if emit_logits_RGE is None else emit_logits_RGE
-            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
-            return merge_RGE, emit_RGE
+            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1)
+            if self.routing == "discrete" and self.discrete_rule == "authors":
+                emit_RGE = ties_at_max(emit_RGE, dim=-1)  # one-hot over experts
+            return merge_RGE, emit_RGE.to(logits_RGE.dtype)
         if emit_logits_RGE is None:
             return merge_RGE, merge_RGE
         return merge_RGE, self._group_weights(emit_logits_RGE)
@@ -359,10 +372,13 @@ class MixtureOfTokens(FeedForwardLayer):
         """Weights normalised over the group axis (dim 1) under the layer's routing."""
         if self.routing == "uniform":
             return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
-        if self.routing == "discrete":
+        if self.routing == "discrete" and self.discrete_rule == "project":
             top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
             return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-        return torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
+        weights_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1)
+        if self.routing == "discrete":  # the authors' rule: every tied top token gets 1
+            weights_RGE = ties_at_max(weights_RGE, dim=1)
+        return weights_RGE.to(logits_RGE.dtype)
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
@@ -405,8 +421,14 @@ class MixtureOfTokens(FeedForwardLayer):
         )
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
-            f"group_size={self.group_size}, routing={self.routing}, emit={self.emit}, "
+            f"group_size={self.group_size}, routing={self.routing}, discrete_rule={self.discrete_rule}, "
+            f"emit={self.emit}, "
             f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
             f"group_axis={self.group_axis}, "
             f"separate_emit_controller={self.emit_controller is not None}{schedule}"
         )
+
+
+def ties_at_max(weights: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """1 where a weight equals the maximum along `dim` (every tied maximum), else 0: the authors' argmax_one_hot."""
+    return (weights == weights.amax(dim=dim, keepdim=True)).to(weights.dtype)

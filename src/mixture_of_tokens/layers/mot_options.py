@@ -15,6 +15,7 @@ LearnableTemperature = Literal["none", "scalar", "per_expert"]
 Grouping = Literal["consecutive", "random"]
 GroupAxis = Literal["across_batch", "within_sequence"]
 TemperatureSchedule = Literal["constant", "cosine", "geometric"]
+DiscreteRule = Literal["project", "authors"]
 
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
 EMITS: tuple[str, ...] = ("group", "experts")
@@ -22,6 +23,7 @@ LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 GROUPINGS: tuple[str, ...] = ("consecutive", "random")
 GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
 TEMPERATURE_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "geometric")
+DISCRETE_RULES: tuple[str, ...] = ("project", "authors")
 
 _SCHEDULE_NAMES = {
     "config": ("mot_temperature_schedule", "mot_temperature_final", "mot_temperature_anneal_steps", "mot_routing",

@@ -6,7 +6,9 @@ of one routing group, K the choices per token (top_k), A = R*T*K token-expert as
 Each token picks its top-k experts by router probability p = softmax_e(x @ W_g) (float32; ties: lower expert
 index). Every expert takes at most C = min(floor(capacity_factor * T * k / E), T) assignments per routing group;
 the rest are dropped (zero update: the token passes on the residual). Output = sum over kept choices of
-p[t, e] * expert_e(x_t) (the top-k probabilities are not renormalised).
+p[t, e] * expert_e(x_t) (the top-k probabilities are not renormalised, unless `norm_topk_prob`: then the combine
+weights are p[t, e] / sum of the token's top-k p, as Mixtral and Qwen-MoE's norm_topk_prob; capacity ranking still
+uses p).
 
 Priority when an expert overflows: its assignments are ranked by router probability p[t, e], highest first; equal
 probabilities are ranked by token order in the routing group (for scope "batch": example, then position; for
@@ -39,9 +41,11 @@ from .base import FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
 from .experts import (
     EXPERT_DISPATCHES,
+    expert_matrices,
     expert_mlp,
     grouped_expert_update,
     init_expert_weights_,
+    kept_hidden_values,
     new_expert_weights,
     use_grouped_dispatch,
 )
@@ -105,6 +109,8 @@ class TokenChoice(FeedForwardLayer):
         z_loss_weight: w_z of the router z-loss (0: not computed).
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
         expert_dispatch: "auto" | "grouped" | "padded", how the experts run (module docstring; settable).
+        activation: "relu" (the paper's experts) or "swiglu" (W1 [E, D, 2H]: gate and up; layers/experts.py).
+        norm_topk_prob: combine with the top-k probabilities renormalised to sum to 1 per token.
     """
 
     kind = "token_choice"
@@ -123,6 +129,8 @@ class TokenChoice(FeedForwardLayer):
         z_loss_weight: float = 0.0,
         init_scale: float = DEFAULT_INIT_SCALE,
         expert_dispatch: str = "auto",
+        activation: str = "relu",
+        norm_topk_prob: bool = False,
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size)
@@ -150,9 +158,12 @@ class TokenChoice(FeedForwardLayer):
         self.z_loss_weight = z_loss_weight
         self.init_scale = init_scale
         self.expert_dispatch = expert_dispatch
+        self.activation = activation
+        self.norm_topk_prob = norm_topk_prob
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
-        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        # [E, D, H] (SwiGLU: [E, D, 2H]), [E, H, D]
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size, activation)
         self.reset_parameters()
         self.aux_losses: dict[str, torch.Tensor] = {}
         self._last_routing: SparseRouting | None = None
@@ -172,6 +183,8 @@ class TokenChoice(FeedForwardLayer):
             z_loss_weight=config.z_loss_weight,
             init_scale=config.init_scale,
             expert_dispatch=config.expert_dispatch,
+            activation=config.ffn_activation,
+            norm_topk_prob=config.tc_norm_topk_prob,
         )
 
     @classmethod
@@ -197,8 +210,9 @@ class TokenChoice(FeedForwardLayer):
         vectors of the k assignments (7k), for each of them the gathered token, the selected expert output and
         its gated copy (3k*d, an upper bound: dropped assignments keep nothing), and per capacity slot the
         dispatched token and the expert hidden layer (slots per token: k*capacity_factor, E*C/G in group scope;
-        dropless: as many as the busiest expert needs, taken as 1.25*k)."""
-        d_model, hidden, k = config.d_model, config.expert_size, config.top_k
+        dropless: as many as the busiest expert needs, taken as 1.25*k). SwiGLU experts keep 4H per slot for H."""
+        d_model, k = config.d_model, config.top_k
+        hidden = kept_hidden_values(config.ffn_activation, config.expert_size)
         if config.tc_scope == "group" and config.capacity_factor:
             capacity = expert_capacity(config.capacity_factor, config.group_size, k, config.n_experts)
             slots = config.n_experts * capacity / config.group_size
@@ -206,7 +220,8 @@ class TokenChoice(FeedForwardLayer):
             slots = k * (config.capacity_factor or 1.25)
         router = config.n_experts * (3 + (config.z_loss_weight > 0))
         kept = min(k, slots)
-        return d_model + router + 7 * k + 3 * kept * d_model + slots * (d_model + hidden)
+        renormalised = k if config.tc_norm_topk_prob else 0  # the renormalised top-k weights
+        return d_model + router + 7 * k + renormalised + 3 * kept * d_model + slots * (d_model + hidden)
 
     @classmethod
     def audit_examples(cls, *, d_model: int, group_size: int, n_experts: int) -> dict[str, tuple[nn.Module, bool]]:
@@ -215,6 +230,10 @@ class TokenChoice(FeedForwardLayer):
             f"{cls.kind}[group]": (cls(d_model, **sizes, scope="group", group_size=group_size), True),
             f"{cls.kind}[dropless]": (cls(d_model, **sizes, capacity_factor=None), True),
             f"{cls.kind}[batch]": (cls(d_model, **sizes, scope="batch"), False),
+            f"{cls.kind}[swiglu, top-2 renormalised, dropless]": (
+                cls(d_model, **sizes, top_k=2, capacity_factor=None, activation="swiglu", norm_topk_prob=True),
+                True,
+            ),
         }
 
     def is_causal(self) -> bool:
@@ -268,14 +287,15 @@ class TokenChoice(FeedForwardLayer):
         # top-k experts per token; a stable sort makes equal probabilities go to the lower expert index
         gate_RTE, expert_RTE = torch.sort(probs_RTE, dim=-1, descending=True, stable=True)
         gate_RTK, expert_RTK = gate_RTE[..., :top_k], expert_RTE[..., :top_k]
+        priority_RTK = gate_RTK.detach()  # capacity ranks by router probability p
+        if self.norm_topk_prob:  # combine weights summing to 1 per token
+            gate_RTK = gate_RTK / gate_RTK.sum(dim=-1, keepdim=True)
 
         # Flat assignments in (group, token, choice) order; `token_A` indexes the rows of x_RTD.view(R*T, D).
         expert_A = expert_RTK.reshape(-1)
         token_A = torch.arange(n_groups * n_tokens, device=x_BSD.device).repeat_interleave(top_k)
         group_A = token_A // n_tokens
-        rank_A, order_A, count_ER = rank_within_expert(
-            expert_A, gate_RTK.detach().reshape(-1), group_A, n_experts, n_groups
-        )
+        rank_A, order_A, count_ER = rank_within_expert(expert_A, priority_RTK.reshape(-1), group_A, n_experts, n_groups)
 
         # x_ND and gate_A are taken after the device syncs: torch.compile breaks its graph there and (torch 2.13)
         # fails to replay a chain of views carried across the break
@@ -332,12 +352,15 @@ class TokenChoice(FeedForwardLayer):
         return expert_load(self._last_routing)
 
     def active_params_per_token(self) -> int:
-        """k experts' worth of weights plus the router (nominal: capacity drops are not subtracted)."""
-        return 2 * self.d_model * self.expert_size * self.top_k + self.d_model * self.n_experts
+        """k experts' worth of weights (2 D x H matrices each, SwiGLU 3) plus the router (nominal: capacity drops
+        are not subtracted)."""
+        matrices = expert_matrices(self.activation)
+        return matrices * self.d_model * self.expert_size * self.top_k + self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, scope={self.scope}, "
-            f"group_size={self.group_size}, expert_dispatch={self.expert_dispatch}"
+            f"group_size={self.group_size}, expert_dispatch={self.expert_dispatch}, activation={self.activation}, "
+            f"norm_topk_prob={self.norm_topk_prob}"
         )

@@ -39,11 +39,11 @@ class Precision:
         return self.name != "fp32"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Cast parameters for bf16-pure (LayerNorms stay float32); other modes keep float32 weights."""
+        """Cast parameters for bf16-pure (LayerNorms and RMSNorms stay float32); other modes keep float32 weights."""
         if self.name == "bf16-pure":
             model.to(torch.bfloat16)
             for module in model.modules():
-                if isinstance(module, nn.LayerNorm):
+                if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                     module.float()
         return model
 

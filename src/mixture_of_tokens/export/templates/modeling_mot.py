@@ -57,6 +57,7 @@ class MoTConfig(PretrainedConfig):
         mot_temperature: float = 1.0,
         mot_learnable_temperature: str = "none",
         mot_routing: str = "softmax",
+        mot_discrete_rule: str = "project",
         mot_emit: str = "group",
         mot_separate_emit_controller: bool = False,
         experts_per_token: int = 1,
@@ -76,6 +77,7 @@ class MoTConfig(PretrainedConfig):
         self.mot_temperature = mot_temperature
         self.mot_learnable_temperature = mot_learnable_temperature
         self.mot_routing = mot_routing
+        self.mot_discrete_rule = mot_discrete_rule  # discrete routing: first top token | every tied one (authors)
         self.mot_emit = mot_emit
         self.mot_separate_emit_controller = mot_separate_emit_controller
         self.experts_per_token = experts_per_token  # Token Choice's top-k (top_k names a generation setting)
@@ -169,6 +171,11 @@ def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
+def ties_at_max(weights: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """1 where a weight equals the maximum along `dim` (every tied maximum), else 0: the authors' discrete rule."""
+    return (weights == weights.amax(dim=dim, keepdim=True)).to(weights.dtype)
+
+
 class MixtureOfTokens(nn.Module):
     """Groups of G same-position tokens of consecutive rows; R indexes (group, position) rows."""
 
@@ -177,6 +184,7 @@ class MixtureOfTokens(nn.Module):
         d_model, n_experts, hidden = config.d_model, config.n_experts, config.expert_size
         self.group_size = config.group_size
         self.routing = config.mot_routing
+        self.authors_ties = config.mot_routing == "discrete" and config.mot_discrete_rule == "authors"
         self.emit = config.mot_emit
         self.fixed_temperature = float(config.mot_temperature)
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))
@@ -201,19 +209,21 @@ class MixtureOfTokens(nn.Module):
         if keep_RG1 is None:
             if self.routing == "uniform":
                 return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
-            if self.routing == "discrete":
+            if self.routing == "discrete" and not self.authors_ties:
                 top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
                 return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-            return torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1).to(logits_RGE.dtype)
+            weights_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1)
+            return (ties_at_max(weights_RGE, dim=1) if self.authors_ties else weights_RGE).to(logits_RGE.dtype)
         if self.routing == "uniform":
             kept_RGE = keep_RG1.expand_as(logits_RGE).to(logits_RGE.dtype)
             return kept_RGE / kept_RGE.sum(dim=1, keepdim=True).clamp(min=1)
         masked_RGE = at_least_fp32(logits_RGE).masked_fill(~keep_RG1, float("-inf"))
-        if self.routing == "discrete":
+        if self.routing == "discrete" and not self.authors_ties:
             top_R1E = masked_RGE.argmax(dim=1, keepdim=True)
             weights_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
         else:  # an all-masked row is NaN here and zeroed below
-            weights_RGE = torch.softmax(masked_RGE / self._tau(), dim=1).to(logits_RGE.dtype)
+            weights_RGE = torch.softmax(masked_RGE / self._tau(), dim=1)
+            weights_RGE = (ties_at_max(weights_RGE, dim=1) if self.authors_ties else weights_RGE).to(logits_RGE.dtype)
         return torch.where(keep_RG1, weights_RGE, 0.0)
 
     def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
@@ -235,7 +245,8 @@ class MixtureOfTokens(nn.Module):
         merge_RGE = self._group_weights(logits_RGE, keep_RG1)
         source_RGE = logits_RGE if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
         if self.emit == "experts":
-            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1).to(logits_RGE.dtype)
+            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1)
+            emit_RGE = (ties_at_max(emit_RGE, dim=-1) if self.authors_ties else emit_RGE).to(logits_RGE.dtype)
             emit_RGE = emit_RGE if keep_RG1 is None else torch.where(keep_RG1, emit_RGE, 0.0)
         elif self.emit_controller is None:
             emit_RGE = merge_RGE
