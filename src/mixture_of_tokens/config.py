@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from .blocks import check_block_options
 from .layers.conversion import SWITCH_TARGETS
 from .layers.experts import EXPERT_DISPATCHES
 from .layers.init import EMBEDDING_INITS
@@ -140,12 +141,37 @@ class ModelConfig:
     tie_embeddings: bool = _help("tie the output head to the token embedding", default=False)
     init_scale: float = _help("truncated-normal init: std = sqrt(init_scale / fan_in)", default=0.1)
     final_norm: bool = _help(
-        "a LayerNorm before the output head (--no-final-norm: none, as in the authors' code)", default=True
+        "a norm (LayerNorm or RMSNorm, as `norm`) before the output head (--no-final-norm: none, as in the "
+        "authors' code)",
+        default=True,
     )
     embedding_init: str = _help(
         "token and position embedding init: fan_in_d (std sqrt(init_scale / d_model)) | authors (std "
         "sqrt(init_scale), fan-in 1, cut at +-0.2: an effective std of about 0.112)",
         default="fan_in_d",
+    )
+    # Block options (blocks.py); the defaults are the paper's GPT-2-like block, the help names the Llama-style value.
+    positions: str = _help(
+        "position encoding: learned (absolute embeddings, the paper) | rope (rotary, on each head's queries and keys)",
+        default="learned",
+    )
+    rope_base: float = _help("RoPE base theta: frequency i of a head is rope_base^(-2i/head_width)", default=10000.0)
+    norm: str = _help("the blocks' and final norm: layernorm (the paper) | rmsnorm (Llama)", default="layernorm")
+    norm_eps: float = _help("epsilon of every LayerNorm / RMSNorm of the blocks and the final norm", default=1e-5)
+    ffn_activation: str = _help(
+        "dense layer and expert activation: relu (the paper) | swiglu (silu(gate) * up; expert W1 holds gate and "
+        "up, [E, D, 2H]; presets size it at 2/3 of the ReLU width: docs/method.md)",
+        default="relu",
+    )
+    n_kv_heads: int = _help(
+        "key/value heads of grouped-query attention (must divide n_heads; 0: n_heads, plain multi-head)", default=0
+    )
+    qk_norm: bool = _help("an RMSNorm over each head's queries and keys before RoPE (Qwen3, Qwen3-MoE)", default=False)
+    dense_bias: bool = _help("biases in the dense feed-forward layer (--no-dense-bias: none, as Llama)", default=True)
+    tc_norm_topk_prob: bool = _help(
+        "Token Choice: combine with the top-k probabilities renormalised to sum to 1 (Mixtral; Qwen-MoE's "
+        "norm_topk_prob)",
+        default=False,
     )
 
     def __post_init__(self) -> None:
@@ -206,6 +232,7 @@ class ModelConfig:
                 f"ec_tokens_per_expert must be an integer in 1..group_size={self.group_size}, "
                 f"got {self.ec_tokens_per_expert!r}."
             )
+        check_block_options(self)
 
     def block_ffn_kinds(self) -> list[str]:
         """The feed-forward kind of every block, in order."""

@@ -4,7 +4,7 @@ Tensor names carry their axes (the legend is in `layers/__init__.py`); R indexes
 
 For each group of G tokens at the same position (consecutive examples), every expert e gets one mixed token
     merge:  m[r,e] = sum_g w[r,g,e] * x[r,g]         w = softmax over the group of (x @ W_c) / tau
-    expert: y[r,e] = relu(m[r,e] @ W1[e]) @ W2[e]
+    expert: y[r,e] = relu(m[r,e] @ W1[e]) @ W2[e]      (or SwiGLU: layers/experts.py)
     emit:   dx[r,g] = sum_e w[r,g,e] * y[r,e]
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import EvaluationMode, FeedForwardLayer
 from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
-from .experts import expert_mlp, init_expert_weights_, new_expert_weights
+from .experts import expert_matrices, expert_mlp, init_expert_weights_, kept_hidden_values, new_expert_weights
 from .grouping import (
     from_position_groups,
     from_sequence_groups,
@@ -107,6 +107,7 @@ class MixtureOfTokens(FeedForwardLayer):
             emit run one block of experts at a time and the backward pass recomputes each block's mixed tokens
             (`layers/mot_recompute.py`): E/G x D fewer activation values per token, the same results.
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
+        activation: "relu" (the paper's experts) or "swiglu" (W1 [E, D, 2H]: gate and up; layers/experts.py).
     """
 
     kind = "mot"
@@ -132,6 +133,7 @@ class MixtureOfTokens(FeedForwardLayer):
         anneal_steps: int = 0,
         recompute: bool = False,
         init_scale: float = DEFAULT_INIT_SCALE,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
@@ -172,7 +174,9 @@ class MixtureOfTokens(FeedForwardLayer):
             self.emit_controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_e [D, E]
         else:
             self.register_parameter("emit_controller", None)
-        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size)  # [E, D, H], [E, H, D]
+        self.activation = activation
+        # [E, D, H] (SwiGLU: [E, D, 2H]), [E, H, D]
+        self.w1, self.w2 = new_expert_weights(n_experts, d_model, expert_size, activation)
         self.fixed_temperature = trained_temperature(temperature, temperature_schedule, final_temperature)
         if learnable_temperature == "none":
             self.register_parameter("log_temperature", None)
@@ -204,6 +208,7 @@ class MixtureOfTokens(FeedForwardLayer):
             anneal_steps=config.mot_temperature_anneal_steps,
             recompute=config.mot_recompute,
             init_scale=config.init_scale,
+            activation=config.ffn_activation,
         )
 
     @classmethod
@@ -222,8 +227,12 @@ class MixtureOfTokens(FeedForwardLayer):
         emit controller or a learnable temperature), and for each of its E/G mixed tokens: the mixed token, the
         expert hidden layer after ReLU (in place) and the expert output; with `mot_recompute` the mixed tokens
         are not kept. (A micro-batch of a single group keeps
-        one more d: its grouped input is a view of the input, copied again for the controller.)"""
-        d_model, hidden = config.d_model, config.expert_size
+        one more d: its grouped input is a view of the input, copied again for the controller.) SwiGLU experts keep
+        4H between their matmuls (`kept_hidden_values`), 2H when recomputed (the projection alone)."""
+        d_model = config.d_model
+        hidden = kept_hidden_values(config.ffn_activation, config.expert_size)
+        if config.mot_recompute and config.ffn_activation == "swiglu":
+            hidden = 2 * config.expert_size
         extra_weights = (
             (config.mot_emit == "experts")
             + config.mot_separate_emit_controller
@@ -241,7 +250,12 @@ class MixtureOfTokens(FeedForwardLayer):
         within = cls(
             d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size, group_axis="within_sequence"
         )
-        return {cls.kind: (layer, True), f"{cls.kind} within_sequence": (within, False)}
+        swiglu = cls(d_model, n_experts=n_experts, expert_size=2 * d_model, group_size=group_size, activation="swiglu")
+        return {
+            cls.kind: (layer, True),
+            f"{cls.kind}[swiglu]": (swiglu, True),
+            f"{cls.kind} within_sequence": (within, False),
+        }
 
     @classmethod
     def evaluation_modes(cls, config: ModelConfig, batch_size: int) -> list[EvaluationMode]:
@@ -399,17 +413,21 @@ class MixtureOfTokens(FeedForwardLayer):
         return 1 if self.emit_controller is None else 2
 
     def active_params_per_token(self) -> int:
-        """Weights one token pays multiply-adds for: the experts' share 2*D*E*H/G plus the controller(s) D*E."""
-        experts = 2 * self.d_model * self.n_experts * self.expert_size // self.group_size
+        """Weights one token pays multiply-adds for: the experts' share 2*D*E*H/G (SwiGLU: 3*D*E*H/G) plus the
+        controller(s) D*E."""
+        matrices = expert_matrices(self.activation)
+        experts = matrices * self.d_model * self.n_experts * self.expert_size // self.group_size
         return experts + self.n_controllers * self.d_model * self.n_experts
 
     def flops_per_token(self) -> int:
         """Forward FLOPs (2 x multiply-adds) per token at the current group size.
 
-        Experts: E*H*D*2 per group position, i.e. per token 2*2*D*E*H/G; controller, merge and emit add 3*D*E
-        (4*D*E with a separate emit controller).
+        Experts: E*H*D*2 per group position, i.e. per token 2*2*D*E*H/G (SwiGLU: 2*3*D*E*H/G); controller,
+        merge and emit add 3*D*E (4*D*E with a separate emit controller).
         """
-        experts = 2 * 2 * self.d_model * self.n_experts * self.expert_size // self.group_size
+        experts = (
+            2 * expert_matrices(self.activation) * self.d_model * self.n_experts * self.expert_size // self.group_size
+        )
         return experts + 2 * (self.n_controllers + 2) * self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
@@ -425,7 +443,7 @@ class MixtureOfTokens(FeedForwardLayer):
             f"emit={self.emit}, "
             f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
             f"group_axis={self.group_axis}, "
-            f"separate_emit_controller={self.emit_controller is not None}{schedule}"
+            f"separate_emit_controller={self.emit_controller is not None}, activation={self.activation}{schedule}"
         )
 
 
