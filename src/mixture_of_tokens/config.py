@@ -97,7 +97,8 @@ class ModelConfig:
     )
     mot_grouping: str = _help(
         "MoT groups: consecutive (examples g*G..g*G+G-1, the method) | random (a fresh permutation of the batch "
-        "rows per training forward, from torch's RNG; consecutive at evaluation)",
+        "rows per training forward, from torch's RNG; consecutive at evaluation; causal, this package's variant: "
+        "the authors' code shuffles positions within a sequence)",
         default="consecutive",
     )
     mot_group_axis: str = _help(

@@ -9,8 +9,9 @@ For each group of G tokens at the same position (consecutive examples), every ex
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 
 The authors' ablations are options: uniform / discrete routing, learnable temperature (optionally held fixed for
-the first optimizer steps), emit weights over experts, a separate emit controller, and random grouping; a fixed
-temperature may also be annealed over training (cosine or geometric schedule). Their BERT-style runs also grouped
+the first optimizer steps), emit weights over experts and a separate emit controller; random grouping is this
+package's causal version of their shuffled grouping (see `grouping`), and a fixed temperature may also be annealed
+over training (cosine or geometric schedule). Their BERT-style runs also grouped
 G consecutive positions of one sequence (`group_axis="within_sequence"`): merge, experts and emit are unchanged,
 but a token then meets later positions, so that variant needs bidirectional attention (the masked objective).
 """
@@ -92,7 +93,11 @@ class MixtureOfTokens(FeedForwardLayer):
             the permuted rows consecutively and undoes the permutation on the output. In evaluation (`eval()`) the
             groups are consecutive: evaluation then draws nothing from the RNG, decoding keeps the same groups at
             every step, and evaluation rows (evenly spaced held-out windows, the zero-shot protocol's random filler
-            rows) are not ordered by content. Applies to across-batch groups only.
+            rows) are not ordered by content. Applies to across-batch groups only. This is the package's own variant,
+            not the authors' code: their across-batch layer never shuffles (groups are always consecutive examples),
+            and their within-sequence one permutes the positions of a sequence, which mixes a token with later
+            positions (not causal). Permuting whole rows keeps every group at one position, so random grouping stays
+            causal-safe.
         group_axis: "across_batch" (a group is G tokens at one position from G examples, the method) or
             "within_sequence" (a group is G consecutive positions of one sequence; the sequence length must be a
             multiple of G). Within-sequence groups never couple sequences (any batch size will do) but let a token
