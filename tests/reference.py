@@ -56,8 +56,18 @@ def reference_merge_weights(
 
 
 def expert_output(x_D: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, e: int) -> torch.Tensor:
-    """Expert e on one vector: relu(x W1[e]) W2[e]."""
-    return torch.relu(x_D @ w1_EDH[e]) @ w2_EHD[e]
+    """Expert e on one vector: relu(x W1[e]) W2[e]; a SwiGLU expert (W1 [E, D, 2H]: gate columns, then up
+    columns) is (silu(x W1g[e]) * (x W1u[e])) W2[e], silu(g) = g / (1 + exp(-g)) written out, one value at a time."""
+    hidden = w2_EHD.shape[1]
+    if w1_EDH.shape[2] == hidden:
+        return torch.relu(x_D @ w1_EDH[e]) @ w2_EHD[e]
+    assert w1_EDH.shape[2] == 2 * hidden
+    gate, up = x_D @ w1_EDH[e][:, :hidden], x_D @ w1_EDH[e][:, hidden:]
+    product = torch.zeros(hidden, dtype=torch.float64)
+    for i in range(hidden):
+        g = float(gate[i])
+        product[i] = g / (1.0 + math.exp(-g)) * float(up[i])
+    return product @ w2_EHD[e]
 
 
 def reference_logits(x: torch.Tensor, controller: torch.Tensor) -> torch.Tensor:

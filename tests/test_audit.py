@@ -107,6 +107,47 @@ def test_causal_models_do_not_leak(ffn, kwargs):
             assert result.moved_sequences == [1]
 
 
+LLAMA_STYLE = dict(positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=2, dense_bias=False)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize(
+    "ffn,kwargs",
+    [
+        ("dense", {}),
+        ("mot", {}),
+        ("expert_choice", {}),
+        ("token_choice", {"tc_scope": "group", "capacity_factor": 1.0}),
+        ("token_choice", {"capacity_factor": 0.0, "top_k": 2, "tc_norm_topk_prob": True}),
+    ],
+)
+def test_llama_style_models_do_not_leak(ffn, kwargs, qk_norm):
+    """RoPE + grouped-query attention (2 kv heads for 4 query heads) + RMSNorm + SwiGLU, each feed-forward kind."""
+    model = build_model(_tiny_config(ffn, n_heads=4, qk_norm=qk_norm, **LLAMA_STYLE, **kwargs))
+    for position in (0, 7, 15):
+        result = audit_model(model, batch=8, seq_len=16, sequence=5, position=position)
+        assert result.expected_causal and not result.future_leak and result.ok, (ffn, position)
+        assert set(result.moved_positions) == set(range(position, 16))
+        grouped = ffn in ("mot", "expert_choice") or kwargs.get("tc_scope") == "group"
+        assert set(result.moved_sequences) <= (set(range(4, 8)) if grouped else {5})
+
+
+def test_swiglu_layers_are_audited_like_their_relu_twins():
+    results = _by_name(audit_layer_types(batch=8, seq_len=16, group_size=GROUP, sequence=5, position=9))
+    for name in (
+        "dense[swiglu]",
+        "mot[swiglu]",
+        "expert_choice[swiglu]",
+        "token_choice[swiglu, top-2 renormalised, dropless]",
+    ):
+        result = results[name]
+        assert result.expected_causal and not result.future_leak and result.moved_positions == [9], name
+    assert results["dense[swiglu]"].moved_sequences == [5]
+    assert results["token_choice[swiglu, top-2 renormalised, dropless]"].moved_sequences == [5]
+    assert results["mot[swiglu]"].moved_sequences == [4, 5, 6, 7]
+    assert set(results["expert_choice[swiglu]"].moved_sequences) <= {4, 5, 6, 7}
+
+
 def test_batch_scope_token_choice_model_is_flagged():
     model = build_model(_tiny_config("token_choice", capacity_factor=0.5))
     results = [audit_model(model, batch=8, seq_len=16, sequence=0, position=15, seed=seed) for seed in range(3)]

@@ -10,7 +10,7 @@ from helpers import EVAL_VOCAB, TASK_FIXTURES, eval_model, make_checkpoint
 
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.generate import generate_tokens, sample_next
-from mixture_of_tokens.model import KVCache, ModelOutput
+from mixture_of_tokens.model import KVCache, ModelOutput, inference_routing
 
 FILLER = (np.arange(5000, dtype=np.int64) * 7919) % EVAL_VOCAB
 
@@ -43,6 +43,32 @@ def test_cached_decoding_matches_a_full_forward_at_every_step(ffn, lengths):
         assert len(new) == 7 and row[len(prompt) : len(prompt) + 7].tolist() == new
         for offset, token in enumerate(new):  # greedy: each new token is the argmax of the full forward
             assert token == int(full[prompts.index(prompt), len(prompt) - 1 + offset].argmax())
+
+
+LLAMA_STYLE = dict(positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=1, dense_bias=False)
+
+
+@pytest.mark.parametrize(
+    "ffn, overrides, lengths",
+    [
+        ("dense", {}, [5, 9, 3]),
+        ("mot", {"qk_norm": True}, [6, 4, 10, 6, 7]),
+        ("token_choice", {"top_k": 2, "tc_norm_topk_prob": True, "qk_norm": True}, [4, 8]),
+    ],
+)
+def test_cached_decoding_under_rope_and_gqa_matches_a_full_forward(ffn, overrides, lengths):
+    """RoPE angles follow the cache length; the cache holds the one kv head of grouped-query attention."""
+    model = eval_model(ffn, n_heads=2, **LLAMA_STYLE, **overrides)
+    prompts = _prompts(lengths, seed=4)
+    result = generate_tokens(model, prompts, max_new_tokens=6, filler_tokens=FILLER, keep_logits=True)
+    with torch.no_grad(), inference_routing(model):  # Token Choice decodes dropless
+        full = model(result.tokens_RT).logits
+    start = min(lengths)
+    for step, cached in enumerate(result.step_logits):
+        torch.testing.assert_close(cached, full[:, start - 1 + step], rtol=0, atol=1e-9)
+    for index, (prompt, new) in enumerate(zip(prompts, result.new_tokens)):
+        for offset, token in enumerate(new):
+            assert token == int(full[index, len(prompt) - 1 + offset].argmax())
 
 
 def test_chunked_prefill_with_an_offset_uses_the_causal_mask():

@@ -61,22 +61,27 @@ def attention_params(config: ModelConfig) -> int:
     return 2 * config.d_model * config.d_model + 2 * config.d_model * kv_width
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (bf16-pure training keeps norms in float32)."""
+    """LayerNorm computed in float32 for lower-precision inputs (bf16-pure training keeps norms in float32), in
+    float64 for float64 ones."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        weight = None if self.weight is None else _at_least_fp32(self.weight)
+        bias = None if self.bias is None else _at_least_fp32(self.bias)
+        return F.layer_norm(_at_least_fp32(x), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class RMSNorm(nn.RMSNorm):
-    """RMSNorm (x / sqrt(mean(x^2) + eps) * weight, no bias, no mean subtraction) computed in float32 whatever the
-    input dtype, as transformers' LlamaRMSNorm."""
+    """RMSNorm (x / sqrt(mean(x^2) + eps) * weight, no bias, no mean subtraction) computed in float32 for
+    lower-precision inputs, as transformers' LlamaRMSNorm (in float64 for float64 ones)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).to(x.dtype)
+        weight = None if self.weight is None else _at_least_fp32(self.weight)
+        return F.rms_norm(_at_least_fp32(x), self.normalized_shape, weight, self.eps).to(x.dtype)
 
 
 def build_norm(config: ModelConfig, width: int | None = None) -> nn.Module:
@@ -91,9 +96,11 @@ def rotary_cos_sin(
     positions_S: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [S, head_dim] of RoPE at `positions_S`: frequency i = base^(-2i / head_dim) for i < head_dim/2,
-    repeated for the two halves (transformers' default rope), computed in float32 and cast to `dtype`."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions_S.device) / head_dim))
-    freqs_SK = positions_S.float()[:, None] * inv_freq[None, :]
+    repeated for the two halves (transformers' default rope), computed in float32 (as transformers does) or float64
+    for a float64 model, and cast to `dtype`."""
+    exact = torch.promote_types(dtype, torch.float32)
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=exact, device=positions_S.device) / head_dim))
+    freqs_SK = positions_S.to(exact)[:, None] * inv_freq[None, :]
     angles_SK = torch.cat((freqs_SK, freqs_SK), dim=-1)
     return angles_SK.cos().to(dtype), angles_SK.sin().to(dtype)
 

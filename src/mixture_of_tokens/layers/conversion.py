@@ -33,9 +33,12 @@ SWITCH_TARGETS: tuple[str, ...] = tuple(name for name, kind in TARGETS.items() i
 """Targets that change the layer kind (a run can switch to them mid-training)."""
 
 
-ROUTING_FIELDS: tuple[str, ...] = ("top_k", "capacity_factor", "load_balance_weight", "z_loss_weight", "tc_scope")
+ROUTING_FIELDS: tuple[str, ...] = (
+    "top_k", "capacity_factor", "load_balance_weight", "z_loss_weight", "tc_scope", "tc_norm_topk_prob",
+)  # fmt: skip
 """ModelConfig fields of the converted Token Choice layers; unless overridden they take ModelConfig's defaults,
-which are the paper's (top-1, capacity factor 1.25, load-balancing weight 0.01, batch scope)."""
+which are the paper's (top-1, capacity factor 1.25, load-balancing weight 0.01, batch scope, top-k probabilities
+not renormalised)."""
 
 
 def convert_config(config: ModelConfig, target: str, **routing: object) -> ModelConfig:
