@@ -35,7 +35,15 @@ LAYER_CASES = {
     "expert choice, 2 tokens per expert": dataclasses.replace(
         get_preset("tiny-expert-choice").model, ec_tokens_per_expert=2
     ),
+    "dense, swiglu": dataclasses.replace(get_preset("tiny-dense").model, ffn_activation="swiglu", dense_bias=False),
+    "mot, swiglu": dataclasses.replace(TINY_MOT, ffn_activation="swiglu"),
+    "mot, swiglu, recomputed": dataclasses.replace(TINY_MOT, ffn_activation="swiglu", mot_recompute=True),
+    "token choice, swiglu, top-2 renormalised": dataclasses.replace(
+        get_preset("tiny-token-choice").model, ffn_activation="swiglu", top_k=2, tc_norm_topk_prob=True
+    ),
+    "expert choice, swiglu": dataclasses.replace(get_preset("tiny-expert-choice").model, ffn_activation="swiglu"),
 }
+LLAMA_STYLE = dict(positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=2, dense_bias=False)
 
 
 def _saved_values_per_token(module: torch.nn.Module | partial, *inputs: torch.Tensor, tokens: int) -> float:
@@ -63,9 +71,19 @@ def test_each_kind_states_what_it_keeps_for_backward(case: str) -> None:
     assert layer_class(config.ffn).activation_values_per_token(config) == pytest.approx(measured, rel=0.01)
 
 
-@pytest.mark.parametrize("preset", ["tiny-dense", "tiny-mot", "tiny-expert-choice"])
+BLOCK_VARIANTS = {
+    "llama-style": LLAMA_STYLE,
+    "llama-style, one kv head, qk-norm": {**LLAMA_STYLE, "n_kv_heads": 1, "qk_norm": True},
+    "qk-norm without rope": {"qk_norm": True},
+}
+
+
+@pytest.mark.parametrize("preset", ["tiny-dense", "tiny-mot", "tiny-expert-choice", *BLOCK_VARIANTS])
 def test_the_whole_model_keeps_what_the_estimate_counts(preset: str) -> None:
-    config = get_preset(preset).model
+    if preset in BLOCK_VARIANTS:  # tiny-mot's layout under the block options
+        config = dataclasses.replace(TINY_MOT, **BLOCK_VARIANTS[preset])
+    else:
+        config = get_preset(preset).model
     ids = torch.randint(config.vocab_size, (32, config.max_seq_len))
     model = Transformer(config).train()
     measured = _saved_values_per_token(partial(model, return_logits=False), ids, ids, tokens=ids.numel())

@@ -220,7 +220,7 @@ class TokenChoice(FeedForwardLayer):
             slots = k * (config.capacity_factor or 1.25)
         router = config.n_experts * (3 + (config.z_loss_weight > 0))
         kept = min(k, slots)
-        renormalised = k if config.tc_norm_topk_prob else 0  # the renormalised top-k weights
+        renormalised = config.n_experts + 1 if config.tc_norm_topk_prob else 0  # sorted p and the top-k sum
         return d_model + router + 7 * k + renormalised + 3 * kept * d_model + slots * (d_model + hidden)
 
     @classmethod

@@ -4,7 +4,9 @@ The peak is reached at the end of the forward pass, in the loss, when every acti
   states       weights, gradients and AdamW's two moments (4 copies of the parameters, float32 unless bf16-pure)
   activations  per token and block: the residual stream, both LayerNorm outputs, q/k/v, the attention output
                and its copy into the output projection (7*d values), fused attention's log-sum-exp per head and
-               the two LayerNorms' statistics; plus what the block's feed-forward layer keeps
+               the two LayerNorms' statistics (fewer keys and values with grouped-query attention, more with RoPE,
+               query/key norms and RMSNorm: `attention_and_norm_values_per_token`); plus what the block's
+               feed-forward layer keeps
                (`activation_values_per_token` of its kind, its input included); plus the final LayerNorm (its
                output's place is taken by the gradient of the hidden states the chunked loss keeps);
   loss         the trainer's chunked loss (`lm_loss`): one chunk of LOSS_CHUNK_TOKENS tokens' logits in float32
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..blocks import kv_heads
 from ..config import ModelConfig
 from ..counting import ModelCounts
 from ..layers import block_classes
@@ -65,11 +68,30 @@ class MemoryEstimate:
         )
 
 
+def attention_and_norm_values_per_token(config: ModelConfig) -> float:
+    """One block's attention and its two norms (the paper's block: 7d + heads + 4). Grouped-query attention keeps
+    keys and values of kv heads only (q, k, v: d + 2w for the kv width w = kv heads x head width); RoPE keeps the
+    rotated queries and keys (d + w); per-head query/key norms keep their normalised values, their output or its
+    rotation and one statistic per head (2d + heads + 2w + kv heads, with or without RoPE); an RMSNorm keeps its
+    normalised input besides its input (d - 1 more than a LayerNorm). RoPE's cos and sin, shared by the blocks, are
+    2 x head width per position, not counted (under 0.2% of the tiny presets)."""
+    d_model, heads = config.d_model, config.n_heads
+    kv_width = kv_heads(config) * (d_model // heads)
+    values = 7 * d_model + heads + 4 - 2 * (d_model - kv_width)
+    if config.qk_norm:
+        values += 2 * d_model + heads + 2 * kv_width + kv_heads(config)
+    elif config.positions == "rope":
+        values += d_model + kv_width
+    if config.norm == "rmsnorm":
+        values += 2 * (d_model - 1)
+    return values
+
+
 def block_values_per_token(config: ModelConfig) -> float:
-    """Values kept for backward per token outside the loss: every block and the final LayerNorm."""
-    attention_and_norms = 7 * config.d_model + config.n_heads + 4
+    """Values kept for backward per token outside the loss: every block and the final norm."""
     feed_forward = sum(cls.activation_values_per_token(config) for cls in block_classes(config))
-    return config.n_blocks * attention_and_norms + feed_forward + 2 * config.d_model + 2
+    final_norm = 2 * config.d_model + 2 + (config.d_model - 1 if config.norm == "rmsnorm" else 0)
+    return config.n_blocks * attention_and_norm_values_per_token(config) + feed_forward + final_norm
 
 
 def activation_values_per_token(config: ModelConfig) -> float:
