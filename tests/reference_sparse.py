@@ -52,6 +52,7 @@ def reference_token_choice(
     group_size: int | None = None,
     load_balance_weight: float = 0.01,
     z_loss_weight: float = 0.0,
+    drop_rule: str = "probability",
     norm_topk_prob: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float], set[tuple[int, int, int]]]:
     """Token Choice, docs/method.md §2: returns (dx[B, S, D] float64, aux losses, kept (b, s, expert) assignments).
@@ -60,6 +61,8 @@ def reference_token_choice(
     consecutive examples and each position s, the G tokens (g*G + i, s) in order of i. Dropless uses one group.
     Each token picks its k most probable experts (ties: lower expert index). Each expert keeps, per routing group,
     the C = min(floor(cf*T*k/E), T) assignments of highest probability; equal probabilities: earlier token first.
+    drop_rule "authors": each expert keeps its first C - 1 assignments in group order instead (first come, first
+    served, as the authors' code).
     A kept assignment adds p[e] * expert_e(x), or with norm_topk_prob p[e] / (sum of the token's top-k p) (the
     ranking still by p). SwiGLU experts (W1 [E, D, 2H]) through `expert_output`.
     """
@@ -89,6 +92,8 @@ def reference_token_choice(
             capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens)
         else:
             capacity = n_tokens
+        if capacity_factor and drop_rule == "authors":
+            capacity -= 1
         # per expert: (probability, order in the group, token) of the tokens that chose it
         queues: list[list[tuple[float, int, tuple[int, int]]]] = [[] for _ in range(n_experts)]
         combine: dict[tuple[tuple[int, int], int], float] = {}
@@ -101,7 +106,8 @@ def reference_token_choice(
                 combine[(token, e)] = p[e] / top_total if norm_topk_prob else p[e]
                 counts[e] += 1
         for e in range(n_experts):
-            ranked = sorted(queues[e], key=lambda item: (-item[0], item[1]))
+            by_order = drop_rule == "authors"
+            ranked = sorted(queues[e], key=lambda item: item[1] if by_order else (-item[0], item[1]))
             for _, _, (b, s) in ranked[:capacity]:
                 out[b, s] = out[b, s] + combine[((b, s), e)] * expert_output(x[b, s], w1, w2, e)
                 kept.add((b, s, e))

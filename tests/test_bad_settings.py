@@ -44,6 +44,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "temperature_freeze_steps": ["--temperature-freeze-steps", "-1"],
     "top_k": ["--top-k", "9"],  # more than the 4 experts
     "capacity_factor": ["--ffn", "token_choice", "--capacity-factor", "0.001"],  # 0 slots for 256 tokens
+    "tc_drop_rule": ["--tc-drop-rule", "random"],
     "tc_scope": ["--tc-scope", "sequence"],
     "load_balance_weight": ["--load-balance-weight", "-1"],
     "z_loss_weight": ["--z-loss-weight", "-0.5"],

@@ -282,3 +282,40 @@ def test_lm_eval_backend_scores_like_the_scorer(workspace):
     assert len(rolling) == 1 and rolling[0] < 0
     texts = backend.generate_until([("The children", {"until": ["."], "max_gen_toks": 12})])
     assert len(texts) == 1 and "." not in texts[0]
+
+
+def test_mot_eval_tc_capacity_adds_the_loss_with_the_trained_capacity(workspace, capsys):
+    """Token Choice is evaluated dropless; --tc-capacity adds the held-out loss with the capacity it trained with
+    (the authors evaluated so), equal to the loss of the model with its capacity restored."""
+    from helpers import build_model
+
+    from mixture_of_tokens.checkpoint import save_checkpoint
+    from mixture_of_tokens.config import TrainConfig
+    from mixture_of_tokens.data import eval_batches
+    from mixture_of_tokens.evaluation import evaluate_loss
+    from mixture_of_tokens.layers import set_inference_routing
+
+    root, data = workspace["root"], workspace["data"]
+    config = eval_config("token_choice", capacity_factor=0.5)  # binding: drops are certain
+    model = build_model(config, seed=4)
+    train_config = TrainConfig(steps=1, batch_size=8, eval_batches=2, data=f"text:{root / 'corpus'}", device="cpu")
+    checkpoint = save_checkpoint(root / "ckpt-tc-capacity", model, config, train_config, data.tokenizer)
+    out = root / "tc-capacity.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--tc-capacity", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    dropless, capacity = result["perplexity"]
+    assert capacity["mode"] == "with capacity (capacity_factor 0.5)"
+    assert "with capacity (capacity_factor 0.5)" in printed
+    batches = eval_batches(data.eval_tokens, 8, config.max_seq_len, 2)
+    model.eval()
+    set_inference_routing(model, False)
+    assert capacity["loss"] == pytest.approx(evaluate_loss(model, batches, torch.device("cpu")), rel=1e-6)
+    set_inference_routing(model, True)
+    assert dropless["loss"] == pytest.approx(evaluate_loss(model, batches, torch.device("cpu")), rel=1e-6)
+    assert capacity["loss"] != pytest.approx(dropless["loss"], rel=1e-6)  # the drops change the loss
+    # a model without Token Choice, or no held-out loss to measure: one sentence
+    assert main(["eval", "--checkpoint", str(workspace["dense"]), "--tc-capacity"]) == 2
+    assert "--tc-capacity evaluates Token Choice layers with their capacity" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(checkpoint), "--tc-capacity", "--no-perplexity", "--tasks", "piqa"]) == 2
+    assert "--tc-capacity measures the held-out loss" in capsys.readouterr().err

@@ -34,6 +34,7 @@ def test_sparse_and_precision_presets(name):
     if kind == "token_choice":  # top-1 over experts of width d_ff: dense FLOPs
         assert (model.top_k, model.capacity_factor, model.load_balance_weight) == (1, 1.25, 0.01)
     assert model.load_balance_reduce == "mean"  # the paper-era authors' code averages it over layers
+    assert model.tc_drop_rule == "authors"  # ... and drops first come, first served, keeping C - 1
     if kind == "expert_choice":  # one token per expert per group of E: dense FLOPs
         assert model.ec_tokens_per_expert == 1 and model.group_size == model.n_experts
 

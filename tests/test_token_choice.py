@@ -46,6 +46,7 @@ def reference_of(layer: TokenChoice, x: torch.Tensor):
         group_size=layer.group_size,
         load_balance_weight=layer.load_balance_weight,
         z_loss_weight=layer.z_loss_weight,
+        drop_rule=layer.drop_rule,
     )
 
 
@@ -120,6 +121,36 @@ def test_binding_capacity_with_several_choices(scope, top_k, dispatch):
     x = torch.randn(8, 6, 8, dtype=torch.float64).to(layer.router.dtype)
     check_against_reference(layer, x)
     assert layer.stats["dropped_ratio"] > 0
+
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+@pytest.mark.parametrize("scope", ["batch", "group"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_authors_drop_rule_keeps_the_first_c_minus_1_assignments_in_token_order(scope, top_k, dispatch):
+    """drop_rule "authors": first come, first served in (example, position) order, C - 1 kept per expert."""
+    kwargs = dict(top_k=top_k, capacity_factor=1.0, scope=scope, group_size=8, dispatch=dispatch)
+    authors = make_layer(8, 4, 8, seed=top_k + 7, drop_rule="authors", **kwargs)
+    x = torch.randn(8, 6, 8, dtype=torch.float64).to(authors.router.dtype)
+    check_against_reference(authors, x)
+    probability = make_layer(8, 4, 8, seed=top_k + 7, **kwargs)
+    probability(x)
+    assert authors.stats["dropped_ratio"] > 0 and probability.stats["dropped_ratio"] > 0
+    assert authors.stats["dropped_ratio"] >= probability.stats["dropped_ratio"]  # one slot fewer per expert
+    assert (authors(x) - probability(x)).abs().max() > 1e-3
+
+
+def test_authors_drop_rule_by_hand():
+    """One expert, four tokens, C = floor(0.75 * 4) = 3: probability keeps tokens 0, 1, 2 (equal p: earlier first),
+    the authors' rule keeps the first C - 1 = 2."""
+    x = torch.randn(1, 4, 5, dtype=torch.float64)
+    for rule, kept in (("probability", 3), ("authors", 2)):
+        layer = make_layer(5, 1, 4, seed=0, capacity_factor=0.75, drop_rule=rule)
+        out = layer(x)
+        assert [bool(out[0, t].abs().max() > 0) for t in range(4)] == [t < kept for t in range(4)], rule
+    with pytest.raises(ValueError, match=r"capacity_factor=0.25 gives every expert 0 slots .*drop_rule='authors'"):
+        make_layer(5, 1, 4, capacity_factor=0.25, drop_rule="authors")(x)  # C = 1: one kept under probability
+    with pytest.raises(ValueError, match="drop_rule='first' is not supported; allowed values: probability, authors"):
+        TokenChoice(8, n_experts=4, expert_size=16, drop_rule="first")
 
 
 def test_scopes_differ_when_capacity_binds():

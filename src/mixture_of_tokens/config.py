@@ -21,6 +21,7 @@ from .layers.mot_options import (
     check_temperature_schedule,
 )
 from .layers.registry import ffn_kinds
+from .layers.token_choice import DROP_RULES as TC_DROP_RULES
 from .layers.token_choice import SCOPES as TC_SCOPES
 from .runtime.devices import DEVICES
 from .runtime.distributed import PARALLEL_MODES
@@ -119,6 +120,11 @@ class ModelConfig:
     capacity_factor: float = _help(
         "Token Choice capacity factor cf: C = min(floor(cf*T*k/E), T) slots per expert per routing group; 0: dropless",
         default=1.25,
+    )
+    tc_drop_rule: str = _help(
+        "Token Choice: which assignments an expert over capacity keeps: probability (the C most probable) | authors "
+        "(first come, first served in (example, position) order, C - 1 of them, as the authors' code)",
+        default="probability",
     )
     tc_scope: str = _help(
         "Token Choice routing group: batch (whole batch, the common way; leaks future tokens through capacity) | "
@@ -223,6 +229,10 @@ class ModelConfig:
             )
         if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}.")
+        if self.tc_drop_rule not in TC_DROP_RULES:
+            raise ValueError(
+                f"tc_drop_rule={self.tc_drop_rule!r} is not supported; allowed values: {', '.join(TC_DROP_RULES)}."
+            )
         if self.tc_scope not in TC_SCOPES:
             raise ValueError(f"tc_scope={self.tc_scope!r} is not supported; allowed values: {', '.join(TC_SCOPES)}.")
         for name in ("capacity_factor", "load_balance_weight", "z_loss_weight"):

@@ -48,6 +48,11 @@ class EvalConfig(ScoringConfig):
     limit: int = _help("only the first N documents of each task (0: all)", default=0)
     eval_batches: int = _help("held-out batches (0: the run's setting)", default=0)
     perplexity: bool = _help("measure the held-out loss (--no-perplexity skips it)", default=True)
+    tc_capacity: bool = _help(
+        "Token Choice: also measure the held-out loss with the capacity it trained with (tokens dropped as in "
+        "training, routing groups of the eval batch; the authors evaluated so); the default is dropless",
+        default=False,
+    )
     out: str = _help("results JSON (default: CHECKPOINT/eval-<timestamp>.json)", default="")
 
     def __post_init__(self) -> None:

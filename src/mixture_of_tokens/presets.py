@@ -68,11 +68,13 @@ _TINY_BERT = dataclasses.replace(_TINY, objective="masked")
 _NARROW = ModelConfig(vocab_size=1024, max_seq_len=64, d_model=64, n_blocks=2, n_heads=2, d_ff=256)
 _NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
                             log_every=50, data="packaged+brown")  # fmt: skip
-# The paper's models: GPT-2 vocabulary, context 256; Token Choice's load-balancing loss averaged over its layers,
-# as in the authors' paper-era code.
+# The paper's models: GPT-2 vocabulary, context 256; Token Choice (its own presets and the transition from MoT) as
+# in the authors' paper-era code: the load-balancing loss averaged over its layers, and overflow dropped first come,
+# first served in (example, position) order, C - 1 kept per expert.
 _MEDIUM = ModelConfig(
-    vocab_size=50257, max_seq_len=256, d_model=512, n_blocks=8, n_heads=8, d_ff=2048, load_balance_reduce="mean"
-)
+    vocab_size=50257, max_seq_len=256, d_model=512, n_blocks=8, n_heads=8, d_ff=2048, load_balance_reduce="mean",
+    tc_drop_rule="authors",
+)  # fmt: skip
 _BASE = dataclasses.replace(_MEDIUM, d_model=768, n_blocks=12, n_heads=12, d_ff=3072)
 
 # The paper's text: Transformer-Medium 1e-3, Transformer-Base 4e-4; MoT and sparse MoE 7e-4 (Medium), 2e-4 (Base).

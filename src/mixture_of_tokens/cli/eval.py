@@ -46,6 +46,22 @@ def _parse_task_files(items: list[str]) -> dict[str, Path]:
     return files
 
 
+def _check_tc_capacity(model_config, *, perplexity: bool) -> None:
+    """--tc-capacity needs Token Choice layers that trained with a capacity, and the held-out loss to measure."""
+    from ..layers import TokenChoice
+
+    kinds = model_config.block_ffn_kinds()
+    if TokenChoice.kind not in kinds:
+        raise ValueError(
+            "--tc-capacity evaluates Token Choice layers with their capacity; this checkpoint has none (its blocks "
+            f"are: {', '.join(kinds)})."
+        )
+    if not model_config.capacity_factor:
+        raise ValueError("--tc-capacity needs a capacity, but this checkpoint's Token Choice trained dropless.")
+    if not perplexity:
+        raise ValueError("--tc-capacity measures the held-out loss with the capacity; drop --no-perplexity.")
+
+
 def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
 
@@ -56,6 +72,7 @@ def run(args: argparse.Namespace) -> None:
     from ..data import eval_batches
     from ..evaluation import (
         TASKS,
+        EvalMode,
         Scorer,
         check_results_destination,
         eval_modes,
@@ -67,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
         resolve_policy,
         write_results,
     )
+    from ..layers import capacity_routing
 
     config = EvalConfig(**overrides(args, EvalConfig))
     tasks = config.task_names
@@ -80,6 +98,8 @@ def run(args: argparse.Namespace) -> None:
     loaded = load_checkpoint(args.checkpoint, config.device)
     if tasks:
         loaded.model_config.check_causal("zero-shot scoring (--tasks)")
+    if config.tc_capacity:
+        _check_tc_capacity(loaded.model_config, perplexity=config.perplexity)
     check_results_destination(loaded.directory, config.out or None)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -107,6 +127,10 @@ def run(args: argparse.Namespace) -> None:
         results = evaluate_modes(
             loaded.model, batches, eval_modes(loaded.model_config, train_config.batch_size), loaded.device
         )
+        if config.tc_capacity:  # the trained capacity instead of dropless routing
+            mode = EvalMode(f"with capacity (capacity_factor {loaded.model_config.capacity_factor:g})")
+            with capacity_routing(loaded.model):
+                results += evaluate_modes(loaded.model, batches, [mode], loaded.device)
         print(f"held-out text: {len(batches)} batches x {train_config.batch_size} x {seq_len} tokens")
         if mask_token_id is not None:
             print(f"masked LM: {results[0].n_tokens} masked positions (fixed BERT masks)")

@@ -18,7 +18,7 @@ from .dense import FeedForward
 from .expert_choice import ExpertChoice
 from .experts import expert_mlp
 from .grouping import check_group_size, from_position_groups, group_by_position, position_groups
-from .modes import inference_routing, mot_mode, set_inference_routing
+from .modes import capacity_routing, inference_routing, mot_mode, set_inference_routing
 from .mot import MixtureOfTokens
 from .registry import (
     FFN_REGISTRY,
@@ -48,6 +48,7 @@ __all__ = [
     "batch_multiple",
     "block_classes",
     "build_ffn",
+    "capacity_routing",
     "check_group_size",
     "check_training_batch",
     "expert_mlp",

@@ -1,5 +1,6 @@
 """Evaluation-time switches that layers implement for themselves: another group size or routing (`mot_mode`), and
-inference routing (`set_inference_routing`: e.g. Token Choice runs dropless so it needs no batch)."""
+inference routing (`set_inference_routing`: e.g. Token Choice runs dropless so it needs no batch) and back
+(`capacity_routing`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ def set_inference_routing(model: nn.Module, enabled: bool = True) -> nn.Module:
     for layer in _inference_layers(model):
         layer.set_inference(enabled)
     return model
+
+
+@contextlib.contextmanager
+def capacity_routing(model: nn.Module) -> Iterator[None]:
+    """Training routing (Token Choice with the capacity it trained with) for the duration of a `with` block, then
+    each layer as it was before: `mot eval --tc-capacity` measures a loaded (dropless) model with its drops."""
+    layers = _inference_layers(model)
+    before = [layer.set_inference(False) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, was_enabled in zip(layers, before):
+            layer.set_inference(was_enabled)
 
 
 @contextlib.contextmanager

@@ -10,10 +10,12 @@ p[t, e] * expert_e(x_t) (the top-k probabilities are not renormalised, unless `n
 weights are p[t, e] / sum of the token's top-k p, as Mixtral and Qwen-MoE's norm_topk_prob; capacity ranking still
 uses p).
 
-Priority when an expert overflows: its assignments are ranked by router probability p[t, e], highest first; equal
-probabilities are ranked by token order in the routing group (for scope "batch": example, then position; for
-scope "group": the example's index within its group). This is "batch prioritized routing" (Riquelme et al. 2021):
-with several choices per token, a confident second choice may win over a hesitant first choice.
+Priority when an expert overflows (`drop_rule`): "probability" ranks its assignments by router probability p[t, e],
+highest first; equal probabilities are ranked by token order in the routing group (for scope "batch": example, then
+position; for scope "group": the example's index within its group). This is "batch prioritized routing" (Riquelme et
+al. 2021): with several choices per token, a confident second choice may win over a hesitant first choice.
+"authors" is the authors' code: first come, first served in that token order, and an expert keeps C - 1
+assignments (their cumulative count starts at 1 and must stay below C).
 
 Routing scopes:
     "batch": the whole batch is one routing group (T = B*S), the common implementation. When capacity binds, a
@@ -55,21 +57,28 @@ from .routing_stats import SparseRouting, expert_load, sparse_routing_statistics
 
 Scope = Literal["batch", "group"]
 SCOPES: tuple[str, ...] = ("batch", "group")
+DropRule = Literal["probability", "authors"]
+DROP_RULES: tuple[str, ...] = ("probability", "authors")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
 
-def expert_capacity(capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int) -> int | None:
-    """C = min(floor(cf * T * k / E), T); None when dropless (cf None or 0)."""
+def expert_capacity(
+    capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int, drop_rule: str = "probability"
+) -> int | None:
+    """The assignments an expert keeps per routing group: C = min(floor(cf * T * k / E), T), or C - 1 under the
+    authors' drop rule; None when dropless (cf None or 0)."""
     if not capacity_factor:
         return None
-    capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens)
+    lost = 1 if drop_rule == "authors" else 0
+    capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens) - lost
     if capacity < 1:
+        rule = " with drop_rule='authors', which keeps C - 1" if lost else ""
         raise ValueError(
             f"capacity_factor={capacity_factor} gives every expert 0 slots for {n_tokens} tokens per routing group "
-            f"(top_k={top_k}, n_experts={n_experts}); use capacity_factor >= {n_experts / (n_tokens * top_k):.3g} "
-            "or 0 (dropless)."
+            f"(top_k={top_k}, n_experts={n_experts}{rule}); use capacity_factor >= "
+            f"{(1 + lost) * n_experts / (n_tokens * top_k):.3g} or 0 (dropless)."
         )
     return capacity
 
@@ -111,6 +120,8 @@ class TokenChoice(FeedForwardLayer):
         expert_dispatch: "auto" | "grouped" | "padded", how the experts run (module docstring; settable).
         activation: "relu" (the paper's experts) or "swiglu" (W1 [E, D, 2H]: gate and up; layers/experts.py).
         norm_topk_prob: combine with the top-k probabilities renormalised to sum to 1 per token.
+        drop_rule: which assignments an expert over capacity keeps: "probability" (the C most probable) or
+            "authors" (the first C - 1 in token order, as the authors' code; module docstring).
     """
 
     kind = "token_choice"
@@ -131,6 +142,7 @@ class TokenChoice(FeedForwardLayer):
         expert_dispatch: str = "auto",
         activation: str = "relu",
         norm_topk_prob: bool = False,
+        drop_rule: DropRule = "probability",
     ) -> None:
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size)
@@ -138,6 +150,7 @@ class TokenChoice(FeedForwardLayer):
         if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
         check_choice("scope", scope, SCOPES)
+        check_choice("drop_rule", drop_rule, DROP_RULES)
         if scope == "group" and (not isinstance(group_size, int) or group_size < 1):
             raise ValueError(f"scope='group' needs group_size, a positive integer; got {group_size!r}.")
         if capacity_factor is not None and capacity_factor < 0:
@@ -160,6 +173,7 @@ class TokenChoice(FeedForwardLayer):
         self.expert_dispatch = expert_dispatch
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
+        self.drop_rule = drop_rule
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
         # [E, D, H] (SwiGLU: [E, D, 2H]), [E, H, D]
@@ -185,6 +199,7 @@ class TokenChoice(FeedForwardLayer):
             expert_dispatch=config.expert_dispatch,
             activation=config.ffn_activation,
             norm_topk_prob=config.tc_norm_topk_prob,
+            drop_rule=config.tc_drop_rule,
         )
 
     @classmethod
@@ -197,7 +212,7 @@ class TokenChoice(FeedForwardLayer):
         """Every expert must get at least one capacity slot per routing group of the micro-batch."""
         grouped = config.tc_scope == "group" and config.capacity_factor
         n_tokens = config.group_size if grouped else micro_batch * config.max_seq_len
-        expert_capacity(config.capacity_factor, n_tokens, config.top_k, config.n_experts)
+        expert_capacity(config.capacity_factor, n_tokens, config.top_k, config.n_experts, config.tc_drop_rule)
 
     @classmethod
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
@@ -214,7 +229,9 @@ class TokenChoice(FeedForwardLayer):
         d_model, k = config.d_model, config.top_k
         hidden = kept_hidden_values(config.ffn_activation, config.expert_size)
         if config.tc_scope == "group" and config.capacity_factor:
-            capacity = expert_capacity(config.capacity_factor, config.group_size, k, config.n_experts)
+            capacity = expert_capacity(
+                config.capacity_factor, config.group_size, k, config.n_experts, config.tc_drop_rule
+            )
             slots = config.n_experts * capacity / config.group_size
         else:
             slots = k * (config.capacity_factor or 1.25)
@@ -279,7 +296,7 @@ class TokenChoice(FeedForwardLayer):
         grouped = use_grouped_dispatch(self.expert_dispatch, x_BSD, self.w1, self.w2)
         x_RTD = self._routing_groups(x_BSD)
         n_groups, n_tokens, dim = x_RTD.shape
-        capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts)
+        capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts, self.drop_rule)
         n_experts, top_k = self.n_experts, self.top_k
 
         logits_RTE = at_least_fp32(x_RTD) @ at_least_fp32(self.router)
@@ -287,7 +304,8 @@ class TokenChoice(FeedForwardLayer):
         # top-k experts per token; a stable sort makes equal probabilities go to the lower expert index
         gate_RTE, expert_RTE = torch.sort(probs_RTE, dim=-1, descending=True, stable=True)
         gate_RTK, expert_RTK = gate_RTE[..., :top_k], expert_RTE[..., :top_k]
-        priority_RTK = gate_RTK.detach()  # capacity ranks by router probability p
+        # capacity ranks by router probability p, or (the authors' rule) by token order alone: equal priorities
+        priority_RTK = gate_RTK.detach() if self.drop_rule == "probability" else torch.zeros_like(gate_RTK)
         if self.norm_topk_prob:  # combine weights summing to 1 per token
             gate_RTK = gate_RTK / gate_RTK.sum(dim=-1, keepdim=True)
 
@@ -362,5 +380,5 @@ class TokenChoice(FeedForwardLayer):
             f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
             f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, scope={self.scope}, "
             f"group_size={self.group_size}, expert_dispatch={self.expert_dispatch}, activation={self.activation}, "
-            f"norm_topk_prob={self.norm_topk_prob}"
+            f"norm_topk_prob={self.norm_topk_prob}, drop_rule={self.drop_rule}"
         )
