@@ -64,6 +64,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "warmup_steps": ["--warmup-steps", "-1"],
     "lr_schedule_offset": ["--lr-schedule-offset", "-1"],
     "weight_decay": ["--weight-decay", "-1"],
+    "weight_decay_params": ["--weight-decay-params", "some"],
     "beta1": ["--beta1", "1.5"],
     "beta2": ["--beta2", "1"],
     "grad_clip": ["--grad-clip", "-1"],

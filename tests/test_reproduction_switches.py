@@ -205,3 +205,52 @@ def test_explicit_protocol_rows_still_win_and_are_checked():
     assert resolve_policy(config, rows=128).rows == 128
     with pytest.raises(ValueError, match="protocol-rows=32"):
         resolve_policy(config, rows=32)
+
+
+# ----------------------------------------------------------------------------------------------- weight decay
+
+
+def _decayed(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+
+
+def test_weight_decay_params_all_decays_every_parameter_as_the_authors_code():
+    """matrices (default): tensors of dim >= 2 only; all: also biases, norm gains and the learnable log tau. With
+    zero gradients one AdamW step moves only what decays, by the factor 1 - lr * weight_decay."""
+    from mixture_of_tokens.training.step import build_optimizer
+
+    model = build(ffn="mot", group_size=2, n_experts=2, expert_size=32, mot_learnable_temperature="per_expert")
+    parameters = list(model.parameters())
+    assert any(p.dim() < 2 for p in parameters)
+    matrices = build_optimizer(model, TrainConfig(lr=0.5, weight_decay=0.1))
+    every = build_optimizer(model, TrainConfig(lr=0.5, weight_decay=0.1, weight_decay_params="all"))
+    assert _decayed(matrices) == {id(p) for p in parameters if p.dim() >= 2}
+    assert _decayed(every) == {id(p) for p in parameters}
+    gain = next(m.weight for m in model.modules() if isinstance(m, LayerNorm))
+    tau = model.blocks[0].ffn.log_temperature
+    with torch.no_grad():
+        tau.fill_(0.5)
+    for optimizer, factor in ((matrices, 1.0), (every, 1 - 0.5 * 0.1)):
+        before = [gain.detach().clone(), tau.detach().clone()]
+        for p in parameters:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        torch.testing.assert_close(gain.detach(), before[0] * factor)
+        torch.testing.assert_close(tau.detach(), before[1] * factor)
+    with pytest.raises(ValueError, match="weight_decay_params='some' is not supported; allowed values: matrices, all"):
+        TrainConfig(weight_decay_params="some")
+
+
+def test_weight_decay_params_all_also_decays_what_a_switch_adds():
+    """Expert Choice's output LayerNorm, added at a switch, joins the decaying group under `all` (not under
+    matrices)."""
+    from mixture_of_tokens.training.step import build_optimizer
+    from mixture_of_tokens.training.switch import switch_in_place
+
+    for rule, decays in (("matrices", False), ("all", True)):
+        model = build(ffn="mot", group_size=2, n_experts=2, expert_size=32).float()
+        optimizer = build_optimizer(model, TrainConfig(weight_decay_params=rule))
+        switch_in_place(model, optimizer, "expert-choice")
+        norm = model.blocks[0].ffn.norm
+        assert (id(norm.weight) in _decayed(optimizer)) == decays, rule
+        assert _decayed(optimizer) == {id(p) for p in model.parameters() if decays or p.dim() >= 2}

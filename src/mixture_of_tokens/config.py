@@ -33,6 +33,8 @@ FFN_BLOCK_PATTERNS: tuple[str, ...] = ("all", "second-half", "first-half", "ever
 
 OBJECTIVES: tuple[str, ...] = ("causal", "masked")
 
+WEIGHT_DECAY_PARAMS: tuple[str, ...] = ("matrices", "all")
+
 MAX_LR = 1e30
 """The largest learning rate accepted: AdamW's step (lr / (1 - beta1) early on) must fit in float32 (3.4e38)."""
 
@@ -302,7 +304,12 @@ class TrainConfig:
         "steps already taken on this schedule (continue a source run's schedule after --init-from; 0: fresh)",
         default=0,
     )
-    weight_decay: float = _help("AdamW weight decay (tensors of dim >= 2; not biases, norms)", default=0.1)
+    weight_decay: float = _help("AdamW weight decay (on the parameters weight_decay_params names)", default=0.1)
+    weight_decay_params: str = _help(
+        "which parameters AdamW decays: matrices (tensors of dim >= 2: weights, embeddings, experts) | all (also "
+        "biases, norm gains and a learnable log tau, as the authors' code)",
+        default="matrices",
+    )
     beta1: float = _help("AdamW beta1", default=0.9)
     beta2: float = _help("AdamW beta2", default=0.999)
     grad_clip: float = _help("clip the global gradient norm to this (0: off)", default=0.5)
@@ -376,6 +383,7 @@ class TrainConfig:
             ("parallel", PARALLEL_MODES),
             ("device", DEVICES),
             ("switch_to", ("", *SWITCH_TARGETS)),
+            ("weight_decay_params", WEIGHT_DECAY_PARAMS),
             ("eval_also", ("", *SWITCH_TARGETS)),
         ):
             if getattr(self, name) not in allowed:

@@ -48,12 +48,14 @@ def fused_adamw_applies(parameters: Iterable[torch.Tensor]) -> bool:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and expert tensors (dim >= 2), none on biases, norms, temperatures; fused
-    where `fused_adamw_applies`."""
+    """AdamW in two groups, decayed and not: weight decay on matrices and expert tensors (dim >= 2) and none on
+    biases, norms, temperatures, or (`weight_decay_params="all"`, the authors' code) on every parameter, the second
+    group then empty; fused where `fused_adamw_applies`."""
     trained = [p for p in model.parameters() if p.requires_grad]
+    decay_all = config.weight_decay_params == "all"
     groups = [
-        {"params": [p for p in trained if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in trained if decay_all or p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trained if not (decay_all or p.dim() >= 2)], "weight_decay": 0.0},
     ]
     fused = True if fused_adamw_applies(trained) else None  # None: torch's default implementation
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)

@@ -38,8 +38,9 @@ def switch_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, t
             group["params"] = [p for p in group["params"] if id(p) in kept]
         no_decay = next(g for g in optimizer.param_groups if g["weight_decay"] == 0.0)
         decay = optimizer.param_groups[0]
+        decay_all = any(p.dim() < 2 for p in decay["params"])  # weight_decay_params="all" (build_optimizer)
         for parameter in fresh:
-            (decay if parameter.dim() >= 2 else no_decay)["params"].append(parameter)
+            (decay if decay_all or parameter.dim() >= 2 else no_decay)["params"].append(parameter)
     return converted
 
 
