@@ -45,11 +45,14 @@ def test_every_preset_belongs_to_one_figure_and_cpu_presets_stay_offline():
     cpu = [p for figure, ps in groups.items() if figure.startswith("CPU") for p in ps]
     assert {p.name for p in cpu} == {
         "tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice",
+        "narrow-dense", "narrow-mot", "narrow-token-choice", "narrow-expert-choice",
         "tiny-bert-dense", "tiny-bert-mot", "tiny-bert-mot-seq",
+        "llama-tiny-dense", "llama-tiny-mot", "llama-tiny-token-choice",
     }  # fmt: skip
-    assert all(p.train.data == "packaged" and p.train.tokenizer == "bpe" for p in cpu)
+    # packaged text (the capacity-bound group adds the Brown corpus, which also ships in a package)
+    assert all(p.train.data in ("packaged", "packaged+brown") and p.train.tokenizer == "bpe" for p in cpu)
     assert all(p.train.data == "c4" for ps in groups.values() for p in ps if p not in cpu)
-    assert len(groups) == 7
+    assert len(groups) == 9  # four CPU groups, five figures and tables of the paper
 
 
 def test_base_64e_16_follows_the_naming_rule_and_says_so():

@@ -40,18 +40,23 @@ PAPER_LR = {
 GPT2_VOCAB, CONTEXT = 50257, 256
 
 
-def hand_count(vocab, seq, d, d_ff, kinds, n_experts, expert_size, tied=False) -> int:
-    """Parameters of the pre-LN decoder from its formula."""
-    total = vocab * d + seq * d  # token and position embeddings
+def hand_count(vocab, seq, d, d_ff, kinds, n_experts, expert_size, tied=False, *, llama_kv_width=None) -> int:
+    """Parameters of the pre-LN decoder from its formula. With `llama_kv_width` (the kv heads' width), the
+    Llama-style block: no position table (RoPE), RMSNorms (weight only), grouped-query k and v projections,
+    SwiGLU (three matrices) without biases."""
+    llama = llama_kv_width is not None
+    norm = d if llama else 2 * d
+    matrices = 3 if llama else 2
+    total = vocab * d + (0 if llama else seq * d)  # token (and position) embeddings
     for kind in kinds:
-        total += 4 * d * d + 4 * d  # attention (q, k, v, out; no biases) and two LayerNorms
+        total += (2 * d * d + 2 * d * llama_kv_width if llama else 4 * d * d) + 2 * norm  # attention, two norms
         if kind == "dense":
-            total += 2 * d * d_ff + d_ff + d
+            total += matrices * d * d_ff + (0 if llama else d_ff + d)
         else:  # MoT controller / router and the experts
-            total += d * n_experts + 2 * n_experts * d * expert_size
+            total += d * n_experts + matrices * n_experts * d * expert_size
         if kind == "expert_choice":
             total += 2 * d  # its output LayerNorm
-    total += 2 * d  # final LayerNorm
+    total += norm  # final norm
     if not tied:
         total += d * vocab
     return total
@@ -103,6 +108,7 @@ def test_preset_parameter_count(name):
         cfg.n_experts,
         cfg.expert_size,
         cfg.tie_embeddings,
+        llama_kv_width=2 * cfg.d_model // cfg.n_heads if name.startswith("llama-") else None,
     )
     assert sum(p.numel() for p in model.parameters()) == expected
     counts = count_model(model)
@@ -123,6 +129,33 @@ def test_medium_parameter_counts_by_hand():
         with torch.device("meta"):
             model = Transformer(get_preset(name).model)
         assert sum(p.numel() for p in model.parameters()) == expected
+
+
+LLAMA_PRESETS = {"llama-tiny-dense": "dense", "llama-tiny-mot": "mot", "llama-tiny-token-choice": "token_choice"}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_PRESETS))
+def test_llama_style_presets_are_tiny_in_the_llama_block(name):
+    preset, tiny = get_preset(name), get_preset(name.removeprefix("llama-"))
+    cfg = preset.model
+    assert (cfg.positions, cfg.norm, cfg.ffn_activation, cfg.n_kv_heads) == ("rope", "rmsnorm", "swiglu", 2)
+    assert not cfg.dense_bias and not cfg.qk_norm and not cfg.tc_norm_topk_prob
+    assert cfg.d_ff == 344  # 2/3 of tiny's 512, rounded to a multiple of 8: the FLOPs of tiny's ReLU layer
+    shape = ("vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "ffn", "ffn_blocks", "group_size")
+    assert all(getattr(cfg, field) == getattr(tiny.model, field) for field in shape)
+    assert cfg.ffn == LLAMA_PRESETS[name] and preset.train == tiny.train
+    if cfg.ffn != "dense":  # /8E: 8 experts of width d_ff, the FLOPs of one SwiGLU layer per token (MoT), top-1 (TC)
+        assert (cfg.n_experts, cfg.expert_size, cfg.top_k) == (8, 344, 1)
+    with torch.device("meta"):
+        counts = count_model(Transformer(cfg))
+    with torch.device("meta"):
+        relu_counts = count_model(Transformer(tiny.model))
+    # SwiGLU at 2/3 width keeps the FF FLOPs within 1%; two kv heads save a quarter of attention's weights
+    d = cfg.d_model
+    assert 3 * d * 344 == pytest.approx(2 * d * 512, rel=0.01)
+    saved = cfg.n_blocks * (2 * d * d - 2 * d * (2 * d // cfg.n_heads))
+    ff_extra = cfg.n_blocks * (3 * d * 344 - 2 * d * 512)
+    assert counts.active_params_per_token == relu_counts.active_params_per_token - saved + ff_extra
 
 
 def test_unknown_preset():

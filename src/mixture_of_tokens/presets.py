@@ -8,10 +8,15 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, TrainConfig
 from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
+from .layers.sizing import feed_forward_width
 
 CPU = "CPU presets (packaged corpus, minutes on 2 cores)"
 CPU_CAPACITY = "CPU presets, capacity-bound (narrow models trained long: about 10-20 minutes a run on one core)"
 CPU_MASKED = "CPU presets, masked LM (BERT-style; packaged corpus, minutes on 2 cores)"
+CPU_LLAMA = (
+    "CPU presets, Llama-style block (RoPE, RMSNorm, SwiGLU at 2/3 width, 2 kv heads, no biases; packaged corpus, "
+    "minutes on 2 cores)"
+)
 FIG_EXPERTS = 'paper, Fig. "more experts": MoT-Medium with G = E in 8, 32, 128 against dense and uniform routing'
 FIG_GRANULARITY = 'paper, Fig. "mixtures per expert": MoT-Medium/32E split k = 1, 8, 16, 32 ways'
 FIG_SPARSE = 'paper, Fig. "vs sparse MoE": MoT-Medium/32E/16, Token Choice and Expert Choice at dense FLOPs, 100K steps'
@@ -62,6 +67,13 @@ def _sparse(
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
 _TINY_TRAIN = TrainConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=100, eval_batches=8)
 _TINY_BERT = dataclasses.replace(_TINY, objective="masked")
+# tiny-dense's shape in the Llama-style block: rotary positions, RMSNorm, SwiGLU of the FLOPs of tiny's ReLU layer
+# (d_ff 344 = 2/3 of 512, rounded to a multiple of 8), grouped-query attention with 2 kv heads for 4 query heads,
+# no biases.
+_LLAMA_TINY = dataclasses.replace(
+    _TINY, positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=2, dense_bias=False,
+    d_ff=feed_forward_width(_TINY.d_model, "swiglu"),
+)  # fmt: skip
 # The capacity-bound size of `mot compare --suite claims-capacity` (docs/compare.md): 2 x d_model 64, about 0.1M
 # non-embedding parameters, 20.5M tokens (about 200 per dense non-embedding parameter, two passes over
 # packaged+brown at BPE 1,024); every mixture in every block.
@@ -103,6 +115,7 @@ def _paper_train(lr: float, steps: int = 150_000, **fields: object) -> TrainConf
 
 def _presets() -> list[Preset]:
     tiny_second_half = _mot(_TINY, "/8E")
+    llama_second_half = _mot(_LLAMA_TINY, "/8E")
     medium_moe, base_moe = _paper_train(LR_MOE_MEDIUM), _paper_train(LR_MOE_BASE)
     sparse_steps = _paper_train(LR_MOE_MEDIUM, steps=100_000)
     return [
@@ -176,6 +189,28 @@ def _presets() -> list[Preset]:
             _mot(_TINY_BERT, "/8E", mot_group_axis="within_sequence"),
             _TINY_TRAIN,
             CPU_MASKED,
+        ),
+        Preset(
+            "llama-tiny-dense",
+            "tiny-dense in the Llama-style block (RoPE, RMSNorm, SwiGLU d_ff 344, 2 kv heads, no biases)",
+            _LLAMA_TINY,
+            _TINY_TRAIN,
+            CPU_LLAMA,
+        ),
+        Preset(
+            "llama-tiny-mot",
+            "llama-tiny-dense with MoT /8E (G = E = 8 SwiGLU experts of width d_ff) in the second half of the blocks",
+            llama_second_half,
+            _TINY_TRAIN,
+            CPU_LLAMA,
+        ),
+        Preset(
+            "llama-tiny-token-choice",
+            "llama-tiny-mot's layout with Token Choice (Switch top-1 over 8 SwiGLU experts of width d_ff, capacity "
+            "1.25, load balancing 0.01): the FLOPs of llama-tiny-dense",
+            dataclasses.replace(llama_second_half, ffn=TokenChoice.kind, top_k=1),
+            _TINY_TRAIN,
+            CPU_LLAMA,
         ),
         # Fig. "more experts"
         Preset("transformer-medium", "Transformer-Medium", _MEDIUM, _paper_train(LR_DENSE_MEDIUM), FIG_EXPERTS),

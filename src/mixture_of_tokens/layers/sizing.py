@@ -1,4 +1,5 @@
-"""The paper's MoT naming ("/32E", "/32E/8") turned into layer sizes."""
+"""The paper's MoT naming ("/32E", "/32E/8") turned into layer sizes, and the SwiGLU width that matches a ReLU
+layer's FLOPs."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ def mot_sizing(name: str, d_ff: int) -> MoTSizing:
     if d_ff % granularity != 0:
         raise ValueError(f"MoT size name {name!r}: k={granularity} must divide d_ff={d_ff}.")
     return MoTSizing(group_size=group_size, n_experts=group_size * granularity, expert_size=d_ff // granularity)
+
+
+SWIGLU_WIDTH_MULTIPLE = 8
+"""SwiGLU widths are rounded to a multiple of 8 (aligned rows for the grouped GEMM in every dtype)."""
+
+
+def swiglu_width(relu_width: int) -> int:
+    """The hidden width of a SwiGLU layer with the FLOPs and parameters of a ReLU layer `relu_width` wide: SwiGLU
+    has three D x H matrices to ReLU's two, so H = 2/3 of the ReLU width, rounded to the nearest multiple of 8
+    (at least 8): 512 -> 344, 2048 -> 1368, 3072 -> 2048 (docs/method.md)."""
+    if not isinstance(relu_width, int) or relu_width < 1:
+        raise ValueError(f"relu_width must be a positive integer, got {relu_width!r}.")
+    return max(SWIGLU_WIDTH_MULTIPLE, SWIGLU_WIDTH_MULTIPLE * round(2 * relu_width / 3 / SWIGLU_WIDTH_MULTIPLE))
+
+
+def feed_forward_width(d_model: int, activation: str = "relu") -> int:
+    """The dense feed-forward width d_ff of a d_model-wide block: 4 d_model for ReLU (the paper), its
+    FLOP-matched `swiglu_width` for SwiGLU."""
+    return swiglu_width(4 * d_model) if activation == "swiglu" else 4 * d_model
