@@ -11,7 +11,7 @@ EXAMPLES = examples(
     "mot export --checkpoint runs/tiny-mot --to hf --out exports/tiny-mot",
     "mot export --checkpoint runs/tiny-token-choice --to hf --out exports/tiny-tc --force    # old one moved aside",
     note='then, in Python (transformers only):\n  AutoModelForCausalLM.from_pretrained("exports/tiny-mot", '
-    "trust_remote_code=True)",
+    "trust_remote_code=True)    # a native export (llama-tiny-dense, ...) needs no trust_remote_code",
 )
 
 TARGETS = ("hf",)
@@ -20,12 +20,15 @@ TARGETS = ("hf",)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write a checkpoint in another library's format (hf: transformers, trust_remote_code)",
+        help="write a checkpoint in another library's format (hf: transformers, natively or as remote code)",
         description=(
-            "Write a checkpoint as a directory that transformers loads with AutoModelForCausalLM.from_pretrained(DIR, "
-            "trust_remote_code=True): config.json, modeling_mot.py (plain PyTorch, no mixture-of-tokens import), "
-            "model.safetensors, tokenizer files and a model card with MoT's batch rule. The copy's logits are checked "
-            "against this package's before it is put in place. Dense, MoT and Token Choice blocks."
+            "Write a checkpoint as a directory that transformers loads. A Llama-style model (RoPE, RMSNorm, SwiGLU) "
+            "of dense and Token Choice blocks is written natively, by transformers' save_pretrained, as "
+            "LlamaForCausalLM, Qwen3ForCausalLM, Qwen2MoeForCausalLM or Qwen3MoeForCausalLM, and loads with "
+            "AutoModelForCausalLM.from_pretrained(DIR). Any other (MoT, the paper's block) is written as remote code, "
+            "loaded with trust_remote_code=True: config.json, modeling_mot.py (plain PyTorch, no mixture-of-tokens "
+            "import), model.safetensors, tokenizer files and a model card with MoT's batch rule. Either way the "
+            "copy's logits are checked against this package's before it is put in place."
         ),
         **EXAMPLES,
     )
@@ -51,10 +54,18 @@ def run(args: argparse.Namespace) -> None:
         result = export_hf(args.checkpoint, args.out, force=args.force)
     if moved is not None:
         print(f"moved what was in {args.out} aside to {moved}")
-    print(f"wrote {result.directory}: {', '.join(result.files)}")
+    if result.native:
+        print(f"wrote {result.directory} as transformers' native {result.architecture} (no remote code)")
+    else:
+        print(
+            f"wrote {result.directory} as remote code ({result.architecture} in modeling_mot.py, trust_remote_code): "
+            f"no native transformers architecture, as {result.native_problem}"
+        )
+    print(f"files: {', '.join(result.files)}")
     rows, positions = result.checked_shape
     print(
         f"checked: transformers' logits equal this package's within {result.max_abs_diff:.2g} "
         f"on {rows} x {positions} random ids (float32)"
     )
-    print(f"load it: AutoModelForCausalLM.from_pretrained({str(result.directory)!r}, trust_remote_code=True)")
+    remote = "" if result.native else ", trust_remote_code=True"
+    print(f"load it: AutoModelForCausalLM.from_pretrained({str(result.directory)!r}{remote})")

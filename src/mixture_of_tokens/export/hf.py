@@ -1,4 +1,9 @@
-"""`mot export --to hf`: a checkpoint as a directory that transformers loads with `trust_remote_code=True`.
+"""`mot export --to hf`: a checkpoint as a directory that transformers loads.
+
+A model in the Llama-style block whose blocks are dense or Token Choice is written natively, as the transformers
+architecture it is (LlamaForCausalLM, Qwen3ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM: export/native.py),
+by transformers' own save_pretrained, and loads without remote code. Any other model (MoT, the paper's GPT-2-like
+block) is written as remote code, loaded with `trust_remote_code=True`:
 
     config.json          model_type, auto_map (AutoConfig, AutoModelForCausalLM -> modeling_mot.py), the settings
     modeling_mot.py      the model in plain PyTorch (dense, MoT, Token Choice blocks); no import of this package
@@ -43,7 +48,8 @@ from ..layers import batch_multiple
 from ..layers.mot_options import trained_temperature
 from ..model import Transformer, set_inference_routing
 from ..runtime.devices import resolve_device
-from .model_card import model_card
+from .model_card import model_card, native_model_card
+from .native import NATIVE_ARCHITECTURES, NativeTarget, native_problem, native_target, write_native
 from .tokenizer_files import write_tokenizer_files
 
 __all__ = [
@@ -70,6 +76,14 @@ class ExportResult:
     files: list[str]
     max_abs_diff: float
     checked_shape: tuple[int, int]
+    architecture: str = "MoTForCausalLM"
+    """The transformers class written: a native one, or MoTForCausalLM (remote code)."""
+    native_problem: str | None = None
+    """Why the model has no native architecture (None when it was written natively)."""
+
+    @property
+    def native(self) -> bool:
+        return self.native_problem is None
 
 
 def _template() -> str:
@@ -87,11 +101,31 @@ def _exportable_kinds() -> tuple[str, ...]:
 EXPORTABLE_KINDS: tuple[str, ...] = _exportable_kinds()
 
 
+PAPER_BLOCK = {
+    "positions": "learned", "norm": "layernorm", "norm_eps": 1e-5, "ffn_activation": "relu", "qk_norm": False,
+    "dense_bias": True, "tc_norm_topk_prob": False,
+}  # fmt: skip
+"""The block options modeling_mot.py implements (the paper's block)."""
+
+
 def check_exportable(config: ModelConfig) -> None:
-    """One sentence, before any work, for a model the exported file does not implement."""
+    """One sentence, before any work, for a model that is neither native nor implemented by the exported file."""
     if config.objective != "causal":
         raise ValueError(
             f"mot export --to hf writes causal language models; this checkpoint has objective={config.objective!r}."
+        )
+    if native_target(config) is not None:
+        return
+    options = [
+        f"{name}={getattr(config, name)!r}" for name, value in PAPER_BLOCK.items() if getattr(config, name) != value
+    ]
+    if config.n_kv_heads not in (0, config.n_heads):
+        options.append(f"n_kv_heads={config.n_kv_heads}")
+    if options:
+        raise ValueError(
+            f"mot export --to hf cannot write this model: it has no native transformers architecture "
+            f"({native_problem(config)}), and the remote-code export implements the paper's block only, not "
+            f"{', '.join(options)}."
         )
     kinds = config.block_ffn_kinds()
     unsupported = sorted(set(kinds) - set(EXPORTABLE_KINDS))
@@ -139,9 +173,13 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
         check_exportable(saved_configs(read_config(Path(checkpoint)))[0])
     loaded = load_checkpoint(checkpoint, "cpu")
     model, config = loaded.model, loaded.model_config
+    check_exportable(config)
+    target = native_target(config)
     partial = out.parent / f"{out.name}-partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    if target is not None:
+        return _export_native(loaded, target, partial, out)
     try:
         dtype = next(model.parameters()).dtype
         write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))
@@ -160,10 +198,32 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return ExportResult(out, files, difference, shape)
+    return ExportResult(out, files, difference, shape, native_problem=native_problem(config))
 
 
-def check_export(directory: Path, model: Transformer, seed: int = 0) -> tuple[float, tuple[int, int]]:
+def _export_native(loaded: Any, target: NativeTarget, partial: Path, out: Path) -> ExportResult:
+    """The native export (export/native.py) into `partial`, checked, then renamed to `out`."""
+    model, config = loaded.model, loaded.model_config
+    try:
+        weights = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+        files = write_native(weights, config, loaded.tokenizer, partial, target)
+        files += write_tokenizer_files(loaded.tokenizer, partial, max_length=config.max_seq_len)
+        write_text_atomic(partial / "README.md", native_model_card(config, loaded.tokenizer, loaded.directory, target))
+        files.append("README.md")
+        difference, shape = check_export(partial, model, trust_remote_code=False)
+        usual_file_modes(partial)
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return ExportResult(out, sorted(dict.fromkeys(files)), difference, shape, architecture=target.architecture)
+
+
+def check_export(
+    directory: Path, model: Transformer, seed: int = 0, *, trust_remote_code: bool = True
+) -> tuple[float, tuple[int, int]]:
     """Load `directory` with transformers and compare its logits with `model`'s (cast to float32 in place) on
     random ids: the largest absolute difference, and the [rows, positions] compared. Fails past TOLERANCE."""
     from transformers import AutoModelForCausalLM
@@ -173,7 +233,9 @@ def check_export(directory: Path, model: Transformer, seed: int = 0) -> tuple[fl
     shape = (rows, min(16, config.max_seq_len))
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, config.vocab_size, shape, generator=generator)
-    exported = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True, dtype=torch.float32)
+    exported = AutoModelForCausalLM.from_pretrained(
+        str(directory), trust_remote_code=trust_remote_code, dtype=torch.float32
+    )
     with torch.no_grad():
         expected = model.float()(ids).logits  # the loaded copy: eval mode, inference routing
         got = exported.eval()(input_ids=ids).logits
@@ -219,10 +281,11 @@ def load_export(
     payload = transformers_config(directory) or {}
     recorded = payload.get("mixture_of_tokens", {})
     if payload.get("model_type") != "mixture_of_tokens" or "model_config" not in recorded:
+        remote = "" if payload.get("model_type") in NATIVE_ARCHITECTURES else ", trust_remote_code=True"
         raise ValueError(
             f"{directory} is a transformers model directory (model_type {payload.get('model_type')!r}), not a "
             f"mixture-of-tokens checkpoint or export; load it with AutoModelForCausalLM.from_pretrained("
-            f"{str(directory)!r}, trust_remote_code=True)."
+            f"{str(directory)!r}{remote})."
         )
     config = ModelConfig(**recorded["model_config"])
     model = Transformer(config)

@@ -8,7 +8,7 @@ from ..config import ModelConfig
 from ..data import Tokenizer
 from ..layers import batch_multiple
 
-__all__ = ["model_card"]
+__all__ = ["model_card", "native_model_card"]
 
 
 def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
@@ -79,4 +79,56 @@ def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
             "logits = model(torch.cat([ids, filler])).logits[0]                     # the sequence's own row",
             "```",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def native_model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path, target) -> str:  # noqa: ANN001
+    """The card of a native export (export/native.py): a standard transformers architecture, no remote code."""
+    kinds = config.block_ffn_kinds()
+    sparse = [index for index, kind in enumerate(kinds) if kind == "token_choice"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"tags: [mixture-of-tokens, {target.model_type}]",
+        "---",
+        "",
+        f"# {target.architecture} exported from mixture-of-tokens",
+        "",
+        f"Exported by `mot export --to hf` (mixture-of-tokens) from `{source.name}` as transformers' own",
+        f"`{target.architecture}` (model_type `{target.model_type}`), written by its `save_pretrained`: no remote",
+        "code.",
+        f"{config.n_blocks} blocks of width {config.d_model}, {config.n_heads} query heads and "
+        f"{config.n_kv_heads or config.n_heads} key/value heads, RoPE (base {config.rope_base:g}), RMSNorm, SwiGLU,",
+        f"context {config.max_seq_len} tokens, vocabulary {config.vocab_size} ({tokenizer.name}).",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("DIR")',
+        'tokenizer = AutoTokenizer.from_pretrained("DIR")',
+        "```",
+        "",
+        "Its logits equal those of the mixture-of-tokens package's model for the same ids (checked when the",
+        "directory was written, float32, to 1e-5).",
+    ]
+    if sparse:
+        lines += [
+            "",
+            f"Blocks {', '.join(map(str, sparse))} are Token Choice MoE blocks ({config.n_experts} SwiGLU experts of "
+            f"width {config.expert_size}, top-{config.top_k},",
+            "probabilities "
+            + ("renormalised over the top-k" if config.tc_norm_topk_prob else "not renormalised")
+            + "); the others are dense (`mlp_only_layers`). The package trained them with an expert capacity; at",
+            "inference both it and transformers route dropless, so a token's output is its own.",
+        ]
+        if target.model_type == "qwen2_moe":
+            lines += [
+                "Qwen2-MoE always has a shared expert: here its width is 0 (`shared_expert_intermediate_size: 0`),",
+                "so it adds nothing.",
+            ]
+    lines += [
+        "",
+        "The tokenizer's `<|endoftext|>` is the end-of-text and the padding token (id",
+        f"{tokenizer.eos_id}).",
+    ]
     return "\n".join(lines) + "\n"

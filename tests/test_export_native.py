@@ -1,0 +1,152 @@
+"""`mot export --to hf` of a Llama-style model writes transformers' own architecture (LlamaForCausalLM,
+Qwen3ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM) with its save_pretrained: it loads with
+AutoModelForCausalLM.from_pretrained(DIR) without remote code and without this package, its logits equal the
+package's (float32, 1e-5), its files are the ones transformers writes; the command says which format it wrote,
+and a model with no native architecture keeps the remote-code export or is refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from corpus import write_corpus
+from helpers import EVAL_VOCAB, build_model, eval_config
+
+from mixture_of_tokens import load_model, load_tokenizer
+from mixture_of_tokens.checkpoint import save_checkpoint
+from mixture_of_tokens.cli import main
+from mixture_of_tokens.config import TrainConfig
+from mixture_of_tokens.data import prepare_data
+from mixture_of_tokens.export.native import native_problem, native_target
+from mixture_of_tokens.generate import generate_tokens
+
+transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
+
+LLAMA_STYLE = dict(positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=1, dense_bias=False)
+CASES = {
+    "llama": ("LlamaForCausalLM", dict(ffn="dense")),
+    "qwen3": ("Qwen3ForCausalLM", dict(ffn="dense", qk_norm=True, tie_embeddings=True)),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", dict(ffn="token_choice", ffn_blocks="second-half", n_blocks=3)),
+    "qwen3_moe": (
+        "Qwen3MoeForCausalLM",
+        dict(ffn="token_choice", ffn_blocks="1", n_blocks=2, qk_norm=True, top_k=2, tc_norm_topk_prob=True),
+    ),
+}
+
+
+def _checkpoint(root, name, overrides, seed=5):
+    """An eval_config model in the Llama-style block with spread-out routing and non-trivial norm weights, saved as
+    a checkpoint of a small local corpus."""
+    source = f"text:{write_corpus(root / 'corpus', n_documents=20)}"
+    data = prepare_data(source, vocab_size=EVAL_VOCAB, progress=False)
+    config = eval_config(n_heads=2, expert_size=32, d_ff=48, **{**LLAMA_STYLE, **overrides})
+    model = build_model(config, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter_name, parameter in model.named_parameters():
+            if parameter.dim() == 1:  # RMSNorm weights away from 1
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
+            elif parameter_name.endswith("router"):  # top-k choices that differ between tokens
+                parameter.mul_(40)
+    train = TrainConfig(steps=1, batch_size=8, eval_batches=2, data=source, device="cpu")
+    return save_checkpoint(root / f"ckpt-{name}", model, config, train, data.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, module_cache_dir):
+    root = tmp_path_factory.mktemp("native")
+    directories = {}
+    for name, (_, overrides) in CASES.items():
+        checkpoint = _checkpoint(root, name, overrides)
+        out = root / f"hf-{name}"
+        assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(out)]) == 0
+        directories[name] = (checkpoint, out)
+    return directories
+
+
+def _native_model(directory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setitem(sys.modules, "mixture_of_tokens", None)  # the native model must not need this package
+        return transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_native_export_loads_without_remote_code_and_equals_the_package(exported, name):
+    architecture, _ = CASES[name]
+    checkpoint, directory = exported[name]
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == name and config["architectures"] == [architecture]
+    assert "auto_map" not in config and "mixture_of_tokens" not in config
+    assert not (directory / "modeling_mot.py").exists()
+    theirs = _native_model(directory)
+    assert type(theirs).__name__ == architecture
+    ours = load_model(checkpoint)
+    ids = torch.randint(0, EVAL_VOCAB, (5, ours.config.max_seq_len), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = ours(ids).logits, theirs(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    if name.endswith("_moe"):  # routing is spread: the experts differ in their load
+        load = ours.blocks[-1].ffn.expert_load
+        assert load is not None and float(load.max()) < 0.9
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert tokenizer.eos_token_id == load_tokenizer(checkpoint).eos_id == config["eos_token_id"]
+
+
+def test_the_directory_is_what_transformers_saves(exported, tmp_path):
+    """Loading the export and saving it again with transformers gives the same config and the same tensors."""
+    _, directory = exported["qwen2_moe"]
+    model = _native_model(directory)
+    model.save_pretrained(str(tmp_path))
+    from safetensors.torch import load_file
+
+    ours, again = load_file(str(directory / "model.safetensors")), load_file(str(tmp_path / "model.safetensors"))
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+    config, config_again = (json.loads((d / "config.json").read_text()) for d in (directory, tmp_path))
+    assert config == config_again
+    assert config["shared_expert_intermediate_size"] == 0 and config["mlp_only_layers"] == [0]
+    assert config["norm_topk_prob"] is False and config["num_experts_per_tok"] == 1
+    assert any(".mlp.experts.0.gate_proj.weight" in key for key in ours)  # transformers' checkpoint layout
+
+
+def test_greedy_generation_equals_the_package(exported):
+    checkpoint, directory = exported["qwen3_moe"]
+    theirs = _native_model(directory)
+    prompts = torch.randint(0, EVAL_VOCAB, (3, 5), generator=torch.Generator().manual_seed(2))
+    generated = theirs.generate(prompts, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompts))
+    ours = generate_tokens(load_model(checkpoint), prompts.tolist(), max_new_tokens=6)
+    assert generated[:, 5:].tolist() == ours.new_tokens
+
+
+def test_the_command_says_what_it_wrote(exported, tmp_path, capsys):
+    checkpoint, _ = exported["llama"]
+    assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "as transformers' native LlamaForCausalLM (no remote code)" in out
+    assert f"from_pretrained({str(tmp_path / 'a')!r})" in out and "trust_remote_code" not in out
+    paper = _checkpoint(tmp_path, "mot", {"ffn": "mot", "positions": "learned", "norm": "layernorm",
+                                          "ffn_activation": "relu", "n_kv_heads": 0, "dense_bias": True})  # fmt: skip
+    assert main(["export", "--checkpoint", str(paper), "--to", "hf", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "as remote code (MoTForCausalLM in modeling_mot.py, trust_remote_code)" in out
+    assert "its block is not the Llama-style one" in out and "trust_remote_code=True)" in out
+
+
+def test_a_model_neither_native_nor_remote_code_is_one_sentence(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, "llama-mot", {"ffn": "mot"})
+    assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+    assert "no native transformers architecture (its mot layers have no transformers counterpart)" in err
+    assert "implements the paper's block only, not positions='rope', norm='rmsnorm'" in err
+
+
+def test_native_targets():
+    llama = eval_config(**LLAMA_STYLE, ffn="dense")
+    assert native_target(llama).architecture == "LlamaForCausalLM" and native_problem(llama) is None
+    assert native_target(eval_config(ffn="dense")) is None
+    assert "positions='learned'" in native_problem(eval_config(ffn="dense"))
+    assert native_target(eval_config(**LLAMA_STYLE, ffn="expert_choice")) is None
+    assert native_target(eval_config(**{**LLAMA_STYLE, "dense_bias": True}, ffn="dense")) is None
