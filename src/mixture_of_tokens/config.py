@@ -197,6 +197,7 @@ class ModelConfig:
         for name, allowed in (
             ("mot_routing", ROUTINGS),
             ("mot_discrete_rule", DISCRETE_RULES),
+            ("tc_drop_rule", TC_DROP_RULES),
             ("mot_emit", EMITS),
             ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
@@ -231,10 +232,6 @@ class ModelConfig:
             )
         if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}.")
-        if self.tc_drop_rule not in TC_DROP_RULES:
-            raise ValueError(
-                f"tc_drop_rule={self.tc_drop_rule!r} is not supported; allowed values: {', '.join(TC_DROP_RULES)}."
-            )
         if self.tc_scope not in TC_SCOPES:
             raise ValueError(f"tc_scope={self.tc_scope!r} is not supported; allowed values: {', '.join(TC_SCOPES)}.")
         for name in ("capacity_factor", "load_balance_weight", "z_loss_weight"):
