@@ -129,14 +129,15 @@ def eval_model(ffn: str = "mot", dtype: torch.dtype = torch.float64, seed: int =
     return build_model(eval_config(ffn, **overrides), seed).to(dtype).eval()
 
 
-def make_checkpoint(root: Path, ffn: str = "mot", seed: int = 0) -> Path:
-    """A randomly initialised eval_config model saved as a checkpoint whose data source is a small local corpus.
+def make_checkpoint(root: Path, ffn: str = "mot", seed: int = 0, *, name: str | None = None, **overrides) -> Path:
+    """A randomly initialised eval_config model (`overrides` replacing its fields) saved as a checkpoint, in
+    root/ckpt-NAME (NAME: `ffn` unless given), whose data source is a small local corpus.
 
     Callers set MOT_CACHE_DIR (the cache_dir fixtures) so the BPE and token files go under a temporary folder.
     """
     source = f"text:{write_corpus(root / 'corpus', n_documents=20)}"
     data = prepare_data(source, vocab_size=EVAL_VOCAB, progress=False)
-    model_config = eval_config(ffn)
+    model_config = eval_config(ffn, **overrides)
     model = build_model(model_config, seed)
     train_config = TrainConfig(steps=1, batch_size=8, eval_batches=2, data=source, device="cpu")
-    return save_checkpoint(root / f"ckpt-{ffn}", model, model_config, train_config, data.tokenizer)
+    return save_checkpoint(root / f"ckpt-{name or ffn}", model, model_config, train_config, data.tokenizer)

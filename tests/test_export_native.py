@@ -150,3 +150,52 @@ def test_native_targets():
     assert "positions='learned'" in native_problem(eval_config(ffn="dense"))
     assert native_target(eval_config(**LLAMA_STYLE, ffn="expert_choice")) is None
     assert native_target(eval_config(**{**LLAMA_STYLE, "dense_bias": True}, ffn="dense")) is None
+
+
+def test_left_padded_batched_generate_equals_the_package(exported):
+    """Prompts of different lengths, left-padded in one batch: each row's greedy continuation is the package's for
+    that prompt alone (positions follow the attention mask; Token Choice rows are independent)."""
+    checkpoint, directory = exported["qwen2_moe"]
+    theirs = _native_model(directory)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    texts = ["The cat sees the river and the", "A dog", "Naive cafe, 42 ships sailed"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    generated = theirs.generate(**batch, max_new_tokens=5, do_sample=False)
+    package_tokenizer, ours = load_tokenizer(checkpoint), load_model(checkpoint)
+    for row, text in enumerate(texts):
+        alone = generate_tokens(ours, [package_tokenizer.encode_batch([text])[0]], max_new_tokens=5)
+        assert generated[row, batch.input_ids.shape[1] :].tolist() == alone.new_tokens[0]
+
+
+def test_llama_style_mot_switched_in_one_run_exports_natively(tmp_path, capsys):
+    """The whole road: train a tiny Llama-style MoT, switch it to Token Choice in the same run, export it natively,
+    load it in transformers alone, score and generate as the package does."""
+    from corpus import write_corpus
+    from helpers import tiny_model_config, tiny_train_config
+
+    from mixture_of_tokens.training.loop import train
+
+    write_corpus(tmp_path / "corpus", n_documents=20, sentences=30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOT_CACHE_DIR", str(tmp_path / "cache"))
+        source = f"text:{tmp_path / 'corpus'}"
+        prepared = prepare_data(source, vocab_size=300, progress=False)
+        model_config = tiny_model_config(d_ff=88, expert_size=88, **LLAMA_STYLE)  # MoT /4E in the second half
+        train_config = tiny_train_config(source, tmp_path / "run", steps=6, switch_to="token-choice", switch_at=3)
+        train(model_config, train_config, run_name="run", data=prepared, progress=False)
+        assert main(["export", "--checkpoint", str(tmp_path / "run"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+        assert "as transformers' native Qwen2MoeForCausalLM (no remote code)" in capsys.readouterr().out
+        ours = load_model(tmp_path / "run")
+    assert ours.config.block_ffn_kinds() == ["dense", "token_choice"]
+    theirs = _native_model(tmp_path / "hf")
+    ids = torch.randint(0, 300, (3, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = ours(ids, ids), theirs(input_ids=ids, labels=ids)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=0)
+    shifted = torch.nn.functional.cross_entropy(expected.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert float(got.loss) == pytest.approx(float(shifted), abs=1e-5)
+    generated = theirs.generate(
+        ids[:, :8], max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids[:, :8])
+    )
+    assert generated[:, 8:].tolist() == generate_tokens(ours, ids[:, :8].tolist(), max_new_tokens=4).new_tokens

@@ -165,21 +165,32 @@ def test_lm_eval_device_and_batch_size_arguments():
     assert lm_eval_batch_size("auto") == lm_eval_batch_size("auto:4") == 32 and lm_eval_batch_size("8") == 8
 
 
+LLAMA_STYLE = dict(positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=1, dense_bias=False)
+
+
 @pytest.fixture(scope="module")
 def hf_exports(workspace):
-    """The dense checkpoint and a Token Choice one, exported for transformers (mot export --to hf)."""
-    checkpoints = {"dense": workspace["dense"], "token_choice": make_checkpoint(workspace["root"], "token_choice")}
+    """The dense checkpoint and a Token Choice one, exported for transformers (mot export --to hf) as remote code,
+    and both in the Llama-style block, exported natively (LlamaForCausalLM, Qwen2MoeForCausalLM)."""
+    root = workspace["root"]
+    checkpoints = {
+        "dense": workspace["dense"],
+        "token_choice": make_checkpoint(root, "token_choice"),
+        "native dense": make_checkpoint(root, "dense", name="llama-dense", n_heads=2, **LLAMA_STYLE),
+        "native token_choice": make_checkpoint(root, "token_choice", name="llama-tc", n_heads=2, **LLAMA_STYLE),
+    }
     exports = {}
     for ffn, checkpoint in checkpoints.items():
-        exports[ffn] = workspace["root"] / f"hf-{ffn}"
+        exports[ffn] = workspace["root"] / f"hf-{ffn.replace(' ', '-')}"
         assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(exports[ffn])]) == 0
     return exports
 
 
-@pytest.mark.parametrize("ffn", ["dense", "token_choice"])
+@pytest.mark.parametrize("ffn", ["dense", "token_choice", "native dense", "native token_choice"])
 def test_lm_eval_hf_model_generates_in_left_padded_batches_as_alone(workspace, hf_exports, ffn, monkeypatch):
     """lm-eval's own `--model hf` on an export: generate_until at batch size 3 (prompts of different lengths,
-    left-padded by lm-eval) gives every document the text it gets at batch size 1."""
+    left-padded by lm-eval) gives every document the text it gets at batch size 1. Native exports load without
+    trust_remote_code."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -189,7 +200,8 @@ def test_lm_eval_hf_model_generates_in_left_padded_batches_as_alone(workspace, h
     for batch_size in (1, 3):
         output = lm_eval.simple_evaluate(
             model="hf",
-            model_args=f"pretrained={hf_exports[ffn]},trust_remote_code=True,dtype=float32",
+            model_args=f"pretrained={hf_exports[ffn]},dtype=float32"
+            + ("" if ffn.startswith("native") else ",trust_remote_code=True"),
             tasks=["local_piqa_generate"],
             task_manager=manager,
             batch_size=batch_size,

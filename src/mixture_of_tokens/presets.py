@@ -192,7 +192,8 @@ def _presets() -> list[Preset]:
         ),
         Preset(
             "llama-tiny-dense",
-            "tiny-dense in the Llama-style block (RoPE, RMSNorm, SwiGLU d_ff 344, 2 kv heads, no biases)",
+            "tiny-dense in the Llama-style block (RoPE, RMSNorm, SwiGLU d_ff 344, 2 kv heads, no biases): "
+            "exports natively as LlamaForCausalLM",
             _LLAMA_TINY,
             _TINY_TRAIN,
             CPU_LLAMA,
@@ -207,7 +208,7 @@ def _presets() -> list[Preset]:
         Preset(
             "llama-tiny-token-choice",
             "llama-tiny-mot's layout with Token Choice (Switch top-1 over 8 SwiGLU experts of width d_ff, capacity "
-            "1.25, load balancing 0.01): the FLOPs of llama-tiny-dense",
+            "1.25, load balancing 0.01): the FLOPs of llama-tiny-dense; exports natively as Qwen2MoeForCausalLM",
             dataclasses.replace(llama_second_half, ffn=TokenChoice.kind, top_k=1),
             _TINY_TRAIN,
             CPU_LLAMA,
