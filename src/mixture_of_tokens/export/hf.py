@@ -49,7 +49,14 @@ from ..layers.mot_options import trained_temperature
 from ..model import Transformer, set_inference_routing
 from ..runtime.devices import resolve_device
 from .model_card import model_card, native_model_card
-from .native import NATIVE_ARCHITECTURES, NativeTarget, native_problem, native_target, write_native
+from .native import (
+    NATIVE_ARCHITECTURES,
+    NativeTarget,
+    native_problem,
+    native_target,
+    quiet_transformers,
+    write_native,
+)
 from .tokenizer_files import write_tokenizer_files
 
 __all__ = [
@@ -179,7 +186,8 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     if target is not None:
-        return _export_native(loaded, target, partial, out)
+        with quiet_transformers():
+            return _export_native(loaded, target, partial, out)
     try:
         dtype = next(model.parameters()).dtype
         write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))

@@ -20,6 +20,9 @@ export (export/hf.py), which implements the paper's block only.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +77,23 @@ def native_target(config: ModelConfig) -> NativeTarget | None:
     if sparse:
         return NativeTarget("qwen3_moe" if config.qk_norm else "qwen2_moe")
     return NativeTarget("qwen3" if config.qk_norm else "llama")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars (writing shards, loading weights) off while the export saves and checks, as
+    before afterwards; torch's warning about initialising Qwen2-MoE's shared expert of width 0 is not shown."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+            yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def _common_settings(config: ModelConfig, tokenizer: Tokenizer) -> dict:
