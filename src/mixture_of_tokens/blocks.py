@@ -66,18 +66,19 @@ def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 for lower-precision inputs (bf16-pure training keeps norms in float32), in
-    float64 for float64 ones."""
+    """LayerNorm computed in float32 whatever the input dtype (bf16-pure training keeps norms in float32; a float64
+    model's LayerNorms run in float32 too, as they always have: tests/test_reproduction_switches.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else _at_least_fp32(self.weight)
-        bias = None if self.bias is None else _at_least_fp32(self.bias)
-        return F.layer_norm(_at_least_fp32(x), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class RMSNorm(nn.RMSNorm):
     """RMSNorm (x / sqrt(mean(x^2) + eps) * weight, no bias, no mean subtraction) computed in float32 for
-    lower-precision inputs, as transformers' LlamaRMSNorm (in float64 for float64 ones)."""
+    lower-precision inputs, as transformers' LlamaRMSNorm, and in float64 for float64 ones (the float64 references
+    of tests/test_block_options.py hold it to 1e-10)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else _at_least_fp32(self.weight)

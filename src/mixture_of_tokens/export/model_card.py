@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..data import Tokenizer
-from ..layers import batch_multiple
+from ..layers import batch_multiple, layer_class
 
 __all__ = ["model_card", "native_model_card"]
 
@@ -84,8 +84,8 @@ def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
 
 def native_model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path, target) -> str:  # noqa: ANN001
     """The card of a native export (export/native.py): a standard transformers architecture, no remote code."""
-    kinds = config.block_ffn_kinds()
-    sparse = [index for index, kind in enumerate(kinds) if kind == "token_choice"]
+    roles = [layer_class(kind).native_role for kind in config.block_ffn_kinds()]
+    sparse = [index for index, role in enumerate(roles) if role == "top_k_moe"]
     lines = [
         "---",
         "library_name: transformers",

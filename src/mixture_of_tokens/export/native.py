@@ -31,6 +31,10 @@ import torch
 from ..blocks import kv_heads
 from ..config import ModelConfig
 from ..data import Tokenizer
+from ..layers import layer_class
+
+GATED_MLP, TOP_K_MOE = "gated_mlp", "top_k_moe"
+"""The `native_role`s of the feed-forward kinds this export maps."""
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeTarget", "native_problem", "native_target", "write_native"]
 
@@ -63,18 +67,22 @@ def native_problem(config: ModelConfig) -> str | None:
     ]
     if differing:
         return f"its block is not the Llama-style one ({', '.join(differing)})"
-    other = sorted(set(config.block_ffn_kinds()) - {"dense", "token_choice"})
+    other = [kind for kind in dict.fromkeys(config.block_ffn_kinds()) if layer_class(kind).native_role is None]
     if other:
         return f"its {', '.join(other)} layers have no transformers counterpart"
     return None
+
+
+def _roles(config: ModelConfig) -> list[str | None]:
+    """Each block's feed-forward role in transformers' models (`FeedForwardLayer.native_role`)."""
+    return [layer_class(kind).native_role for kind in config.block_ffn_kinds()]
 
 
 def native_target(config: ModelConfig) -> NativeTarget | None:
     """The architecture a model is written as natively, or None (`native_problem` says why)."""
     if native_problem(config) is not None:
         return None
-    sparse = "token_choice" in config.block_ffn_kinds()
-    if sparse:
+    if TOP_K_MOE in _roles(config):
         return NativeTarget("qwen3_moe" if config.qk_norm else "qwen2_moe")
     return NativeTarget("qwen3" if config.qk_norm else "llama")
 
@@ -126,14 +134,13 @@ def native_config(config: ModelConfig, tokenizer: Tokenizer, target: NativeTarge
         if target.model_type == "llama":
             settings["mlp_bias"] = False
     else:
-        kinds = config.block_ffn_kinds()
         settings |= {
             "num_experts": config.n_experts,
             "num_experts_per_tok": config.top_k,
             "moe_intermediate_size": config.expert_size,
             "norm_topk_prob": config.tc_norm_topk_prob,
             "decoder_sparse_step": 1,
-            "mlp_only_layers": [index for index, kind in enumerate(kinds) if kind == "dense"],
+            "mlp_only_layers": [index for index, role in enumerate(_roles(config)) if role == GATED_MLP],
             "router_aux_loss_coef": config.load_balance_weight,
             "use_sliding_window": False,
         }
@@ -155,7 +162,7 @@ def native_state_dict(weights: dict[str, torch.Tensor], config: ModelConfig, tar
     }
     if not config.tie_embeddings:
         out["lm_head.weight"] = weights["head.weight"]
-    for index, kind in enumerate(config.block_ffn_kinds()):
+    for index, role in enumerate(_roles(config)):
         ours, theirs = f"blocks.{index}.", f"model.layers.{index}."
         qkv = weights[ours + "attn.qkv.weight"]
         out |= {
@@ -169,7 +176,7 @@ def native_state_dict(weights: dict[str, torch.Tensor], config: ModelConfig, tar
         if config.qk_norm:
             out[theirs + "self_attn.q_norm.weight"] = weights[ours + "attn.q_norm.weight"]
             out[theirs + "self_attn.k_norm.weight"] = weights[ours + "attn.k_norm.weight"]
-        if kind == "dense":
+        if role == GATED_MLP:
             for name in ("gate", "up", "down"):
                 out[theirs + f"mlp.{name}_proj.weight"] = weights[ours + f"ffn.{name}.weight"]
             continue

@@ -9,6 +9,7 @@ A feed-forward layer maps x[B, S, D] to a tensor of the same shape. Besides `for
     audit_examples(...)                   small float64 instances for the leakage audit, with whether each is
                                           meant to be free of future-token leakage
     evaluation_modes(config, batch_size)  other ways to evaluate the same weights (e.g. MoT at other group sizes)
+    native_role                           what the kind is in transformers' decoder models (native export), if any
     scaling_shape(config)                 (granularity, expansion rate) for the fine-grained scaling law, if any
 and per instance `is_causal()`, `active_params_per_token()` and `flops_per_token()`, plus two training hooks:
 `on_train_step(step, steps)` (called before every optimizer step of a `steps`-step run, e.g. to end a parameter
@@ -41,6 +42,11 @@ class FeedForwardLayer(nn.Module):
 
     kind: ClassVar[str]
     """The kind's name in ModelConfig.ffn and in the registry."""
+
+    native_role: ClassVar[str | None] = None
+    """What this kind is in transformers' own decoder models, for `mot export --to hf` (export/native.py):
+    "gated_mlp" (Llama's MLP; a Qwen-MoE's mlp_only_layers), "top_k_moe" (a Qwen-MoE sparse block: softmax router,
+    top-k experts, dropless), or None (no counterpart: the rows of a batch couple, or the block differs)."""
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> FeedForwardLayer:

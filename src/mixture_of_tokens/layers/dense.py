@@ -20,6 +20,7 @@ class FeedForward(FeedForwardLayer):
     down(silu(gate(x)) * up(x)) (Llama's MLP: gate, up and down projections). `bias=False` drops every bias."""
 
     kind = "dense"
+    native_role = "gated_mlp"  # with SwiGLU and no biases (export/native.py checks the block options)
 
     def __init__(self, d_model: int, *, d_ff: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()

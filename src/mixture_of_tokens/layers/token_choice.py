@@ -125,6 +125,7 @@ class TokenChoice(FeedForwardLayer):
     """
 
     kind = "token_choice"
+    native_role = "top_k_moe"  # dropless at inference, as transformers' Qwen-MoE blocks (export/native.py)
 
     def __init__(
         self,
