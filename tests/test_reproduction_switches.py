@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixture_of_tokens.checkpoint import CONFIG_FILE, load_model, save_checkpoint
+from mixture_of_tokens.checkpoint import CONFIG_FILE, MANIFEST_FILE, load_model, save_checkpoint
 from mixture_of_tokens.cli import eval as eval_cli
 from mixture_of_tokens.cli.config_args import add_preset_and_overrides, configs_from_args, overrides
 from mixture_of_tokens.config import ModelConfig, TrainConfig
@@ -133,6 +133,9 @@ def test_old_checkpoints_load_with_the_defaults(tmp_path):
     for name in new_fields:
         config["model"].pop(name)
     (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del manifest["sha256"][CONFIG_FILE]  # written before config.json had a digest too
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
     loaded, loaded_config, _ = load_model(tmp_path)
     assert dataclasses.asdict(loaded_config) == dataclasses.asdict(model.config)
     ids = torch.randint(VOCAB, (2, 12))
