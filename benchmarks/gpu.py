@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--device cuda] [--repeats 20] [--no-compile] [--only layers|model] [--quick]
 
 1. Layers, forward + backward, B=256, S=256, d=512, d_ff=2048: dense; MoT /32E, /32E/8, /32E/16 with
-   mot_recompute off and on; Token Choice top-1 and Expert Choice (32 experts of width d_ff, G=32) with
+   mot_compute plain and recompute; Token Choice top-1 and Expert Choice (32 experts of width d_ff, G=32) with
    expert_dispatch=padded and =grouped. Each layer is built from its preset's ModelConfig (`build_ffn`) and timed
    against dense in interleaved rounds (benchmarks/timing.py); a setting this build cannot run, or that the
    layer ignores (it builds the same layer as the reference setting), prints n/a with the reason.
@@ -67,9 +67,9 @@ class LayerSpec(NamedTuple):
 
 
 LAYERS = (
-    LayerSpec("MoT /32E", "mot-medium-32e", "mot_recompute", (False, True)),
-    LayerSpec("MoT /32E/8", "mot-medium-32e-8", "mot_recompute", (False, True)),
-    LayerSpec("MoT /32E/16", "mot-medium-32e-16", "mot_recompute", (False, True)),
+    LayerSpec("MoT /32E", "mot-medium-32e", "mot_compute", ("plain", "recompute")),
+    LayerSpec("MoT /32E/8", "mot-medium-32e-8", "mot_compute", ("plain", "recompute")),
+    LayerSpec("MoT /32E/16", "mot-medium-32e-16", "mot_compute", ("plain", "recompute")),
     LayerSpec("Token Choice top-1", "token-choice-medium", "expert_dispatch", ("padded", "grouped")),
     LayerSpec("Expert Choice, 1 token/expert", "expert-choice-medium", "expert_dispatch", ("padded", "grouped")),
 )

@@ -51,7 +51,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "load_balance_reduce": ["--load-balance-reduce", "max"],
     "ec_tokens_per_expert": ["--ec-tokens-per-expert", "0"],
     "expert_dispatch": ["--expert-dispatch", "scatter"],
-    "mot_recompute": ["--mot-recompute=maybe"],
+    "mot_compute": ["--mot-compute", "fused"],
     "tie_embeddings": ["--tie-embeddings=maybe"],
     "init_scale": ["--init-scale", "0"],
     "final_norm": ["--final-norm=maybe"],

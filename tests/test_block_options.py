@@ -57,7 +57,7 @@ def test_swiglu_mot_recompute_equals_the_plain_path_forward_and_gradients():
         MixtureOfTokens, 8, n_experts=6, expert_size=4, group_size=4, seed=3, activation="swiglu"
     )
     recomputing = random_float64_layer(
-        MixtureOfTokens, 8, n_experts=6, expert_size=4, group_size=4, seed=3, activation="swiglu", recompute=True
+        MixtureOfTokens, 8, n_experts=6, expert_size=4, group_size=4, seed=3, activation="swiglu", compute="recompute"
     )
     x = _x(8, 5, 8, 1).requires_grad_(True)
     x2 = x.detach().clone().requires_grad_(True)

@@ -44,7 +44,7 @@ def test_mot_recompute_matches_the_plain_path(dtype: torch.dtype, tol: float, si
     torch.manual_seed(0)
     plain = MixtureOfTokens(64, n_experts=experts, expert_size=hidden, group_size=group).cuda()
     recomputing = copy.deepcopy(plain)
-    recomputing.recompute = True
+    recomputing.compute = "recompute"
     x, grad = torch.randn(64, 16, 64, device="cuda"), torch.randn(64, 16, 64, device="cuda")
     exact = _run(plain, x, grad, torch.float32)
     if dtype == torch.float32:

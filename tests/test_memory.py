@@ -37,7 +37,7 @@ LAYER_CASES = {
     ),
     "dense, swiglu": dataclasses.replace(get_preset("tiny-dense").model, ffn_activation="swiglu", dense_bias=False),
     "mot, swiglu": dataclasses.replace(TINY_MOT, ffn_activation="swiglu"),
-    "mot, swiglu, recomputed": dataclasses.replace(TINY_MOT, ffn_activation="swiglu", mot_recompute=True),
+    "mot, swiglu, recomputed": dataclasses.replace(TINY_MOT, ffn_activation="swiglu", mot_compute="recompute"),
     "token choice, swiglu, top-2 renormalised": dataclasses.replace(
         get_preset("tiny-token-choice").model, ffn_activation="swiglu", top_k=2, tc_norm_topk_prob=True
     ),

@@ -426,3 +426,17 @@ def test_flops_per_token_matches_dense_plus_routing(d, d_ff, name):
         dense = FeedForward(d, d_ff=d_ff)
     assert mot.flops_per_token() == dense.flops_per_token() + 6 * d * sizing.n_experts
     assert dense.flops_per_token() == 4 * d * d_ff
+
+
+def test_the_method_in_one_function_is_the_reference_and_the_layer() -> None:
+    """`mixture_of_tokens` (Algorithm 1 on grouped tokens) equals the plain-loop reference and the layer's forward."""
+    from mixture_of_tokens.layers.grouping import from_position_groups, position_groups
+    from mixture_of_tokens.layers.mot import mixture_of_tokens
+
+    layer = MixtureOfTokens(6, n_experts=4, expert_size=5, group_size=4, temperature=0.7).double()
+    x = torch.randn(8, 3, 6, dtype=torch.float64)
+    dx_RGD = mixture_of_tokens(position_groups(x, 4), layer.controller, layer.w1, layer.w2, tau=0.7)
+    dx = from_position_groups(dx_RGD, 3)
+    expected = reference_mot(x, layer.controller.detach(), layer.w1.detach(), layer.w2.detach(), 4, 0.7)
+    torch.testing.assert_close(dx, expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dx, layer(x), atol=0, rtol=0)

@@ -1,5 +1,6 @@
-"""MoT's recomputing path (`mot_recompute`, layers/mot_recompute.py) against the float64 plain-loop reference and
-against the plain path, forward and gradients, over one and several blocks of experts, and what it keeps."""
+"""MoT's recomputing path (`mot_compute="recompute"`, layers/mot_recompute.py) against the float64 plain-loop
+reference and against the plain path, forward and gradients, over one and several blocks of experts, and what
+it keeps."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _pair(dtype: torch.dtype = torch.float64, **options) -> tuple[MixtureOfToken
     """The same random layer (d=8, E=5, h=6, G=4) on the plain path and on the recomputing path."""
     plain = random_float64_layer(MixtureOfTokens, 8, n_experts=5, expert_size=6, group_size=4, **options)
     recomputing = copy.deepcopy(plain)
-    recomputing.recompute = True
+    recomputing.compute = "recompute"
     return plain.to(dtype), recomputing.to(dtype)
 
 
@@ -67,7 +68,7 @@ def test_matches_the_plain_loop_reference(block_bytes: int) -> None:
 
 def test_gradcheck_over_several_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recompute_module, "BLOCK_BYTES", 1)
-    layer = random_float64_layer(MixtureOfTokens, 4, n_experts=3, expert_size=3, group_size=2, recompute=True)
+    layer = random_float64_layer(MixtureOfTokens, 4, n_experts=3, expert_size=3, group_size=2, compute="recompute")
     assert gradcheck_layer(layer, torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True))
 
 
@@ -125,11 +126,12 @@ def test_keeps_no_mixed_tokens_for_backward() -> None:
     x_BSD = torch.randn(8, config.max_seq_len, config.d_model, requires_grad=True)
     tokens = x_BSD.shape[0] * x_BSD.shape[1]
     plain = MixtureOfTokens.from_config(config)
-    recomputing = MixtureOfTokens.from_config(tiny_model_config(**{**config.__dict__, "mot_recompute": True}))
+    recomputing = MixtureOfTokens.from_config(tiny_model_config(**{**config.__dict__, "mot_compute": "recompute"}))
     saved_difference = (saved_values(plain, x_BSD) - saved_values(recomputing, x_BSD)) / tokens
     assert saved_difference == pytest.approx(config.n_experts / config.group_size * config.d_model)
     estimate = layer_class("mot").activation_values_per_token
-    estimated_difference = estimate(config) - estimate(tiny_model_config(**{**config.__dict__, "mot_recompute": True}))
+    recomputed = tiny_model_config(**{**config.__dict__, "mot_compute": "recompute"})
+    estimated_difference = estimate(config) - estimate(recomputed)
     assert estimated_difference == pytest.approx(saved_difference)
 
 

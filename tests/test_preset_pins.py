@@ -20,7 +20,7 @@ MODEL_DEFAULTS = {
     "mot_temperature": 1.0, "mot_temperature_schedule": "constant", "mot_temperature_final": 0.0,
     "mot_temperature_anneal_steps": 0, "mot_learnable_temperature": "none", "mot_routing": "softmax",
     "mot_discrete_rule": "project", "mot_emit": "group", "mot_separate_emit_controller": False,
-    "mot_grouping": "consecutive", "mot_group_axis": "across_batch", "mot_recompute": False,
+    "mot_grouping": "consecutive", "mot_group_axis": "across_batch", "mot_compute": "plain",
     "temperature_freeze_steps": 0, "top_k": 1, "capacity_factor": 1.25, "tc_drop_rule": "probability",
     "tc_scope": "batch", "load_balance_weight": 0.01, "z_loss_weight": 0.0, "load_balance_reduce": "sum",
     "ec_tokens_per_expert": 1, "expert_dispatch": "auto", "tie_embeddings": False, "init_scale": 0.1,

@@ -257,3 +257,14 @@ def test_weight_decay_params_all_also_decays_what_a_switch_adds():
         norm = model.blocks[0].ffn.norm
         assert (id(norm.weight) in _decayed(optimizer)) == decays, rule
         assert _decayed(optimizer) == {id(p) for p in model.parameters() if decays or p.dim() >= 2}
+
+
+def test_a_setting_of_an_older_version_loads_under_its_new_name():
+    """`mot_recompute: true/false` (before the compute selector) reads as mot_compute recompute / plain."""
+    from mixture_of_tokens.checkpoint import saved_configs
+
+    model = dataclasses.asdict(build().config)
+    for old, new in ((True, "recompute"), (False, "plain")):
+        fields = {k: v for k, v in model.items() if k != "mot_compute"} | {"mot_recompute": old}
+        config, _ = saved_configs({"model": fields, "train": {}})
+        assert config.mot_compute == new

@@ -27,7 +27,7 @@ MOT_OPTIONS = {
     "emit-over-experts": {"mot_emit": "experts"},
     "uniform-routing": {"mot_routing": "uniform"},
     "random-grouping": {"mot_grouping": "random"},
-    "recompute": {"mot_recompute": True},
+    "recompute": {"mot_compute": "recompute"},
 }
 """One ModelConfig override per MoT option a run can switch away from."""
 

@@ -130,6 +130,20 @@ def read_config(directory: Path) -> SavedConfig:
     return config
 
 
+RENAMED_SETTINGS = {"mot_recompute": ("mot_compute", {True: "recompute", False: "plain"})}
+"""Settings an older version recorded under another name: old name -> (new name, old value -> new value)."""
+
+
+def renamed_settings(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with the settings of older versions under their current names (a checkpoint never goes stale)."""
+    renamed = dict(fields)
+    for old, (new, values) in RENAMED_SETTINGS.items():
+        if old in renamed and new not in renamed:
+            renamed[new] = values.get(renamed.pop(old), renamed.get(old))
+        renamed.pop(old, None)
+    return renamed
+
+
 def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     """The model and training configs recorded in a config.json payload; a transformers config.json, an unknown or
     an invalid setting is one ConfigFileError naming the file (when the payload came from `read_config`)."""
@@ -147,6 +161,7 @@ def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         fields = payload.get(key, {})
         if not isinstance(fields, dict):
             raise ConfigFileError(f"{where} has {key} settings that are not a JSON object.")
+        fields = renamed_settings(fields)
         known = {field.name for field in dataclasses.fields(config_class)}
         unknown = sorted(set(fields) - known)
         if unknown:

@@ -10,6 +10,7 @@ from .layers.conversion import SWITCH_TARGETS
 from .layers.experts import EXPERT_DISPATCHES
 from .layers.init import EMBEDDING_INITS
 from .layers.mot_options import (
+    COMPUTES,
     DISCRETE_RULES,
     EMITS,
     GROUP_AXES,
@@ -109,10 +110,10 @@ class ModelConfig:
         "consecutive positions of one sequence; masked objective only, G must divide max_seq_len)",
         default="across_batch",
     )
-    mot_recompute: bool = _help(
-        "MoT: keep no mixed tokens for the backward pass but recompute them, a block of experts at a time (E/G x "
-        "d_model fewer activation values per token, for a little more compute)",
-        default=False,
+    mot_compute: str = _help(
+        "MoT compute path in training: plain | recompute (keep no mixed tokens for the backward pass, recompute "
+        "them a block of experts at a time: E/G x d_model fewer activation values per token, a little more compute)",
+        default="plain",
     )
     temperature_freeze_steps: int = _help(
         "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
@@ -195,30 +196,21 @@ class ModelConfig:
             raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(ffn_kinds())}.")
         self.block_ffn_kinds()  # validates ffn_blocks
         for name, allowed in (
-            ("mot_routing", ROUTINGS),
-            ("mot_discrete_rule", DISCRETE_RULES),
-            ("tc_drop_rule", TC_DROP_RULES),
-            ("mot_emit", EMITS),
-            ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
-            ("load_balance_reduce", AUX_LOSS_REDUCTIONS),
-            ("embedding_init", EMBEDDING_INITS),
-            ("mot_grouping", GROUPINGS),
-            ("objective", OBJECTIVES),
-            ("mot_group_axis", GROUP_AXES),
-            ("expert_dispatch", EXPERT_DISPATCHES),
-        ):
+            ("mot_routing", ROUTINGS), ("mot_discrete_rule", DISCRETE_RULES), ("tc_drop_rule", TC_DROP_RULES),
+            ("mot_emit", EMITS), ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
+            ("load_balance_reduce", AUX_LOSS_REDUCTIONS), ("embedding_init", EMBEDDING_INITS),
+            ("mot_grouping", GROUPINGS), ("objective", OBJECTIVES), ("mot_group_axis", GROUP_AXES),
+            ("mot_compute", COMPUTES), ("expert_dispatch", EXPERT_DISPATCHES), ("tc_scope", TC_SCOPES),
+        ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
                 )
         check_temperature_freeze(self.temperature_freeze_steps, self.mot_learnable_temperature)
         check_temperature_schedule(
-            self.mot_temperature_schedule,
-            final=self.mot_temperature_final,
-            anneal_steps=self.mot_temperature_anneal_steps,
-            routing=self.mot_routing,
-            learnable_temperature=self.mot_learnable_temperature,
-        )
+            self.mot_temperature_schedule, final=self.mot_temperature_final, routing=self.mot_routing,
+            anneal_steps=self.mot_temperature_anneal_steps, learnable_temperature=self.mot_learnable_temperature,
+        )  # fmt: skip
         check_group_axis(
             self.mot_group_axis,
             grouping=self.mot_grouping,
@@ -232,8 +224,6 @@ class ModelConfig:
             )
         if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}.")
-        if self.tc_scope not in TC_SCOPES:
-            raise ValueError(f"tc_scope={self.tc_scope!r} is not supported; allowed values: {', '.join(TC_SCOPES)}.")
         for name in ("capacity_factor", "load_balance_weight", "z_loss_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")

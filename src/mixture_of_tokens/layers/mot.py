@@ -1,6 +1,5 @@
-"""Mixture of Tokens (Antoniak et al., 2024): a continuous MoE that mixes tokens across examples.
-
-Tensor names carry their axes (the legend is in `layers/__init__.py`); R indexes the (group, position) rows.
+"""Mixture of Tokens (Antoniak et al., 2024): a continuous MoE that mixes tokens across examples. Tensor names carry
+their axes (the legend is in `layers/__init__.py`); R indexes the (group, position) rows.
 
 For each group of G tokens at the same position (consecutive examples), every expert e gets one mixed token
     merge:  m[r,e] = sum_g w[r,g,e] * x[r,g]         w = softmax over the group of (x @ W_c) / tau
@@ -8,12 +7,8 @@ For each group of G tokens at the same position (consecutive examples), every ex
     emit:   dx[r,g] = sum_e w[r,g,e] * y[r,e]
 Every expert processes exactly one token per group, so load is balanced and nothing is dropped.
 
-The authors' ablations are options: uniform / discrete routing, learnable temperature (optionally held fixed for
-the first optimizer steps), emit weights over experts and a separate emit controller; random grouping is this
-package's causal version of their shuffled grouping (see `grouping`), and a fixed temperature may also be annealed
-over training (cosine or geometric schedule). Their BERT-style runs also grouped
-G consecutive positions of one sequence (`group_axis="within_sequence"`): merge, experts and emit are unchanged,
-but a token then meets later positions, so that variant needs bidirectional attention (the masked objective).
+The method is `mixture_of_tokens` below, in one function; the class adds the grouping, the options (the authors'
+ablations, a scheduled tau, within-sequence groups for masked LM: docs/layer.md) and the compute paths.
 """
 
 from __future__ import annotations
@@ -24,23 +19,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from . import mot_options
 from .base import EvaluationMode, FeedForwardLayer
-from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
+from .checks import check_choice, check_positive, check_positive_ints
 from .experts import expert_matrices, expert_mlp, init_expert_weights_, kept_hidden_values, new_expert_weights
-from .grouping import (
-    from_position_groups,
-    from_sequence_groups,
-    position_groups,
-    sequence_groups,
-)
+from .grouping import from_position_groups, from_sequence_groups, position_groups, sequence_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
 from .mot_options import (
-    DISCRETE_RULES,
-    EMITS,
-    GROUP_AXES,
-    GROUPINGS,
-    LEARNABLE_TEMPERATURES,
-    ROUTINGS,
+    Compute,
     DiscreteRule,
     Emit,
     GroupAxis,
@@ -48,69 +34,68 @@ from .mot_options import (
     LearnableTemperature,
     Routing,
     TemperatureSchedule,
-    check_group_axis,
-    check_temperature_freeze,
-    check_temperature_schedule,
+    check_layer_options,
     scheduled_temperature,
     trained_temperature,
 )
 from .mot_recompute import recomputing_mix
+from .mot_routing import emit_over_experts, group_softmax, group_weights
 from .routing_stats import routing_statistics
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
 
+def mixture_of_tokens(
+    x_RGD: torch.Tensor, controller_DE: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
+    """The method (Algorithm 1) on groups of G tokens [R, G, D] -> the update [R, G, D]: weights from one softmax
+    over each group, then merge, expert and emit. The layer below adds the grouping and the ablations."""
+    weights_RGE = group_softmax(x_RGD @ controller_DE, tau).to(x_RGD.dtype)  # over the G tokens of a group
+    return merge_expert_emit(x_RGD, weights_RGE, weights_RGE, w1_EDH, w2_EHD)
+
+
+def merge_expert_emit(
+    x_RGD: torch.Tensor, merge_RGE: torch.Tensor, emit_RGE: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor
+) -> torch.Tensor:
+    """Merge, expert, emit (the "plain" compute path): one mixed token per expert and group, each expert's MLP on
+    its mixed tokens (one bmm), each output emitted back to the group's tokens."""
+    mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)  # merge: m[r,e] = sum_g w[r,g,e] x[r,g]
+    out_ERD = expert_mlp(mixed_RED.transpose(0, 1), w1_EDH, w2_EHD)  # expert: [R, E, D] read as [E, R, D], no copy
+    return torch.bmm(emit_RGE, out_ERD.transpose(0, 1))  # emit: dx[r,g] = sum_e w[r,g,e] y[r,e]
+
+
+COMPUTE_PATHS = {"plain": merge_expert_emit, "recompute": recomputing_mix}
+"""How merge, experts and emit are computed in training (`compute`); each equals the plain path, forward and
+gradients. A fused kernel would be one more module and one more entry here."""
+
+
 class MixtureOfTokens(FeedForwardLayer):
-    """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]`.
+    """Drop-in feed-forward sublayer: `forward(x[B, S, D]) -> [B, S, D]` (every option: docs/layer.md).
 
     Args:
-        d_model: model width D.
-        n_experts: number of experts E.
-        expert_size: hidden width H of each expert.
-        group_size: tokens mixed per group G (consecutive examples at one position); must divide the batch.
-            It may be changed after training (`layer.group_size = 1`); no parameter depends on it.
-        temperature: softmax temperature tau (> 0); the initial value when learnable or scheduled. A fixed tau is
-            kept as a Python float (`fixed_temperature`) and used exactly (logits are divided by it in their own
-            dtype, float64 included).
-        learnable_temperature: "none", "scalar" (one learned tau) or "per_expert" (one tau per expert).
-        routing: "softmax" (the method), "uniform" (plain averaging: every weight 1/G, the paper's baseline), or
-            "discrete" (each expert takes the argmax token of its group and writes back to it alone: the
-            tau -> 0 limit, equal to Expert Choice with one token per expert per group; for evaluation).
-        discrete_rule: how discrete routing breaks ties and emits over experts. "project": weight 1 on the first top
-            token of each expert's group, and emit="experts" keeps its softmax over experts. "authors" (their
-            `argmax_one_hot`): weight 1 on every token whose softmax weight equals the group's maximum (tied tokens
-            are summed into the mixed token and all receive its output), and emit="experts" is one-hot over every
-            top expert of the token's softmax over experts. Without ties and with emit="group" the two agree.
-        emit: "group" (emit with the merge weights, the method) or "experts" (emit weights are a softmax of the
-            same logits over experts).
-        separate_emit_controller: a second controller W_e [D, E] whose logits give the emit weights (softmaxed over
-            the group, or over experts with emit="experts", with the same routing and tau) instead of reusing the
-            merge controller's (the authors' "separate merge and emit weights").
-        grouping: "consecutive" (examples g*G ... g*G+G-1 form group g, the method) or "random": in training, each
-            forward draws a fresh permutation of the batch rows with `torch.randperm` on the input's device (torch's
-            default generator there, so runs are reproducible from the seed and resume with the RNG state), groups
-            the permuted rows consecutively and undoes the permutation on the output. In evaluation (`eval()`) the
-            groups are consecutive: evaluation then draws nothing from the RNG, decoding keeps the same groups at
-            every step, and evaluation rows (evenly spaced held-out windows, the zero-shot protocol's random filler
-            rows) are not ordered by content. Applies to across-batch groups only. This is the package's own variant,
-            not the authors' code: their across-batch layer never shuffles (groups are always consecutive examples),
-            and their within-sequence one permutes the positions of a sequence, which mixes a token with later
-            positions (not causal). Permuting whole rows keeps every group at one position, so random grouping stays
-            causal-safe.
-        group_axis: "across_batch" (a group is G tokens at one position from G examples, the method) or
-            "within_sequence" (a group is G consecutive positions of one sequence; the sequence length must be a
-            multiple of G). Within-sequence groups never couple sequences (any batch size will do) but let a token
-            depend on later positions of its sequence: only for bidirectional attention (masked LM).
-        temperature_freeze_steps: a learnable temperature requires no gradient, so AdamW leaves it (and its
-            moments) untouched, during the first N optimizer steps; the training loop reports steps through
-            `on_train_step`. Needs a learnable temperature when > 0.
-        temperature_schedule, final_temperature, anneal_steps: "constant" (final 0), or "cosine" / "geometric": a
-            fixed softmax tau goes from `temperature` at step 0 to `final_temperature` (> 0) at step anneal_steps - 1
-            (0: the run's last step), then stays; `on_train_step` sets it. A built layer holds the final tau.
-        recompute: in training (gradients enabled), keep no mixed tokens for the backward pass: merge, experts and
-            emit run one block of experts at a time and the backward pass recomputes each block's mixed tokens
-            (`layers/mot_recompute.py`): E/G x D fewer activation values per token, the same results.
+        d_model, n_experts, expert_size, group_size: D, E, H, G. G must divide the batch; it may be changed after
+            training (`layer.group_size = 1`): no parameter depends on it.
+        temperature: tau (> 0); the initial value when learnable or scheduled. A fixed tau is a Python float
+            (`fixed_temperature`), used exactly in every dtype.
+        learnable_temperature: "none", "scalar" or "per_expert" (a learned log tau).
+        routing: "softmax" (the method), "uniform" (every weight 1/G, the paper's baseline) or "discrete" (each
+            expert takes its group's top token and writes back to it alone: the tau -> 0 limit, for evaluation).
+        discrete_rule: "project" (the first top token; emit over experts stays soft) or "authors" (every tied top
+            token gets 1, and emit over experts is one-hot: their `argmax_one_hot`).
+        emit: "group" (emit with the merge weights, the method) or "experts" (a softmax over experts).
+        separate_emit_controller: a second controller W_e [D, E] for the emit weights (the authors' ablation).
+        grouping: "consecutive" (the method) or "random": in training each forward permutes the batch rows
+            (`torch.randperm`), groups them and undoes the permutation; a group stays at one position, so it stays
+            causal-safe. The package's own variant, not the authors' (docs/method.md). Evaluation is consecutive.
+        group_axis: "across_batch" (the method) or "within_sequence" (G consecutive positions of one sequence:
+            couples no sequences but sees later positions, so for bidirectional attention only).
+        temperature_freeze_steps: a learnable tau gets no gradient nor AdamW update for the first N steps.
+        temperature_schedule, final_temperature, anneal_steps: "constant", or "cosine" / "geometric" from
+            `temperature` at step 0 to `final_temperature` at step anneal_steps - 1 (0: the run's last step); set by
+            `on_train_step`. A built layer holds the final tau.
+        compute: how merge, experts and emit run with gradients (`COMPUTE_PATHS`): "plain", or "recompute" (no
+            mixed tokens kept for backward, `layers/mot_recompute.py`: E/G x D fewer activation values per token).
         init_scale: truncated-normal init with std sqrt(init_scale / fan_in).
         activation: "relu" (the paper's experts) or "swiglu" (W1 [E, D, 2H]: gate and up; layers/experts.py).
     """
@@ -136,7 +121,7 @@ class MixtureOfTokens(FeedForwardLayer):
         temperature_schedule: TemperatureSchedule = "constant",
         final_temperature: float = 0.0,
         anneal_steps: int = 0,
-        recompute: bool = False,
+        compute: Compute = "plain",
         init_scale: float = DEFAULT_INIT_SCALE,
         activation: str = "relu",
     ) -> None:
@@ -144,17 +129,10 @@ class MixtureOfTokens(FeedForwardLayer):
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size, group_size=group_size)
         check_positive("temperature", temperature)
         check_positive("init_scale", init_scale)
-        check_choice("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES)
-        check_choice("routing", routing, ROUTINGS)
-        check_choice("discrete_rule", discrete_rule, DISCRETE_RULES)
-        check_choice("emit", emit, EMITS)
-        check_choice("grouping", grouping, GROUPINGS)
-        check_choice("group_axis", group_axis, GROUP_AXES)
-        check_group_axis(group_axis, grouping=grouping)
-        check_temperature_freeze(temperature_freeze_steps, learnable_temperature)
-        check_temperature_schedule(
-            temperature_schedule, final=final_temperature, anneal_steps=anneal_steps, routing=routing,
-            learnable_temperature=learnable_temperature, names="layer",
+        check_layer_options(
+            learnable_temperature=learnable_temperature, routing=routing, discrete_rule=discrete_rule, emit=emit,
+            grouping=grouping, group_axis=group_axis, compute=compute, freeze_steps=temperature_freeze_steps,
+            schedule=temperature_schedule, final_temperature=final_temperature, anneal_steps=anneal_steps,
         )  # fmt: skip
 
         self.d_model = d_model
@@ -172,7 +150,7 @@ class MixtureOfTokens(FeedForwardLayer):
         self.initial_temperature = float(temperature)
         self.final_temperature = float(final_temperature)
         self.anneal_steps = anneal_steps
-        self.recompute = recompute
+        self.compute = compute
 
         self.controller = nn.Parameter(torch.empty(d_model, n_experts))  # W_c [D, E]
         if separate_emit_controller:
@@ -211,7 +189,7 @@ class MixtureOfTokens(FeedForwardLayer):
             temperature_schedule=config.mot_temperature_schedule,
             final_temperature=config.mot_temperature_final,
             anneal_steps=config.mot_temperature_anneal_steps,
-            recompute=config.mot_recompute,
+            compute=config.mot_compute,
             init_scale=config.init_scale,
             activation=config.ffn_activation,
         )
@@ -230,13 +208,14 @@ class MixtureOfTokens(FeedForwardLayer):
     def activation_values_per_token(cls, config: ModelConfig) -> float:
         """The grouped input, the merge weights (E; one more E-vector for emit weights of their own, a separate
         emit controller or a learnable temperature), and for each of its E/G mixed tokens: the mixed token, the
-        expert hidden layer after ReLU (in place) and the expert output; with `mot_recompute` the mixed tokens
+        expert hidden layer after ReLU (in place) and the expert output; with `mot_compute="recompute"` the mixed tokens
         are not kept. (A micro-batch of a single group keeps
         one more d: its grouped input is a view of the input, copied again for the controller.) SwiGLU experts keep
         4H between their matmuls (`kept_hidden_values`), 2H when recomputed (the projection alone)."""
         d_model = config.d_model
         hidden = kept_hidden_values(config.ffn_activation, config.expert_size)
-        if config.mot_recompute and config.ffn_activation == "swiglu":
+        recompute = config.mot_compute == "recompute"
+        if recompute and config.ffn_activation == "swiglu":
             hidden = 2 * config.expert_size
         extra_weights = (
             (config.mot_emit == "experts")
@@ -244,7 +223,7 @@ class MixtureOfTokens(FeedForwardLayer):
             + (config.mot_learnable_temperature != "none")
         )
         weights = config.n_experts * (1 + extra_weights)
-        kept_per_mixed_token = (1 if config.mot_recompute else 2) * d_model + hidden  # without m when recomputed
+        kept_per_mixed_token = (1 if recompute else 2) * d_model + hidden  # without m when recomputed
         return d_model + weights + config.n_experts / config.group_size * kept_per_mixed_token
 
     @classmethod
@@ -288,7 +267,7 @@ class MixtureOfTokens(FeedForwardLayer):
             check_positive_ints(group_size=group_size)
             self.group_size = group_size
         if routing is not None:
-            check_choice("routing", routing, ROUTINGS)
+            check_choice("routing", routing, mot_options.ROUTINGS)
             self.routing = routing
 
     def reset_parameters(self) -> None:
@@ -329,14 +308,9 @@ class MixtureOfTokens(FeedForwardLayer):
         return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        """1. group consecutive examples at each position (random grouping: of the permuted batch), or G
-        consecutive positions of each sequence (within-sequence groups); 2. per-expert softmax over the group;
-        3. merge each group into one token per expert; 4. run every expert on its mixed tokens (one bmm); 5. emit
-        expert outputs back to the group's tokens with the emit weights (and undo the grouping).
-
-        R indexes the groups, (group, position) or (sequence, position block): the batch axis of the merge and
-        emit matmuls.
-        """
+        """1. group G consecutive examples at each position (random grouping: of the permuted batch; within-sequence:
+        G consecutive positions), R groups; 2. merge, experts and emit over the groups (`_mix`, as
+        `mixture_of_tokens`); 3. undo the grouping."""
         if self.group_axis == "within_sequence":
             x_RGD = sequence_groups(x_BSD, self.group_size)  # a view: row r holds G consecutive positions
             return from_sequence_groups(self._mix(x_RGD), x_BSD.shape[0])
@@ -353,14 +327,8 @@ class MixtureOfTokens(FeedForwardLayer):
         emit_logits_RGE = None if self.emit_controller is None else x_RGD @ self.emit_controller.to(x_RGD.dtype)
         merge_RGE, emit_RGE = self._routing_weights(logits_RGE, emit_logits_RGE)
 
-        if self.recompute and torch.is_grad_enabled():
-            dx_RGD = recomputing_mix(x_RGD, merge_RGE, emit_RGE, self.w1, self.w2)
-        else:
-            mixed_RED = torch.bmm(merge_RGE.transpose(1, 2), x_RGD)
-            # Strided view fed to the shared expert MLP: [R, E, D] read as [E, R, D] without a copy.
-            out_ERD = expert_mlp(mixed_RED.transpose(0, 1), self.w1, self.w2)
-            dx_RGD = torch.bmm(emit_RGE, out_ERD.transpose(0, 1))
-
+        compute = COMPUTE_PATHS[self.compute if torch.is_grad_enabled() else "plain"]  # no backward: nothing to save
+        dx_RGD = compute(x_RGD, merge_RGE, emit_RGE, self.w1, self.w2)
         self._last_routing = (logits_RGE.detach(), merge_RGE.detach())
         return dx_RGD
 
@@ -374,30 +342,14 @@ class MixtureOfTokens(FeedForwardLayer):
     def _routing_weights(
         self, logits_RGE: torch.Tensor, emit_logits_RGE: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merge weights (normalised over the group axis, dim 1) and emit weights: from the merge logits, or
-        from the emit controller's logits when there is one."""
-        merge_RGE = self._group_weights(logits_RGE)
+        """Merge weights (normalised over the group axis) and emit weights: the merge weights themselves (the
+        method), or from the emit controller's logits, or over experts (`mot_routing.py`)."""
+        rule = {"routing": self.routing, "discrete_rule": self.discrete_rule, "tau": self._tau()}
+        merge_RGE = group_weights(logits_RGE, **rule)
+        source_RGE = logits_RGE if emit_logits_RGE is None else emit_logits_RGE
         if self.emit == "experts":
-            source_RGE = logits_RGE if emit_logits_RGE is None else emit_logits_RGE
-            emit_RGE = torch.softmax(at_least_fp32(source_RGE) / self._tau(), dim=-1)
-            if self.routing == "discrete" and self.discrete_rule == "authors":
-                emit_RGE = ties_at_max(emit_RGE, dim=-1)  # one-hot over experts
-            return merge_RGE, emit_RGE.to(logits_RGE.dtype)
-        if emit_logits_RGE is None:
-            return merge_RGE, merge_RGE
-        return merge_RGE, self._group_weights(emit_logits_RGE)
-
-    def _group_weights(self, logits_RGE: torch.Tensor) -> torch.Tensor:
-        """Weights normalised over the group axis (dim 1) under the layer's routing."""
-        if self.routing == "uniform":
-            return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
-        if self.routing == "discrete" and self.discrete_rule == "project":
-            top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
-            return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-        weights_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1)
-        if self.routing == "discrete":  # the authors' rule: every tied top token gets 1
-            weights_RGE = ties_at_max(weights_RGE, dim=1)
-        return weights_RGE.to(logits_RGE.dtype)
+            return merge_RGE, emit_over_experts(source_RGE, **rule)
+        return merge_RGE, merge_RGE if emit_logits_RGE is None else group_weights(source_RGE, **rule)
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
@@ -436,22 +388,11 @@ class MixtureOfTokens(FeedForwardLayer):
         return experts + 2 * (self.n_controllers + 2) * self.d_model * self.n_experts
 
     def extra_repr(self) -> str:
-        schedule = (
-            ""
-            if self.temperature_schedule == "constant"
-            else f", temperature_schedule={self.temperature_schedule} ({self.initial_temperature} -> "
-            f"{self.final_temperature} over {self.anneal_steps or 'all'} steps)"
-        )
-        return (
-            f"d_model={self.d_model}, n_experts={self.n_experts}, expert_size={self.expert_size}, "
-            f"group_size={self.group_size}, routing={self.routing}, discrete_rule={self.discrete_rule}, "
-            f"emit={self.emit}, "
-            f"learnable_temperature={self.learnable_temperature}, grouping={self.grouping}, "
-            f"group_axis={self.group_axis}, "
-            f"separate_emit_controller={self.emit_controller is not None}, activation={self.activation}{schedule}"
-        )
-
-
-def ties_at_max(weights: torch.Tensor, *, dim: int) -> torch.Tensor:
-    """1 where a weight equals the maximum along `dim` (every tied maximum), else 0: the authors' argmax_one_hot."""
-    return (weights == weights.amax(dim=dim, keepdim=True)).to(weights.dtype)
+        names = ("d_model", "n_experts", "expert_size", "group_size", "routing", "discrete_rule", "emit",
+                 "learnable_temperature", "grouping", "group_axis", "compute", "activation")  # fmt: skip
+        text = ", ".join(f"{name}={getattr(self, name)}" for name in names)
+        text += f", separate_emit_controller={self.emit_controller is not None}"
+        if self.temperature_schedule != "constant":
+            text += (f", temperature_schedule={self.temperature_schedule} ({self.initial_temperature} -> "
+                     f"{self.final_temperature} over {self.anneal_steps or 'all'} steps)")  # fmt: skip
+        return text

@@ -15,6 +15,7 @@ LearnableTemperature = Literal["none", "scalar", "per_expert"]
 Grouping = Literal["consecutive", "random"]
 GroupAxis = Literal["across_batch", "within_sequence"]
 TemperatureSchedule = Literal["constant", "cosine", "geometric"]
+Compute = Literal["plain", "recompute"]
 DiscreteRule = Literal["project", "authors"]
 
 ROUTINGS: tuple[str, ...] = ("softmax", "uniform", "discrete")
@@ -23,6 +24,7 @@ LEARNABLE_TEMPERATURES: tuple[str, ...] = ("none", "scalar", "per_expert")
 GROUPINGS: tuple[str, ...] = ("consecutive", "random")
 GROUP_AXES: tuple[str, ...] = ("across_batch", "within_sequence")
 TEMPERATURE_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "geometric")
+COMPUTES: tuple[str, ...] = ("plain", "recompute")
 DISCRETE_RULES: tuple[str, ...] = ("project", "authors")
 
 _SCHEDULE_NAMES = {
@@ -133,3 +135,22 @@ def check_group_axis(
         )
     if seq_len is not None:
         check_sequence_length(seq_len, group_size)
+
+
+def check_layer_options(
+    *, learnable_temperature: str, routing: str, discrete_rule: str, emit: str, grouping: str, group_axis: str,
+    compute: str, freeze_steps: int, schedule: str, final_temperature: float, anneal_steps: int,
+) -> None:  # fmt: skip
+    """Every option of the MoT layer, alone and together, in the layer's own names (one sentence each)."""
+    for name, value, allowed in (
+        ("learnable_temperature", learnable_temperature, LEARNABLE_TEMPERATURES), ("routing", routing, ROUTINGS),
+        ("discrete_rule", discrete_rule, DISCRETE_RULES), ("emit", emit, EMITS), ("grouping", grouping, GROUPINGS),
+        ("group_axis", group_axis, GROUP_AXES), ("compute", compute, COMPUTES),
+    ):  # fmt: skip
+        check_choice(name, value, allowed)
+    check_group_axis(group_axis, grouping=grouping)
+    check_temperature_freeze(freeze_steps, learnable_temperature)
+    check_temperature_schedule(
+        schedule, final=final_temperature, anneal_steps=anneal_steps, routing=routing,
+        learnable_temperature=learnable_temperature, names="layer",
+    )  # fmt: skip

@@ -1,7 +1,7 @@
-"""MoT's recomputing path (`mot_recompute=True`): merge, experts and emit one block of experts at a time, and the
+"""MoT's recomputing path (`mot_compute="recompute"`): merge, experts and emit one block of experts at a time, and the
 mixed tokens recomputed in the backward pass instead of kept.
 
-The plain path (`MixtureOfTokens._mix`) writes the mixed tokens m [R, E, D] for the whole layer, and autograd keeps
+The plain path (`mot.merge_expert_emit`) writes the mixed tokens m [R, E, D] for the whole layer, and autograd keeps
 them (the first expert GEMM's input) until the backward pass; their gradient is materialised at full size too. Per
 token that is E/G x d values (8 x d for /16E/8, 16 x d for /32E/16: more than the rest of the layer).
 
