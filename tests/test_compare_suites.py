@@ -319,6 +319,21 @@ def test_demo_report_points_to_the_suite_and_judges_nothing_from_one_seed(smoke:
     assert (tmp_path / "merge_entropy.png").read_bytes()[:8] == PNG
 
 
+def test_demo_runs_again_reusing_what_is_done(module_cache_dir: Path, tmp_path: Path, capsys) -> None:
+    """A second `mot demo` reuses the finished runs instead of failing; other settings are one sentence."""
+    corpus = f"text:{write_corpus(tmp_path / 'corpus', n_documents=160)}"  # enough held-out text for tiny's batch
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--steps", "4", "--data", corpus]
+    status, first, _ = run_mot(argv, capsys)
+    assert status == 0 and first.count("] trained") == 2
+    weights = tmp_path / "demo" / "tiny-mot" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    status, second, _ = run_mot(argv, capsys)
+    assert status == 0 and second.count("finished before: reused") == 2 and "not yet a verdict" in second
+    assert weights.stat().st_mtime_ns == written
+    status, _, err = run_mot([*argv[:-4], "--steps", "6", "--data", corpus], capsys)
+    assert status == 2 and "holds a run of other settings (train.steps = 4 there, 6" in err and "--force" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

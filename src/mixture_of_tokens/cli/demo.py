@@ -24,13 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
     )
+    parser.add_argument("--data", default="", help="text source replacing the presets' (e.g. text:PATH)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..data import prepare_data
     from ..experiments.report import comparison_table, load_run, plot_runs
-    from ..training.loop import train
 
     out_root = Path(args.out)
     runs = []
@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> None:
             train_config = dataclasses.replace(
                 train_config, steps=steps, eval_every=max(steps // 4, 1), warmup_steps=steps // 10
             )
+        if args.data:
+            train_config = dataclasses.replace(train_config, data=args.data)
         data = data or prepare_data(train_config.data, vocab_size=preset.model.vocab_size)
-        train(preset.model, train_config, run_name=name, data=data, force=args.force)
+        print(f"[{name}] {train_or_reuse(preset.model, train_config, name, data, force=args.force)}")
         runs.append(load_run(out_root / name))
     print()
     print(comparison_table(runs))
@@ -54,8 +56,39 @@ def run(args: argparse.Namespace) -> None:
     print(f"report: {report}")
     print(
         "For verdicts judged against the spread over two seeds, with a learning-rate sweep per model: "
-        "mot compare --suite claims-core (docs/compare.md)."
+        "mot compare --suite claims-core; where extra parameters can pay (narrow models trained long): "
+        "mot compare --suite claims-capacity (docs/compare.md)."
     )
+
+
+def train_or_reuse(model_config, train_config, name: str, data, *, force: bool) -> str:
+    """Train one demo run, or reuse it: a finished run of the same settings is kept, a half-finished one resumes
+    from its newest checkpoint (so `make demo` can be run again); --force moves an old run aside and trains anew."""
+    from ..checkpoint import read_config
+    from ..experiments.runner import RunSpec, config_difference
+    from ..training.loop import train
+    from ..training.state import resolve_resume_checkpoint
+
+    run_dir = Path(train_config.out_dir)
+    if force or not (run_dir / "config.json").exists():
+        train(model_config, train_config, run_name=name, data=data, force=force)
+        return "trained"
+    spec = RunSpec(name, train_config.lr, train_config.seed, model_config, train_config)
+    difference = config_difference(spec, read_config(run_dir))
+    if difference is not None:
+        raise ValueError(
+            f"{run_dir} holds a run of other settings ({difference}); pass --force to move it aside and train anew, "
+            "or another --out."
+        )
+    if (run_dir / "summary.json").exists():
+        return f"finished before: reused {run_dir}"
+    try:
+        resolve_resume_checkpoint(run_dir)
+    except ValueError:  # stopped before its first checkpoint: nothing to resume
+        train(model_config, train_config, run_name=name, data=data, force=True)
+        return "restarted (the unfinished run moved aside)"
+    train(None, None, run_name=name, data=data, resume_from=run_dir)
+    return "resumed from its newest checkpoint"
 
 
 def write_demo_report(out_root: Path, names: tuple[str, str]) -> tuple[Path, str]:
