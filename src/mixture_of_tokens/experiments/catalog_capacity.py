@@ -34,6 +34,7 @@ CAPACITY_SIZE = Size(
     log_every=50,
     checkpoints=5,
     threads=1,
+    widen=2,
 )
 """20.5M tokens per run (5000 steps of 64 x 64): about 10-12 minutes a run on one core of the 2-core CPU."""
 

@@ -93,8 +93,9 @@ class ArmPlan:
 class SuitePlan:
     arms: dict[str, ArmPlan]
     runs: list[PlannedRun]
-    """Every run wanted so far, once each, arm by arm: its seed-0 runs, then its further seeds (so the noise of
-    the first arms, e.g. a positive control, is known before later stages finish)."""
+    """Every run wanted so far, once each: the seed-0 runs (in arm order, so later stages are not held up), then
+    the further seeds. The runner appends runs as they become known, so an arm's seeds join the queue as soon as
+    its rate is final."""
     complete: bool
     """Every arm is resolved: no run will be added."""
 
@@ -104,14 +105,16 @@ def plan_suite(suite: Suite, size: Size, outcome: Callable[[Arm, float, int], Ou
     plans: dict[str, ArmPlan] = {}
     for arm in suite.arms:
         plans[arm.name] = _plan_arm(arm, size, plans, outcome)
-    runs: dict[str, PlannedRun] = {}
+    first: dict[str, PlannedRun] = {}
+    further: dict[str, PlannedRun] = {}
     for plan in plans.values():
         for lr in plan.rates:
-            runs.setdefault(_key(plan.arm, lr, 0), PlannedRun(plan.arm, lr, 0))
+            first.setdefault(_key(plan.arm, lr, 0), PlannedRun(plan.arm, lr, 0))
         if plan.resolved and plan.chosen is not None:
             for seed in range(1, plan.seeds):
-                runs.setdefault(_key(plan.arm, plan.chosen, seed), PlannedRun(plan.arm, plan.chosen, seed))
-    return SuitePlan(plans, list(runs.values()), all(p.resolved for p in plans.values()))
+                further.setdefault(_key(plan.arm, plan.chosen, seed), PlannedRun(plan.arm, plan.chosen, seed))
+    runs = [*first.values(), *(run for key, run in further.items() if key not in first)]
+    return SuitePlan(plans, runs, all(p.resolved for p in plans.values()))
 
 
 def expected_runs(suite: Suite, size: Size) -> int:
