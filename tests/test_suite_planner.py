@@ -173,3 +173,16 @@ def test_expected_runs_counts_what_the_plan_trains() -> None:
     suite = get_suite("claims-capacity")
     # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed
     assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1
+
+
+def test_claims_capacity_widens_a_sweep_whose_best_rate_is_at_an_edge() -> None:
+    suite = get_suite("claims-capacity")
+    disk = Disk()
+    disk.finish(plan_suite(suite, suite.size("capacity"), disk), {
+        "dense-lr0.002-s0": 3.40, "dense-lr0.004-s0": 3.38, "dense-lr0.008-s0": 3.39,
+        "token-choice-lr0.002-s0": 3.24, "token-choice-lr0.004-s0": 3.26, "token-choice-lr0.008-s0": 3.33,
+        "mot-8e-lr0.002-s0": 3.47, "mot-8e-lr0.004-s0": 3.49, "mot-8e-lr0.008-s0": 3.53,
+    })  # fmt: skip
+    wanted = names(plan_suite(suite, suite.size("capacity"), disk))
+    assert {"token-choice-lr0.001-s0", "mot-8e-lr0.001-s0", "dense-lr0.004-s1"} <= set(wanted)
+    assert not any(name.startswith("mot-8e-t") for name in wanted)  # stage (b) waits for MoT's widened sweep
