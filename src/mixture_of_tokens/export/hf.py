@@ -198,11 +198,7 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
         files += write_tokenizer_files(loaded.tokenizer, partial, max_length=config.max_seq_len)
         write_text_atomic(partial / "README.md", model_card(config, loaded.tokenizer, loaded.directory))
         files.append("README.md")
-        difference, shape = check_export(partial, model)
-        usual_file_modes(partial)
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
+        difference, shape = _check_and_place(partial, out, model, trust_remote_code=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -218,15 +214,21 @@ def _export_native(loaded: Any, target: NativeTarget, partial: Path, out: Path) 
         files += write_tokenizer_files(loaded.tokenizer, partial, max_length=config.max_seq_len)
         write_text_atomic(partial / "README.md", native_model_card(config, loaded.tokenizer, loaded.directory, target))
         files.append("README.md")
-        difference, shape = check_export(partial, model, trust_remote_code=False)
-        usual_file_modes(partial)
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
+        difference, shape = _check_and_place(partial, out, model, trust_remote_code=False)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return ExportResult(out, sorted(dict.fromkeys(files)), difference, shape, architecture=target.architecture)
+
+
+def _check_and_place(partial: Path, out: Path, model: Any, *, trust_remote_code: bool) -> tuple[float, Any]:
+    """Check the written export against the model, give its files the usual modes and rename it into place."""
+    difference, shape = check_export(partial, model, trust_remote_code=trust_remote_code)
+    usual_file_modes(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return difference, shape
 
 
 def check_export(
