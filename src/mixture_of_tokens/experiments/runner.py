@@ -187,12 +187,6 @@ class SuiteRun:
     device: str
 
 
-def best_learning_rate(outcomes: list[RunOutcome]) -> float | None:
-    """The lowest finite final eval loss's rate among `outcomes` (None when every rate diverged)."""
-    finished = [o for o in outcomes if o.final_eval_loss is not None and math.isfinite(o.final_eval_loss)]
-    return min(finished, key=lambda o: (o.final_eval_loss, o.spec.lr)).spec.lr if finished else None
-
-
 def current_plan(suite: Suite, size: Size, out: Path) -> SuitePlan:
     """The suite's plan given the runs under out/runs as they are now."""
     runs = Path(out) / RUNS_DIR
