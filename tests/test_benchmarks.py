@@ -99,3 +99,12 @@ def test_narrow_benchmark_quick_run_prints_every_contender_and_a_computed_verdic
 
     assert [row["step"] for row in breakdown][:2] == ["dense layer", "MoT layer"] and len(breakdown) == 7
     assert all(is_number(row["ms"]) for row in breakdown)
+
+
+def test_the_narrow_verdict_is_judged_on_the_printed_ratio() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        import narrow
+
+    assert narrow.verdict(1.1003) == "met"  # printed as 1.100
+    assert narrow.verdict(1.1006) == "not met"  # printed as 1.101
