@@ -108,7 +108,7 @@ def test_preset_parameter_count(name):
         cfg.n_experts,
         cfg.expert_size,
         cfg.tie_embeddings,
-        llama_kv_width=2 * cfg.d_model // cfg.n_heads if name.startswith("llama-") else None,
+        llama_kv_width=cfg.n_kv_heads * cfg.d_model // cfg.n_heads if "llama-" in name else None,
     )
     assert sum(p.numel() for p in model.parameters()) == expected
     counts = count_model(model)

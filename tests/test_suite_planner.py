@@ -144,17 +144,30 @@ def test_a_suite_that_depends_on_a_later_arm_is_refused(arm: Arm, message: str) 
         check_suite(Suite("s", "", (Arm("dense", "dense"), arm), ()))
 
 
-def test_claims_capacity_starts_with_its_three_sweeps() -> None:
+def test_claims_capacity_starts_with_its_six_sweeps() -> None:
+    """Stage (a)'s three sweeps and stage (e)'s (the Llama-style block), which wait for nothing."""
     suite = get_suite("claims-capacity")
     plan = plan_suite(suite, suite.size("capacity"), Disk())
-    assert sorted({r.arm.name for r in plan.runs}) == ["dense", "mot-8e", "token-choice"]
-    assert len(plan.runs) == 9 and not plan.complete
+    first = ["dense", "token-choice", "mot-8e", "llama-dense", "llama-mot-8e-4", "llama-token-choice"]
+    assert list(dict.fromkeys(r.arm.name for r in plan.runs)) == first
+    assert len(plan.runs) == 18 and not plan.complete
+
+
+def test_an_arms_own_feed_forward_width_sizes_its_experts() -> None:
+    suite = get_suite("claims-capacity")
+    size = suite.size("capacity")
+    dense, mot, control = (arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model
+                           for name in ("llama-dense", "llama-mot-8e-4", "llama-token-choice"))  # fmt: skip
+    assert dense.d_ff != size.base_model().d_ff
+    assert (mot.n_experts, mot.expert_size) == (32, dense.d_ff // 4)
+    assert (control.n_experts, control.expert_size) == (8, dense.d_ff)
 
 
 @pytest.mark.parametrize(
     ("preset", "arm"),
     [("narrow-dense", "dense"), ("narrow-mot", "mot-8e"), ("narrow-token-choice", "token-choice"),
-     ("narrow-expert-choice", "expert-choice")],
+     ("narrow-expert-choice", "expert-choice"), ("narrow-llama-dense", "llama-dense"),
+     ("narrow-llama-mot", "llama-mot-8e-4"), ("narrow-llama-token-choice", "llama-token-choice")],
 )  # fmt: skip
 def test_the_narrow_presets_are_the_capacity_suites_models(preset: str, arm: str) -> None:
     """One answer for the capacity-bound shape: each narrow preset trains the suite's model on its budget."""
@@ -171,8 +184,9 @@ def test_expected_runs_counts_what_the_plan_trains() -> None:
     smoke = get_suite("smoke")
     assert expected_runs(smoke, smoke.size("smoke")) == 42  # 14 models: 2 rates, then a second seed
     suite = get_suite("claims-capacity")
-    # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed
-    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1
+    # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed;
+    # the Llama-style block's 3 swept arms x 3 rates
+    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9
 
 
 def test_claims_capacity_widens_a_sweep_whose_best_rate_is_at_an_edge() -> None:

@@ -78,6 +78,11 @@ _LLAMA_TINY = dataclasses.replace(
 # non-embedding parameters, 20.5M tokens (about 200 per dense non-embedding parameter, two passes over
 # packaged+brown at BPE 1,024); every mixture in every block.
 _NARROW = ModelConfig(vocab_size=1024, max_seq_len=64, d_model=64, n_blocks=2, n_heads=2, d_ff=256)
+# The same shape in the Llama-style block (stage (e) of claims-capacity): one key/value head for the two query heads
+_NARROW_LLAMA = dataclasses.replace(
+    _NARROW, positions="rope", norm="rmsnorm", ffn_activation="swiglu", n_kv_heads=1, dense_bias=False,
+    d_ff=feed_forward_width(_NARROW.d_model, "swiglu"),
+)  # fmt: skip
 _NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
                             log_every=50, data="packaged+brown")  # fmt: skip
 # The paper's models: GPT-2 vocabulary, context 256; Token Choice (its own presets and the transition from MoT) as
@@ -163,6 +168,27 @@ def _presets() -> list[Preset]:
             "narrow-dense with Expert Choice in every block (8 experts of width d_ff, one token per expert per group "
             "of 8: MoT's sharp limit)",
             _sparse(_NARROW, ExpertChoice.kind, 8, ffn_blocks="all"),
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-llama-dense",
+            "narrow-dense in the Llama-style block (rotary positions, RMSNorm, SwiGLU, one key/value head)",
+            _NARROW_LLAMA,
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-llama-mot",
+            "narrow-llama-dense with MoT /8E/4 (32 SwiGLU experts of width d_ff / 4) at tau = 0.1 in every block",
+            _mot(_NARROW_LLAMA, "/8E/4", ffn_blocks="all", mot_temperature=0.1),
+            _NARROW_TRAIN,
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-llama-token-choice",
+            "narrow-llama-dense with Token Choice top-1 over 8 SwiGLU experts of width d_ff in every block",
+            _sparse(_NARROW_LLAMA, TokenChoice.kind, 8, ffn_blocks="all"),
             _NARROW_TRAIN,
             CPU_CAPACITY,
         ),

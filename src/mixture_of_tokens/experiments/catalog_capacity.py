@@ -8,7 +8,9 @@ experts is the positive control: if it does not beat dense here, the size is wro
 Staged (docs/compare.md): (a) dense, the control and MoT /8E at tau = 1, each swept over three learning rates
 (widened where the best is at an edge); (b) MoT /8E at MoT's rate with sharper mixing; (c) the best MoT setting at
 other group sizes and granularity, and Expert Choice; the winner re-checked at its neighbouring rates; (d) a
-second seed for dense, the control, MoT at tau = 1 and the best MoT.
+second seed for dense, the control, MoT at tau = 1 and the best MoT; (e) the Llama-style block (rotary positions,
+RMSNorm, SwiGLU of the ReLU layer's FLOPs, one key/value head for the two query heads, no biases): dense, MoT at the
+best setting of stages (b) and (c) (/8E/4, tau = 0.1, fixed when they had finished) and the control, each swept.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..layers import ExpertChoice, MixtureOfTokens, TokenChoice
+from ..layers.sizing import feed_forward_width
 from .suites import PAPER_TOKENS_PER_STEP, Arm, Claim, Size, Suite, mot_arm
 
 CAPACITY_SIZE = Size(
@@ -84,6 +87,20 @@ AT_BEST_SETTING = (
     _at_best_setting("mot-8e-4", "/8E/4", "MoT /8E/4 (32 experts of width d_ff / 4) at the best /8E setting"),
 )
 
+LLAMA_WIDTH = feed_forward_width(CAPACITY_SIZE.d_model, "swiglu")
+LLAMA_BLOCK = (("positions", "rope"), ("norm", "rmsnorm"), ("ffn_activation", "swiglu"), ("n_kv_heads", 1),
+               ("dense_bias", False), ("d_ff", LLAMA_WIDTH))  # fmt: skip
+"""Stage (e): the Llama-style block at the capacity shape; `d_ff` is SwiGLU's FLOP-matched width of 4 d_model."""
+LLAMA_ARMS = (
+    Arm("llama-dense", "dense Transformer, Llama-style block", model=LLAMA_BLOCK, seeds=1, stage="e"),
+    mot_arm("llama-mot-8e-4", "/8E/4", "MoT /8E/4 at tau = 0.1 (the best setting of stages b-c), Llama-style block",
+            blocks=EVERY_BLOCK, model=(*LLAMA_BLOCK, ("mot_temperature", 0.1)),
+            seeds=1, stage="e"),
+    Arm("llama-token-choice", "Token Choice top-1 over 8 SwiGLU experts of width d_ff, Llama-style block",
+        TokenChoice.kind, experts=8, blocks=EVERY_BLOCK, model=LLAMA_BLOCK, seeds=1,
+        stage="e"),
+)  # fmt: skip
+
 CLAIMS_CAPACITY_ARMS = (
     dataclasses.replace(CAPACITY_DENSE, seeds=2, stage="a"),
     dataclasses.replace(CAPACITY_CONTROL, seeds=2, stage="a"),
@@ -99,6 +116,7 @@ CLAIMS_CAPACITY_ARMS = (
         settings_from=("mot-setting",), seeds=1, stage="c"),
     Arm("mot-best", "the best MoT of every stage, re-checked at half and twice its rate", MixtureOfTokens.kind,
         best_of=(*MOT_SETTINGS, *(arm.name for arm in AT_BEST_SETTING)), recheck=True, seeds=2, stage="d"),
+    *LLAMA_ARMS,
 )  # fmt: skip
 
 PAPER_MAIN = 150_000 * PAPER_TOKENS_PER_STEP
@@ -128,12 +146,17 @@ CLAIMS_CAPACITY_CLAIMS = (
           ("mot-best", "token-choice"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
     Claim("mot-matches-expert-choice", "The best MoT is not worse than Expert Choice.", "matches",
           ("mot-best", "expert-choice"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
+    Claim("llama-control-beats-dense", "In the Llama-style block, Token Choice beats dense (the size is capacity-bound "
+          "there too).", "better", ("llama-token-choice", "llama-dense"), "no figure: the paper's block is GPT-2-like"),
+    Claim("llama-mot-beats-dense", "In the Llama-style block, MoT /8E/4 at tau = 0.1 beats dense.", "better",
+          ("llama-mot-8e-4", "llama-dense"), "no figure: the paper's block is GPT-2-like"),
 )  # fmt: skip
 
 CLAIMS_CAPACITY = Suite(
     "claims-capacity",
     "capacity-bound: dense, Token Choice (the positive control) and MoT /8E swept; MoT /8E with sharper mixing; "
-    "the best setting at G = E = 16, 32, /8E/4 and Expert Choice; a second seed where verdicts need one",
+    "the best setting at G = E = 16, 32, /8E/4 and Expert Choice; a second seed where verdicts need one; the "
+    "Llama-style block's dense, MoT and Token Choice",
     CLAIMS_CAPACITY_ARMS,
     CLAIMS_CAPACITY_CLAIMS,
     {"capacity": CAPACITY_SIZE},
@@ -144,6 +167,7 @@ CLAIMS_CAPACITY = Suite(
         "that rate. (d) The best MoT of all stages is re-checked at half and twice its rate and keeps the best; "
         "dense, Token Choice, MoT /8E at tau = 1 and the best MoT get a second seed. Stage (b) and (c) models have "
         "one seed: their verdicts use the seed noise pooled over the models with two. Choosing the best of many "
-        "arms by one seed favours it slightly; its second seed is unselected."
+        "arms by one seed favours it slightly; its second seed is unselected. (e) The Llama-style block: dense, "
+        "MoT /8E/4 at tau = 0.1 and Token Choice, each sweeping the rate like stage (a), one seed."
     ),
 )

@@ -132,6 +132,8 @@ class Arm:
         return bool(self.best_of)
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
+        overrides = dict(self.model)
+        base = dataclasses.replace(base, **overrides)  # experts are sized from the arm's own d_ff
         fields: dict[str, Any] = {}
         if self.kind == MixtureOfTokens.kind:
             sizing = mot_sizing(self.mot, base.d_ff)
@@ -140,7 +142,7 @@ class Arm:
             fields.update(group_size=self.experts, n_experts=self.experts, expert_size=base.d_ff)
         if self.kind != FeedForward.kind:
             fields.update(ffn=self.kind, ffn_blocks=self.blocks)
-        return dataclasses.replace(base, **fields, **dict(self.model))
+        return dataclasses.replace(base, **{**fields, **overrides})
 
     def train_fields(self, steps: int) -> dict[str, Any]:
         fields = dict(self.train)
