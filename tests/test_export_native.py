@@ -2,18 +2,24 @@
 Qwen3ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM) with its save_pretrained: it loads with
 AutoModelForCausalLM.from_pretrained(DIR) without remote code and without this package, its logits equal the
 package's (float32, 1e-5), its files are the ones transformers writes; the command says which format it wrote,
-and a model with no native architecture keeps the remote-code export or is refused in one sentence."""
+and a model with no native architecture keeps the remote-code export or is refused in one sentence. A Llama-style
+model with no native architecture (MoT, or a block mixing the two styles) is written as remote code that, in a
+process whose sys.path lacks this package, equals the package (logits, loss, left-padded batched greedy generate)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from corpus import write_corpus
 from helpers import EVAL_VOCAB, build_model, eval_config
 
+import mixture_of_tokens
 from mixture_of_tokens import load_model, load_tokenizer
 from mixture_of_tokens.checkpoint import save_checkpoint
 from mixture_of_tokens.cli import main
@@ -21,6 +27,7 @@ from mixture_of_tokens.config import TrainConfig
 from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.export.native import native_problem, native_target
 from mixture_of_tokens.generate import generate_tokens
+from mixture_of_tokens.layers import batch_multiple
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra: pip install -e '.[test]'")
 
@@ -135,12 +142,11 @@ def test_the_command_says_what_it_wrote(exported, tmp_path, capsys):
 
 
 def test_a_model_neither_native_nor_remote_code_is_one_sentence(tmp_path, capsys):
-    checkpoint = _checkpoint(tmp_path, "llama-mot", {"ffn": "mot"})
+    checkpoint = _checkpoint(tmp_path, "llama-expert-choice", {"ffn": "expert_choice"})
     assert main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
-    assert "no native transformers architecture (its mot layers have no transformers counterpart)" in err
-    assert "implements the paper's block only, not positions='rope', norm='rmsnorm'" in err
+    assert "does not export expert_choice layers; exportable kinds: dense, mot, token_choice" in err
 
 
 def test_native_targets():
@@ -199,3 +205,169 @@ def test_llama_style_mot_switched_in_one_run_exports_natively(tmp_path, capsys):
         ids[:, :8], max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids[:, :8])
     )
     assert generated[:, 8:].tolist() == generate_tokens(ours, ids[:, :8].tolist(), max_new_tokens=4).new_tokens
+
+
+# ------------------------------------------------------------------- no native architecture: remote code, any block
+
+REMOTE_CASES = {
+    "llama-mot": (  # a SwiGLU dense block and a MoT block of SwiGLU experts; RoPE base, eps and qk norms not default
+        "its mot layers have no transformers counterpart",
+        dict(ffn="mot", ffn_blocks="1", n_blocks=2, qk_norm=True, rope_base=500.0, norm_eps=1e-6),
+    ),
+    "llama-mot-ablations": (
+        "its mot layers have no transformers counterpart",
+        dict(ffn="mot", mot_emit="experts", mot_separate_emit_controller=True, mot_learnable_temperature="per_expert"),
+    ),
+    "llama-token-choice-mixed": (  # dense biases and no final norm: Llama-style otherwise
+        "its block is not the Llama-style one (dense_bias=True, final_norm=False)",
+        dict(
+            ffn="token_choice",
+            ffn_blocks="1",
+            n_blocks=2,
+            top_k=2,
+            tc_norm_topk_prob=True,
+            dense_bias=True,
+            final_norm=False,
+            tie_embeddings=True,
+        ),
+    ),  # fmt: skip
+    "rope-layernorm-relu": (  # RoPE, grouped-query attention and query/key RMSNorms in the paper's other parts
+        "its block is not the Llama-style one (norm='layernorm', ffn_activation='relu', dense_bias=True)",
+        dict(ffn="dense", norm="layernorm", ffn_activation="relu", dense_bias=True, qk_norm=True, rope_base=2e4),
+    ),
+}
+
+REMOTE_SCRIPT = """
+import os, sys
+package_source, directory, inputs, outputs = sys.argv[1:5]
+sys.path[:] = [path for path in sys.path if os.path.realpath(path or ".") != package_source]
+import importlib.util
+assert importlib.util.find_spec("mixture_of_tokens") is None, "the package is importable"
+import torch
+from transformers import AutoModelForCausalLM
+
+given = torch.load(inputs)
+models = {
+    implementation: AutoModelForCausalLM.from_pretrained(
+        directory, trust_remote_code=True, dtype=torch.float32, attn_implementation=implementation
+    ).eval()
+    for implementation in ("sdpa", "eager")
+}
+model = models["sdpa"]
+model.generation_config.eos_token_id = None  # the package's decoding runs max_new_tokens; eos is an ordinary token
+with torch.no_grad():
+    scored = model(input_ids=given["ids"], labels=given["ids"])
+    padded = [m(input_ids=given["prompts"], attention_mask=given["mask"]).logits for m in models.values()]
+generated = model.generate(
+    input_ids=given["prompts"], attention_mask=given["mask"], max_new_tokens=given["new"], do_sample=False
+)
+torch.save({
+    "class": type(model).__name__, "logits": scored.logits, "loss": scored.loss, "generated": generated,
+    "eager_vs_sdpa": float((padded[0] - padded[1])[given["mask"].bool()].abs().max()),
+    "package_modules": [name for name in sys.modules if name.startswith("mixture_of_tokens")],
+}, outputs)
+"""
+"""Loads an export with transformers alone (this package off sys.path), scores, runs left-padded batched greedy
+generate, and compares sdpa with eager attention on the padded batch."""
+
+
+def run_export_alone(directory: Path, inputs: dict, work: Path) -> dict:
+    """REMOTE_SCRIPT on `directory` in a fresh Python whose sys.path lacks this package: its results."""
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save(inputs, work / "inputs.pt")
+    (work / "script.py").write_text(REMOTE_SCRIPT)
+    package_source = str(Path(mixture_of_tokens.__file__).resolve().parents[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work / "modules")}
+    done = subprocess.run(
+        [sys.executable, str(work / "script.py"), package_source, str(directory), str(work / "inputs.pt"),
+         str(work / "outputs.pt")],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(work / "outputs.pt")
+
+
+@pytest.fixture(scope="module")
+def remote_exports(tmp_path_factory, module_cache_dir):
+    """Each REMOTE_CASES model saved, exported with the command line (what it printed kept) and run alone."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("remote")
+    results = {}
+    for name, (_, overrides) in REMOTE_CASES.items():
+        checkpoint = _checkpoint(root, name, overrides)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["export", "--checkpoint", str(checkpoint), "--to", "hf", "--out", str(root / f"hf-{name}")])
+        assert code == 0
+        ours = load_model(checkpoint)
+        inputs = _remote_inputs(ours)
+        results[name] = dict(
+            checkpoint=checkpoint, directory=root / f"hf-{name}", printed=printed.getvalue(), inputs=inputs,
+            alone=run_export_alone(root / f"hf-{name}", inputs, root / f"work-{name}"),
+        )  # fmt: skip
+    return results
+
+
+def _remote_inputs(ours) -> dict:
+    """Random ids to score (two MoT groups) and 2G left-padded prompts: equal lengths within a unit of rows that
+    couple (a MoT group; one row otherwise), different lengths across units."""
+    generator = torch.Generator().manual_seed(7)
+    rows, unit = 2 * ours.config.group_size, batch_multiple(ours.config)
+    ids = torch.randint(0, EVAL_VOCAB, (rows, ours.config.max_seq_len), generator=generator)
+    lengths = [3 + 2 * (row // unit) for row in range(rows)]
+    prompts = torch.zeros(rows, max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(prompts)
+    for row, length in enumerate(lengths):
+        prompts[row, -length:] = torch.randint(1, EVAL_VOCAB, (length,), generator=generator)
+        mask[row, -length:] = 1
+    return {"ids": ids, "prompts": prompts, "mask": mask, "new": 5, "unit": unit}
+
+
+@pytest.mark.parametrize("name", sorted(REMOTE_CASES))
+def test_a_model_with_no_native_architecture_is_remote_code_equal_to_the_package(remote_exports, name):
+    """Loaded by transformers alone (trust_remote_code, this package not importable), the export's logits and
+    loss equal the package's (float32, 1e-5); sdpa and eager attention agree on a padded batch."""
+    case = remote_exports[name]
+    config = json.loads((case["directory"] / "config.json").read_text())
+    assert config["model_type"] == "mixture_of_tokens" and config["auto_map"]["AutoModelForCausalLM"].startswith(
+        "modeling_mot."
+    )
+    alone, ids = case["alone"], case["inputs"]["ids"]
+    assert alone["class"] == "MoTForCausalLM" and alone["package_modules"] == []
+    ours = load_model(case["checkpoint"])
+    with torch.no_grad():
+        expected = ours(ids).logits
+    torch.testing.assert_close(alone["logits"], expected, atol=1e-5, rtol=0)
+    shifted = torch.nn.functional.cross_entropy(expected[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert float(alone["loss"]) == pytest.approx(float(shifted), abs=1e-5)
+    assert alone["eager_vs_sdpa"] <= 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(REMOTE_CASES))
+def test_left_padded_batched_generate_of_a_remote_export_equals_the_package(remote_exports, name):
+    """Greedy generate() on a left-padded batch gives, row for row, the package's greedy tokens (its KV-cache
+    decoding, RoPE at the cached positions) for the same prompts: each prompt alone, or for MoT each group of G
+    prompts of one length (a group left-padded as a whole keeps its padding out of the mix)."""
+    case = remote_exports[name]
+    inputs, ours = case["inputs"], load_model(case["checkpoint"])
+    prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["prompts"], inputs["mask"])]
+    unit, width = inputs["unit"], inputs["prompts"].shape[1]
+    expected = []
+    for start in range(0, len(prompts), unit):
+        expected += generate_tokens(ours, prompts[start : start + unit], max_new_tokens=inputs["new"]).new_tokens
+    assert case["alone"]["generated"][:, width:].tolist() == expected
+    assert len({len(p) for p in prompts}) > 1  # the batch was padded
+
+
+@pytest.mark.parametrize("name", sorted(REMOTE_CASES))
+def test_the_command_says_it_wrote_remote_code_and_why(remote_exports, name):
+    reason, _ = REMOTE_CASES[name]
+    case = remote_exports[name]
+    printed = " ".join(case["printed"].split())
+    assert "as remote code (MoTForCausalLM in modeling_mot.py, trust_remote_code)" in printed
+    assert f"no native transformers architecture, as {reason}" in printed
+    assert f"from_pretrained({str(case['directory'])!r}, trust_remote_code=True)" in printed
+    card = " ".join((case["directory"] / "README.md").read_text().split())
+    assert "Block: rotary positions (RoPE, base" in card

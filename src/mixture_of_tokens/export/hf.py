@@ -2,11 +2,12 @@
 
 A model in the Llama-style block whose blocks are dense or Token Choice is written natively, as the transformers
 architecture it is (LlamaForCausalLM, Qwen3ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM: export/native.py),
-by transformers' own save_pretrained, and loads without remote code. Any other model (MoT, the paper's GPT-2-like
-block) is written as remote code, loaded with `trust_remote_code=True`:
+by transformers' own save_pretrained, and loads without remote code. Any other model (MoT in either block, the paper's
+GPT-2-like block, a block mixing the two styles) is written as remote code, loaded with `trust_remote_code=True`:
 
     config.json          model_type, auto_map (AutoConfig, AutoModelForCausalLM -> modeling_mot.py), the settings
-    modeling_mot.py      the model in plain PyTorch (dense, MoT, Token Choice blocks); no import of this package
+    modeling_mot.py      the model in plain PyTorch (dense, MoT, Token Choice blocks; every block option: positions,
+                         norm, activation, kv heads, query/key norms, biases); no import of this package
     model.safetensors    the weights, under the same names as this package's model (a tied head stored twice)
     tokenizer.json, tokenizer_config.json   a PreTrainedTokenizerFast (the trained BPE, or GPT-2 rebuilt)
     README.md            the model card: what it is, how to load it, MoT's batch rule
@@ -68,14 +69,6 @@ MODELING_FILE = "modeling_mot.py"
 TOLERANCE = 1e-5
 """Largest allowed |logit difference| between the exported model in transformers and this package's (float32)."""
 
-# ModelConfig fields the exported model reads (the rest shape training only).
-_FIELDS = (
-    "vocab_size", "max_seq_len", "d_model", "n_blocks", "n_heads", "d_ff", "group_size", "n_experts", "expert_size",
-    "mot_temperature", "mot_learnable_temperature", "mot_routing", "mot_discrete_rule", "mot_emit",
-    "mot_separate_emit_controller",
-    "final_norm",
-)  # fmt: skip
-
 
 @dataclass
 class ExportResult:
@@ -97,22 +90,17 @@ def _template() -> str:
     return (resources.files("mixture_of_tokens.export") / "templates" / MODELING_FILE).read_text(encoding="utf-8")
 
 
-def _exportable_kinds() -> tuple[str, ...]:
-    """The kinds the modeling file implements: its FFN_KINDS (the file is self-contained, so it names them)."""
+def _template_constant(name: str) -> Any:
+    """A literal the modeling file defines (it is self-contained, so it names its kinds and settings itself)."""
     for node in ast.parse(_template()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FFN_KINDS" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise RuntimeError(f"the packaged {MODELING_FILE} has no FFN_KINDS; reinstall mixture-of-tokens.")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"the packaged {MODELING_FILE} has no {name}; reinstall mixture-of-tokens.")
 
 
-EXPORTABLE_KINDS: tuple[str, ...] = _exportable_kinds()
-
-
-PAPER_BLOCK = {
-    "positions": "learned", "norm": "layernorm", "norm_eps": 1e-5, "ffn_activation": "relu", "qk_norm": False,
-    "dense_bias": True, "tc_norm_topk_prob": False,
-}  # fmt: skip
-"""The block options modeling_mot.py implements (the paper's block)."""
+EXPORTABLE_KINDS: tuple[str, ...] = tuple(_template_constant("FFN_KINDS"))
+_SETTINGS: tuple[str, ...] = tuple(_template_constant("SETTINGS"))
+"""The settings the modeling file reads: ModelConfig fields (the rest shape training only), and experts_per_token."""
 
 
 def check_exportable(config: ModelConfig) -> None:
@@ -123,17 +111,6 @@ def check_exportable(config: ModelConfig) -> None:
         )
     if native_target(config) is not None:
         return
-    options = [
-        f"{name}={getattr(config, name)!r}" for name, value in PAPER_BLOCK.items() if getattr(config, name) != value
-    ]
-    if config.n_kv_heads not in (0, config.n_heads):
-        options.append(f"n_kv_heads={config.n_kv_heads}")
-    if options:
-        raise ValueError(
-            f"mot export --to hf cannot write this model: it has no native transformers architecture "
-            f"({native_problem(config)}), and the remote-code export implements the paper's block only, not "
-            f"{', '.join(options)}."
-        )
     kinds = config.block_ffn_kinds()
     unsupported = sorted(set(kinds) - set(EXPORTABLE_KINDS))
     if unsupported:
@@ -146,7 +123,7 @@ def check_exportable(config: ModelConfig) -> None:
 def hf_config(config: ModelConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> dict[str, Any]:
     """config.json of the exported model."""
     fields = dataclasses.asdict(config)
-    exported = {name: fields[name] for name in _FIELDS}
+    exported = {name: fields[name] for name in _SETTINGS if name != "experts_per_token"}
     # a temperature schedule ends at its final tau: the fixed tau the trained model (and load_model) computes with
     exported["mot_temperature"] = trained_temperature(
         config.mot_temperature, config.mot_temperature_schedule, config.mot_temperature_final
@@ -179,15 +156,22 @@ def export_hf(checkpoint: Path | str, out: Path | str, *, force: bool = False) -
     if Path(checkpoint).is_dir():  # refuse what cannot be exported before reading any weights
         check_exportable(saved_configs(read_config(Path(checkpoint)))[0])
     loaded = load_checkpoint(checkpoint, "cpu")
-    model, config = loaded.model, loaded.model_config
+    config = loaded.model_config
     check_exportable(config)
     target = native_target(config)
     partial = out.parent / f"{out.name}-partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if target is not None:
-        with quiet_transformers():
+    with quiet_transformers():
+        if target is not None:
             return _export_native(loaded, target, partial, out)
+        return _export_remote(loaded, partial, out)
+
+
+def _export_remote(loaded: Any, partial: Path, out: Path) -> ExportResult:
+    """The remote-code export (modeling_mot.py and this package's weights) into `partial`, checked, then renamed to
+    `out`."""
+    model, config = loaded.model, loaded.model_config
     try:
         dtype = next(model.parameters()).dtype
         write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..blocks import kv_heads
 from ..config import ModelConfig
 from ..data import Tokenizer
 from ..layers import batch_multiple, layer_class
 
-__all__ = ["model_card", "native_model_card"]
+__all__ = ["block_summary", "model_card", "native_model_card"]
+
+
+def block_summary(config: ModelConfig) -> str:
+    """The block in a sentence: positions, norm, feed-forward activation, attention heads and the other options."""
+    if config.positions == "rope":
+        parts = [f"rotary positions (RoPE, base {config.rope_base:g})"]
+    else:
+        parts = ["learned positions"]
+    parts.append(f"{'RMSNorm' if config.norm == 'rmsnorm' else 'LayerNorm'} (eps {config.norm_eps:g})")
+    parts.append(f"{'SwiGLU' if config.ffn_activation == 'swiglu' else 'ReLU'} feed-forwards and experts")
+    if kv_heads(config) != config.n_heads:
+        parts.append(f"grouped-query attention ({kv_heads(config)} key/value heads for {config.n_heads} query heads)")
+    if config.qk_norm:
+        parts.append("per-head query/key norms")
+    if not config.dense_bias:
+        parts.append("no biases in the dense feed-forward")
+    if not config.final_norm:
+        parts.append("no final norm")
+    return f"Block: {', '.join(parts)}."
 
 
 def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
@@ -28,6 +48,7 @@ def model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path) -> str:
         f"Transformer, {config.n_blocks} blocks of width {config.d_model}, {config.n_heads} heads, context",
         f"{config.max_seq_len} tokens, vocabulary {config.vocab_size} ({tokenizer.name}); feed-forward blocks:",
         f"{layout}. `DIR` below is this directory (or the hub name it is uploaded under).",
+        block_summary(config),
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",

@@ -14,8 +14,9 @@ MoE blocks do): softmax over experts in float32, the top-k experts, their probab
 model are the MoE config's mlp_only_layers (the authors' second-half layout included). Qwen2-MoE always builds a
 shared expert and its sigmoid gate; with shared_expert_intermediate_size 0 the shared expert adds exactly zero.
 
-MoT and Expert Choice couple the rows of a batch and have no transformers counterpart: they keep the remote-code
-export (export/hf.py), which implements the paper's block only.
+MoT and Expert Choice couple the rows of a batch and have no transformers counterpart. Every model without a native
+architecture whose kinds the remote-code export implements (MoT in either block, the paper's block, a block mixing
+the two styles) keeps the remote-code export (export/hf.py, templates/modeling_mot.py); Expert Choice has none.
 """
 
 from __future__ import annotations

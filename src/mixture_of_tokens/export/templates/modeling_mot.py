@@ -4,89 +4,62 @@ Load it with `AutoModelForCausalLM.from_pretrained(DIRECTORY, trust_remote_code=
 self-contained (PyTorch and transformers only): the exported directory works without the mixture-of-tokens
 package, and its forward equals that package's model at inference (eval mode; Token Choice routes dropless).
 
+Blocks: x + attn(norm(x)), then x + ffn(norm(x)); the paper's GPT-2-like block (learned positions, LayerNorm,
+ReLU) or, by the SETTINGS below, Llama-style: RoPE, RMSNorm, SwiGLU in the dense layer and every expert (silu(x W_gate)
+* (x W_up), then W_down; W1 [E, D, 2H] holds gate then up), grouped-query attention, query/key norms, no dense biases.
 Feed-forward kinds, one per block (`config.block_ffn_kinds`):
-    dense         Linear(D, d_ff) + ReLU + Linear(d_ff, D), with biases.
+    dense         Linear(D, d_ff) + ReLU + Linear(d_ff, D), with biases (or SwiGLU).
     mot           Mixture of Tokens: for each group of G tokens at the same position in G consecutive rows of
                   the batch, expert e gets the mix m[r, e] = sum_g w[r, g, e] x[r, g] (w: softmax over the group
-                  of x @ W_c / tau), runs relu(m @ W1[e]) @ W2[e], and its output goes back to the group's tokens
-                  with the same weights.
+                  of x @ W_c / tau), runs relu(m @ W1[e]) @ W2[e] (or SwiGLU), and its output goes back to the
+                  group's tokens with the same weights.
     token_choice  top-k router (softmax over experts, float32); output = sum over the k chosen experts of
-                  p[t, e] * expert_e(x_t); dropless (no capacity), so a token's output is its own.
+                  p[t, e] * expert_e(x_t) (p renormalised over the k when `tc_norm_topk_prob`); dropless (no
+                  capacity), so a token's output is its own.
 
-Batch rule of a model with MoT blocks: the batch must be a multiple of `config.group_size` (rows g*G .. g*G+G-1
-form group g), and the rows of a group change each other's outputs (same position only, so nothing leaks from
-later positions). Padded tokens (attention_mask 0) take no part in the mix (zero merge and emit weight, the group
-softmax renormalised over the unmasked tokens). To score or generate one sequence, put it in a batch with G - 1
-filler rows of ordinary text and read its row; the README of the exported directory says more.
+Batch rule with MoT blocks: the batch must be a multiple of `config.group_size` (rows g*G .. g*G+G-1 form group g),
+and the rows of a group change each other's outputs (same position only: nothing leaks from later positions).
+Padded tokens (attention_mask 0) take no part in the mix. To score or generate one sequence, put it in a batch with
+G - 1 filler rows of ordinary text and read its row; the README of the exported directory says more.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 FFN_KINDS = ("dense", "mot", "token_choice")
 
+# the mixture-of-tokens ModelConfig fields that shape inference, and their defaults (the paper's block)
+SETTINGS = {
+    "vocab_size": 8192, "max_seq_len": 128, "d_model": 128, "n_blocks": 4, "n_heads": 4, "d_ff": 512,
+    "final_norm": True, "group_size": 8, "n_experts": 8, "expert_size": 512, "experts_per_token": 1,
+    "mot_temperature": 1.0, "mot_learnable_temperature": "none", "mot_routing": "softmax",
+    "mot_discrete_rule": "project", "mot_emit": "group", "mot_separate_emit_controller": False,
+    "positions": "learned", "rope_base": 10000.0, "norm": "layernorm", "norm_eps": 1e-5, "ffn_activation": "relu",
+    "n_kv_heads": 0, "qk_norm": False, "dense_bias": True, "tc_norm_topk_prob": False,
+}  # fmt: skip
+
 
 class MoTConfig(PretrainedConfig):
-    """The exported model's settings: the mixture-of-tokens ModelConfig fields that shape inference."""
+    """The exported model's SETTINGS; `experts_per_token` is Token Choice's top_k (top_k is a generation setting)."""
 
     model_type = "mixture_of_tokens"
-    attribute_map = {
-        "hidden_size": "d_model",
-        "num_hidden_layers": "n_blocks",
-        "num_attention_heads": "n_heads",
-        "max_position_embeddings": "max_seq_len",
-    }
+    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_blocks", "num_attention_heads": "n_heads",
+                     "max_position_embeddings": "max_seq_len"}  # fmt: skip
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        max_seq_len: int = 128,
-        d_model: int = 128,
-        n_blocks: int = 4,
-        n_heads: int = 4,
-        d_ff: int = 512,
-        block_ffn_kinds: list[str] | None = None,
-        group_size: int = 8,
-        n_experts: int = 8,
-        expert_size: int = 512,
-        mot_temperature: float = 1.0,
-        mot_learnable_temperature: str = "none",
-        mot_routing: str = "softmax",
-        mot_discrete_rule: str = "project",
-        mot_emit: str = "group",
-        mot_separate_emit_controller: bool = False,
-        experts_per_token: int = 1,
-        final_norm: bool = True,
-        **kwargs,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.max_seq_len = max_seq_len
-        self.d_model = d_model
-        self.n_blocks = n_blocks
-        self.n_heads = n_heads
-        self.d_ff = d_ff
-        self.block_ffn_kinds = list(block_ffn_kinds or ["dense"] * n_blocks)
-        self.group_size = group_size
-        self.n_experts = n_experts
-        self.expert_size = expert_size
-        self.mot_temperature = mot_temperature
-        self.mot_learnable_temperature = mot_learnable_temperature
-        self.mot_routing = mot_routing
-        self.mot_discrete_rule = mot_discrete_rule  # discrete routing: first top token | every tied one (authors)
-        self.mot_emit = mot_emit
-        self.mot_separate_emit_controller = mot_separate_emit_controller
-        self.experts_per_token = experts_per_token  # Token Choice's top-k (top_k names a generation setting)
-        self.final_norm = final_norm
+    def __init__(self, block_ffn_kinds: list[str] | None = None, **kwargs) -> None:
+        for name, default in SETTINGS.items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.block_ffn_kinds = list(block_ffn_kinds or ["dense"] * self.n_blocks)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         unknown = sorted(set(self.block_ffn_kinds) - set(FFN_KINDS))
-        if unknown or len(self.block_ffn_kinds) != n_blocks:
-            raise ValueError(f"block_ffn_kinds must name {n_blocks} kinds out of {', '.join(FFN_KINDS)}.")
+        if unknown or len(self.block_ffn_kinds) != self.n_blocks:
+            raise ValueError(f"block_ffn_kinds must name {self.n_blocks} kinds out of {', '.join(FFN_KINDS)}.")
 
     @property
     def batch_multiple(self) -> int:
@@ -94,46 +67,88 @@ class MoTConfig(PretrainedConfig):
         return self.group_size if "mot" in self.block_ffn_kinds else 1
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype."""
+def at_least_fp32(tensor: Tensor) -> Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
+
+class Norm(nn.Module):
+    """`config.norm` (RMSNorm if `rms`) over `width` values (default d_model), eps `config.norm_eps`: LayerNorm in
+    float32, or RMSNorm (x / sqrt(mean(x^2) + eps) * weight, no bias) in float32 (float64 for float64 inputs)."""
+
+    def __init__(self, config: MoTConfig, width: int | None = None, rms: bool = False) -> None:
+        super().__init__()
+        width = width or config.d_model
+        self.rms, self.eps, self.normalized_shape = rms or config.norm == "rmsnorm", config.norm_eps, (width,)
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = None if self.rms else nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rms:
+            return F.rms_norm(at_least_fp32(x), self.normalized_shape, at_least_fp32(self.weight), self.eps).to(x.dtype)
+        weight, bias = self.weight.float(), self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def rotary_cos_sin(position_ids_BS: Tensor, config: MoTConfig, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """RoPE's cos and sin [B, 1, S, K] (K: head width) at `position_ids_BS`: frequency i = rope_base^(-2i / K) for
+    i < K/2, repeated for the two halves (transformers' default rope), computed in float32 (float64 for float64)."""
+    width, exact = config.d_model // config.n_heads, torch.promote_types(dtype, torch.float32)
+    exponents_K = torch.arange(0, width, 2, dtype=exact, device=position_ids_BS.device) / width
+    freqs_BSK = position_ids_BS.to(exact)[..., None] * (1.0 / config.rope_base**exponents_K)
+    angles_B1SK = torch.cat((freqs_BSK, freqs_BSK), dim=-1)[:, None]
+    return angles_B1SK.cos().to(dtype), angles_B1SK.sin().to(dtype)
+
+
+def apply_rotary(x_BHSK: Tensor, cos_B1SK: Tensor, sin_B1SK: Tensor) -> Tensor:
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1) for the halves x1, x2 of each head."""
+    half = x_BHSK.shape[-1] // 2
+    return x_BHSK * cos_B1SK + torch.cat((-x_BHSK[..., half:], x_BHSK[..., :half]), dim=-1) * sin_B1SK
 
 
 class CausalSelfAttention(nn.Module):
     """Causal self-attention through `config._attn_implementation`: "sdpa" (the default, PyTorch's
-    scaled_dot_product_attention, as the mixture-of-tokens package computes it) or "eager" (the same in plain ops)."""
+    scaled_dot_product_attention, as the mixture-of-tokens package computes it) or "eager" (the same in plain ops).
+    With n_kv_heads < n_heads, query head h reads key/value head h // (n_heads / n_kv_heads)."""
 
     def __init__(self, config: MoTConfig) -> None:
         super().__init__()
         self.config = config
-        self.n_heads = config.n_heads
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads or config.n_heads
+        self.head_dim = config.d_model // config.n_heads
+        # rows: queries [D], keys [kv heads x K], values [kv heads x K]
+        self.qkv = nn.Linear(config.d_model, config.d_model + 2 * self.n_kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.q_norm = Norm(config, self.head_dim, rms=True) if config.qk_norm else None  # RMSNorm in either block
+        self.k_norm = Norm(config, self.head_dim, rms=True) if config.qk_norm else None
 
-    def forward(self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal attention; `allowed_B1SS` (from `attention_allowed`) also masks padded keys."""
+    def forward(self, x_BSD: Tensor, allowed_B1SS: Tensor | None = None, rotary: tuple | None = None) -> Tensor:
+        """Causal attention; `allowed_B1SS` (from `attention_allowed`) also masks padded keys; `rotary`: RoPE's
+        (cos, sin) from `rotary_cos_sin`, applied to queries and keys after their norms."""
         batch, seq_len, dim = x_BSD.shape
-        q_BHSK, k_BHSK, v_BHSK = (
-            self.qkv(x_BSD).view(batch, seq_len, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
-        )
+        heads, kv_heads = self.n_heads, self.n_kv_heads
+        # [B, S, D + 2 * kv heads * K] -> [B, S, heads, K], 2 x [B, S, kv heads, K]
+        qkv_BSXK = self.qkv(x_BSD).view(batch, seq_len, heads + 2 * kv_heads, self.head_dim)
+        q_BSHK, k_BSHK, v_BSHK = qkv_BSXK.split([heads, kv_heads, kv_heads], dim=2)
+        if self.q_norm is not None:
+            q_BSHK, k_BSHK = self.q_norm(q_BSHK), self.k_norm(k_BSHK)
+        q_BHSK, k_BHSK, v_BHSK = (t.transpose(1, 2) for t in (q_BSHK, k_BSHK, v_BSHK))
+        if rotary is not None:
+            q_BHSK, k_BHSK = apply_rotary(q_BHSK, *rotary), apply_rotary(k_BHSK, *rotary)
         if self.config._attn_implementation == "eager":
             y_BHSK = eager_attention(q_BHSK, k_BHSK, v_BHSK, allowed_B1SS)
-        elif allowed_B1SS is None:
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=True)
-        else:
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, attn_mask=allowed_B1SS)
+        else:  # causal alone, or the causal-and-padding mask
+            gqa = {"enable_gqa": True} if kv_heads != heads else {}
+            y_BHSK = F.scaled_dot_product_attention(
+                q_BHSK, k_BHSK, v_BHSK, attn_mask=allowed_B1SS, is_causal=allowed_B1SS is None, **gqa
+            )
         return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
-def eager_attention(
-    q_BHSK: torch.Tensor, k_BHSK: torch.Tensor, v_BHSK: torch.Tensor, allowed_B1SS: torch.Tensor | None
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(K), masked) v in plain ops; the causal mask when `allowed_B1SS` is None."""
-    seq_len = q_BHSK.shape[2]
+def eager_attention(q_BHSK: Tensor, k_BHSK: Tensor, v_BHSK: Tensor, allowed_B1SS: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(K), masked) v in plain ops; the causal mask when `allowed_B1SS` is None. Each key/value
+    head serves n_heads / n_kv_heads consecutive query heads."""
+    seq_len, repeats = q_BHSK.shape[2], q_BHSK.shape[1] // k_BHSK.shape[1]
+    k_BHSK, v_BHSK = k_BHSK.repeat_interleave(repeats, dim=1), v_BHSK.repeat_interleave(repeats, dim=1)
     if allowed_B1SS is None:
         allowed_B1SS = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q_BHSK.device).tril()
     scores_BHSS = (q_BHSK @ k_BHSK.transpose(-2, -1)) * q_BHSK.shape[-1] ** -0.5
@@ -141,7 +156,7 @@ def eager_attention(
     return torch.softmax(scores_BHSS, dim=-1) @ v_BHSK
 
 
-def attention_allowed(keep_BS: torch.Tensor) -> torch.Tensor:
+def attention_allowed(keep_BS: Tensor) -> Tensor:
     """[B, 1, S, S] keys each query may attend to: earlier or same positions that are not padding. A query always
     sees itself, so a padded query (whose output no real token reads) never has an empty row."""
     seq_len = keep_BS.shape[1]
@@ -151,27 +166,41 @@ def attention_allowed(keep_BS: torch.Tensor) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
+    """down(relu(up(x))), or with SwiGLU down(silu(gate(x)) * up(x)); biases unless `dense_bias` is False."""
+
     def __init__(self, config: MoTConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.d_ff)
-        self.down = nn.Linear(config.d_ff, config.d_model)
+        self.swiglu, bias = config.ffn_activation == "swiglu", config.dense_bias
+        if self.swiglu:
+            self.gate = nn.Linear(config.d_model, config.d_ff, bias=bias)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=bias)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=bias)
 
-    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_BSD: Tensor, keep_BS: Tensor | None = None) -> Tensor:
         """Per token, so padding (`keep_BS` False) cannot reach another token."""
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x_BSD)) * self.up(x_BSD))
         return self.down(torch.relu(self.up(x_BSD)))
 
 
-def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
-    """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, T, D] -> [E, T, D]."""
-    hidden_ETH = torch.bmm(x_ETD, w1_EDH.to(x_ETD.dtype)).relu_()
-    return torch.bmm(hidden_ETH, w2_EHD.to(hidden_ETH.dtype))
+def expert_weights(config: MoTConfig) -> tuple[nn.Parameter, nn.Parameter]:
+    """W1 [E, D, H] (SwiGLU: [E, D, 2H], gate then up) and W2 [E, H, D], filled from model.safetensors."""
+    first = (2 if config.ffn_activation == "swiglu" else 1) * config.expert_size
+    w1_EDX = torch.empty(config.n_experts, config.d_model, first)
+    return nn.Parameter(w1_EDX), nn.Parameter(torch.empty(config.n_experts, config.expert_size, config.d_model))
 
 
-def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+def expert_mlp(x_ETD: Tensor, w1_EDX: Tensor, w2_EHD: Tensor) -> Tensor:
+    """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, T, D] -> [E, T, D]; SwiGLU when W1 holds 2H columns:
+    (silu(x @ W1_gate[e]) * (x @ W1_up[e])) @ W2[e]."""
+    hidden_ETX = torch.bmm(x_ETD, w1_EDX.to(x_ETD.dtype))
+    if hidden_ETX.shape[-1] == w2_EHD.shape[1]:
+        return torch.bmm(hidden_ETX.relu_(), w2_EHD.to(hidden_ETX.dtype))
+    gate_ETH, up_ETH = hidden_ETX.chunk(2, dim=-1)
+    return torch.bmm(F.silu(gate_ETH) * up_ETH, w2_EHD.to(hidden_ETX.dtype))
 
 
-def ties_at_max(weights: torch.Tensor, *, dim: int) -> torch.Tensor:
+def ties_at_max(weights: Tensor, *, dim: int) -> Tensor:
     """1 where a weight equals the maximum along `dim` (every tied maximum), else 0: the authors' discrete rule."""
     return (weights == weights.amax(dim=dim, keepdim=True)).to(weights.dtype)
 
@@ -181,52 +210,39 @@ class MixtureOfTokens(nn.Module):
 
     def __init__(self, config: MoTConfig) -> None:
         super().__init__()
-        d_model, n_experts, hidden = config.d_model, config.n_experts, config.expert_size
-        self.group_size = config.group_size
-        self.routing = config.mot_routing
+        self.group_size, self.routing, self.emit = config.group_size, config.mot_routing, config.mot_emit
         self.authors_ties = config.mot_routing == "discrete" and config.mot_discrete_rule == "authors"
-        self.emit = config.mot_emit
         self.fixed_temperature = float(config.mot_temperature)
-        self.controller = nn.Parameter(torch.empty(d_model, n_experts))
-        if config.mot_separate_emit_controller:
-            self.emit_controller = nn.Parameter(torch.empty(d_model, n_experts))
-        else:
-            self.register_parameter("emit_controller", None)
-        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, hidden))
-        self.w2 = nn.Parameter(torch.empty(n_experts, hidden, d_model))
-        if config.mot_learnable_temperature == "none":
-            self.register_parameter("log_temperature", None)
-        else:
-            shape = () if config.mot_learnable_temperature == "scalar" else (n_experts,)
-            self.log_temperature = nn.Parameter(torch.empty(shape))
+        separate, learnable = config.mot_separate_emit_controller, config.mot_learnable_temperature
+        self.controller = nn.Parameter(torch.empty(config.d_model, config.n_experts))
+        self.emit_controller = nn.Parameter(torch.empty(config.d_model, config.n_experts)) if separate else None
+        self.w1, self.w2 = expert_weights(config)
+        shape = () if learnable == "scalar" else (config.n_experts,)
+        self.log_temperature = None if learnable == "none" else nn.Parameter(torch.empty(shape))
 
-    def _tau(self) -> float | torch.Tensor:
+    def _tau(self) -> float | Tensor:
         return self.fixed_temperature if self.log_temperature is None else self.log_temperature.exp()
 
-    def _group_weights(self, logits_RGE: torch.Tensor, keep_RG1: torch.Tensor | None) -> torch.Tensor:
+    def _group_weights(self, logits_RGE: Tensor, keep_RG1: Tensor | None) -> Tensor:
         """Weights over the group axis; with `keep_RG1`, masked tokens get 0 and the rest are normalised among
         themselves (a row with no kept token gets all zeros)."""
-        if keep_RG1 is None:
-            if self.routing == "uniform":
-                return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
-            if self.routing == "discrete" and not self.authors_ties:
-                top_R1E = logits_RGE.argmax(dim=1, keepdim=True)
-                return torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
-            weights_RGE = torch.softmax(at_least_fp32(logits_RGE) / self._tau(), dim=1)
-            return (ties_at_max(weights_RGE, dim=1) if self.authors_ties else weights_RGE).to(logits_RGE.dtype)
         if self.routing == "uniform":
+            if keep_RG1 is None:
+                return torch.full_like(logits_RGE, 1.0 / logits_RGE.shape[1])
             kept_RGE = keep_RG1.expand_as(logits_RGE).to(logits_RGE.dtype)
             return kept_RGE / kept_RGE.sum(dim=1, keepdim=True).clamp(min=1)
-        masked_RGE = at_least_fp32(logits_RGE).masked_fill(~keep_RG1, float("-inf"))
+        masked_RGE = at_least_fp32(logits_RGE)
+        if keep_RG1 is not None:
+            masked_RGE = masked_RGE.masked_fill(~keep_RG1, float("-inf"))
         if self.routing == "discrete" and not self.authors_ties:
             top_R1E = masked_RGE.argmax(dim=1, keepdim=True)
             weights_RGE = torch.zeros_like(logits_RGE).scatter_(1, top_R1E, 1.0)
         else:  # an all-masked row is NaN here and zeroed below
             weights_RGE = torch.softmax(masked_RGE / self._tau(), dim=1)
             weights_RGE = (ties_at_max(weights_RGE, dim=1) if self.authors_ties else weights_RGE).to(logits_RGE.dtype)
-        return torch.where(keep_RG1, weights_RGE, 0.0)
+        return weights_RGE if keep_RG1 is None else torch.where(keep_RG1, weights_RGE, 0.0)
 
-    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_BSD: Tensor, keep_BS: Tensor | None = None) -> Tensor:
         """Merge, experts, emit. `keep_BS` (False: padding) keeps padded tokens out of the mix: zero merge and emit
         weight, the group softmax renormalised over the kept tokens, so padding cannot change a kept token."""
         batch, seq_len, dim = x_BSD.shape
@@ -264,15 +280,13 @@ class TokenChoice(nn.Module):
 
     def __init__(self, config: MoTConfig) -> None:
         super().__init__()
-        self.top_k = config.experts_per_token
-        self.n_experts = config.n_experts
+        self.top_k, self.norm_topk_prob = config.experts_per_token, config.tc_norm_topk_prob
         self.router = nn.Parameter(torch.empty(config.d_model, config.n_experts))
-        self.w1 = nn.Parameter(torch.empty(config.n_experts, config.d_model, config.expert_size))
-        self.w2 = nn.Parameter(torch.empty(config.n_experts, config.expert_size, config.d_model))
+        self.w1, self.w2 = expert_weights(config)
 
-    def forward(self, x_BSD: torch.Tensor, keep_BS: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_BSD: Tensor, keep_BS: Tensor | None = None) -> Tensor:
         """Dropless, so padding (`keep_BS` False) takes no capacity and cannot reach another token."""
-        dim, n_experts, top_k = x_BSD.shape[-1], self.n_experts, self.top_k
+        dim, n_experts, top_k = x_BSD.shape[-1], self.router.shape[1], self.top_k
         x_ND = x_BSD.reshape(-1, dim)
         probs_NE = torch.softmax(at_least_fp32(x_ND) @ at_least_fp32(self.router), dim=-1)
         gate_NE, expert_NE = torch.sort(probs_NE, dim=-1, descending=True, stable=True)  # ties: lower index
@@ -282,14 +296,15 @@ class TokenChoice(nn.Module):
         order_A = torch.argsort(expert_A, stable=True)
         count_E = torch.bincount(expert_A, minlength=n_experts)
         capacity = max(int(count_E.max()), 1)
-        rank_A = torch.empty_like(order_A)
-        rank_A[order_A] = (
-            torch.arange(order_A.numel(), device=x_ND.device) - (count_E.cumsum(0) - count_E)[expert_A[order_A]]
-        )
+        start_E, rank_A = count_E.cumsum(0) - count_E, torch.empty_like(order_A)
+        rank_A[order_A] = torch.arange(order_A.numel(), device=x_ND.device) - start_E[expert_A[order_A]]
         slot_A = expert_A * capacity + rank_A
         slots_XD = x_ND.new_zeros(n_experts * capacity, dim).index_copy(0, slot_A, x_ND[token_A])
         out_ECD = expert_mlp(slots_XD.view(n_experts, capacity, dim), self.w1, self.w2)
-        gate_A = gate_NE[:, :top_k].reshape(-1).to(out_ECD.dtype)
+        gate_NK = gate_NE[:, :top_k]
+        if self.norm_topk_prob:  # combine weights summing to 1 per token
+            gate_NK = gate_NK / gate_NK.sum(dim=-1, keepdim=True)
+        gate_A = gate_NK.reshape(-1).to(out_ECD.dtype)
         y_AD = out_ECD.reshape(-1, dim)[slot_A] * gate_A[:, None]
         return x_ND.new_zeros(x_ND.shape).index_add(0, token_A, y_AD.to(x_ND.dtype)).view(x_BSD.shape)
 
@@ -298,19 +313,19 @@ FFN_CLASSES = {"dense": FeedForward, "mot": MixtureOfTokens, "token_choice": Tok
 
 
 class Block(nn.Module):
-    """x + attn(LN(x)), then x + ffn(LN(x))."""
+    """x + attn(norm(x)), then x + ffn(norm(x))."""
 
     def __init__(self, config: MoTConfig, ffn_kind: str) -> None:
         super().__init__()
-        self.attn_norm = LayerNorm(config.d_model)
+        self.attn_norm = Norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ffn_norm = LayerNorm(config.d_model)
+        self.ffn_norm = Norm(config)
         self.ffn = FFN_CLASSES[ffn_kind](config)
 
     def forward(
-        self, x_BSD: torch.Tensor, allowed_B1SS: torch.Tensor | None = None, keep_BS: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), allowed_B1SS)
+        self, x_BSD: Tensor, allowed_B1SS: Tensor | None, keep_BS: Tensor | None, rotary: tuple | None
+    ) -> Tensor:
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), allowed_B1SS, rotary)
         return x_BSD + self.ffn(self.ffn_norm(x_BSD), keep_BS)
 
 
@@ -325,16 +340,16 @@ class MoTPreTrainedModel(PreTrainedModel):
 
 
 class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
-    """`model(input_ids[B, S]) -> logits[B, S, vocab]`; with `labels`, the mean next-token cross-entropy.
-
-    There is no KV cache: `generate` recomputes the whole prefix at every step."""
+    """`model(input_ids[B, S]) -> logits[B, S, vocab]`; with `labels`, the mean next-token cross-entropy. There is no
+    KV cache: `generate` recomputes the whole prefix at every step."""
 
     def __init__(self, config: MoTConfig) -> None:
         super().__init__(config)
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model)
+        learned = config.positions == "learned"  # else RoPE, inside attention
+        self.position_embedding = nn.Embedding(config.max_seq_len, config.d_model) if learned else None
         self.blocks = nn.ModuleList(Block(config, kind) for kind in config.block_ffn_kinds)
-        self.final_norm = LayerNorm(config.d_model) if config.final_norm else nn.Identity()
+        self.final_norm = Norm(config) if config.final_norm else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
@@ -347,7 +362,7 @@ class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
@@ -366,9 +381,13 @@ class MoTForCausalLM(MoTPreTrainedModel, GenerationMixin):
         elif position_ids is None:
             position_ids = (keep_BS.long().cumsum(dim=-1) - 1).clamp(min=0)
         allowed_B1SS = None if keep_BS is None else attention_allowed(keep_BS)
-        x_BSD = self.token_embedding(input_ids) + self.position_embedding(position_ids)
+        x_BSD, rotary = self.token_embedding(input_ids), None
+        if self.position_embedding is None:  # RoPE, at each row's positions
+            rotary = rotary_cos_sin(position_ids, self.config, x_BSD.dtype)
+        else:
+            x_BSD = x_BSD + self.position_embedding(position_ids)
         for block in self.blocks:
-            x_BSD = block(x_BSD, allowed_B1SS, keep_BS)
+            x_BSD = block(x_BSD, allowed_B1SS, keep_BS, rotary)
         logits_BSV = self.head(self.final_norm(x_BSD))
         loss = None
         if labels is not None:
