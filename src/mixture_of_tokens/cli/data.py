@@ -9,7 +9,28 @@ from typing import Any
 from .help_text import examples
 
 
+def known_source(value: str) -> str:
+    """An argparse type: the source string when the registry knows its form, else one sentence naming them."""
+    from ..data.sources import resolve_source
+
+    try:
+        resolve_source(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def sources_note() -> str:
+    """The "sources:" block of `mot data prepare --help`, one line per registered source."""
+    from ..data.sources import SOURCES
+
+    width = max(len(form) for form in SOURCES)
+    return "sources:\n" + "\n".join(f"  {form:<{width}}  {kind.help}" for form, kind in SOURCES.items())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..data.sources import source_forms
+
     parser = subparsers.add_parser(
         "data",
         help="prepare token files and show what is cached",
@@ -24,12 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot data prepare    # the packaged corpus, an 8192-token BPE trained on it",
             "mot data prepare --source text:my_corpus/ --vocab-size 4096",
             "mot data prepare --source c4 --tokenizer gpt2 --max-tokens 20000000",
+            note=sources_note(),
         ),
     )
     prepare.add_argument(
         "--source",
         default="packaged",
-        help="packaged | packaged+brown | brown | text:PATH | c4 | c4:PATH (local C4 json/jsonl) | hf:NAME[:CONFIG]",
+        type=known_source,
+        help=f"{source_forms(' | ', quote=False)} (each described under sources: below)",
     )
     prepare.add_argument("--tokenizer", default="bpe", help="bpe (trained on the source) | gpt2 (50,257 tokens)")
     prepare.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (ignored for gpt2)")

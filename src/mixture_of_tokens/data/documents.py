@@ -9,13 +9,22 @@ dropped and counted. Nothing dropped is ever tokenised, so the counts in the dat
 from __future__ import annotations
 
 import codecs
+import glob
 import gzip
 import json
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from ..progress import progress_bar
+
+EVAL_EVERY = 10
+"""The held-out rule of every source that has no split of its own: the 10th, 20th, ... item goes to eval."""
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -127,3 +136,39 @@ def record_text(record: Any, skipped: SkipCounts, column: str = "text") -> str |
         skipped.empty_documents += 1
         return None
     return text
+
+
+def is_held_out(index: int) -> bool:
+    """Whether the item at `index` (0-based, in the source's fixed order) is held out: every EVAL_EVERY-th one."""
+    return index % EVAL_EVERY == EVAL_EVERY - 1
+
+
+def hold_out_every_tenth(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """(train, eval) of items in a fixed order by `is_held_out`; with two or more items and none held out by the
+    rule (fewer than ten), the last one is, so that both splits are non-empty."""
+    held = [is_held_out(index) for index in range(len(items))]
+    if len(items) >= 2 and not any(held):
+        held[-1] = True
+    train = [item for item, is_held in zip(items, held, strict=True) if not is_held]
+    return train, [item for item, is_held in zip(items, held, strict=True) if is_held]
+
+
+def find_files(spec: str, suffixes: tuple[str, ...] | None) -> tuple[list[Path], int]:
+    """(files, unsupported): the files a PATH names (a file, a directory searched recursively, or a glob with
+    `**`) whose names end in one of `suffixes` (case-insensitive; None: any), sorted, and how many other files it
+    matched."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        candidates = [path]
+    elif path.is_dir():
+        candidates = [p for p in path.rglob("*") if p.is_file()]
+    else:
+        candidates = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+    files = sorted(p for p in candidates if suffixes is None or p.name.lower().endswith(suffixes))
+    return files, len(candidates) - len(files)
+
+
+def data_progress(total: int, what: str, *, unit: str, enabled: bool, **options: Any) -> Any:
+    """The progress of one data step on stderr (`tokenising NAME`, ...): a bar on a terminal, about 25 plain lines
+    elsewhere (see ..progress); `options` go to tqdm."""
+    return progress_bar(total, what, unit=unit, disable=not enabled, **options)

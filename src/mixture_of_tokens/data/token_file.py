@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..files import temporary_path, write_json_atomic
-from ..progress import progress_bar
 from .batches import entropy_from_counts
-from .documents import Document
+from .documents import Document, data_progress
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -160,7 +159,7 @@ def build_token_file(
 ) -> np.ndarray:
     """Tokenise `documents` (eos after each) into `path` plus its manifest; returns the read-only memmap."""
     writer = TokenFileWriter(path, tokenizer)
-    bar = progress_bar(len(documents), f"tokenising {Path(path).name}", unit="doc", leave=False, disable=not progress)
+    bar = data_progress(len(documents), f"tokenising {Path(path).name}", unit="doc", enabled=progress, leave=False)
     try:
         index = 0
         while index < len(documents):
