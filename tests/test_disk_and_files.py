@@ -15,10 +15,10 @@ from cli_runs import error_lines, run_mot, train_argv, tree_digest
 from corpus import write_corpus
 from helpers import make_checkpoint
 
-from mixture_of_tokens.checkpoint import load_model
+from mixture_of_tokens.checkpoint import load_model, manifest_problem
 from mixture_of_tokens.training import run_directory
 from mixture_of_tokens.training import state as training_state
-from mixture_of_tokens.training.state import checkpoint_problem, list_checkpoints
+from mixture_of_tokens.training.state import list_checkpoints
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_sentence_and_leaves_no_partial_w
     )
     checkpoints = Path("full") / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000002"]  # no .tmp-* directory left
-    assert checkpoint_problem(checkpoints / "step-0000002") is None
+    assert manifest_problem(checkpoints / "step-0000002") is None
 
 
 def test_flipped_bytes_in_final_weights_are_one_clear_error(corpus, capsys) -> None:

@@ -18,10 +18,11 @@ import pytest
 from cli_runs import TINY_TRAIN_FLAGS, error_lines, run_mot, train_argv, tree_digest
 from helpers import make_checkpoint, tiny_model_config, tiny_train_config
 
+from mixture_of_tokens.checkpoint import manifest_problem
 from mixture_of_tokens.training.loop import Trainer
 from mixture_of_tokens.training.plan import plan_run
 from mixture_of_tokens.training.run_lock import LOCK_FILE, RunDirectoryInUse, RunLock, training_pid
-from mixture_of_tokens.training.state import checkpoint_problem, list_checkpoints
+from mixture_of_tokens.training.state import list_checkpoints
 
 HOLDER = (
     "import sys; from pathlib import Path; from mixture_of_tokens.training.run_lock import RunLock; "
@@ -120,7 +121,7 @@ def test_two_real_trainings_into_one_directory(corpus, module_cache_dir, tmp_pat
     assert status == 2 and _in_use(err, first.pid)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 61))
-    assert all(checkpoint_problem(c) is None for c in list_checkpoints(run_dir))
+    assert all(manifest_problem(c) is None for c in list_checkpoints(run_dir))
     assert json.loads((run_dir / "summary.json").read_text())["final_eval_loss"] is not None
 
 
@@ -137,7 +138,7 @@ def test_two_trainings_started_at_once(corpus, module_cache_dir, tmp_path) -> No
     assert len(error_lines(err)) == 1 and ("is in use by another training" in err or "already holds a run" in err)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 31))
-    assert all(checkpoint_problem(c) is None for c in list_checkpoints(run_dir))
+    assert all(manifest_problem(c) is None for c in list_checkpoints(run_dir))
 
 
 def test_force_resume_convert_and_export_into_a_locked_run_are_refused(corpus, tmp_path, capsys) -> None:

@@ -28,6 +28,7 @@ from .config import ModelConfig, TrainConfig
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
 from .files import atomic_path, sha256_file, write_json_atomic
 from .model import Transformer
+from .spelling import setting, uses_flags
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -111,7 +112,7 @@ def read_config(directory: Path) -> SavedConfig:
         raise ConfigFileError(
             f"{path} does not match its recorded sha256 in {MANIFEST_FILE} (edited, truncated or corrupt); a "
             "checkpoint's settings are those its weights were saved with: restore the file (a setting that keeps "
-            "every weight's shape can be changed for a new run with `mot train --init-from` and its flag)."
+            f"every weight's shape can be changed for a new run started with {setting('init_from', command='train')})."
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -165,9 +166,10 @@ def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         known = {field.name for field in dataclasses.fields(config_class)}
         unknown = sorted(set(fields) - known)
         if unknown:
+            known_settings = "`mot train --help`" if uses_flags() else f"{config_class.__name__}'s fields"
             raise ConfigFileError(
                 f"{where} names an unknown {key} setting {unknown[0]!r} (it was edited, or written by another version "
-                f"of mixture-of-tokens); `mot train --help` lists the known settings."
+                f"of mixture-of-tokens); {known_settings} lists the known settings."
             )
         try:
             built.append(config_class(**fields))

@@ -1,14 +1,98 @@
-"""File helpers shared by checkpoints, token files and tokenizers: atomic writes and sha256 digests."""
+"""File helpers shared by checkpoints, token files and tokenizers: atomic writes, sha256 digests, and a failed
+write (a full disk) as one sentence.
+
+A full disk reaches the writers in three shapes: Python's own writes raise OSError(ENOSPC); torch.save into an
+open file raises a RuntimeError while handling that OSError; safetensors' Rust writer raises a SafetensorError
+whose text ends in `(os error 28)`. `os_errors` turns the last two into the first, so every writer catches OSError
+alone, and `write_failed` words it: what could not be written where, why, the free space there, what is kept.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A full disk and an exhausted quota: the errors a writer turns into one sentence wherever it writes."""
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+class WriteFailed(OSError):
+    """A write that failed (e.g. a full disk) as one sentence for the user (`write_failed`); the partial write was
+    removed and nothing saved before it was touched. The command line prints it without a traceback, status 1."""
+
+
+def os_error_behind(error: BaseException) -> OSError | None:
+    """The operating system's error behind a failed write: `error` itself, one it was raised while handling (torch.save
+    into an open file), or the `(os error N)` that safetensors' Rust writer names; None when there is none."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    match = _RUST_OS_ERROR.search(str(error))
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return OSError(number, os.strerror(number))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when `error` comes from a full disk or an exhausted quota (`DISK_FULL_ERRNOS`)."""
+    found = os_error_behind(error)
+    return found is not None and found.errno in DISK_FULL_ERRNOS
+
+
+@contextlib.contextmanager
+def os_errors(path: Path) -> Iterator[None]:
+    """Raise a library's failed write of `path` (torch.save, safetensors) as the OSError behind it."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        found = os_error_behind(error)
+        if found is None or found.errno is None:
+            raise
+        raise OSError(found.errno, found.strerror, str(path)) from None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself when it exists, else its nearest existing parent (where a new file would land)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def human_bytes(n_bytes: float) -> str:
+    """`1.23 GB` from a gigabyte up, else `4.5 MB` (a tiny run's sizes stay readable)."""
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def free_space(path: Path) -> int:
+    """Bytes free on the disk that holds `path` (or would hold it)."""
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
+def write_failed(
+    what: str, where: Path, error: BaseException, kept: str, *, error_type: type[WriteFailed] = WriteFailed
+) -> WriteFailed:
+    """One sentence for a failed write: `writing WHAT into WHERE failed (REASON, N MB free there); KEPT`, where
+    `kept` says what is safe on disk and what to do next."""
+    found = os_error_behind(error)
+    reason = found.strerror if found is not None and found.strerror else str(error)
+    free = human_bytes(free_space(where))
+    return error_type(f"writing {what} into {where} failed ({reason}, {free} free there); {kept}")
 
 
 def temporary_path(path: Path) -> Path:

@@ -67,6 +67,7 @@ def with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..spelling import command_line
     from ..training.errors import TrainingStopped
 
     parser = build_parser()
@@ -82,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mot {args.command}: error: {error}", file=sys.stderr)
             return 2
     try:
-        args.handler(args)
+        with command_line():  # messages name flags (--force), not the Python arguments (force=True)
+            args.handler(args)
     except TrainingStopped as error:
         print(f"mot {args.command}: error: {error}", file=sys.stderr)
         return 1

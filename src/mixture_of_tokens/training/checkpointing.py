@@ -23,6 +23,7 @@ from ..files import write_json_atomic
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
 from ..runtime.precision import Precision
+from ..spelling import setting
 from .errors import CheckpointWriteError
 from .metrics import jsonable
 from .plan import RunPlan
@@ -164,7 +165,7 @@ class Checkpointer:
             raise CheckpointWriteError(
                 f"writing the final weights into {self.plan.run_dir} failed ({error.strerror or error}); the "
                 f"step-{config.steps} checkpoint {self.last_good_description()} holds them: free some space and "
-                f"resume with `mot train --resume {self.plan.run_dir}`."
+                f"resume with {setting('resume_from', self.plan.run_dir, command='train')}."
             ) from None
 
     def _plain_model(self, model_state: dict[str, torch.Tensor] | None) -> Transformer:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..files import WriteFailed
+from ..spelling import setting
+
 
 class TrainingStopped(RuntimeError):
     """A run stopped on purpose; the message says why, at which step, and what is safe on disk."""
@@ -14,8 +17,9 @@ class NonFiniteError(TrainingStopped, FloatingPointError):
     """A loss or gradient norm was NaN or infinite; nothing from that step on was written."""
 
 
-class CheckpointWriteError(TrainingStopped, OSError):
-    """Writing a checkpoint or the final files failed (e.g. a full disk); the partial write was removed."""
+class CheckpointWriteError(TrainingStopped, WriteFailed):
+    """Writing a checkpoint, the metrics or the final files failed (e.g. a full disk); the partial write was removed
+    and the message names the last good checkpoint."""
 
 
 def non_finite_message(bad_step: int, last_good: Path | None, resumed_from: Path | None, start_step: int) -> str:
@@ -26,7 +30,7 @@ def non_finite_message(bad_step: int, last_good: Path | None, resumed_from: Path
         f"the loss or gradient norm was not finite at step {bad_step}, so training stopped before writing anything "
         "from that step on"
     )
-    safer = "a lower --lr or a tighter --grad-clip"
+    safer = f"a lower {setting('lr')} or a tighter {setting('grad_clip')}"
     if last_good is None:
         return f"{stopped}; the last good checkpoint is none (no checkpoint was written yet): start again with {safer}."
     if resumed_from is not None and Path(last_good) == Path(resumed_from):

@@ -88,16 +88,11 @@ def attention_and_norm_values_per_token(config: ModelConfig) -> float:
 
 
 def block_values_per_token(config: ModelConfig) -> float:
-    """Values kept for backward per token outside the loss: every block and the final norm."""
+    """Values kept for backward per token outside the loss: every block and the final norm (the chunked loss keeps
+    nothing per token beyond them; its buffers are per chunk, `loss_bytes`)."""
     feed_forward = sum(cls.activation_values_per_token(config) for cls in block_classes(config))
     final_norm = 2 * config.d_model + 2 + (config.d_model - 1 if config.norm == "rmsnorm" else 0)
     return config.n_blocks * attention_and_norm_values_per_token(config) + feed_forward + final_norm
-
-
-def activation_values_per_token(config: ModelConfig) -> float:
-    """Values alive per token at the peak: the blocks' and the final LayerNorm's (the chunked loss keeps nothing
-    per token beyond them; its buffers are per chunk, `loss_bytes`)."""
-    return block_values_per_token(config)
 
 
 def loss_bytes(config: ModelConfig, tokens: int, activation_bytes: int) -> int:

@@ -27,6 +27,7 @@ from ..layers import check_training_batch
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
 from ..runtime.devices import resolve_device
+from ..spelling import setting, uses_flags
 from .run_directory import check_run_directory
 from .state import (
     checkpoint_run_id,
@@ -99,7 +100,10 @@ def plan_run(
     settings with `train_overrides`, never its out_dir).
     """
     if resume_from is not None and init_from is not None:
-        raise ValueError("--resume and --init-from exclude each other: resume continues a run, init-from starts one.")
+        raise ValueError(
+            f"{setting('resume_from')} and {setting('init_from')} exclude each other: resume continues a run, "
+            "init-from starts one."
+        )
     if name:
         check_run_name(name)
     model_overrides, train_overrides = dict(model_overrides or {}), dict(train_overrides or {})
@@ -110,7 +114,12 @@ def plan_run(
         plan = dataclasses.replace(plan, force=force)
     else:
         if model_config is None or train_config is None:
-            raise ValueError("--preset is required (or --resume DIR / --init-from DIR); see `mot presets`.")
+            raise ValueError(
+                "--preset is required (or --resume DIR / --init-from DIR); see `mot presets`."
+                if uses_flags()
+                else "model_config and train_config are required for a new run (or resume_from / init_from); a "
+                "preset's are get_preset(NAME).model and get_preset(NAME).train (names: mixture_of_tokens.PRESETS)."
+            )
         name = name or "run"
         run_dir = Path(train_config.out_dir) if train_config.out_dir else RUNS_ROOT / name
         train_config = dataclasses.replace(train_config, out_dir=str(run_dir))
@@ -125,7 +134,7 @@ def plan_run(
 def check_run_name(name: str) -> None:
     if not RUN_NAME.fullmatch(name):
         raise ValueError(
-            f"--name {name!r} is not a valid run name; allowed: 1 to 100 letters, digits, '.', '_' or '-', "
+            f"{setting('run_name', name)} is not a valid run name; allowed: 1 to 100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (it names one directory under runs/)."
         )
 
@@ -155,7 +164,7 @@ def check_run_settings(model_config: ModelConfig, train_config: TrainConfig, wor
     check_switch(model_config, train_config, world_size=world_size, parallel=train_config.parallel)
     check_data_settings(train_config.data, train_config.tokenizer, text_column=train_config.text_column)
     if train_config.tensorboard:
-        require("tensorboard", "tensorboard", purpose="tensorboard=True (--tensorboard)")
+        require("tensorboard", "tensorboard", purpose=setting("tensorboard", True))
 
 
 def _plan_init_from(
@@ -175,17 +184,17 @@ def _plan_init_from(
     change = tokenizer_change(saved_train, train_config)
     if change is not None:
         raise ValueError(
-            f"--init-from {source}: {change} would change the tokenizer under the loaded weights (its ids would mean "
-            f"other words to them); start from these weights on the data and tokenizer they were trained with "
-            f"({saved_train.data!r}, unchanged; {saved_train.tokenizer})."
+            f"{setting('init_from', source)}: {change} would change the tokenizer under the loaded weights (its ids "
+            "would mean other words to them); start from these weights on the data and tokenizer they were trained "
+            f"with ({saved_train.data!r}, unchanged; {saved_train.tokenizer})."
         )
     name = name or check_default_name(f"{source.resolve().name}-continued")
     run_dir = Path(train_config.out_dir) if train_config.out_dir else RUNS_ROOT / name
     source_resolved, run_resolved = source.resolve(), run_dir.resolve()
     if source_resolved == run_resolved or run_resolved in source_resolved.parents:
         raise ValueError(
-            f"the run directory {run_dir} holds the --init-from checkpoint {source}; a new run never writes into "
-            "its source: choose another --out-dir or --name."
+            f"the run directory {run_dir} holds the {setting('init_from')} checkpoint {source}; a new run never "
+            f"writes into its source: choose another {setting('out_dir')} or {setting('run_name')}."
         )
     train_config = dataclasses.replace(train_config, out_dir=str(run_dir))
     return RunPlan(model_config, train_config, name, run_dir, new_run_id(), init_from=source)
@@ -214,9 +223,10 @@ def check_same_weight_shapes(saved: ModelConfig, wanted: ModelConfig, source: Pa
     first = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))[0]
     fields = [f.name for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(wanted, f.name)]
     raise ValueError(
-        f"--init-from {source}: the model settings {', '.join(fields)} change the weights it holds ({first}: "
-        f"{before.get(first, 'absent')} -> {after.get(first, 'absent')}); allowed with --init-from are settings that "
-        "keep every weight's shape (routing, temperatures, capacities, loss weights)."
+        f"{setting('init_from', source)}: the model settings {', '.join(fields)} change the weights it holds "
+        f"({first}: {before.get(first, 'absent')} -> {after.get(first, 'absent')}); allowed with "
+        f"{setting('init_from')} are settings that keep every weight's shape (routing, temperatures, capacities, "
+        "loss weights)."
     )
 
 
@@ -230,9 +240,13 @@ def _plan_resume(
 ) -> RunPlan:
     if model_overrides:
         names = ", ".join(model_overrides)
-        raise ValueError(f"--resume continues the saved model; model settings cannot be changed ({names}).")
+        raise ValueError(
+            f"{setting('resume_from')} continues the saved model; model settings cannot be changed ({names})."
+        )
     if force:
-        raise ValueError("--force applies to new runs only: a resumed run continues the directory it resumes.")
+        raise ValueError(
+            f"{setting('force', True)} applies to new runs only: a resumed run continues the directory it resumes."
+        )
     checkpoint, warnings = resolve_resume_checkpoint(path)
     run_dir = checkpoint.parent.parent if is_training_checkpoint(path) else path
     saved = read_config(checkpoint)
@@ -241,7 +255,8 @@ def _plan_resume(
     if asked_out and Path(asked_out).resolve() != run_dir.resolve():
         raise ValueError(
             f"out_dir={asked_out!r} differs from the resumed run directory {run_dir}: a resumed run writes into the "
-            f"directory it resumes; to start a new run from this checkpoint's weights use --init-from {checkpoint}."
+            f"directory it resumes; to start a new run from this checkpoint's weights use "
+            f"{setting('init_from', checkpoint)}."
         )
     train_config = train_config or dataclasses.replace(saved_train, **train_overrides)
     train_config = dataclasses.replace(train_config, out_dir=str(run_dir))
@@ -249,13 +264,13 @@ def _plan_resume(
     if train_config.steps <= step:
         raise ValueError(
             f"steps={train_config.steps} is at or below the checkpoint's step {step}: steps is the run's total, so "
-            f"a resumed run needs steps > {step} (e.g. --steps {2 * step})."
+            f"a resumed run needs steps > {step} (e.g. {setting('steps', 2 * step)})."
         )
     if has_whole_run_anneal(model_config) and train_config.steps != saved_train.steps:
         raise ValueError(
             f"steps={train_config.steps} differs from the resumed run's {saved_train.steps}: its MoT temperature "
             "anneals over the run's steps (mot_temperature_anneal_steps=0), so another length would move tau mid-run; "
-            f"resume with --steps {saved_train.steps}."
+            f"resume with {setting('steps', saved_train.steps)}."
         )
     _check_same_data(saved, saved_train, train_config, checkpoint)
     run_id = checkpoint_run_id(checkpoint)
@@ -276,7 +291,7 @@ def tokenizer_change(saved_train: TrainConfig, train_config: TrainConfig) -> str
     trained with (a BPE is trained on its data; GPT-2's is the same for any text), or None. Edited text under the
     same source is caught once the tokenizer is prepared (`check_resumed_tokenizer`)."""
     if train_config.tokenizer != saved_train.tokenizer:
-        return f"--tokenizer {train_config.tokenizer} (the checkpoint's is {saved_train.tokenizer})"
+        return f"{setting('tokenizer', train_config.tokenizer)} (the checkpoint's is {saved_train.tokenizer})"
     if train_config.tokenizer == "bpe" and train_config.data != saved_train.data:
         return (
             f"the data {train_config.data!r} (a BPE is trained on its data; the checkpoint's is {saved_train.data!r})"
@@ -289,14 +304,19 @@ def _check_same_data(saved: dict[str, Any], saved_train: TrainConfig, train_conf
     run from these weights (--init-from) is suggested only where it keeps the tokenizer."""
     if (train_config.data, train_config.tokenizer) != (saved_train.data, saved_train.tokenizer):
         keeps = tokenizer_change(saved_train, train_config) is None
-        advice = f"start a new run with --init-from {where}" if keeps else "a new run from these weights needs them too"
+        advice = (
+            f"start a new run with {setting('init_from', where)}"
+            if keeps
+            else "a new run from these weights needs them too"
+        )
         raise ValueError(
-            f"--resume continues on the checkpoint's data {saved_train.data!r} with tokenizer "
+            f"{setting('resume_from')} continues on the checkpoint's data {saved_train.data!r} with tokenizer "
             f"{saved_train.tokenizer!r}; data and tokenizer cannot change ({advice})."
         )
     recorded = saved.get("data_fingerprint")
     if recorded is not None and recorded != source_fingerprint(train_config.data):
-        advice = "restore the data" if train_config.tokenizer == "bpe" else f"start a new run with --init-from {where}"
+        new_run = f"start a new run with {setting('init_from', where)}"
+        advice = "restore the data" if train_config.tokenizer == "bpe" else new_run
         raise ValueError(
             f"the data of {train_config.data!r} changed since checkpoint {where} was written (files added, removed "
             f"or edited), so its tokenizer and token ids would no longer match; {advice}."

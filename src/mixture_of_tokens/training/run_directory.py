@@ -25,6 +25,7 @@ from ..counting import count_model
 from ..model import Transformer
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_precision
+from ..spelling import setting
 from .run_lock import LOCK_FILE, RunLock, check_not_in_use
 from .state import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_run_id, checkpoint_step, list_checkpoints
 
@@ -54,7 +55,7 @@ def check_run_directory(plan: RunPlan, *, locked: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out_dir={str(run_dir)!r} is a file, not a directory; choose another out_dir.")
     if run_dir.is_dir() and not locked:
-        check_not_in_use(run_dir, LOCK_HINT)
+        check_not_in_use(run_dir, lock_hint())
     if plan.resume is None and run_dir.is_dir() and has_files(run_dir):
         if not holds_run(run_dir):
             raise FileExistsError(
@@ -62,20 +63,22 @@ def check_run_directory(plan: RunPlan, *, locked: bool = False) -> None:
             )
         if not plan.force:
             raise FileExistsError(
-                f"{run_dir} already holds a run; continue it with `mot train --resume {run_dir}`, choose another "
-                f"--out-dir or --name, or pass --force to move it aside to {aside_name(run_dir)}."
+                f"{run_dir} already holds a run; continue it with {setting('resume_from', run_dir, command='train')}, "
+                f"choose another {setting('out_dir')} or {setting('run_name')}, or pass {setting('force', True)} to "
+                f"move it aside to {aside_name(run_dir)}."
             )
     _check_writable(run_dir)
     _check_free_space(plan)
 
 
-LOCK_HINT = "wait for it to finish, or choose another --out-dir or --name."
+def lock_hint() -> str:
+    return f"wait for it to finish, or choose another {setting('out_dir')} or {setting('run_name')}."
 
 
 def lock_run_directory(plan: RunPlan) -> RunLock:
     """Lock the run directory for the whole run (refused with one sentence while another training holds it), then
     check it again: another run may have written into it between the plan and the lock."""
-    lock = RunLock(LOCK_HINT)
+    lock = RunLock(lock_hint())
     lock.acquire(plan.run_dir)
     try:
         check_run_directory(plan, locked=True)
@@ -93,8 +96,8 @@ def _check_resume_point_unchanged(plan: RunPlan) -> None:
     later = any(checkpoint_step(c) > plan.resume.step for c in list_checkpoints(plan.run_dir, run_id))
     if not plan.resume.checkpoint.is_dir() or later != plan.resume.branch:
         raise ValueError(
-            f"{plan.run_dir} changed while this run was starting (another training wrote into it); run the same "
-            "`mot train --resume` again."
+            f"{plan.run_dir} changed while this run was starting (another training wrote into it); resume it the "
+            "same way again."
         )
 
 
@@ -187,17 +190,17 @@ def new_output_directory(out: Path, source: Path, *, force: bool) -> Iterator[Pa
     out_resolved, source_resolved = out.resolve(), source.resolve()
     if out_resolved == source_resolved or out_resolved in source_resolved.parents:
         raise ValueError(
-            f"--out {out} is the checkpoint {source} or holds it; the source is never overwritten or moved: choose "
-            "another --out."
+            f"{setting('out', out)} is the checkpoint {source} or holds it; the source is never overwritten or "
+            f"moved: choose another {setting('out')}."
         )
     if out.is_dir():
-        check_not_in_use(out, "wait for it to finish, or choose another --out.")
+        check_not_in_use(out, f"wait for it to finish, or choose another {setting('out')}.")
     moved = None
     if out.exists() and (not out.is_dir() or has_files(out)):
         if not force:
             raise FileExistsError(
-                f"--out {out} already exists; choose another directory or pass --force to move it aside to "
-                f"{aside_name(out)}."
+                f"{setting('out', out)} already exists; choose another directory or pass {setting('force', True)} to "
+                f"move it aside to {aside_name(out)}."
             )
         moved = move_aside(out)
     try:

@@ -63,7 +63,7 @@ def check_not_in_use(directory: Path, hint: str) -> None:
 class RunLock:
     """The lock a training holds on its run directory; `release` is safe to call more than once."""
 
-    def __init__(self, hint: str = "wait for it to finish, or choose another --out-dir or --name.") -> None:
+    def __init__(self, hint: str = "wait for it to finish, or choose another run directory.") -> None:
         self.hint = hint
         self.directory: Path | None = None
         self._fd: int | None = None

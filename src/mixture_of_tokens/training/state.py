@@ -161,11 +161,6 @@ def _write_checkpoint_files(
         shutil.copyfile(metrics, directory / METRICS_FILE)
 
 
-def checkpoint_problem(directory: Path) -> str | None:
-    """None for a complete checkpoint, else one sentence saying what is wrong with it."""
-    return manifest_problem(directory)
-
-
 def _current_run_id(run_dir: Path) -> tuple[str | None, str | None]:
     """(the run id the run directory's config.json names, the checkpoint name it branched from)."""
     try:
@@ -181,7 +176,7 @@ def resolve_resume_checkpoint(path: Path) -> tuple[Path, list[str]]:
     is one clear error."""
     path = Path(path)
     if is_training_checkpoint(path):
-        problem = checkpoint_problem(path)
+        problem = manifest_problem(path)
         if problem is None:
             return path, []
         older = [c for c in list_checkpoints(path.parent.parent) if checkpoint_step(c) < checkpoint_step(path)]
@@ -199,7 +194,7 @@ def resolve_resume_checkpoint(path: Path) -> tuple[Path, list[str]]:
         )
     warnings = []
     for candidate in reversed(candidates):
-        problem = checkpoint_problem(candidate)
+        problem = manifest_problem(candidate)
         if problem is None:
             return candidate, warnings
         warnings.append(f"skipping {candidate.name}: {problem}")
