@@ -22,7 +22,7 @@ from mixture_of_tokens.experiments.catalog import SUITES, claim_mot_beats_dense,
 from mixture_of_tokens.experiments.compare_suite import compare_suite, suite_report_input
 from mixture_of_tokens.experiments.report import comparison_table, load_run
 from mixture_of_tokens.experiments.results import collect
-from mixture_of_tokens.experiments.runner import run_name, run_spec, run_state, run_suite
+from mixture_of_tokens.experiments.runner import arm_spec, run_name, run_state, run_suite
 from mixture_of_tokens.experiments.suites import Arm, Claim, Size, Suite
 from mixture_of_tokens.experiments.verdicts import (
     HELD,
@@ -140,7 +140,7 @@ def test_every_suite_builds_valid_runs_at_equal_active_flops(name: str) -> None:
     for size in suite.sizes.values():
         flops = {}
         for arm in (a for a in suite.arms if not a.is_alias):  # an alias trains its winner's runs
-            spec = run_spec(suite, size, arm.name, size.lrs[0], 0, Path("unused"), device="cpu")
+            spec = arm_spec(arm, size, size.lrs[0], 0, Path("unused"), device="cpu")
             check_run_settings(spec.model, dataclasses.replace(spec.train, data="packaged"))
             with torch.device("meta"):
                 model = Transformer(spec.model)
@@ -231,7 +231,7 @@ def test_half_finished_runs_resume_and_unstarted_ones_restart(smoke: dict, tmp_p
     unstarted = out / "runs" / "mot-2e-lr0.01-s1"  # killed before its first checkpoint
     shutil.rmtree(unstarted / "checkpoints")
     (unstarted / "summary.json").unlink()
-    assert run_state(run_spec(suite, size, "dense", 1e-2, 1, out))[0] == "resume"
+    assert run_state(arm_spec(suite.arm("dense"), size, 1e-2, 1, out))[0] == "resume"
     run = run_suite(suite, size, out, device="cpu", say=lambda _: None)
     actions = {o.spec.name: o.action for o in run.outcomes}
     assert actions == {
@@ -279,7 +279,7 @@ def test_report_only_trains_nothing_and_says_what_is_missing(smoke: dict, tmp_pa
 
 def test_a_run_of_other_settings_in_the_directory_is_refused(smoke: dict) -> None:
     suite, size = smoke["suite"], dataclasses.replace(smoke["suite"].size("smoke"), data=smoke["corpus"])
-    spec = run_spec(suite, dataclasses.replace(size, steps=30), "dense", 1e-2, 0, smoke["out"])
+    spec = arm_spec(suite.arm("dense"), dataclasses.replace(size, steps=30), 1e-2, 0, smoke["out"])
     with pytest.raises(ValueError, match=r"holds a run of other settings \(train.steps = 40 there, 30"):
         run_state(spec)
 
@@ -314,24 +314,30 @@ def test_demo_report_points_to_the_suite_and_judges_nothing_from_one_seed(smoke:
     report, sentence = write_demo_report(tmp_path, ("tiny-dense", "tiny-mot"))
     text = report.read_text()
     assert "not yet a verdict" in sentence and "nats" in sentence
-    assert "**not judged**" in text and "mot compare --suite claims-core" in text
+    assert "**not judged**" in text and "mot compare --suite claims-capacity" in text
     assert (tmp_path / "eval_loss.png").read_bytes()[:8] == PNG
     assert (tmp_path / "merge_entropy.png").read_bytes()[:8] == PNG
 
 
 def test_demo_runs_again_reusing_what_is_done(module_cache_dir: Path, tmp_path: Path, capsys) -> None:
-    """A second `mot demo` reuses the finished runs instead of failing; other settings are one sentence."""
-    corpus = f"text:{write_corpus(tmp_path / 'corpus', n_documents=160)}"  # enough held-out text for tiny's batch
+    """`mot demo` trains its pair side by side in two processes; a second call reuses the finished runs instead of
+    failing; other settings are one sentence; --force moves the old runs aside and trains anew."""
+    corpus = f"text:{write_corpus(tmp_path / 'corpus', n_documents=160)}"  # enough held-out text for the batch
     argv = ["demo", "--out", str(tmp_path / "demo"), "--steps", "4", "--data", corpus]
-    status, first, _ = run_mot(argv, capsys)
+    status, first, _ = run_mot([*argv, "--parallel", "2"], capsys)
     assert status == 0 and first.count("] trained") == 2
-    weights = tmp_path / "demo" / "tiny-mot" / "model.safetensors"
+    weights = tmp_path / "demo" / "narrow-mot" / "model.safetensors"
     written = weights.stat().st_mtime_ns
-    status, second, _ = run_mot(argv, capsys)
+    status, second, _ = run_mot([*argv, "--parallel", "1"], capsys)
     assert status == 0 and second.count("finished before: reused") == 2 and "not yet a verdict" in second
     assert weights.stat().st_mtime_ns == written
-    status, _, err = run_mot([*argv[:-4], "--steps", "6", "--data", corpus], capsys)
+    longer = [*argv[:-4], "--steps", "6", "--data", corpus, "--parallel", "1"]
+    status, _, err = run_mot(longer, capsys)
     assert status == 2 and "holds a run of other settings (train.steps = 4 there, 6" in err and "--force" in err
+    status, third, _ = run_mot([*longer, "--force"], capsys)
+    assert status == 0 and third.count("moved the old run aside") == 2 and third.count("] trained") == 2
+    (moved,) = (tmp_path / "demo").glob("narrow-mot.old-*")
+    assert (moved / "model.safetensors").stat().st_mtime_ns == written
 
 
 @pytest.mark.parametrize(

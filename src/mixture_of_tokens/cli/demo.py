@@ -1,23 +1,29 @@
-"""`mot demo`: train tiny-dense and tiny-mot on the packaged corpus, print both eval losses side by side and write
-RUN_DIR/report.md (table, loss and merge-entropy plots, the one comparison's margin)."""
+"""`mot demo`: train narrow-dense and narrow-mot (the capacity-bound pair, where MoT beats dense) side by side on
+`packaged+brown`, print both eval losses and write RUN_DIR/report.md (table, loss and merge-entropy plots, the one
+comparison's margin)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..presets import get_preset
 from .help_text import examples
 
-DEMO_PRESETS = ("tiny-dense", "tiny-mot")
+DEMO_PRESETS = ("narrow-dense", "narrow-mot")
+POLL_SECONDS = 2.0
+"""How often the side-by-side progress bar reads the two runs' metrics files."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="train tiny-dense and tiny-mot on the packaged corpus and compare",
-        **examples("mot demo", "mot demo --steps 100 --out runs/demo-short --force"),
+        help="train narrow-dense and narrow-mot side by side and compare (about 15-25 minutes on 2 CPU cores)",
+        **examples("mot demo", "mot demo --steps 500 --out runs/demo-short --force"),
     )
     parser.add_argument("--out", default="runs/demo", help="directory for the two runs and the plot")
     parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the presets' own)")
@@ -25,29 +31,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
     )
     parser.add_argument("--data", default="", help="text source replacing the presets' (e.g. text:PATH)")
+    parser.add_argument(
+        "--parallel", type=int, default=min(2, os.cpu_count() or 1),
+        help="trainings at once, one process each with cores / N threads (default: 2 where there are 2 cores)",
+    )  # fmt: skip
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..data import prepare_data
     from ..experiments.report import comparison_table, load_run, plot_runs
+    from ..experiments.runner import run_state
+    from ..training.run_directory import move_aside
 
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be a positive integer, got {args.parallel}.")
     out_root = Path(args.out)
-    runs = []
-    data = None
-    for name in DEMO_PRESETS:
-        preset = get_preset(name)
-        train_config = dataclasses.replace(preset.train, out_dir=str(out_root / name))
-        if args.steps:
-            steps = args.steps
-            train_config = dataclasses.replace(
-                train_config, steps=steps, eval_every=max(steps // 4, 1), warmup_steps=steps // 10
-            )
-        if args.data:
-            train_config = dataclasses.replace(train_config, data=args.data)
-        data = data or prepare_data(train_config.data, vocab_size=preset.model.vocab_size)
-        print(f"[{name}] {train_or_reuse(preset.model, train_config, name, data, force=args.force)}")
-        runs.append(load_run(out_root / name))
+    specs = [demo_spec(name, out_root, steps=args.steps, data=args.data, parallel=args.parallel)
+             for name in DEMO_PRESETS]  # fmt: skip
+    if args.force:
+        for spec in specs:
+            if spec.run_dir.is_dir() and any(spec.run_dir.iterdir()):
+                print(f"[{spec.arm}] moved the old run aside to {move_aside(spec.run_dir)}")
+    remedy = "pass --force to move it aside and train anew, or another --out."
+    for spec in specs:  # every conflict is found before any training
+        run_state(spec, remedy=remedy)
+    data = prepare_data(specs[0].train.data, vocab_size=specs[0].model.vocab_size)
+    for outcome in train_side_by_side(specs, data=data, parallel=args.parallel):
+        print(f"[{outcome.spec.arm}] {describe(outcome)}")
+    runs = [load_run(spec.run_dir) for spec in specs]
     print()
     print(comparison_table(runs))
     print(f"plot: {plot_runs(runs, out_root / 'demo.png')}")
@@ -55,40 +67,74 @@ def run(args: argparse.Namespace) -> None:
     print(sentence)
     print(f"report: {report}")
     print(
-        "For verdicts judged against the spread over two seeds, with a learning-rate sweep per model: "
-        "mot compare --suite claims-core; where extra parameters can pay (narrow models trained long): "
-        "mot compare --suite claims-capacity (docs/compare.md)."
+        "For verdicts judged against the spread over seeds, with a learning-rate sweep per model: "
+        "mot compare --suite claims-capacity (docs/compare.md); at the tiny shape, where MoT trails dense: "
+        "mot compare --suite claims-core."
     )
 
 
-def train_or_reuse(model_config, train_config, name: str, data, *, force: bool) -> str:
-    """Train one demo run, or reuse it: a finished run of the same settings is kept, a half-finished one resumes
-    from its newest checkpoint (so `make demo` can be run again); --force moves an old run aside and trains anew."""
-    from ..checkpoint import read_config
-    from ..experiments.runner import RunSpec, config_difference
-    from ..training.loop import train
-    from ..training.state import resolve_resume_checkpoint
+def demo_spec(name: str, out_root: Path, *, steps: int, data: str, parallel: int):
+    """One demo run as a suite run: the preset's model and training, written to out_root/NAME."""
+    from ..experiments.runner import RunSpec
 
-    run_dir = Path(train_config.out_dir)
-    if force or not (run_dir / "config.json").exists():
-        train(model_config, train_config, run_name=name, data=data, force=force)
-        return "trained"
-    spec = RunSpec(name, train_config.lr, train_config.seed, model_config, train_config)
-    difference = config_difference(spec, read_config(run_dir))
-    if difference is not None:
-        raise ValueError(
-            f"{run_dir} holds a run of other settings ({difference}); pass --force to move it aside and train anew, "
-            "or another --out."
+    preset = get_preset(name)
+    threads = max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0
+    train_config = dataclasses.replace(preset.train, out_dir=str(out_root / name), threads=threads)
+    if steps:
+        warmup = min(train_config.warmup_steps, steps // 10)
+        train_config = dataclasses.replace(
+            train_config, steps=steps, eval_every=max(steps // 4, 1), warmup_steps=warmup
         )
-    if (run_dir / "summary.json").exists():
-        return f"finished before: reused {run_dir}"
-    try:
-        resolve_resume_checkpoint(run_dir)
-    except ValueError:  # stopped before its first checkpoint: nothing to resume
-        train(model_config, train_config, run_name=name, data=data, force=True)
-        return "restarted (the unfinished run moved aside)"
-    train(None, None, run_name=name, data=data, resume_from=run_dir)
-    return "resumed from its newest checkpoint"
+    if data:
+        train_config = dataclasses.replace(train_config, data=data)
+    return RunSpec(name, train_config.lr, train_config.seed, preset.model, train_config)
+
+
+def describe(outcome) -> str:
+    return {
+        "skipped": f"finished before: reused {outcome.spec.run_dir}",
+        "trained": "trained",
+        "resumed": "resumed from its newest checkpoint",
+        "restarted": "restarted (the unfinished run moved aside)",
+    }.get(outcome.action, f"{outcome.action}: {outcome.message}")
+
+
+def train_side_by_side(specs: Sequence, *, data, parallel: int) -> list:
+    """Each run skipped, resumed or trained (`runner.execute`); with `parallel` > 1 in that many processes at once,
+    under one progress bar over the steps of all of them, read from their metrics files."""
+    from ..experiments.runner import execute, execute_in_worker
+
+    if parallel == 1:
+        return [execute(spec, data=data, progress=True) for spec in specs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    from ..progress import progress_bar
+
+    total = sum(spec.train.steps for spec in specs)
+    done = steps_done(specs)
+    bar = progress_bar(total, " + ".join(spec.arm for spec in specs), initial=done)
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(execute_in_worker, spec) for spec in specs]
+        started = time.perf_counter()
+        while True:
+            finished, _ = wait(futures, timeout=POLL_SECONDS)
+            now = total if len(finished) == len(futures) else steps_done(specs)
+            bar.update(max(now - done, 0))
+            done = max(now, done)
+            bar.set_postfix(elapsed=f"{time.perf_counter() - started:.0f}s")
+            if len(finished) == len(futures):
+                break
+    bar.close()
+    return [future.result() for future in futures]
+
+
+def steps_done(specs: Sequence) -> int:
+    """Training steps logged so far by every run of `specs` (its metrics file's last record)."""
+    from ..training.metrics import read_metrics
+
+    return sum(next((r["step"] for r in reversed(read_metrics(spec.run_dir / "metrics.jsonl")) if "step" in r), 0)
+               for spec in specs)  # fmt: skip
 
 
 def write_demo_report(out_root: Path, names: tuple[str, str]) -> tuple[Path, str]:
@@ -121,7 +167,7 @@ def write_demo_report(out_root: Path, names: tuple[str, str]) -> tuple[Path, str
         "not measured and this is not yet a verdict."
     )
     report = ReportInput(
-        "mot demo: tiny-dense against tiny-mot",
+        f"mot demo: {dense} against {mot}",
         [f"Two runs of the CPU presets, {config['steps']} steps of {tokens_per_step:,} tokens ({budget} per run) "
          f"on `{config['data']}`, one seed each at the presets' learning rate.", "", sentence],
         summaries,
@@ -130,8 +176,7 @@ def write_demo_report(out_root: Path, names: tuple[str, str]) -> tuple[Path, str
         tokens_per_step,
         config["steps"] * tokens_per_step,
         reference=dense,
-        footer=["`mot compare --suite claims-core` runs the comparisons behind the paper's claims, with a "
-                "learning-rate sweep and two seeds per model, and judges each claim against the seeds' spread "
-                "(docs/compare.md)."],
+        footer=["`mot compare --suite claims-capacity` runs this comparison with a learning-rate sweep for every "
+                "model and a second seed, and judges it against the seeds' spread (docs/compare.md)."],
     )  # fmt: skip
     return write_report(report, out_root), sentence

@@ -65,11 +65,6 @@ class RunOutcome:
     message: str = ""
 
 
-def run_spec(suite: Suite, size: Size, arm_name: str, lr: float, seed: int, out: Path, **train_fields: Any) -> RunSpec:
-    """The run of `arm_name` at `lr` and `seed`, writing into out/runs/NAME."""
-    return arm_spec(suite.arm(arm_name), size, lr, seed, out, **train_fields)
-
-
 def arm_spec(arm: Arm, size: Size, lr: float, seed: int, out: Path, **train_fields: Any) -> RunSpec:
     """The run of `arm` (its settings resolved) at `lr` and `seed`, writing into out/runs/NAME."""
     model = arm.model_config(size.base_model())
@@ -96,8 +91,12 @@ def switched_model_fields(spec: RunSpec) -> set[str]:
     return {"ffn"} if getattr(spec.train, "switch_to", "") else set()
 
 
-def run_state(spec: RunSpec) -> tuple[str, str]:
-    """(state, detail): new | finished | resume | restart | diverged, checked against the spec's settings."""
+SUITE_REMEDY = "a suite reuses only its own runs: choose another --out or move that directory away."
+
+
+def run_state(spec: RunSpec, *, remedy: str = SUITE_REMEDY) -> tuple[str, str]:
+    """(state, detail): new | finished | resume | restart | diverged, checked against the spec's settings; a run
+    of other settings is refused with `remedy` as the way out."""
     directory = spec.run_dir
     diverged = directory.with_name(directory.name + DIVERGED_SUFFIX)
     if diverged.exists():
@@ -107,10 +106,7 @@ def run_state(spec: RunSpec) -> tuple[str, str]:
     if (directory / CONFIG_FILE).exists():
         difference = config_difference(spec, read_config(directory))
         if difference is not None:
-            raise ValueError(
-                f"{directory} holds a run of other settings ({difference}); a suite reuses only its own runs: "
-                "choose another --out or move that directory away."
-            )
+            raise ValueError(f"{directory} holds a run of other settings ({difference}); {remedy}")
     if (directory / "summary.json").exists():
         return "finished", ""
     try:
@@ -151,7 +147,7 @@ def _summary_loss(run_dir: Path) -> float | None:
 _WORKER_DATA: dict[tuple[str, int, str], PreparedData] = {}
 
 
-def _execute_in_worker(spec: RunSpec) -> RunOutcome:
+def execute_in_worker(spec: RunSpec) -> RunOutcome:
     """A subprocess's run: its prepared data is read from the cache once per process."""
     key = (spec.train.data, spec.model.vocab_size, spec.train.tokenizer)
     if key not in _WORKER_DATA:
@@ -251,7 +247,7 @@ def run_suite(
                 future = (
                     executor.submit(execute, spec, data=data, progress=progress)
                     if parallel == 1
-                    else executor.submit(_execute_in_worker, spec)
+                    else executor.submit(execute_in_worker, spec)
                 )
                 running[future] = spec
             done, _ = wait(running, return_when=FIRST_COMPLETED)
