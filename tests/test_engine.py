@@ -16,10 +16,11 @@ import torch
 from corpus import write_corpus
 
 from mixture_of_tokens import ModelConfig, TrainConfig
+from mixture_of_tokens.checkpoint import manifest_problem
 from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.training.loop import Trainer
 from mixture_of_tokens.training.metrics import read_metrics
-from mixture_of_tokens.training.state import checkpoint_problem, list_checkpoints, resolve_resume_checkpoint
+from mixture_of_tokens.training.state import list_checkpoints, resolve_resume_checkpoint
 
 SMALL_MODEL = dict(
     vocab_size=300, max_seq_len=32, d_model=32, n_blocks=2, n_heads=2, d_ff=128,
@@ -120,10 +121,10 @@ def test_corrupt_checkpoint_is_skipped_for_the_previous_good_one(corpus: dict, t
         data=corpus["data"], progress=False,
     ).run()  # fmt: skip
     first, second = list_checkpoints(tmp_path)
-    assert checkpoint_problem(second) is None
+    assert manifest_problem(second) is None
     weights = second / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
-    assert "sha256" in checkpoint_problem(second)
+    assert "sha256" in manifest_problem(second)
     chosen, warnings = resolve_resume_checkpoint(tmp_path)
     assert chosen == first
     assert len(warnings) == 1 and second.name in warnings[0]
@@ -147,7 +148,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus: dict, 
         trainer.run()
     checkpoints = list_checkpoints(tmp_path)
     assert [c.name for c in checkpoints] == ["step-0000004"]
-    assert checkpoint_problem(checkpoints[0]) is None
+    assert manifest_problem(checkpoints[0]) is None
 
 
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(corpus: dict, tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(corpus: dict, tmp_path: Pa
     assert process.returncode == 130
     assert "resume with: mot train --resume" in stderr and "Traceback" not in stderr
     (checkpoint,) = list_checkpoints(tmp_path)
-    assert checkpoint_problem(checkpoint) is None
+    assert manifest_problem(checkpoint) is None
     assert int(checkpoint.name.split("-")[1]) >= 5
 
 

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory, module_cache_dir):
 
 def test_policy_resolution_and_errors():
     mot, dense = eval_config("mot"), eval_config("dense")
-    assert resolve_policy(mot).name == "protocol" and resolve_policy(mot).group_size == 4
+    assert resolve_policy(mot).name == "protocol" and resolve_policy(mot).multiple == 4
     assert resolve_policy(mot, "discrete").name == "discrete"
     assert resolve_policy(dense).name == "plain"
     with pytest.raises(ValueError, match="allowed values for this model: auto, protocol, discrete"):
@@ -59,7 +59,7 @@ def test_policy_resolution_and_errors():
 
 def test_isolated_batch_is_seeded_by_the_query_identity():
     filler = np.arange(1000, dtype=np.int64) % 97 + 100
-    policy = BatchPolicy("protocol", rows=32, seed=3, group_size=4)
+    policy = BatchPolicy("protocol", rows=32, seed=3, multiple=4)
     query = [1, 2, 3, 4, 5]
     ids, row = isolated_batch(query, filler, policy, ("piqa", "doc7", 0))
     assert ids.shape == (32, 5) and ids[row].tolist() == query

@@ -409,11 +409,10 @@ def _ddp_worker(rank: int, world_size: int, port: int, results) -> None:
 
 
 def test_data_parallel_wrapper_is_told_about_unused_parameters():
-    from mixture_of_tokens.runtime.distributed import _may_leave_parameters_unused
-
-    assert _may_leave_parameters_unused(Transformer(options_config()))
-    assert not _may_leave_parameters_unused(Transformer(options_config(temperature_freeze_steps=0)))
-    assert not _may_leave_parameters_unused(Transformer(options_config(ffn="dense", temperature_freeze_steps=0)))
+    """The model answers for its layers (`wrap_model` passes it to DDP's find_unused_parameters)."""
+    assert Transformer(options_config()).may_leave_parameters_unused()
+    assert not Transformer(options_config(temperature_freeze_steps=0)).may_leave_parameters_unused()
+    assert not Transformer(options_config(ffn="dense", temperature_freeze_steps=0)).may_leave_parameters_unused()
 
 
 @pytest.mark.slow

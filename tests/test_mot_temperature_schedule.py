@@ -248,5 +248,5 @@ def test_an_anneal_longer_than_the_run_is_refused_before_any_data(corpus, tmp_pa
 
 def test_resuming_a_whole_run_anneal_with_other_steps_is_refused(finished_run, tmp_path):
     """The schedule spans the run's steps: a longer resumed run would move tau back up mid-run."""
-    with pytest.raises(ValueError, match=r"steps=12 differs from the resumed run's 8: .*resume with --steps 8"):
+    with pytest.raises(ValueError, match=r"steps=12 differs from the resumed run's 8: .*resume with steps=8"):
         plan_run(resume_from=finished_run / "checkpoints" / "step-0000004", train_overrides={"steps": 12})

@@ -4,15 +4,11 @@ estimate, counting) picks it up by asking the layer."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import tiny_model_config
 from torch import nn
 
-import mixture_of_tokens
 from mixture_of_tokens.audit import audit_layer_types, layer_suite
 from mixture_of_tokens.config import ModelConfig, TrainConfig
 from mixture_of_tokens.counting import count_model
@@ -20,7 +16,7 @@ from mixture_of_tokens.evaluation import is_batch_dependent, resolve_policy
 from mixture_of_tokens.layers import FFN_REGISTRY, FeedForwardLayer, batch_multiple, register_kind
 from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.training.loop import check_run_settings
-from mixture_of_tokens.training.memory import activation_values_per_token
+from mixture_of_tokens.training.memory import block_values_per_token
 
 
 class PairMean(FeedForwardLayer):
@@ -96,9 +92,9 @@ def test_a_registered_kind_trains_audits_and_is_estimated_without_other_changes(
     assert is_batch_dependent(config)
     assert resolve_policy(config).name == "protocol"
 
-    dense_values = activation_values_per_token(toy_config(ffn="dense"))
+    dense_values = block_values_per_token(toy_config(ffn="dense"))
     dense_ffn = 8 + 16  # the dense layer keeps its input (d) and the hidden layer after ReLU (d_ff)
-    assert activation_values_per_token(config) == dense_values - dense_ffn + 1000.0
+    assert block_values_per_token(config) == dense_values - dense_ffn + 1000.0
 
     counts = count_model(model)
     assert (
@@ -109,28 +105,3 @@ def test_a_registered_kind_trains_audits_and_is_estimated_without_other_changes(
     assert toy_kind in layer_suite()
     result = next(r for r in audit_layer_types() if r.name == toy_kind)
     assert not result.future_leak and result.coupling == "sequences 1"
-
-
-# A kind name used as a kind: on a line about `ffn` / `kind`, in a collection of kind names, or an isinstance check
-# on a layer class.
-_NAME = r"""["'](mot|dense|token_choice|expert_choice)["']"""
-KIND_USE = re.compile(rf"(ffn|kind).*{_NAME}|{_NAME}.*(ffn|kind)|{_NAME}\s*,\s*{_NAME}")
-LAYER_CLASS_CHECK = re.compile(r"isinstance\([^)]*(MixtureOfTokens|TokenChoice|ExpertChoice|FeedForward)\b")
-
-
-def test_no_module_outside_layers_and_config_names_a_kind():
-    """The scaling package is left out: its "dense" is one of the scaling law's two run kinds (fine-grained or
-    dense law; legacy runs tables say "mot" for fine-grained), a vocabulary of its own. So is the Hugging Face
-    export's modeling file (export/templates/): a copy of the exportable layers for transformers that must run
-    without this package; the exporter reads the kinds it implements from it."""
-    package = Path(mixture_of_tokens.__file__).parent
-    offenders = []
-    for path in sorted(package.rglob("*.py")):
-        relative = path.relative_to(package).as_posix()
-        exempt_folder = relative.startswith(("layers/", "scaling/", "export/templates/"))
-        if exempt_folder or relative in ("config.py", "cli/scaling.py"):
-            continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if KIND_USE.search(line) or LAYER_CLASS_CHECK.search(line):
-                offenders.append(f"{relative}:{number}: {line.strip()}")
-    assert offenders == []

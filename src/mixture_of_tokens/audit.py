@@ -112,23 +112,21 @@ def audit_function(
 
 def layer_suite(
     d_model: int = 16, group_size: int = 4, n_experts: int = 4, seed: int = 0
-) -> dict[str, tuple[nn.Module, bool]]:
+) -> dict[str, tuple[FeedForwardLayer, bool]]:
     """Every registered feed-forward kind in float64 (each kind supplies its variants): {name: (layer, meant to
-    be causal)}. The routers are biased so that input coordinate 0 drives expert 0's logit alone (see
-    `capacity_binding_input`)."""
+    be causal)}. The routers (each layer names its own: `router_parameter`) are biased so that input coordinate 0
+    drives expert 0's logit alone (see `capacity_binding_input`)."""
     torch.manual_seed(seed)
-    layers: dict[str, tuple[nn.Module, bool]] = {}
+    layers: dict[str, tuple[FeedForwardLayer, bool]] = {}
     for layer_class in FFN_REGISTRY.values():
         layers.update(layer_class.audit_examples(d_model=d_model, group_size=group_size, n_experts=n_experts))
     for layer, _ in layers.values():
         layer.double().eval()
-        router = getattr(layer, "router", None)
-        if router is None:
-            router = getattr(layer, "controller", None)
-        if router is not None:
+        if layer.router_parameter is not None:
+            router_DE = getattr(layer, layer.router_parameter)
             with torch.no_grad():
-                router[0].zero_()
-                router[0, 0] = 4.0
+                router_DE[0].zero_()
+                router_DE[0, 0] = 4.0
     return layers
 
 

@@ -7,23 +7,8 @@ from dataclasses import dataclass, field, fields
 
 from .blocks import check_block_options
 from .layers.conversion import SWITCH_TARGETS
-from .layers.experts import EXPERT_DISPATCHES
 from .layers.init import EMBEDDING_INITS
-from .layers.mot_options import (
-    COMPUTES,
-    DISCRETE_RULES,
-    EMITS,
-    GROUP_AXES,
-    GROUPINGS,
-    LEARNABLE_TEMPERATURES,
-    ROUTINGS,
-    check_group_axis,
-    check_temperature_freeze,
-    check_temperature_schedule,
-)
-from .layers.registry import ffn_kinds
-from .layers.token_choice import DROP_RULES as TC_DROP_RULES
-from .layers.token_choice import SCOPES as TC_SCOPES
+from .layers.registry import check_settings, ffn_kinds
 from .runtime.devices import DEVICES
 from .runtime.distributed import PARALLEL_MODES
 from .runtime.precision import PRECISIONS
@@ -196,42 +181,16 @@ class ModelConfig:
             raise ValueError(f"ffn={self.ffn!r} is not supported; allowed values: {', '.join(ffn_kinds())}.")
         self.block_ffn_kinds()  # validates ffn_blocks
         for name, allowed in (
-            ("mot_routing", ROUTINGS), ("mot_discrete_rule", DISCRETE_RULES), ("tc_drop_rule", TC_DROP_RULES),
-            ("mot_emit", EMITS), ("mot_learnable_temperature", LEARNABLE_TEMPERATURES),
             ("load_balance_reduce", AUX_LOSS_REDUCTIONS), ("embedding_init", EMBEDDING_INITS),
-            ("mot_grouping", GROUPINGS), ("objective", OBJECTIVES), ("mot_group_axis", GROUP_AXES),
-            ("mot_compute", COMPUTES), ("expert_dispatch", EXPERT_DISPATCHES), ("tc_scope", TC_SCOPES),
+            ("objective", OBJECTIVES),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported; allowed values: {', '.join(allowed)}."
                 )
-        check_temperature_freeze(self.temperature_freeze_steps, self.mot_learnable_temperature)
-        check_temperature_schedule(
-            self.mot_temperature_schedule, final=self.mot_temperature_final, routing=self.mot_routing,
-            anneal_steps=self.mot_temperature_anneal_steps, learnable_temperature=self.mot_learnable_temperature,
-        )  # fmt: skip
-        check_group_axis(
-            self.mot_group_axis,
-            grouping=self.mot_grouping,
-            causal_attention=self.objective == "causal",
-            seq_len=self.max_seq_len,
-            group_size=self.group_size,
-        )
-        if not self.mot_temperature > 0 or not self.init_scale > 0:
-            raise ValueError(
-                f"mot_temperature and init_scale must be positive, got {self.mot_temperature}, {self.init_scale}."
-            )
-        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"top_k must be an integer in 1..n_experts={self.n_experts}, got {self.top_k!r}.")
-        for name in ("capacity_factor", "load_balance_weight", "z_loss_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not isinstance(self.ec_tokens_per_expert, int) or not 1 <= self.ec_tokens_per_expert <= self.group_size:
-            raise ValueError(
-                f"ec_tokens_per_expert must be an integer in 1..group_size={self.group_size}, "
-                f"got {self.ec_tokens_per_expert!r}."
-            )
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {self.init_scale}.")
+        check_settings(self)  # each feed-forward kind checks its own fields (layers/)
         check_block_options(self)
 
     def block_ffn_kinds(self) -> list[str]:

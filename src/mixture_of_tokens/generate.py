@@ -3,9 +3,10 @@
 MoT mixes the tokens of a group at one position, so every sequence of a group must advance one position per step
 and positions must line up. Prompts are left-aligned (prompt i starts at position 0); decoding starts at the
 shortest prompt's length and, at each position, a row whose prompt is longer gets its own next prompt token forced
-instead of a sampled one (so nothing is padded and every row sees only real tokens). For MoT the rows are filled up
-to a multiple of the group size with held-out text windows (forced throughout, seeded), so a single prompt can be
-decoded. The output then depends on those filler rows, reproducibly for a given seed.
+instead of a sampled one (so nothing is padded and every row sees only real tokens). When rows couple (MoT) they
+are filled up to a multiple of the model's batch multiple (MoT: the group size) with held-out text windows (forced
+throughout, seeded), so a single prompt can be decoded. The output then depends on those filler rows, reproducibly
+for a given seed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .inference_config import GenerateConfig
-from .layers import rows_couple_at_inference
+from .layers import batch_multiple, rows_couple_at_inference
 from .model import KVCache, Transformer, inference_routing
 
 __all__ = ["Generation", "check_sampling", "generate_text", "generate_tokens", "sample_next"]
@@ -92,7 +93,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, e
         )
     total = min(longest + max_new_tokens, config.max_seq_len)
     n_real = len(prompts)
-    group = config.group_size if rows_couple_at_inference(config) else 1
+    group = batch_multiple(config) if rows_couple_at_inference(config) else 1
     n_rows = -(-n_real // group) * group
     rows = [list(p) for p in prompts]
     if n_rows > n_real:

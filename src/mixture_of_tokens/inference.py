@@ -52,6 +52,9 @@ def load_model(
     return loaded.model
 
 
+Transformer.pretrained_loader = staticmethod(load_model)  # Transformer.from_pretrained, without importing upwards
+
+
 class Predictor:
     """Score and generate single sequences with a trained model under its batch policy; one sequence never errors.
 

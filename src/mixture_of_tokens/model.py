@@ -10,8 +10,10 @@ tokens at a time (`lm_loss.chunked_lm_loss_sum`), so float32 logits of the whole
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +167,10 @@ class Transformer(nn.Module):
     embedding and the head hold one more row, the mask token (id `config.vocab_size`).
     """
 
+    pretrained_loader: ClassVar[Callable[..., Transformer] | None] = None
+    """What `from_pretrained` calls: `inference.load_model`, which puts itself here when the package is imported
+    (it reads checkpoints and exports, which are built on this module)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -187,9 +193,9 @@ class Transformer(nn.Module):
         """The model of a checkpoint, run or `mot export --to hf` directory, ready for inference (eval mode,
         inference routing) on `device` in `dtype`: `mixture_of_tokens.load_model`. (transformers loads an export
         with `AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)`.)"""
-        from .inference import load_model  # the loader needs checkpoint, which needs this module
-
-        return load_model(directory, device=device, dtype=dtype)
+        if cls.pretrained_loader is None:
+            raise RuntimeError("Transformer.from_pretrained needs mixture_of_tokens imported (it sets the loader).")
+        return cls.pretrained_loader(directory, device=device, dtype=dtype)
 
     def reset_parameters(self) -> None:
         """Truncated normal, std sqrt(init_scale / fan_in), for every weight (docs/method.md §1); zero biases.
@@ -289,15 +295,22 @@ class Transformer(nn.Module):
     def is_causal(self) -> bool:
         """True when no output at position s can depend on a token at a later position: causal attention and
         causal feed-forward layers."""
-        layers = (m for m in self.modules() if isinstance(m, FeedForwardLayer))
-        return self.config.objective == "causal" and all(layer.is_causal() for layer in layers)
+        return self.config.objective == "causal" and all(layer.is_causal() for layer in self.feed_forward_layers())
 
     def on_train_step(self, step: int, steps: int) -> None:
         """Tell every feed-forward layer that 0-based optimizer step `step` of a `steps`-step run begins (the
         training loop calls this)."""
-        for module in self.modules():
-            if isinstance(module, FeedForwardLayer):
-                module.on_train_step(step, steps)
+        for layer in self.feed_forward_layers():
+            layer.on_train_step(step, steps)
+
+    def may_leave_parameters_unused(self) -> bool:
+        """True when some layer says a training step may leave one of its parameters without a gradient (e.g. a
+        frozen MoT temperature): a DDP wrapper must then look for them each step instead of waiting for them."""
+        return any(layer.may_leave_parameters_unused() for layer in self.feed_forward_layers())
+
+    def feed_forward_layers(self) -> list[FeedForwardLayer]:
+        """Every feed-forward sublayer, in block order."""
+        return [m for m in self.modules() if isinstance(m, FeedForwardLayer)]
 
     def routing_stats(self) -> dict[str, float]:
         """Detached routing diagnostics of the last forward, keyed 'block{i}.{name}' (syncs the device)."""

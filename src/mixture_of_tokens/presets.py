@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import ModelConfig, TrainConfig
-from .layers import ExpertChoice, MixtureOfTokens, TokenChoice, mot_sizing
+from .layers import sized_config
 from .layers.sizing import feed_forward_width
 
 CPU = "CPU presets (packaged corpus, minutes on 2 cores)"
@@ -36,32 +36,15 @@ class Preset:
 
 def _mot(base: ModelConfig, size_name: str, ffn_blocks: str = "second-half", **fields: object) -> ModelConfig:
     """MoT "/nE" or "/nE/k" in the given blocks (the authors' 2024 runs: the second half)."""
-    sizing = mot_sizing(size_name, base.d_ff)
-    return dataclasses.replace(
-        base,
-        ffn=MixtureOfTokens.kind,
-        ffn_blocks=ffn_blocks,
-        group_size=sizing.group_size,
-        n_experts=sizing.n_experts,
-        expert_size=sizing.expert_size,
-        **fields,
-    )
+    return sized_config(base, "mot", size=size_name, blocks=ffn_blocks, **fields)
 
 
 def _sparse(
     base: ModelConfig, kind: str, n_experts: int, ffn_blocks: str = "second-half", **fields: object
 ) -> ModelConfig:
-    """Token Choice / Expert Choice with n_experts experts of width d_ff in the given blocks: dense FLOPs with
-    top-1 (Token Choice) or one token per expert per group of n_experts (Expert Choice)."""
-    return dataclasses.replace(
-        base,
-        ffn=kind,
-        ffn_blocks=ffn_blocks,
-        group_size=n_experts,
-        n_experts=n_experts,
-        expert_size=base.d_ff,
-        **fields,
-    )
+    """Token Choice / Expert Choice with n_experts experts of width d_ff in the given blocks ("/nE"): dense FLOPs
+    with top-1 (Token Choice) or one token per expert per group of n_experts (Expert Choice)."""
+    return sized_config(base, kind, size=f"/{n_experts}E", blocks=ffn_blocks, **fields)
 
 
 _TINY = ModelConfig(vocab_size=8192, max_seq_len=128, d_model=128, n_blocks=4, n_heads=4, d_ff=512)
@@ -135,14 +118,14 @@ def _presets() -> list[Preset]:
             "tiny-token-choice",
             "tiny-mot's layout with Token Choice (Switch top-1, E = 8 experts of width d_ff, capacity 1.25, "
             "batch-wide routing, load balancing 0.01): the FLOPs of tiny-dense",
-            dataclasses.replace(tiny_second_half, ffn=TokenChoice.kind, top_k=1),
+            dataclasses.replace(tiny_second_half, ffn="token_choice", top_k=1),
             _TINY_TRAIN,
         ),
         Preset(
             "tiny-expert-choice",
             "tiny-mot's layout with Expert Choice (E = 8 experts of width d_ff, one token per expert per group of 8): "
             "the FLOPs of tiny-dense",
-            dataclasses.replace(tiny_second_half, ffn=ExpertChoice.kind, ec_tokens_per_expert=1),
+            dataclasses.replace(tiny_second_half, ffn="expert_choice", ec_tokens_per_expert=1),
             _TINY_TRAIN,
         ),
         Preset(
@@ -159,7 +142,7 @@ def _presets() -> list[Preset]:
             "narrow-token-choice",
             "narrow-dense with Token Choice top-1 over 8 experts of width d_ff in every block (capacity 1.25, load "
             "balancing 0.01): the capacity suite's positive control",
-            _sparse(_NARROW, TokenChoice.kind, 8, ffn_blocks="all"),
+            _sparse(_NARROW, "token_choice", 8, ffn_blocks="all"),
             _NARROW_TRAIN,
             CPU_CAPACITY,
         ),
@@ -167,7 +150,7 @@ def _presets() -> list[Preset]:
             "narrow-expert-choice",
             "narrow-dense with Expert Choice in every block (8 experts of width d_ff, one token per expert per group "
             "of 8: MoT's sharp limit)",
-            _sparse(_NARROW, ExpertChoice.kind, 8, ffn_blocks="all"),
+            _sparse(_NARROW, "expert_choice", 8, ffn_blocks="all"),
             _NARROW_TRAIN,
             CPU_CAPACITY,
         ),
@@ -188,7 +171,7 @@ def _presets() -> list[Preset]:
         Preset(
             "narrow-llama-token-choice",
             "narrow-llama-dense with Token Choice top-1 over 8 SwiGLU experts of width d_ff in every block",
-            _sparse(_NARROW_LLAMA, TokenChoice.kind, 8, ffn_blocks="all"),
+            _sparse(_NARROW_LLAMA, "token_choice", 8, ffn_blocks="all"),
             _NARROW_TRAIN,
             CPU_CAPACITY,
         ),
@@ -235,7 +218,7 @@ def _presets() -> list[Preset]:
             "llama-tiny-token-choice",
             "llama-tiny-mot's layout with Token Choice (Switch top-1 over 8 SwiGLU experts of width d_ff, capacity "
             "1.25, load balancing 0.01): the FLOPs of llama-tiny-dense; exports natively as Qwen2MoeForCausalLM",
-            dataclasses.replace(llama_second_half, ffn=TokenChoice.kind, top_k=1),
+            dataclasses.replace(llama_second_half, ffn="token_choice", top_k=1),
             _TINY_TRAIN,
             CPU_LLAMA,
         ),
@@ -266,14 +249,14 @@ def _presets() -> list[Preset]:
         Preset(
             "token-choice-medium",
             "Token Choice Medium: top-1 over 32 experts of width d_ff, capacity 1.25, load balancing 0.01",
-            _sparse(_MEDIUM, TokenChoice.kind, 32, top_k=1, capacity_factor=1.25, load_balance_weight=0.01),
+            _sparse(_MEDIUM, "token_choice", 32, top_k=1, capacity_factor=1.25, load_balance_weight=0.01),
             sparse_steps,
             FIG_SPARSE,
         ),
         Preset(
             "expert-choice-medium",
             "Expert Choice Medium: 32 experts of width d_ff, one token per expert per group of 32",
-            _sparse(_MEDIUM, ExpertChoice.kind, 32, ec_tokens_per_expert=1),
+            _sparse(_MEDIUM, "expert_choice", 32, ec_tokens_per_expert=1),
             sparse_steps,
             FIG_SPARSE,
         ),
@@ -306,14 +289,14 @@ def _presets() -> list[Preset]:
         Preset(
             "expert-choice-medium-32e-bf16-mixed",
             "Expert-Choice-Medium/32E, bf16 autocast with fp32 weights",
-            _sparse(_MEDIUM, ExpertChoice.kind, 32),
+            _sparse(_MEDIUM, "expert_choice", 32),
             dataclasses.replace(medium_moe, precision="bf16-mixed"),
             TABLE_BF16,
         ),
         Preset(
             "expert-choice-medium-32e-bf16-only",
             "Expert-Choice-Medium/32E, parameters and optimizer state in bf16 (LayerNorms kept in fp32)",
-            _sparse(_MEDIUM, ExpertChoice.kind, 32),
+            _sparse(_MEDIUM, "expert_choice", 32),
             dataclasses.replace(medium_moe, precision="bf16-pure"),
             TABLE_BF16,
         ),

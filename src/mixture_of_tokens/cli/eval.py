@@ -47,16 +47,17 @@ def _parse_task_files(items: list[str]) -> dict[str, Path]:
 
 
 def _check_tc_capacity(model_config, *, perplexity: bool) -> None:
-    """--tc-capacity needs Token Choice layers that trained with a capacity, and the held-out loss to measure."""
-    from ..layers import TokenChoice
+    """--tc-capacity needs layers that trained with a capacity and infer dropless (Token Choice), and the held-out
+    loss to measure."""
+    from ..layers import block_classes
 
-    kinds = model_config.block_ffn_kinds()
-    if TokenChoice.kind not in kinds:
+    capacities = [cls.trained_capacity_factor(model_config) for cls in dict.fromkeys(block_classes(model_config))]
+    if all(capacity is None for capacity in capacities):
         raise ValueError(
             "--tc-capacity evaluates Token Choice layers with their capacity; this checkpoint has none (its blocks "
-            f"are: {', '.join(kinds)})."
+            f"are: {', '.join(model_config.block_ffn_kinds())})."
         )
-    if not model_config.capacity_factor:
+    if not any(capacities):
         raise ValueError("--tc-capacity needs a capacity, but this checkpoint's Token Choice trained dropless.")
     if not perplexity:
         raise ValueError("--tc-capacity measures the held-out loss with the capacity; drop --no-perplexity.")

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> None:
 
     from ..evaluation import is_batch_dependent, load_checkpoint, load_texts
     from ..generate import generate_text
+    from ..layers import batch_multiple
 
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
             f"note: generation stops at the {max_len}-token context ({max_len - longest} new tokens for the longest)."
         )
     filler = None
-    group = loaded.model_config.group_size
+    group = batch_multiple(loaded.model_config)
     if is_batch_dependent(loaded.model_config) and len(prompts) % group:
         _, filler = load_texts(loaded, progress=False)
         print(f"MoT: {len(prompts)} prompt(s) decoded in lock-step with held-out filler rows up to groups of {group}")

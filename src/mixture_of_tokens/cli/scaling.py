@@ -144,6 +144,7 @@ def train_command(plan, preset_name: str) -> tuple[str, str]:
     """A pasteable `mot train` command that builds the planned model on `preset_name` and trains it on the planned
     tokens, and a note on how --steps was computed."""
     from ..counting import human
+    from ..layers import batch_multiple
     from ..presets import get_preset
     from .config_args import config_flags
 
@@ -152,10 +153,11 @@ def train_command(plan, preset_name: str) -> tuple[str, str]:
     flags = config_flags(model, base=preset.model)
     batch, accum = preset.train.batch_size, preset.train.grad_accum_steps
     whose = f"{preset_name}'s batch x context"
-    if (batch // accum) % model.group_size:  # MoT groups across the micro-batch: round it up to a multiple
-        batch = math.ceil(batch // accum / model.group_size) * model.group_size * accum
+    multiple = batch_multiple(model)  # rows the layer couples in a micro-batch: round the batch up to it
+    if (batch // accum) % multiple:
+        batch = math.ceil(batch // accum / multiple) * multiple * accum
         flags += f" --batch-size {batch}"
-        whose = f"batch x context; {preset_name}'s batch rounded up to a multiple of group size {model.group_size}"
+        whose = f"batch x context; {preset_name}'s batch rounded up to a multiple of group size {multiple}"
     tokens_per_step = batch * model.max_seq_len
     steps = max(1, math.ceil(plan.best.tokens / tokens_per_step))
     name = f"planned-{plan.flops:.3g}".replace("+", "")  # a valid run name: planned-1e20, planned-3.16e19

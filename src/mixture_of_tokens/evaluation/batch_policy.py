@@ -5,9 +5,10 @@ batch. Three policies make that explicit:
 
     plain     batch-independent models (dense feed-forward everywhere): queries are batched freely.
     protocol  the paper's protocol (docs/method.md §5): every query is scored alone in a batch of `rows` sequences
-              (a multiple of the group size; by default the smallest one >= 32, i.e. max(32, G): the authors
-              scored a G=64 model in batches of 64); the other rows are random training-set sequences cut
-              to the query's length, the query sits in one random row, and only that row counts.
+              (a multiple of the model's batch multiple, MoT's group size G; by default the smallest one >= 32,
+              i.e. max(32, G): the authors scored a G=64 model in batches of 64); the other rows are random
+              training-set sequences cut to the query's length, the query sits in one random row, and only that
+              row counts.
     discrete  the same isolated batches with argmax routing (`mot_mode(routing="discrete")`). The argmax is still
               taken over the group, so a discrete score still depends on the other rows: it is isolated like
               `protocol`, not batched freely.
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import check_group_size, rows_couple_at_inference
+from ..layers import batch_multiple, check_group_size, rows_couple_at_inference
 from ..model import mot_mode
 
 POLICIES: tuple[str, ...] = ("auto", "plain", "protocol", "discrete")
@@ -50,12 +51,14 @@ def query_seed(seed: int, *identity: object) -> list[int]:
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """The resolved policy: `name` is plain | protocol | discrete; `rows` is the isolated batch size."""
+    """The resolved policy: `name` is plain | protocol | discrete; `rows` is the isolated batch size; `multiple` is
+    the model's batch multiple (`layers.batch_multiple`): rows couple only within consecutive blocks of that many
+    rows (MoT: the group size)."""
 
     name: str
     rows: int = DEFAULT_PROTOCOL_ROWS
     seed: int = 0
-    group_size: int | None = None
+    multiple: int | None = None
 
     @property
     def isolated(self) -> bool:
@@ -66,7 +69,7 @@ class BatchPolicy:
             return "plain batches (the model is batch-independent)"
         routing = "argmax (discrete) routing" if self.name == "discrete" else "trained routing"
         return (
-            f"{self.name}: each query alone in a batch of {self.rows} (group size {self.group_size}), "
+            f"{self.name}: each query alone in a batch of {self.rows} (group size {self.multiple}), "
             f"{self.rows - 1} training-set filler rows, {routing}, seed {self.seed}"
         )
 
@@ -80,14 +83,14 @@ class BatchPolicy:
             yield
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "rows": self.rows, "seed": self.seed, "group_size": self.group_size}
+        return {"name": self.name, "rows": self.rows, "seed": self.seed, "group_size": self.multiple}
 
 
 def default_protocol_rows(config: ModelConfig) -> int:
-    """Rows of an isolated batch unless set: the smallest multiple of the group size that is at least 32
-    (max(32, G) for the paper's power-of-two G)."""
-    group = config.group_size
-    return -(-DEFAULT_PROTOCOL_ROWS // group) * group
+    """Rows of an isolated batch unless set: the smallest multiple of the batch multiple that is at least 32
+    (max(32, G) for MoT's power-of-two group sizes G)."""
+    multiple = batch_multiple(config)
+    return -(-DEFAULT_PROTOCOL_ROWS // multiple) * multiple
 
 
 def resolve_policy(config: ModelConfig, name: str = "auto", *, rows: int | None = None, seed: int = 0):
@@ -109,11 +112,12 @@ def resolve_policy(config: ModelConfig, name: str = "auto", *, rows: int | None 
             "mot-eval='plain' would let one query's score depend on the others in its batch; "
             "allowed values for this model: auto, protocol, discrete."
         )
+    multiple = batch_multiple(config)
     try:
-        check_group_size(rows, config.group_size)
+        check_group_size(rows, multiple)
     except ValueError as error:
         raise ValueError(f"protocol-rows={rows}: {error}") from None
-    return BatchPolicy(name, rows=rows, seed=seed, group_size=config.group_size)
+    return BatchPolicy(name, rows=rows, seed=seed, multiple=multiple)
 
 
 def isolated_batch(

@@ -34,8 +34,7 @@ class LossResult:
     def to_dict(self) -> dict[str, object]:
         result: dict[str, object] = {
             "mode": self.mode.name,
-            "group_size": self.mode.group_size,
-            "routing": self.mode.routing,
+            **self.mode.settings(),
             "loss": self.loss,
             "perplexity": self.perplexity,
             "tokens": self.n_tokens,
@@ -66,7 +65,7 @@ def evaluate_modes(
     results = []
     n_tokens = sum(targets.numel() for _, targets in batches)
     for mode in modes:
-        with mot_mode(model, group_size=mode.group_size, routing=mode.routing):
+        with mot_mode(model, **mode.settings()):
             if model.config.objective == "masked":
                 loss, accuracy, n_masked = evaluate_masked_lm(model, batches, torch.device(device))
                 results.append(LossResult(mode, loss, n_masked, accuracy))

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data import Tokenizer
-from ..layers import batch_multiple, check_group_size
+from ..layers import check_group_size
 from ..model import Transformer
 from ..progress import progress_bar
 from .batch_policy import BatchPolicy, isolated_batch
@@ -58,18 +57,14 @@ def _only_rows(model: Transformer, rows: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def _group_local(model: nn.Module) -> bool:
-    """True when rows meet only rows of their own group (every cross-row layer groups by the same group size)."""
-    return batch_multiple(model.config) in (1, model.config.group_size)
-
-
 class Scorer:
     """Scores token continuations with `model` under `policy`.
 
     plain: requests are sorted by length and right-padded into batches of `batch_size` (causal attention keeps
-    padding from reaching earlier positions). protocol / discrete: one isolated batch per request; when rows
-    meet only rows of their own group, just the query's group (G rows) of that batch is computed, since rows of other
-    groups cannot reach it (identical up to float rounding to computing all rows). `prefix_eos`: every context
+    padding from reaching earlier positions). protocol / discrete: one isolated batch per request, of which just
+    the query's block of rows is computed: rows couple only within consecutive blocks of the model's batch multiple
+    (MoT: its group of G rows), so rows of other blocks cannot reach it (identical up to float rounding to computing
+    all rows, which `compute_group_only = False` does). `prefix_eos`: every context
     starts with the eos token (an empty context is that token alone), as in the authors' harness.
     """
 
@@ -87,8 +82,8 @@ class Scorer:
         model.config.check_causal("log-likelihood scoring")
         if policy.isolated and filler_tokens is None:
             raise ValueError(f"batch policy {policy.name!r} needs filler_tokens (training-set text).")
-        if policy.isolated and policy.group_size is not None:
-            check_group_size(policy.rows, policy.group_size)
+        if policy.isolated and policy.multiple is not None:
+            check_group_size(policy.rows, policy.multiple)
         self.model = model
         self.tokenizer = tokenizer
         self.policy = policy
@@ -97,7 +92,7 @@ class Scorer:
         self.prefix_eos = prefix_eos
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.max_len = model.config.max_seq_len
-        self.compute_group_only = _group_local(model)
+        self.compute_group_only = True
 
     def encode(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         spaces = len(context) - len(context.rstrip(" "))
@@ -147,7 +142,7 @@ class Scorer:
     def _score_isolated(self, whole: list[int], n_scored: int, identity: tuple[object, ...]) -> ContinuationScore:
         ids_RS, row = isolated_batch(whole[:-1], self.filler_tokens, self.policy, identity)
         if self.compute_group_only:
-            group = self.policy.group_size or 1
+            group = self.policy.multiple or 1
             first = row // group * group
             ids_RS, row = ids_RS[first : first + group], row - first
         ids_RS = ids_RS.to(self.device)

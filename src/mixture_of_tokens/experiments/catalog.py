@@ -8,7 +8,6 @@ otherwise; every model spends the dense model's FLOPs per token in its feed-forw
 
 from __future__ import annotations
 
-from ..layers import ExpertChoice, TokenChoice
 from .catalog_capacity import CLAIMS_CAPACITY
 from .suites import (
     BF16,
@@ -200,8 +199,8 @@ CLAIMS_PRECISION = Suite(
     (
         mot_arm("mot-8e-fp32", "/8E", "MoT /8E, fp32", train=FP32),
         mot_arm("mot-8e-bf16", "/8E", "MoT /8E, bf16-pure", train=BF16),
-        Arm("expert-choice-fp32", "Expert Choice, fp32", ExpertChoice.kind, experts=8, train=FP32),
-        Arm("expert-choice-bf16", "Expert Choice, bf16-pure", ExpertChoice.kind, experts=8, train=BF16),
+        Arm("expert-choice-fp32", "Expert Choice, fp32", "expert_choice", experts=8, train=FP32),
+        Arm("expert-choice-bf16", "Expert Choice, bf16-pure", "expert_choice", experts=8, train=BF16),
     ),
     (_claim_precision("mot-8e-fp32", "mot-8e-bf16", "expert-choice-fp32", "expert-choice-bf16"),),
     {"cpu": _cpu(200), "gpu": _gpu()},
@@ -251,10 +250,10 @@ SMOKE = Suite(
         mot_arm("mot-4e-2", "/4E/2", "MoT /4E/2"),
         mot_arm("mot-4e-uniform", "/4E", "MoT /4E, uniform routing", model=(("mot_routing", "uniform"),)),
         mot_arm("mot-4e-every-block", "/4E", "MoT /4E in every block", blocks="all"),
-        Arm("token-choice", "Token Choice, 4 experts", TokenChoice.kind, experts=4),
-        Arm("expert-choice", "Expert Choice, 4 experts", ExpertChoice.kind, experts=4),
+        Arm("token-choice", "Token Choice, 4 experts", "token_choice", experts=4),
+        Arm("expert-choice", "Expert Choice, 4 experts", "expert_choice", experts=4),
         mot_arm("mot-4e-bf16", "/4E", "MoT /4E, bf16-pure", train=BF16),
-        Arm("expert-choice-bf16", "Expert Choice, bf16-pure", ExpertChoice.kind, experts=4, train=BF16),
+        Arm("expert-choice-bf16", "Expert Choice, bf16-pure", "expert_choice", experts=4, train=BF16),
         mot_arm("mot-to-token-choice", "/4E", "MoT /4E switched to Token Choice at 75%", switch_to="token-choice"),
         Arm("dense-masked", "dense Transformer, masked LM", model=MASKED),
         mot_arm("mot-4e-masked", "/4E", "MoT /4E across the batch, masked LM", model=MASKED),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..layers import ExpertChoice, MixtureOfTokens, TokenChoice
 from ..layers.sizing import feed_forward_width
 from .suites import PAPER_TOKENS_PER_STEP, Arm, Claim, Size, Suite, mot_arm
 
@@ -46,7 +45,7 @@ CAPACITY_DENSE = Arm("dense", "dense Transformer")
 CAPACITY_CONTROL = Arm(
     "token-choice",
     "Token Choice top-1 over 8 experts of width d_ff (the positive control)",
-    TokenChoice.kind,
+    "token_choice",
     experts=8,
     blocks=EVERY_BLOCK,
 )
@@ -97,7 +96,7 @@ LLAMA_ARMS = (
             blocks=EVERY_BLOCK, model=(*LLAMA_BLOCK, ("mot_temperature", 0.1)),
             seeds=1, stage="e"),
     Arm("llama-token-choice", "Token Choice top-1 over 8 SwiGLU experts of width d_ff, Llama-style block",
-        TokenChoice.kind, experts=8, blocks=EVERY_BLOCK, model=LLAMA_BLOCK, seeds=1,
+        "token_choice", experts=8, blocks=EVERY_BLOCK, model=LLAMA_BLOCK, seeds=1,
         stage="e"),
 )  # fmt: skip
 
@@ -106,15 +105,15 @@ CLAIMS_CAPACITY_ARMS = (
     dataclasses.replace(CAPACITY_CONTROL, seeds=2, stage="a"),
     dataclasses.replace(CAPACITY_MOT, stage="a"),
     *SHARPER,
-    Arm("mot-sharp", "the best sharper MoT /8E of stage (b)", MixtureOfTokens.kind, best_of=SHARPER_NAMES, seeds=1,
+    Arm("mot-sharp", "the best sharper MoT /8E of stage (b)", "mot", best_of=SHARPER_NAMES, seeds=1,
         stage="b"),
-    Arm("mot-setting", "the best MoT /8E setting (tau = 1 or sharper)", MixtureOfTokens.kind, best_of=MOT_SETTINGS,
+    Arm("mot-setting", "the best MoT /8E setting (tau = 1 or sharper)", "mot", best_of=MOT_SETTINGS,
         seeds=1, stage="b"),
     *AT_BEST_SETTING,
     Arm("expert-choice", "Expert Choice, 8 experts of width d_ff, one token per expert per group of 8 (MoT's sharp "
-        "limit), at the best MoT setting's rate", ExpertChoice.kind, experts=8, blocks=EVERY_BLOCK,
+        "limit), at the best MoT setting's rate", "expert_choice", experts=8, blocks=EVERY_BLOCK,
         settings_from=("mot-setting",), seeds=1, stage="c"),
-    Arm("mot-best", "the best MoT of every stage, re-checked at half and twice its rate", MixtureOfTokens.kind,
+    Arm("mot-best", "the best MoT of every stage, re-checked at half and twice its rate", "mot",
         best_of=(*MOT_SETTINGS, *(arm.name for arm in AT_BEST_SETTING)), recheck=True, seeds=2, stage="d"),
     *LLAMA_ARMS,
 )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def comparison_table(runs: list[RunSummary]) -> str:
     lines = [header, "-" * len(header)]
     for run, label in zip(runs, labels):
         lines.append(
-            f"{label:<{width}} {run.final_eval_loss:>9.3f} {2.718281828**run.final_eval_loss:>8.1f} "
+            f"{label:<{width}} {run.final_eval_loss:>9.3f} {math.exp(run.final_eval_loss):>8.1f} "
             f"{run.total_params / 1e6:>7.2f}M {run.active_params / 1e6:>7.2f}M {run.tokens_per_s:>8,.0f} "
             f"{run.seconds:>6.0f}s"
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ModelConfig, TrainConfig
-from ..layers import ExpertChoice, FeedForward, MixtureOfTokens, TokenChoice, mot_sizing
+from ..layers import sized_config
 from ..presets import get_preset
 
 PAPER_TOKENS_PER_STEP = 256 * 256
@@ -99,7 +99,8 @@ class Arm:
 
     name: str
     label: str
-    kind: str = FeedForward.kind
+    kind: str = "dense"
+    """The feed-forward kind of the arm's `blocks` (ModelConfig.ffn)."""
     mot: str = ""
     """MoT size in the paper's naming, "/nE" or "/nE/k" (MoT arms)."""
     experts: int = 0
@@ -131,18 +132,17 @@ class Arm:
     def is_alias(self) -> bool:
         return bool(self.best_of)
 
+    @property
+    def size(self) -> str:
+        """The arm's size in the paper's naming: `mot`, or "/{experts}E" (experts of width d_ff); "" for none."""
+        return self.mot or (f"/{self.experts}E" if self.experts else "")
+
     def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The arm's kind in its blocks at its size (`layers.sized_config`, as the presets), the arm's own model
+        fields on top."""
         overrides = dict(self.model)
         base = dataclasses.replace(base, **overrides)  # experts are sized from the arm's own d_ff
-        fields: dict[str, Any] = {}
-        if self.kind == MixtureOfTokens.kind:
-            sizing = mot_sizing(self.mot, base.d_ff)
-            fields.update(group_size=sizing.group_size, n_experts=sizing.n_experts, expert_size=sizing.expert_size)
-        elif self.kind != FeedForward.kind:
-            fields.update(group_size=self.experts, n_experts=self.experts, expert_size=base.d_ff)
-        if self.kind != FeedForward.kind:
-            fields.update(ffn=self.kind, ffn_blocks=self.blocks)
-        return dataclasses.replace(base, **{**fields, **overrides})
+        return sized_config(base, self.kind, size=self.size, blocks=self.blocks, **overrides)
 
     def train_fields(self, steps: int) -> dict[str, Any]:
         fields = dict(self.train)
@@ -225,11 +225,11 @@ def check_suite(suite: Suite) -> None:
 # The arms, by name, shared by the suites that use them.
 def mot_arm(name: str, size: str, label: str, **kwargs: Any) -> Arm:
     """An MoT arm of size "/nE" or "/nE/k"."""
-    return Arm(name, label, MixtureOfTokens.kind, mot=size, **kwargs)
+    return Arm(name, label, "mot", mot=size, **kwargs)
 
 
 DENSE = Arm("dense", "dense Transformer")
-TOKEN_CHOICE = Arm("token-choice", "Token Choice, top-1 over 8 experts of width d_ff", TokenChoice.kind, experts=8)
-EXPERT_CHOICE = Arm("expert-choice", "Expert Choice, 8 experts of width d_ff", ExpertChoice.kind, experts=8)
+TOKEN_CHOICE = Arm("token-choice", "Token Choice, top-1 over 8 experts of width d_ff", "token_choice", experts=8)
+EXPERT_CHOICE = Arm("expert-choice", "Expert Choice, 8 experts of width d_ff", "expert_choice", experts=8)
 MOT_8E = mot_arm("mot-8e", "/8E", "MoT /8E (G = E = 8)")
 FP32, BF16 = (("precision", "fp32"),), (("precision", "bf16-pure"),)

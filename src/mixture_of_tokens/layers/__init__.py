@@ -25,11 +25,13 @@ from .registry import (
     batch_multiple,
     block_classes,
     build_ffn,
+    check_settings,
     check_training_batch,
     ffn_kinds,
     layer_class,
     register_kind,
     rows_couple_at_inference,
+    sized_config,
 )
 from .routing_stats import CollapseMonitor
 from .sizing import MoTSizing, mot_sizing
@@ -50,6 +52,7 @@ __all__ = [
     "build_ffn",
     "capacity_routing",
     "check_group_size",
+    "check_settings",
     "check_training_batch",
     "expert_mlp",
     "ffn_kinds",
@@ -63,4 +66,5 @@ __all__ = [
     "register_kind",
     "rows_couple_at_inference",
     "set_inference_routing",
+    "sized_config",
 ]

@@ -17,6 +17,13 @@ def check_positive(setting: str, value: float) -> None:
         raise ValueError(f"{setting} must be positive, got {value}.")
 
 
+def check_non_negative(**settings: float) -> None:
+    """Each keyword must be >= 0 (NaN is not)."""
+    for setting, value in settings.items():
+        if not value >= 0:
+            raise ValueError(f"{setting} must be >= 0, got {value}.")
+
+
 def check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{setting}={value!r} is not supported; allowed values: {', '.join(allowed)}.")

@@ -41,15 +41,24 @@ which are the paper's (top-1, capacity factor 1.25, load-balancing weight 0.01, 
 not renormalised)."""
 
 
+def has_convertible_layers(config: ModelConfig) -> bool:
+    """True when some block holds a layer that `convert_model_in_place` can switch (MoT's)."""
+    return MixtureOfTokens.kind in config.block_ffn_kinds()
+
+
 def convert_config(config: ModelConfig, target: str, **routing: object) -> ModelConfig:
     """The converted model's config: the MoT blocks change kind, everything else is kept. `routing` overrides
     the Token Choice fields in ROUTING_FIELDS."""
     if target not in TARGETS:
-        raise ValueError(f"--to {target!r} is not a conversion target; allowed values: {', '.join(TARGETS)}.")
+        from ..spelling import setting  # the layers import nothing of the package above them at load time
+
+        raise ValueError(
+            f"{setting('target', target)} is not a conversion target; allowed values: {', '.join(TARGETS)}."
+        )
     unknown = sorted(set(routing) - set(ROUTING_FIELDS))
     if unknown:
         raise ValueError(f"{unknown} cannot be set by a conversion; allowed settings: {', '.join(ROUTING_FIELDS)}.")
-    if MixtureOfTokens.kind not in config.block_ffn_kinds():
+    if not has_convertible_layers(config):
         kinds = ", ".join(config.block_ffn_kinds())
         raise ValueError(f"the checkpoint has no MoT layer to convert (its blocks are: {kinds}).")
     if target == "discrete-mot":  # argmax routing has no tau: a temperature schedule ends at its trained value

@@ -39,6 +39,11 @@ class FeedForward(FeedForwardLayer):
         return cls(config.d_model, d_ff=config.d_ff, activation=config.ffn_activation, bias=config.dense_bias)
 
     @classmethod
+    def sized_fields(cls, config: ModelConfig, *, size: str = "", blocks: str = "all") -> dict[str, object]:
+        """Every block dense, whatever `blocks` says (the blocks ffn_blocks leaves out are dense too); no size."""
+        return {"ffn": cls.kind}
+
+    @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
         """The input (kept by the first linear) and, for ReLU, the hidden layer after ReLU (kept by ReLU and the
         second linear); the pre-ReLU hidden layer and the output are not kept. SwiGLU keeps the gate and up

@@ -60,6 +60,7 @@ class ExpertChoice(FeedForwardLayer):
     """
 
     kind = "expert_choice"
+    router_parameter = "router"
 
     def __init__(
         self,
@@ -109,6 +110,11 @@ class ExpertChoice(FeedForwardLayer):
         )
 
     @classmethod
+    def check_settings(cls, config: ModelConfig) -> None:
+        check_choice("expert_dispatch", config.expert_dispatch, EXPERT_DISPATCHES)
+        cls._check_tokens_per_expert(config.ec_tokens_per_expert, config.group_size, "ec_tokens_per_expert")
+
+    @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:
         return config.group_size
 
@@ -133,11 +139,9 @@ class ExpertChoice(FeedForwardLayer):
         return {cls.kind: (layer, True), f"{cls.kind}[swiglu]": (swiglu, True)}
 
     @staticmethod
-    def _check_tokens_per_expert(tokens_per_expert: int, group_size: int) -> None:
+    def _check_tokens_per_expert(tokens_per_expert: int, group_size: int, setting: str = "tokens_per_expert") -> None:
         if not isinstance(tokens_per_expert, int) or not 1 <= tokens_per_expert <= group_size:
-            raise ValueError(
-                f"tokens_per_expert must be an integer in 1..group_size={group_size}, got {tokens_per_expert!r}."
-            )
+            raise ValueError(f"{setting} must be an integer in 1..group_size={group_size}, got {tokens_per_expert!r}.")
 
     def reset_parameters(self) -> None:
         scaled_trunc_normal_(self.router, fan_in=self.d_model, scale=self.init_scale)

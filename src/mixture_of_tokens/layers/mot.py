@@ -25,19 +25,7 @@ from .checks import check_choice, check_positive, check_positive_ints
 from .experts import expert_matrices, expert_mlp, init_expert_weights_, kept_hidden_values, new_expert_weights
 from .grouping import from_position_groups, from_sequence_groups, position_groups, sequence_groups
 from .init import DEFAULT_INIT_SCALE, scaled_trunc_normal_
-from .mot_options import (
-    Compute,
-    DiscreteRule,
-    Emit,
-    GroupAxis,
-    Grouping,
-    LearnableTemperature,
-    Routing,
-    TemperatureSchedule,
-    check_layer_options,
-    scheduled_temperature,
-    trained_temperature,
-)
+from .mot_options import check_layer_options, scheduled_temperature, trained_temperature
 from .mot_recompute import recomputing_mix
 from .mot_routing import emit_over_experts, group_softmax, group_weights
 from .routing_stats import routing_statistics
@@ -101,6 +89,7 @@ class MixtureOfTokens(FeedForwardLayer):
     """
 
     kind = "mot"
+    router_parameter = "controller"
 
     def __init__(
         self,
@@ -110,18 +99,18 @@ class MixtureOfTokens(FeedForwardLayer):
         expert_size: int,
         group_size: int,
         temperature: float = 1.0,
-        learnable_temperature: LearnableTemperature = "none",
-        routing: Routing = "softmax",
-        discrete_rule: DiscreteRule = "project",
-        emit: Emit = "group",
+        learnable_temperature: mot_options.LearnableTemperature = "none",
+        routing: mot_options.Routing = "softmax",
+        discrete_rule: mot_options.DiscreteRule = "project",
+        emit: mot_options.Emit = "group",
         separate_emit_controller: bool = False,
-        grouping: Grouping = "consecutive",
-        group_axis: GroupAxis = "across_batch",
+        grouping: mot_options.Grouping = "consecutive",
+        group_axis: mot_options.GroupAxis = "across_batch",
         temperature_freeze_steps: int = 0,
-        temperature_schedule: TemperatureSchedule = "constant",
+        temperature_schedule: mot_options.TemperatureSchedule = "constant",
         final_temperature: float = 0.0,
         anneal_steps: int = 0,
-        compute: Compute = "plain",
+        compute: mot_options.Compute = "plain",
         init_scale: float = DEFAULT_INIT_SCALE,
         activation: str = "relu",
     ) -> None:
@@ -193,6 +182,10 @@ class MixtureOfTokens(FeedForwardLayer):
             init_scale=config.init_scale,
             activation=config.ffn_activation,
         )
+
+    @classmethod
+    def check_settings(cls, config: ModelConfig) -> None:
+        mot_options.check_config(config)
 
     @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:

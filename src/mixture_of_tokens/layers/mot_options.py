@@ -4,10 +4,13 @@ that depend on each other; shared by the layer and ModelConfig, one sentence per
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from .checks import check_choice
+from .checks import check_choice, check_positive
 from .grouping import check_sequence_length
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 Routing = Literal["softmax", "uniform", "discrete"]
 Emit = Literal["group", "experts"]
@@ -154,3 +157,23 @@ def check_layer_options(
         schedule, final=final_temperature, anneal_steps=anneal_steps, routing=routing,
         learnable_temperature=learnable_temperature, names="layer",
     )  # fmt: skip
+
+
+def check_config(config: ModelConfig) -> None:
+    """Every MoT setting of a ModelConfig, alone and together, in its field names (`MixtureOfTokens.check_settings`)."""
+    for name, allowed in (
+        ("mot_routing", ROUTINGS), ("mot_discrete_rule", DISCRETE_RULES), ("mot_emit", EMITS),
+        ("mot_learnable_temperature", LEARNABLE_TEMPERATURES), ("mot_grouping", GROUPINGS),
+        ("mot_group_axis", GROUP_AXES), ("mot_compute", COMPUTES),
+    ):  # fmt: skip
+        check_choice(name, getattr(config, name), allowed)
+    check_temperature_freeze(config.temperature_freeze_steps, config.mot_learnable_temperature)
+    check_temperature_schedule(
+        config.mot_temperature_schedule, final=config.mot_temperature_final, routing=config.mot_routing,
+        anneal_steps=config.mot_temperature_anneal_steps, learnable_temperature=config.mot_learnable_temperature,
+    )  # fmt: skip
+    check_group_axis(
+        config.mot_group_axis, grouping=config.mot_grouping, causal_attention=config.objective == "causal",
+        seq_len=config.max_seq_len, group_size=config.group_size,
+    )  # fmt: skip
+    check_positive("mot_temperature", config.mot_temperature)

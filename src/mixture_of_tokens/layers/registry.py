@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,19 @@ def layer_class(kind: str) -> type[FeedForwardLayer]:
 def build_ffn(kind: str, config: ModelConfig) -> FeedForwardLayer:
     """The feed-forward sublayer of one block."""
     return layer_class(kind).from_config(config)
+
+
+def check_settings(config: ModelConfig) -> None:
+    """Every registered kind checks its own settings of `config` (all of them: a config carries every kind's
+    fields, and a run may switch kind); one sentence naming the field."""
+    for cls in FFN_REGISTRY.values():
+        cls.check_settings(config)
+
+
+def sized_config(base: ModelConfig, kind: str, *, size: str = "", blocks: str = "all", **fields: object) -> ModelConfig:
+    """`base` with `kind` in `blocks` at `size` ("/nE" or "/nE/k": `FeedForwardLayer.sized_fields`), then `fields`
+    on top: the one sizing of presets, suite arms and the planner."""
+    return dataclasses.replace(base, **{**layer_class(kind).sized_fields(base, size=size, blocks=blocks), **fields})
 
 
 def block_classes(config: ModelConfig) -> list[type[FeedForwardLayer]]:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .base import FeedForwardLayer
-from .checks import at_least_fp32, check_choice, check_positive, check_positive_ints
+from .checks import at_least_fp32, check_choice, check_non_negative, check_positive, check_positive_ints
 from .experts import (
     EXPERT_DISPATCHES,
     expert_matrices,
@@ -62,6 +62,11 @@ DROP_RULES: tuple[str, ...] = ("probability", "authors")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
+
+
+def check_top_k(top_k: int, n_experts: int) -> None:
+    if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+        raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
 
 
 def expert_capacity(
@@ -126,6 +131,7 @@ class TokenChoice(FeedForwardLayer):
 
     kind = "token_choice"
     native_role = "top_k_moe"  # dropless at inference, as transformers' Qwen-MoE blocks (export/native.py)
+    router_parameter = "router"
 
     def __init__(
         self,
@@ -148,18 +154,14 @@ class TokenChoice(FeedForwardLayer):
         super().__init__()
         check_positive_ints(d_model=d_model, n_experts=n_experts, expert_size=expert_size)
         check_choice("expert_dispatch", expert_dispatch, EXPERT_DISPATCHES)
-        if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
+        check_top_k(top_k, n_experts)
         check_choice("scope", scope, SCOPES)
         check_choice("drop_rule", drop_rule, DROP_RULES)
         if scope == "group" and (not isinstance(group_size, int) or group_size < 1):
             raise ValueError(f"scope='group' needs group_size, a positive integer; got {group_size!r}.")
         if capacity_factor is not None and capacity_factor < 0:
             raise ValueError(f"capacity_factor must be >= 0 (0 or None: dropless), got {capacity_factor}.")
-        if load_balance_weight < 0 or z_loss_weight < 0:
-            raise ValueError(
-                f"load_balance_weight and z_loss_weight must be >= 0, got {load_balance_weight}, {z_loss_weight}."
-            )
+        check_non_negative(load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight)
         check_positive("init_scale", init_scale)
         self.d_model = d_model
         self.n_experts = n_experts
@@ -204,6 +206,15 @@ class TokenChoice(FeedForwardLayer):
         )
 
     @classmethod
+    def check_settings(cls, config: ModelConfig) -> None:
+        check_top_k(config.top_k, config.n_experts)
+        check_choice("tc_drop_rule", config.tc_drop_rule, DROP_RULES)
+        check_choice("tc_scope", config.tc_scope, SCOPES)
+        check_choice("expert_dispatch", config.expert_dispatch, EXPERT_DISPATCHES)
+        check_non_negative(capacity_factor=config.capacity_factor, load_balance_weight=config.load_balance_weight,
+                           z_loss_weight=config.z_loss_weight)  # fmt: skip
+
+    @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:
         """Group scope with a capacity routes within same-position groups; otherwise any batch will do."""
         return config.group_size if config.tc_scope == "group" and config.capacity_factor else 1
@@ -219,6 +230,10 @@ class TokenChoice(FeedForwardLayer):
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
         """No: at inference the layer routes dropless (`set_inference`), so a token's output is its own."""
         return False
+
+    @classmethod
+    def trained_capacity_factor(cls, config: ModelConfig) -> float | None:
+        return config.capacity_factor  # inference routes dropless (`set_inference`)
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:

@@ -11,13 +11,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..layers.base import FeedForwardLayer
+if TYPE_CHECKING:
+    from ..model import Transformer
+
 
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "fsdp")
 """How a model is wrapped under torchrun: DDP, or FSDP2 (`fully_shard`)."""
@@ -76,8 +78,9 @@ def local_rows(tensor: torch.Tensor, context: DistributedContext) -> torch.Tenso
     return tensor[context.rank * rows : (context.rank + 1) * rows]
 
 
-def wrap_model(model: nn.Module, context: DistributedContext, mode: str, device: torch.device) -> nn.Module:
-    """DDP, or FSDP2 (`fully_shard` per block, then the root); unchanged when single-process."""
+def wrap_model(model: Transformer, context: DistributedContext, mode: str, device: torch.device) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` per block, then the root); unchanged when single-process. DDP looks for
+    parameters without gradient when the model says a step may leave some (`may_leave_parameters_unused`)."""
     if mode not in PARALLEL_MODES:
         raise ValueError(f"parallel={mode!r} is not supported; allowed values: {', '.join(PARALLEL_MODES)}.")
     if not context.enabled:
@@ -88,7 +91,7 @@ def wrap_model(model: nn.Module, context: DistributedContext, mode: str, device:
         return DistributedDataParallel(
             model,
             device_ids=[context.local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=_may_leave_parameters_unused(model),
+            find_unused_parameters=model.may_leave_parameters_unused(),
         )
     from torch.distributed.fsdp import fully_shard
 
@@ -96,12 +99,6 @@ def wrap_model(model: nn.Module, context: DistributedContext, mode: str, device:
         fully_shard(block)
     fully_shard(model)
     return model
-
-
-def _may_leave_parameters_unused(model: nn.Module) -> bool:
-    """True when some layer says a training step may leave one of its parameters without a gradient (e.g. a
-    frozen MoT temperature): DDP must then look for them each step instead of waiting for their gradients."""
-    return any(isinstance(m, FeedForwardLayer) and m.may_leave_parameters_unused() for m in model.modules())
 
 
 @contextlib.contextmanager

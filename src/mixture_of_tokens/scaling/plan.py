@@ -15,7 +15,6 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ..config import ModelConfig
-from ..layers import MixtureOfTokens
 from .law import (
     PAPER_DENSE_LAW,
     PAPER_EXPANSION,
@@ -66,7 +65,7 @@ class MoTPreset:
     def model_config(self, **overrides: object) -> ModelConfig:
         """The ModelConfig of this shape, MoT in every block as the law assumes (other fields: defaults)."""
         fields = {k: v for k, v in asdict(self).items() if k != "name"}
-        return ModelConfig(**fields, ffn=MixtureOfTokens.kind, ffn_blocks="all", **overrides)
+        return ModelConfig(**fields, ffn="mot", ffn_blocks="all", **overrides)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..config import ModelConfig, TrainConfig
 from ..counting import count_model
 from ..data import BatchSampler, PreparedData, eval_batches, prepare_data, unigram_entropy
 from ..files import write_text_atomic
+from ..layers.conversion import has_convertible_layers
 from ..layers.routing_stats import CollapseMonitor
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
@@ -39,7 +40,7 @@ from .run_directory import claim_run_directory, lock_run_directory
 from .run_lock import RunLock
 from .state import METRICS_FILE, TrainingState, load_training_state, restore_rng_state
 from .step import OptimizerStep, StepResult, build_optimizer, with_implementation_of
-from .switch import has_mot_layers, switch_in_place, switched_copy
+from .switch import switch_in_place, switched_copy
 
 __all__ = ["RunResult", "Trainer", "build_optimizer", "check_run_settings", "train"]
 
@@ -241,7 +242,7 @@ class Trainer:
         try:
             with interrupt:
                 while step < config.steps and not stopped_early:
-                    if config.switch_to and step == config.switch_at and has_mot_layers(self.model_config):
+                    if config.switch_to and step == config.switch_at and has_convertible_layers(self.model_config):
                         self._switch(step, log)
                     # layers' per-step hooks, e.g. the end of a temperature freeze or a scheduled temperature
                     self.raw_model.on_train_step(step, config.steps)
@@ -295,7 +296,7 @@ class Trainer:
             log.say(f"warning: {warning}")
         if self._is_eval_step(step):
             record["eval_loss"] = self.checkpointer.evaluate(step)
-            if self.config.eval_also and has_mot_layers(self.model_config):  # the loss if switched now
+            if self.config.eval_also and has_convertible_layers(self.model_config):  # the loss if switched now
                 switched = switched_copy(self.raw_model, self.config.eval_also)
                 record[f"eval_loss_if_{self.config.eval_also}"] = self.checkpointer.held_out_loss(switched)
         log.write(record, self.eval_losses[max(self.eval_losses)] if self.eval_losses else None)

@@ -14,8 +14,14 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..layers import MixtureOfTokens
-from ..layers.conversion import ROUTING_FIELDS, SWITCH_TARGETS, TARGETS, convert_config, convert_model_in_place
+from ..layers.conversion import (
+    ROUTING_FIELDS,
+    SWITCH_TARGETS,
+    TARGETS,
+    convert_config,
+    convert_model_in_place,
+    has_convertible_layers,
+)
 
 
 def switched_config(config: ModelConfig, target: str) -> ModelConfig:
@@ -59,7 +65,7 @@ def check_switch(config: ModelConfig, train_config: TrainConfig, *, world_size: 
             continue
         if target not in SWITCH_TARGETS:
             raise ValueError(f"{setting}={target!r} is not supported; allowed values: {', '.join(SWITCH_TARGETS)}.")
-        if setting == "switch_to" and config.ffn == TARGETS[target] and not has_mot_layers(config):
+        if setting == "switch_to" and config.ffn == TARGETS[target] and not has_convertible_layers(config):
             continue  # a run resumed after its switch
         switched_config(config, target)  # the model has MoT layers to convert
     if not train_config.switch_to:
@@ -73,8 +79,4 @@ def check_switch(config: ModelConfig, train_config: TrainConfig, *, world_size: 
         raise ValueError("switch_to needs parallel='ddp' (or one process): FSDP shards cannot change layer kind.")
 
 
-def has_mot_layers(config: ModelConfig) -> bool:
-    return MixtureOfTokens.kind in config.block_ffn_kinds()
-
-
-__all__ = ["check_switch", "has_mot_layers", "switch_in_place", "switched_config", "switched_copy"]
+__all__ = ["check_switch", "switch_in_place", "switched_config", "switched_copy"]
