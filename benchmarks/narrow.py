@@ -1,16 +1,17 @@
-"""MoT /8E, Token Choice and Expert Choice against dense at the narrow "capacity" shape, measured side by side.
+"""MoT /8E, MoT /8E/4, Token Choice and Expert Choice against dense at the narrow "capacity" shape, side by side.
 
     python benchmarks/narrow.py [--repeats 30] [--warmup 3] [--threads 1] [--quick] [--breakdown]
 
-Shape: 2 blocks, d_model 64, 2 heads, d_ff 256, vocabulary 1024, context 64, batch 64 x 64 tokens, fp32 on the
-CPU, one thread by default. Every block's feed-forward layer is the contender (ffn_blocks="all"):
-    dense          d_ff 256
-    MoT /8E        G=8, E=8, h=256 (E*h = G*d_ff: the dense layer's FLOPs)
-    Token Choice   top-1 over E=8 experts of width 256, capacity factor 1.25 (the config's defaults)
-    Expert Choice  E=8 experts of width 256, one token per expert per group of G=8
+Shape: the narrow presets' (2 blocks, d_model 64, 2 heads, d_ff 256, vocabulary 1024, context 64), batch 64 x 64
+tokens, fp32 on the CPU, one thread by default. Every block's feed-forward layer is the contender:
+    dense          d_ff 256 (narrow-dense)
+    MoT /8E        G=8, E=8, h=256 (E*h = G*d_ff: the dense layer's FLOPs), tau = 1 (narrow-mot-8e)
+    MoT /8E/4      G=8, E=32, h=64, tau = 0.1 (narrow-mot: the suite's best MoT; the same FLOPs)
+    Token Choice   top-1 over E=8 experts of width 256, capacity factor 1.25 (narrow-token-choice)
+    Expert Choice  E=8 experts of width 256, one token per expert per group of G=8 (narrow-expert-choice)
 Token and Expert Choice run `expert_dispatch="auto"`, which is the padded dispatch on a CPU.
 
-Two tables, each timed in interleaved rounds of all four contenders in one process (benchmarks/timing.py), as
+Two tables, each timed in interleaved rounds of all five contenders in one process (benchmarks/timing.py), as
 medians and ratios to dense:
 1. the feed-forward layer alone, forward + backward on x [64, 64, 64] (`build_ffn` from each ModelConfig);
 2. the whole training step: forward, loss (auxiliary losses included), backward, clipping and AdamW through the
@@ -23,7 +24,6 @@ experts, emit), each timed alone on the layer's real intermediates, against the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import itertools
 import platform
@@ -34,11 +34,12 @@ import torch
 from timing import fwd_bwd_seconds, interleaved_medians, timed_seconds
 from torch import nn
 
-from mixture_of_tokens import ModelConfig, Transformer
+from mixture_of_tokens import Transformer
 from mixture_of_tokens.config import TrainConfig
 from mixture_of_tokens.layers import build_ffn
 from mixture_of_tokens.layers.experts import expert_mlp
 from mixture_of_tokens.layers.grouping import from_position_groups, position_groups
+from mixture_of_tokens.presets import get_preset
 from mixture_of_tokens.runtime.distributed import DistributedContext
 from mixture_of_tokens.runtime.precision import resolve_precision
 from mixture_of_tokens.training.step import OptimizerStep, build_optimizer
@@ -47,24 +48,15 @@ BATCH, SEQ_LEN = 64, 64
 TARGET = 1.10
 """MoT /8E over dense, at most (the issue's target)."""
 
-NARROW = ModelConfig(
-    vocab_size=1024,
-    max_seq_len=SEQ_LEN,
-    d_model=64,
-    n_blocks=2,
-    n_heads=2,
-    d_ff=256,
-    ffn_blocks="all",
-    group_size=8,
-    n_experts=8,
-    expert_size=256,
-)
 CONTENDERS = {
-    "dense": dataclasses.replace(NARROW, ffn="dense"),
-    "MoT /8E": dataclasses.replace(NARROW, ffn="mot"),
-    "Token Choice top-1": dataclasses.replace(NARROW, ffn="token_choice", top_k=1, capacity_factor=1.25),
-    "Expert Choice": dataclasses.replace(NARROW, ffn="expert_choice", ec_tokens_per_expert=1),
+    "dense": get_preset("narrow-dense").model,
+    "MoT /8E": get_preset("narrow-mot-8e").model,
+    "MoT /8E/4": get_preset("narrow-mot").model,
+    "Token Choice top-1": get_preset("narrow-token-choice").model,
+    "Expert Choice": get_preset("narrow-expert-choice").model,
 }
+"""The narrow presets' models (the capacity suite's): every block's feed-forward layer is the contender."""
+NARROW = CONTENDERS["dense"]
 
 
 def with_progress(measures: dict[str, Callable[[], float]], label: str, rounds: int) -> dict[str, Callable[[], float]]:

@@ -85,7 +85,7 @@ def test_narrow_benchmark_quick_run_prints_every_contender_and_a_computed_verdic
     assert "round" in result.stderr  # the progress line
     layers, steps, verdicts, breakdown = markdown_tables(result.stdout).values()
 
-    contenders = ["dense", "MoT /8E", "Token Choice top-1", "Expert Choice"]
+    contenders = ["dense", "MoT /8E", "MoT /8E/4", "Token Choice top-1", "Expert Choice"]
     assert [row["layer"] for row in layers] == contenders
     assert [row["model"] for row in steps] == contenders
     for row in layers + steps:

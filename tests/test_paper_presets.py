@@ -45,7 +45,7 @@ def test_every_preset_belongs_to_one_figure_and_cpu_presets_stay_offline():
     cpu = [p for figure, ps in groups.items() if figure.startswith("CPU") for p in ps]
     assert {p.name for p in cpu} == {
         "tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice",
-        "narrow-dense", "narrow-mot", "narrow-token-choice", "narrow-expert-choice",
+        "narrow-dense", "narrow-mot", "narrow-mot-8e", "narrow-token-choice", "narrow-expert-choice",
         "narrow-llama-dense", "narrow-llama-mot", "narrow-llama-token-choice",
         "tiny-bert-dense", "tiny-bert-mot", "tiny-bert-mot-seq",
         "llama-tiny-dense", "llama-tiny-mot", "llama-tiny-token-choice",

@@ -68,6 +68,15 @@ _NARROW_LLAMA = dataclasses.replace(
 )  # fmt: skip
 _NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
                             log_every=50, data="packaged+brown")  # fmt: skip
+# Each narrow preset trains at the best rate claims-capacity measured for its model (docs/results/claims-capacity-cpu:
+# dense 4e-3; MoT, Token Choice and Expert Choice 2e-3), so a preset pair compares tuned models.
+_NARROW_RATES = {"dense": 4e-3, "mot": 2e-3, "mot-8e": 2e-3, "token-choice": 2e-3, "expert-choice": 2e-3}
+
+
+def _narrow_train(model: str) -> TrainConfig:
+    return dataclasses.replace(_NARROW_TRAIN, lr=_NARROW_RATES[model])
+
+
 # The paper's models: GPT-2 vocabulary, context 256; Token Choice (its own presets and the transition from MoT) as
 # in the authors' paper-era code: the load-balancing loss averaged over its layers, and overflow dropped first come,
 # first served in (example, position) order, C - 1 kept per expert.
@@ -129,13 +138,26 @@ def _presets() -> list[Preset]:
             _TINY_TRAIN,
         ),
         Preset(
-            "narrow-dense", "2 x 64 dense Transformer trained long (20.5M tokens)", _NARROW, _NARROW_TRAIN, CPU_CAPACITY
+            "narrow-dense",
+            "2 x 64 dense Transformer trained long (20.5M tokens)",
+            _NARROW,
+            _narrow_train("dense"),
+            CPU_CAPACITY,
         ),
         Preset(
             "narrow-mot",
-            "narrow-dense with MoT /8E (G = E = 8, full-width experts) in every block",
+            "narrow-dense with MoT /8E/4 (32 experts of width d_ff / 4, groups of 8) at tau = 0.1 in every block: the "
+            "best MoT of claims-capacity, ahead of narrow-dense",
+            _mot(_NARROW, "/8E/4", ffn_blocks="all", mot_temperature=0.1),
+            _narrow_train("mot"),
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-mot-8e",
+            "narrow-dense with MoT /8E (G = E = 8, full-width experts) at the paper's tau = 1 in every block: behind "
+            "narrow-dense at this size",
             _mot(_NARROW, "/8E", ffn_blocks="all"),
-            _NARROW_TRAIN,
+            _narrow_train("mot-8e"),
             CPU_CAPACITY,
         ),
         Preset(
@@ -143,7 +165,7 @@ def _presets() -> list[Preset]:
             "narrow-dense with Token Choice top-1 over 8 experts of width d_ff in every block (capacity 1.25, load "
             "balancing 0.01): the capacity suite's positive control",
             _sparse(_NARROW, "token_choice", 8, ffn_blocks="all"),
-            _NARROW_TRAIN,
+            _narrow_train("token-choice"),
             CPU_CAPACITY,
         ),
         Preset(
@@ -151,7 +173,7 @@ def _presets() -> list[Preset]:
             "narrow-dense with Expert Choice in every block (8 experts of width d_ff, one token per expert per group "
             "of 8: MoT's sharp limit)",
             _sparse(_NARROW, "expert_choice", 8, ffn_blocks="all"),
-            _NARROW_TRAIN,
+            _narrow_train("expert-choice"),
             CPU_CAPACITY,
         ),
         Preset(
