@@ -232,14 +232,25 @@ def test_transformer_from_pretrained_loads_an_export(exported, ffn):
 
 
 def test_from_pretrained_on_a_foreign_transformers_directory_names_the_right_call(tmp_path):
+    """Another transformers directory is one sentence naming the call that loads it: trust_remote_code=True only
+    where its config.json maps the model to remote code (auto_map)."""
     from mixture_of_tokens import Transformer
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
-    with pytest.raises(ValueError) as error:
-        Transformer.from_pretrained(tmp_path)
-    message = str(error.value)
-    assert "is a transformers model directory (model_type 'gpt2')" in message and "\n" not in message
-    assert f"AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)" in message
+    for name, payload in {
+        "gpt2": {"model_type": "gpt2", "n_layer": 2},
+        "remote": {"model_type": "other", "auto_map": {"AutoModelForCausalLM": "modeling_other.OtherForCausalLM"}},
+    }.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps(payload))
+        with pytest.raises(ValueError) as error:
+            Transformer.from_pretrained(directory)
+        message = str(error.value)
+        assert f"is a transformers model directory (model_type {payload['model_type']!r})" in message
+        remote = ", trust_remote_code=True" if name == "remote" else ""
+        assert f"AutoModelForCausalLM.from_pretrained({str(directory)!r}{remote})" in message
+        assert "the mixture-of-tokens checkpoint it was exported from" in message
+        assert "\n" not in message and message.count(". ") == 0, message
 
 
 def test_exported_files_have_the_usual_mode(exported):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,29 @@ def test_the_command_says_what_it_wrote(exported, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "as remote code (MoTForCausalLM in modeling_mot.py, trust_remote_code)" in out
     assert "its block is not the Llama-style one" in out and "trust_remote_code=True)" in out
+
+
+def test_from_pretrained_on_a_native_export_names_the_call_that_loads_it(exported):
+    """A native export's weights carry transformers' names: Transformer.from_pretrained refuses it in one sentence
+    naming AutoModelForCausalLM.from_pretrained(DIR) (no remote code) and the checkpoint it came from; it is never
+    'incompatible with this version'."""
+    _, directory = exported["qwen2_moe"]
+    with pytest.raises(ValueError) as error:
+        mixture_of_tokens.Transformer.from_pretrained(directory)
+    message = str(error.value)
+    assert message.startswith(f"{directory} is a transformers model directory (model_type 'qwen2_moe')")
+    assert f"AutoModelForCausalLM.from_pretrained({str(directory)!r})," in message
+    assert "trust_remote_code" not in message and "incompatible" not in message and "\n" not in message
+
+
+def test_native_export_files_have_the_usual_mode(exported):
+    """transformers' save_pretrained writes model.safetensors through safetensors (mode 0600); every file of the
+    export gets the mode of a new file (0o666 less the umask: 0644 under umask 022)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for _, directory in exported.values():
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+        assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_a_model_neither_native_nor_remote_code_is_one_sentence(tmp_path, capsys):

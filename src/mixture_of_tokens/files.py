@@ -131,3 +131,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def usual_file_mode(path: Path) -> None:
+    """Give the file at `path` the mode a newly created file gets: 0o666 less the process's umask (0644 under umask
+    022). safetensors creates its files (model.safetensors) through a temporary file of mode 0600, which only its
+    owner can read."""
+    umask = os.umask(0o022)  # reading the umask sets it: put it straight back
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)

@@ -44,14 +44,13 @@ from ..config import ModelConfig
 from ..data import Tokenizer
 from ..evaluation.runner import load_checkpoint
 from ..extras import require
-from ..files import write_text_atomic
+from ..files import usual_file_mode, write_text_atomic
 from ..layers import batch_multiple
 from ..layers.mot_options import trained_temperature
 from ..model import Transformer, set_inference_routing
 from ..runtime.devices import resolve_device
 from .model_card import model_card, native_model_card
 from .native import (
-    NATIVE_ARCHITECTURES,
     NativeTarget,
     native_problem,
     native_target,
@@ -243,13 +242,11 @@ def check_export(
 
 
 def usual_file_modes(directory: Path) -> None:
-    """Give every file of `directory` the mode a newly created file gets (0o666 less the umask: 0644 under umask
-    022). safetensors writes model.safetensors through a temporary file of mode 0600, readable by its owner only."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """Give every file of `directory` the mode a newly created file gets (`files.usual_file_mode`: 0644 under umask
+    022); safetensors, directly or through transformers' save_pretrained, leaves model.safetensors at 0600."""
     for path in directory.iterdir():
         if path.is_file():
-            path.chmod(0o666 & ~umask)
+            usual_file_mode(path)
 
 
 def transformers_config(directory: Path | str) -> dict[str, Any] | None:
@@ -275,11 +272,12 @@ def load_export(
     payload = transformers_config(directory) or {}
     recorded = payload.get("mixture_of_tokens", {})
     if payload.get("model_type") != "mixture_of_tokens" or "model_config" not in recorded:
-        remote = "" if payload.get("model_type") in NATIVE_ARCHITECTURES else ", trust_remote_code=True"
+        remote = ", trust_remote_code=True" if "auto_map" in payload else ""
         raise ValueError(
-            f"{directory} is a transformers model directory (model_type {payload.get('model_type')!r}), not a "
-            f"mixture-of-tokens checkpoint or export; load it with AutoModelForCausalLM.from_pretrained("
-            f"{str(directory)!r}{remote})."
+            f"{directory} is a transformers model directory (model_type {payload.get('model_type')!r}) whose weights "
+            "are not under this package's names; load it with AutoModelForCausalLM.from_pretrained("
+            f"{str(directory)!r}{remote}), or give Transformer.from_pretrained the mixture-of-tokens checkpoint it "
+            "was exported from."
         )
     config = ModelConfig(**recorded["model_config"])
     model = Transformer(config)
