@@ -1,13 +1,16 @@
 """CLI manners: every --help ends with real examples, `mot train` says where its files are and what to run next,
 `mot scaling plan` prints a `mot train` command that builds the planned model, and progress outside a terminal is
-plain lines."""
+plain lines (training, scoring, and data preparation with stderr redirected to a file)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import io
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,29 @@ def test_progress_on_a_terminal_is_tqdm() -> None:
     bar = progress_bar(10, "run", stream=Terminal())
     assert not isinstance(bar, PlainProgress)
     bar.close()
+
+
+def test_data_preparation_into_a_log_file_is_plain_progress_lines(tmp_path: Path) -> None:
+    """`mot data prepare 2> FILE` (a file, as a batch job's log is) for a text: corpus (BPE training, tokenising)
+    and a local C4 stream: one plain line per update, no carriage-return redraws."""
+    corpus = write_corpus(tmp_path / "corpus", n_documents=30)
+    c4_sample = Path(__file__).parent / "fixtures" / "c4_sample.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOT_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("TQDM_POSITION", None)
+    for source, progress_prefix in (
+        (f"text:{corpus}", "tokenising train.bin: "),
+        (f"c4:{c4_sample}", f"tokenising c4:{c4_sample}: "),
+    ):
+        log = tmp_path / "prepare.log"
+        with log.open("w") as stderr:
+            command = [sys.executable, "-m", "mixture_of_tokens.cli", "data", "prepare", "--source", source]
+            result = subprocess.run(
+                [*command, "--vocab-size", "300"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                timeout=300,
+            )  # fmt: skip
+        text = log.read_text()
+        assert result.returncode == 0, text
+        assert "\r" not in text, text
+        progress = [line for line in text.splitlines() if line.startswith(progress_prefix)]
+        assert progress and all(" (" in line and "%)" in line for line in progress), text
+        assert f"data {source}: train " in result.stdout
