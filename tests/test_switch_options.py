@@ -28,6 +28,9 @@ MOT_OPTIONS = {
     "uniform-routing": {"mot_routing": "uniform"},
     "random-grouping": {"mot_grouping": "random"},
     "recompute": {"mot_compute": "recompute"},
+    "temperature-frozen-at-the-switch": {"mot_learnable_temperature": "scalar", "temperature_freeze_steps": 6},
+    "temperature-schedule": {"mot_temperature_schedule": "cosine", "mot_temperature_final": 0.1},
+    "swiglu-experts": {"ffn_activation": "swiglu"},
 }
 """One ModelConfig override per MoT option a run can switch away from."""
 
