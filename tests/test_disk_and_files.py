@@ -43,7 +43,7 @@ def test_disk_pre_check_counts_the_kept_checkpoints_and_the_one_being_written(co
     on_disk = sum(p.stat().st_size for p in Path("measured").rglob("*") if p.is_file())
     _disk_with_free(monkeypatch, int(0.9 * on_disk))  # less than the run really wrote
     status, _, err = _train(corpus, capsys, *flags, "--out-dir", "refused")
-    assert status == 2 and len(error_lines(err)) == 1 and "GB free but the run needs" in err
+    assert status == 2 and len(error_lines(err)) == 1 and "MB free but the run needs about" in err
     assert not Path("refused").exists()
 
 

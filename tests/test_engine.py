@@ -185,7 +185,7 @@ def test_full_disk_fails_before_training(corpus: dict, tmp_path: Path, monkeypat
     from mixture_of_tokens.training import run_directory
 
     monkeypatch.setattr(run_directory.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
-    with pytest.raises(ValueError, match="GB free but the run needs"):
+    with pytest.raises(ValueError, match="MB free but the run needs about"):
         Trainer(ModelConfig(**SMALL_MODEL), _train_config(corpus, tmp_path), data=corpus["data"], progress=False)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
-from .files import atomic_path, sha256_file, write_json_atomic
+from .files import atomic_path, os_errors, sha256_file, temporary_path, write_json_atomic
 from .model import Transformer
 from .spelling import setting, uses_flags
 
@@ -38,9 +39,10 @@ MANIFEST_FILE = "checkpoint.json"
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, tied_names: tuple[str, ...] = ()) -> None:
     """safetensors file of a (full, CPU) state dict, written under a temp name then renamed. Names in
-    `tied_names` (weights tied to another entry, e.g. a tied output head) are not stored twice."""
+    `tied_names` (weights tied to another entry, e.g. a tied output head) are not stored twice. A failed write (a
+    full disk) is the OSError behind it, the temp file removed."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items() if name not in tied_names}
-    with atomic_path(path) as temp:
+    with atomic_path(path) as temp, os_errors(path):
         save_file(tensors, str(temp))
 
 
@@ -238,14 +240,25 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write config, weights, tokenizer and the manifest of the weights into `directory` (each file under a temp
-    name, then renamed; the manifest last)."""
+    """Write config, weights, tokenizer and the manifest of the weights into `directory`.
+
+    They are written into a hidden staging directory beside them, then renamed into place (the manifest last), so a
+    failed write (a full disk) leaves the files already in `directory` as they were and the staging directory removed.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest while the new files are written
-    payload = config_payload(model_config, train_config, **(extra or {}))
-    names = write_model_files(directory, model.state_dict(), payload, tokenizer, tied_names=tied_parameter_names(model))
-    write_manifest(directory, names, run_id=payload.get("run_id"))
+    staging = temporary_path(directory / "checkpoint")
+    try:
+        staging.mkdir()
+        payload = config_payload(model_config, train_config, **(extra or {}))
+        tied_names = tied_parameter_names(model)
+        names = write_model_files(staging, model.state_dict(), payload, tokenizer, tied_names=tied_names)
+        write_manifest(staging, names, run_id=payload.get("run_id"))
+        (directory / MANIFEST_FILE).unlink(missing_ok=True)  # no stale manifest while the new files move in
+        for name in [*names, MANIFEST_FILE]:
+            (staging / name).replace(directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

@@ -1,7 +1,8 @@
 """The `mot` command line. Each subcommand lives in its own module with a `register(subparsers)` function.
 
 Every error is one line on stderr, `mot COMMAND: error: ...`, without a traceback: bad input (flags, settings,
-paths) exits with status 2, a run stopped on purpose (non-finite values, a failed checkpoint write) with 1.
+paths) exits with status 2, a run stopped on purpose (non-finite values) and a failed write (a full disk, in a run
+or in the data cache) with 1.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..files import WriteFailed
     from ..spelling import command_line
     from ..training.errors import TrainingStopped
 
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with command_line():  # messages name flags (--force), not the Python arguments (force=True)
             args.handler(args)
-    except TrainingStopped as error:
+    except (TrainingStopped, WriteFailed) as error:
         print(f"mot {args.command}: error: {error}", file=sys.stderr)
         return 1
     except (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:

@@ -2,20 +2,24 @@
 
 Cache layout: `<cache_dir>/<source-slug>/<bpe-VOCAB | gpt2>/{tokenizer.json, tokenizer.source.json,
 train.bin, train.json, eval.bin, eval.json}`. A BPE is trained on the train split only (for a streaming
-source: on its first BPE_SAMPLE_CHARS characters of train documents); GPT-2 needs no training.
+source: on its first BPE_SAMPLE_CHARS characters of train documents); GPT-2 needs no training. Every file is
+written under a temp name and renamed into place, so a full disk is one sentence (`WriteFailed`) that leaves no
+half-written file and nothing cached before changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..files import WriteFailed, is_disk_full, write_failed, write_text_atomic
 from .documents import SkipCounts, SplitDocuments, data_progress, default_cache_dir
 from .gpt2 import GPT2_VOCAB_SIZE, load_gpt2
 from .source_kinds import source_prefix
@@ -75,8 +79,23 @@ def _load_or_train_bpe(directory: Path, fingerprint: str, vocab_size: int, texts
     except (OSError, ValueError):
         pass
     tokenizer = train_bpe(texts, vocab_size, tokenizer_path)
-    stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+    write_text_atomic(stamp_path, json.dumps(stamp) + "\n")
     return tokenizer
+
+
+@contextlib.contextmanager
+def _cache_writes(directory: Path) -> Iterator[None]:
+    """A full disk met while preparing data as one sentence: the writers have removed their temp files."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, WriteFailed) or not is_disk_full(error):
+            raise
+        kept = (
+            "no half-written file is left and nothing cached before was changed: free some space, or point "
+            "MOT_CACHE_DIR at a larger disk, and run the command again."
+        )
+        raise write_failed("the tokenizer and token files", directory, error, kept) from None
 
 
 class _LazySplits:
@@ -268,7 +287,8 @@ def prepare_data(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = source_fingerprint(source)
     directory = cache_dir / source_slug(source) / tokenizer_directory(tokenizer, vocab_size)
-    directory.mkdir(parents=True, exist_ok=True)
+    with _cache_writes(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     streaming = resolve_source(source)[0].streaming
     splits = _LazySplits(source, cache_dir)
 
@@ -277,7 +297,8 @@ def prepare_data(
     else:
         texts = _stream_texts(source, seed, shuffle_buffer, text_column) if streaming else splits.train_texts()
         trained_on = fingerprint if text_column == "text" else f"{fingerprint}|text_column={text_column}"
-        loaded_tokenizer = _load_or_train_bpe(directory, trained_on, vocab_size, texts)
+        with _cache_writes(directory):
+            loaded_tokenizer = _load_or_train_bpe(directory, trained_on, vocab_size, texts)
 
     extra: dict[str, Any] = {"source": source, "source_fingerprint": fingerprint}
     if text_column != "text":  # recorded only when set, so token files prepared before the setting stay current
@@ -307,7 +328,8 @@ def prepare_data(
                 "progress": progress,
                 "text_column": text_column,
             }
-            _build_streamed(source, loaded_tokenizer, directory, budgets, extra, **stream_args)
+            with _cache_writes(directory):
+                _build_streamed(source, loaded_tokenizer, directory, budgets, extra, **stream_args)
             built = True
     else:
         for split in ("train", "eval"):
@@ -315,9 +337,10 @@ def prepare_data(
                 loaded = splits.get()
                 documents = loaded.train if split == "train" else loaded.eval
                 split_extra = {**extra, "split": split, "skipped": loaded.skipped.to_dict()}
-                build_token_file(
-                    documents, loaded_tokenizer, directory / f"{split}.bin", split_extra, progress=progress
-                )
+                with _cache_writes(directory):
+                    build_token_file(
+                        documents, loaded_tokenizer, directory / f"{split}.bin", split_extra, progress=progress
+                    )
                 built = True
     arrays = {split: load_token_file(directory / f"{split}.bin") for split in ("train", "eval")}
     manifests = {split: read_manifest(directory / f"{split}.bin") or {} for split in ("train", "eval")}

@@ -7,6 +7,7 @@ stale file is detected and rebuilt instead of silently reused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import temporary_path, write_json_atomic
+from ..files import atomic_path, temporary_path
 from .batches import entropy_from_counts
 from .documents import Document, data_progress
 from .tokenizer import Tokenizer
@@ -110,28 +111,30 @@ class TokenFileWriter:
             raise ValueError(
                 f"{self.tokenizer.name} produced an id outside its vocab_size {self.tokenizer.vocab_size}."
             )
-        array.astype(self.dtype).tofile(self._handle)
+        self._handle.write(array.astype(self.dtype).tobytes())  # tofile's error on a full disk has no errno
         self._counts += np.bincount(array, minlength=self.tokenizer.vocab_size)
         self.n_tokens += array.size
         self.n_documents += sum(ends_document)
 
     def finish(self, manifest_extra: dict[str, Any]) -> np.ndarray:
-        """Rename the temp file into place, write the manifest, return the read-only memmap."""
+        """Write the manifest under a temp name, rename the token file and then the manifest into place (renames
+        need no space: a full disk stops the build before either is replaced), return the read-only memmap."""
         self._handle.close()
-        self._temp.replace(self.path)
         counts = {
             "n_documents": self.n_documents,
             "n_tokens": self.n_tokens,
             "unigram_entropy": entropy_from_counts(self._counts) if self.n_tokens else None,
         }
-        write_json_atomic(
-            manifest_path(self.path), {**expected_manifest(self.tokenizer, manifest_extra), **counts}, sort_keys=True
-        )
+        manifest = {**expected_manifest(self.tokenizer, manifest_extra), **counts}
+        with atomic_path(manifest_path(self.path)) as temp:
+            temp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+            self._temp.replace(self.path)
         return load_token_file(self.path)
 
     def abort(self) -> None:
         """Drop the temp file (after an error or interrupt); an older complete file stays untouched."""
-        self._handle.close()
+        with contextlib.suppress(OSError):  # closing flushes what a full disk refused: it fails again
+            self._handle.close()
         self._temp.unlink(missing_ok=True)
 
 

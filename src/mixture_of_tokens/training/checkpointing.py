@@ -19,7 +19,7 @@ from ..checkpoint import config_payload, save_checkpoint, tied_parameter_names
 from ..counting import ModelCounts
 from ..data import BatchSampler, PreparedData
 from ..evaluation.loss import evaluate_loss
-from ..files import write_json_atomic
+from ..files import write_failed, write_json_atomic
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
 from ..runtime.precision import Precision
@@ -28,7 +28,7 @@ from .errors import CheckpointWriteError
 from .metrics import jsonable
 from .plan import RunPlan
 from .run_directory import SUMMARY_FILE
-from .state import TrainingState, capture_rng_state, list_checkpoints, save_training_checkpoint
+from .state import CHECKPOINTS_DIR, TrainingState, capture_rng_state, list_checkpoints, save_training_checkpoint
 
 
 @dataclass
@@ -103,15 +103,19 @@ class Checkpointer:
                 rng_state=capture_rng_state(),
                 eval_losses=self.eval_losses,
             )
-            path = save_training_checkpoint(
-                self.plan.run_dir,
-                state,
-                config=self.config_payload(),
-                tokenizer=self.data.tokenizer,
-                run_id=self.plan.run_id,
-                tied_names=tied_parameter_names(trained.raw_model),
-                keep=self.plan.train_config.keep_checkpoints,
-            )
+            try:
+                path = save_training_checkpoint(
+                    self.plan.run_dir,
+                    state,
+                    config=self.config_payload(),
+                    tokenizer=self.data.tokenizer,
+                    run_id=self.plan.run_id,
+                    tied_names=tied_parameter_names(trained.raw_model),
+                    keep=self.plan.train_config.keep_checkpoints,
+                )
+            except OSError as error:
+                what = f"the step-{step} checkpoint"
+                raise self.write_failed(what, self.plan.run_dir / CHECKPOINTS_DIR, error) from None
             self.last_good = path
         self.last_saved_step = step
         dist_utils.barrier(self.context)
@@ -124,9 +128,22 @@ class Checkpointer:
         newest = list_checkpoints(self.plan.run_dir, self.plan.run_id)
         return newest[-1] if newest else None
 
-    def last_good_description(self) -> str:
+    def write_failed(self, what: str, where: Path, error: BaseException) -> CheckpointWriteError:
+        """A failed write during the run (a full disk) as the one sentence that stops it: what could not be written
+        where, why, the free space there, and the last good checkpoint to resume from."""
         last_good = self.last_good_checkpoint()
-        return str(last_good) if last_good is not None else "none (no checkpoint was written yet)"
+        if last_good is None:
+            kept = (
+                "the partial write was removed; no checkpoint was written yet: free some space and start again with "
+                f"{setting('force', True)}"
+            )
+        else:
+            kept = (
+                f"the partial write was removed and the earlier checkpoints are intact; the last good checkpoint is "
+                f"{last_good}: free some space and resume it with "
+                f"{setting('resume_from', self.plan.run_dir, command='train')}"
+            )
+        return write_failed(what, where, error, kept + ".", error_type=CheckpointWriteError)
 
     def finish(self, *, seconds: float, tokens_per_second: float, counts: ModelCounts, unigram_entropy: float) -> None:
         """The last step's checkpoint (unless just written), then the final weights and the summary."""
@@ -162,11 +179,14 @@ class Checkpointer:
             )
             write_json_atomic(self.plan.run_dir / SUMMARY_FILE, jsonable(summary))
         except OSError as error:
-            raise CheckpointWriteError(
-                f"writing the final weights into {self.plan.run_dir} failed ({error.strerror or error}); the "
-                f"step-{config.steps} checkpoint {self.last_good_description()} holds them: free some space and "
-                f"resume with {setting('resume_from', self.plan.run_dir, command='train')}."
-            ) from None
+            kept = (
+                f"no half-written file is left there, and the step-{config.steps} checkpoint "
+                f"{self.last_good_checkpoint()} holds the same weights and loads as the run would: use it as it is, "
+                f"or free some space and extend the run with "
+                f"{setting('resume_from', self.plan.run_dir, command='train')} and a larger {setting('steps')}."
+            )
+            what = f"the final weights and {SUMMARY_FILE}"
+            raise write_failed(what, self.plan.run_dir, error, kept, error_type=CheckpointWriteError) from None
 
     def _plain_model(self, model_state: dict[str, torch.Tensor] | None) -> Transformer:
         """A single-device float copy of the weights for the run directory's final files."""

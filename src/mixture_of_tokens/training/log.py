@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ class RunLog:
         context: dist_utils.DistributedContext,
         progress: bool,
         tensorboard: bool,
+        write_failed: Callable[[str, Path, OSError], Exception] | None = None,
     ) -> None:
         self.name, self.context = name, context
+        self.write_failed = write_failed  # a failed metrics write (a full disk) as the sentence that stops the run
         self.tokens_per_step, self.peak_flops = tokens_per_step, peak_flops
         self.train_flops_per_token = train_flops_per_token
         self.progress = progress and context.is_main
@@ -74,9 +77,15 @@ class RunLog:
         return record
 
     def write(self, record: dict[str, Any], latest_eval: float | None) -> None:
-        """Append the record to metrics.jsonl (and TensorBoard) and show it on the progress bar."""
+        """Append the record to metrics.jsonl (and TensorBoard) and show it on the progress bar; a failed append
+        raises `write_failed`'s sentence."""
         if self.metrics:
-            self.metrics.write(record)
+            try:
+                self.metrics.write(record)
+            except OSError as error:
+                if self.write_failed is None:
+                    raise
+                raise self.write_failed(f"the step-{record['step']} metrics", self.metrics.path, error) from None
         if self.tensorboard:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -208,7 +208,10 @@ class Trainer:
         if self.is_main:  # drop what was logged after the checkpoint: those steps run again
             metrics = self.out_dir / METRICS_FILE
             kept = [r for r in read_metrics(metrics) if r.get("step", 0) <= state.step]
-            write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            try:
+                write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            except OSError as error:
+                raise self.checkpointer.write_failed("the resumed run's metrics", metrics, error) from None
         dist_utils.barrier(self.context)
 
     def run(self) -> RunResult:
@@ -231,6 +234,7 @@ class Trainer:
             context=self.context,
             progress=self.progress,
             tensorboard=config.tensorboard,
+            write_failed=self.checkpointer.write_failed,
         )
         interrupt = InterruptFlag()
         collapse = CollapseMonitor(

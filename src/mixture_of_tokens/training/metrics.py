@@ -1,26 +1,42 @@
-"""One JSONL metrics file per run: one JSON object per line, flushed as written. Every line is valid JSON: a
-NaN or infinite value is written as null (JSON has no NaN)."""
+"""One JSONL metrics file per run: one JSON object per line, written through to the file at once. Every line is
+valid JSON: a NaN or infinite value is written as null (JSON has no NaN), and a line that does not fit (a full
+disk) is cut off again, so the file never ends in half a line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 
 class MetricsWriter:
+    """Appends records to `path` (emptied first unless `append`); a failed write raises the OSError behind it."""
+
     def __init__(self, path: Path, *, append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = path.open("a" if append else "w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self._fd = os.open(path, flags, 0o666)
+        self._size = os.fstat(self._fd).st_size
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self._file.flush()
+        line = memoryview((json.dumps(jsonable(record), allow_nan=False) + "\n").encode("utf-8"))
+        try:
+            while line:
+                line = line[os.write(self._fd, line) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no half line: a resumed run appends after whole records
+            raise
+        self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def jsonable(value: Any) -> Any:

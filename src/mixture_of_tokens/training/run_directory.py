@@ -4,7 +4,8 @@ A new run never writes into a directory that holds another run: it is refused wi
 `force` the old run is moved aside whole to a sibling NAME.old-<timestamp>. A run resumed from an older
 checkpoint (a branch) moves the abandoned timeline's later checkpoints and final files aside into
 RUN_DIR/superseded/<run id>-after-step-N/, so nothing is deleted and nothing is mixed. The disk pre-check
-counts the checkpoints kept, the one being written and the final weights. The training that owns the directory
+counts the checkpoints kept, the one being written, the final weights and the copy of metrics.jsonl each checkpoint
+holds. The training that owns the directory
 holds its lock (`run_lock`) for the whole run, so a second training into it is refused before any data.
 """
 
@@ -22,6 +23,7 @@ import torch
 
 from ..checkpoint import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_config
 from ..counting import count_model
+from ..files import existing_ancestor, free_space, human_bytes, write_failed
 from ..model import Transformer
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_precision
@@ -105,16 +107,9 @@ def aside_name(run_dir: Path) -> str:
     return f"{run_dir.name}.old-<timestamp>"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def _check_writable(run_dir: Path) -> None:
     """A probe file in the run directory or its nearest existing ancestor (created and removed at once)."""
-    ancestor = _existing_ancestor(run_dir)
+    ancestor = existing_ancestor(run_dir)
     if not ancestor.is_dir():
         raise ValueError(f"out_dir={str(run_dir)!r} is not writable ({ancestor} is a file); choose another out_dir.")
     try:
@@ -131,8 +126,23 @@ def checkpoints_written(steps: int, start_step: int, checkpoint_every: int) -> i
     return periodic + (0 if checkpoint_every and steps % checkpoint_every == 0 else 1)
 
 
+METRICS_RECORD_BYTES = 512
+METRICS_BLOCK_BYTES = 512
+"""An upper bound on one metrics.jsonl line: the losses, rate and throughput, plus per block its routing statistics
+and auxiliary losses (a routed block of the paper's MoT writes about 330 bytes)."""
+
+
+def metrics_bytes(plan: RunPlan) -> int:
+    """An upper bound on metrics.jsonl at the end of the run: a line at every log, eval and checkpoint step."""
+    config = plan.train_config
+    every = (config.log_every, config.eval_every, config.checkpoint_every)
+    lines = sum(config.steps // n for n in every if n)
+    return (lines + 2) * (METRICS_RECORD_BYTES + METRICS_BLOCK_BYTES * plan.model_config.n_blocks)
+
+
 def bytes_needed(plan: RunPlan) -> int:
-    """Checkpoints on disk at the worst moment (the kept ones plus the one being written) and the final weights."""
+    """Checkpoints on disk at the worst moment (the kept ones plus the one being written, each with its copy of
+    metrics.jsonl), the final weights and the run's own metrics.jsonl."""
     with torch.device("meta"):
         parameters = count_model(Transformer(plan.model_config)).total_params
     precision = resolve_precision(plan.train_config.precision, resolve_device(plan.train_config.device))
@@ -140,18 +150,19 @@ def bytes_needed(plan: RunPlan) -> int:
     config = plan.train_config
     written = checkpoints_written(config.steps, plan.start_step, config.checkpoint_every)
     at_once = min(config.keep_checkpoints + 1, written)
-    return at_once * 3 * weights + weights  # a checkpoint: weights and AdamW's two moments
+    checkpoint = 3 * weights + metrics_bytes(plan)  # weights, AdamW's two moments and the metrics so far
+    return at_once * checkpoint + weights + metrics_bytes(plan)
 
 
 def _check_free_space(plan: RunPlan) -> None:
-    needed = bytes_needed(plan)
-    free = shutil.disk_usage(_existing_ancestor(plan.run_dir)).free
+    needed, free = bytes_needed(plan), free_space(plan.run_dir)
     if free < needed:
         config = plan.train_config
         raise ValueError(
-            f"out_dir={str(plan.run_dir)!r} has {free / 1e9:.2f} GB free but the run needs about "
-            f"{needed / 1e9:.2f} GB ({config.keep_checkpoints} kept checkpoint(s), the one being written and the "
-            "final weights); free some space, lower keep_checkpoints, or choose another out_dir."
+            f"out_dir={str(plan.run_dir)!r} has {human_bytes(free)} free but the run needs about "
+            f"{human_bytes(needed)} ({config.keep_checkpoints} kept checkpoint(s), the one being written, the final "
+            "weights and a copy of metrics.jsonl in each checkpoint); free some space, lower keep_checkpoints, or "
+            "choose another out_dir."
         )
 
 
@@ -173,7 +184,11 @@ def claim_run_directory(plan: RunPlan, payload: dict[str, Any], lock: RunLock | 
     except OSError as error:
         raise ValueError(f"out_dir={str(run_dir)!r} cannot be created ({error.strerror or error}).") from None
     if plan.resume is None or plan.resume.branch or not (run_dir / CONFIG_FILE).exists():
-        write_config(run_dir, payload)
+        try:
+            write_config(run_dir, payload)
+        except OSError as error:
+            kept = "nothing else was written and any config.json there is unchanged: free some space and start again"
+            raise write_failed(f"the run's {CONFIG_FILE}", run_dir, error, kept) from None
     return notes
 
 

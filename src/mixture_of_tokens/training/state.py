@@ -31,7 +31,7 @@ from ..checkpoint import (
     write_model_files,
 )
 from ..data import Tokenizer
-from .errors import CheckpointWriteError
+from ..files import os_errors
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -110,8 +110,8 @@ def save_training_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically, then delete all but this run's newest `keep`; returns its directory.
 
-    A failed write (e.g. a full disk) removes the temporary directory and raises CheckpointWriteError; the
-    earlier checkpoints are untouched.
+    A failed write (e.g. a full disk) removes the temporary directory and raises the OSError behind it (the trainer
+    words it: `Checkpointer.write_failed`); the earlier checkpoints are untouched.
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     final = root / step_directory_name(state.step)
@@ -127,13 +127,9 @@ def save_training_checkpoint(
         if final.exists():  # this run re-saving a step (after a resume): replace its own old copy
             shutil.rmtree(final)
         temp.rename(final)
-    except OSError as error:
+    except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
-        reason = error.strerror or str(error)
-        raise CheckpointWriteError(
-            f"writing the step-{state.step} checkpoint into {root} failed ({reason}); the partial write was "
-            f"removed and the earlier checkpoints are intact."
-        ) from None
+        raise
     for old in list_checkpoints(run_dir, run_id)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -155,7 +151,8 @@ def _write_checkpoint_files(
         "rng": state.rng_state,
         "eval_losses": state.eval_losses,
     }
-    torch.save(trainer_state, directory / STATE_FILE)
+    with (directory / STATE_FILE).open("wb") as handle, os_errors(directory / STATE_FILE):
+        torch.save(trainer_state, handle)  # into a Python file: a full disk is an OSError, not a bare RuntimeError
     metrics = run_dir / METRICS_FILE
     if metrics.exists():
         shutil.copyfile(metrics, directory / METRICS_FILE)
