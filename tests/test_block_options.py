@@ -167,7 +167,7 @@ def test_attention_matches_reference(n_kv_heads, rope, qk_norm):
     first = attention(x[:, :4], cache, None if not rope else rotary_cos_sin(torch.arange(4), 4, 500.0, x.dtype))
     later_rotary = None if not rope else rotary_cos_sin(torch.arange(4, 7), 4, 500.0, x.dtype)
     second = attention(x[:, 4:], cache, later_rotary)
-    assert cache.keys_BHLK.shape == (2, n_kv_heads, 7, 4)
+    assert cache.keys_BMLW.shape == (2, n_kv_heads, 7, 4)
     assert_close(torch.cat([first, second], dim=1), expected)
 
 
@@ -299,4 +299,4 @@ def test_gqa_keeps_fewer_cached_values():
     cache = KVCache(len(model.blocks))
     with torch.no_grad():
         model(torch.zeros(2, 5, dtype=torch.long), cache=cache)
-    assert cache.layers[0].keys_BHLK.shape == (2, 1, 5, 4)
+    assert cache.layers[0].keys_BMLW.shape == (2, 1, 5, 4)

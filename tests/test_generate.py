@@ -28,7 +28,7 @@ def test_cached_decoding_matches_a_full_forward_at_every_step(ffn, lengths):
     model = eval_model(ffn)
     prompts = _prompts(lengths)
     result = generate_tokens(model, prompts, max_new_tokens=7, filler_tokens=FILLER, keep_logits=True)
-    tokens = result.tokens_RT
+    tokens = result.tokens_BS
     n_rows = -(-len(prompts) // 4) * 4 if ffn == "mot" else len(prompts)
     assert tokens.shape[0] == n_rows and result.n_filler_rows == n_rows - len(prompts)
     start = min(lengths)
@@ -62,7 +62,7 @@ def test_cached_decoding_under_rope_and_gqa_matches_a_full_forward(ffn, override
     prompts = _prompts(lengths, seed=4)
     result = generate_tokens(model, prompts, max_new_tokens=6, filler_tokens=FILLER, keep_logits=True)
     with torch.no_grad(), inference_routing(model):  # Token Choice decodes dropless
-        full = model(result.tokens_RT).logits
+        full = model(result.tokens_BS).logits
     start = min(lengths)
     for step, cached in enumerate(result.step_logits):
         torch.testing.assert_close(cached, full[:, start - 1 + step], rtol=0, atol=1e-9)

@@ -101,13 +101,13 @@ def rotary_cos_sin(
     for a float64 model, and cast to `dtype`."""
     exact = torch.promote_types(dtype, torch.float32)
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=exact, device=positions_S.device) / head_dim))
-    freqs_SK = positions_S.to(exact)[:, None] * inv_freq[None, :]
-    angles_SK = torch.cat((freqs_SK, freqs_SK), dim=-1)
-    return angles_SK.cos().to(dtype), angles_SK.sin().to(dtype)
+    freqs_SW = positions_S.to(exact)[:, None] * inv_freq[None, :]
+    angles_SW = torch.cat((freqs_SW, freqs_SW), dim=-1)
+    return angles_SW.cos().to(dtype), angles_SW.sin().to(dtype)
 
 
-def apply_rotary(x_BHSK: torch.Tensor, cos_SK: torch.Tensor, sin_SK: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x_BMSW: torch.Tensor, cos_SW: torch.Tensor, sin_SW: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1) for the halves x1, x2 of each head."""
-    half = x_BHSK.shape[-1] // 2
-    rotated_BHSK = torch.cat((-x_BHSK[..., half:], x_BHSK[..., :half]), dim=-1)
-    return x_BHSK * cos_SK + rotated_BHSK * sin_SK
+    half = x_BMSW.shape[-1] // 2
+    rotated_BMSW = torch.cat((-x_BMSW[..., half:], x_BMSW[..., :half]), dim=-1)
+    return x_BMSW * cos_SW + rotated_BMSW * sin_SW

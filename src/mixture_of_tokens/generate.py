@@ -25,32 +25,32 @@ __all__ = ["Generation", "check_sampling", "generate_text", "generate_tokens", "
 
 @dataclass
 class Generation:
-    """new_tokens[i]: the tokens generated after prompt i (eos excluded); tokens_RT: every row, fillers included."""
+    """new_tokens[i]: the tokens generated after prompt i (eos excluded); tokens_BS: every row, fillers included."""
 
     new_tokens: list[list[int]]
-    tokens_RT: torch.Tensor
+    tokens_BS: torch.Tensor
     n_filler_rows: int
     step_logits: list[torch.Tensor] = field(default_factory=list)
 
 
 def sample_next(
-    logits_RV: torch.Tensor, generator: torch.Generator, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
+    logits_BV: torch.Tensor, generator: torch.Generator, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
     """Next token per row: greedy at temperature 0, else sampled from softmax(logits / T) cut to top-k / top-p."""
     if temperature == 0:
-        return logits_RV.argmax(dim=-1)
-    scaled_RV = logits_RV.double().cpu() / temperature
-    if 0 < top_k < scaled_RV.shape[-1]:
-        kth_R1 = scaled_RV.topk(top_k, dim=-1).values[:, -1:]
-        scaled_RV = scaled_RV.masked_fill(scaled_RV < kth_R1, float("-inf"))
+        return logits_BV.argmax(dim=-1)
+    scaled_BV = logits_BV.double().cpu() / temperature
+    if 0 < top_k < scaled_BV.shape[-1]:
+        kth_B1 = scaled_BV.topk(top_k, dim=-1).values[:, -1:]
+        scaled_BV = scaled_BV.masked_fill(scaled_BV < kth_B1, float("-inf"))
     if top_p < 1.0:
-        sorted_RV, order_RV = scaled_RV.sort(dim=-1, descending=True)
-        cumulative_RV = sorted_RV.softmax(dim=-1).cumsum(dim=-1)
+        sorted_BV, order_BV = scaled_BV.sort(dim=-1, descending=True)
+        cumulative_BV = sorted_BV.softmax(dim=-1).cumsum(dim=-1)
         # drop a token when the tokens before it already reach top_p (the first token always stays)
-        drop_RV = (cumulative_RV - sorted_RV.softmax(dim=-1)) >= top_p
-        scaled_RV = scaled_RV.scatter(-1, order_RV, sorted_RV.masked_fill(drop_RV, float("-inf")))
-    probs_RV = scaled_RV.softmax(dim=-1)
-    return torch.multinomial(probs_RV, 1, generator=generator)[:, 0].to(logits_RV.device)
+        drop_BV = (cumulative_BV - sorted_BV.softmax(dim=-1)) >= top_p
+        scaled_BV = scaled_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop_BV, float("-inf")))
+    probs_BV = scaled_BV.softmax(dim=-1)
+    return torch.multinomial(probs_BV, 1, generator=generator)[:, 0].to(logits_BV.device)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -105,38 +105,38 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, e
 
     device = next(model.parameters()).device
     forced_len = torch.tensor([len(r) for r in rows], device=device)
-    forced_RT = torch.zeros(n_rows, total, dtype=torch.long, device=device)
+    forced_BS = torch.zeros(n_rows, total, dtype=torch.long, device=device)
     for r, row in enumerate(rows):
-        forced_RT[r, : min(len(row), total)] = torch.tensor(row[:total])
-    limit_R = (forced_len[:n_real] + max_new_tokens).clamp(max=total)
+        forced_BS[r, : min(len(row), total)] = torch.tensor(row[:total])
+    limit_B = (forced_len[:n_real] + max_new_tokens).clamp(max=total)
     start = min(len(p) for p in prompts)
-    tokens_RT = forced_RT[:, :start].clone()
-    done_R = torch.zeros(n_real, dtype=torch.bool, device=device)
+    tokens_BS = forced_BS[:, :start].clone()
+    done_B = torch.zeros(n_real, dtype=torch.bool, device=device)
     sampler = torch.Generator().manual_seed(seed)
     cache = KVCache(len(model.blocks))
     step_logits: list[torch.Tensor] = []
-    logits_RV = model(tokens_RT, cache=cache).logits[:, -1]
+    logits_BV = model(tokens_BS, cache=cache).logits[:, -1]
     for position in range(start, total):
         if keep_logits:
-            step_logits.append(logits_RV)
-        sampled_R = sample_next(logits_RV, sampler, temperature=temperature, top_k=top_k, top_p=top_p)
-        next_R = torch.where(position < forced_len, forced_RT[:, position], sampled_R)
-        tokens_RT = torch.cat([tokens_RT, next_R[:, None]], dim=1)
-        generated_R = position >= forced_len[:n_real]
+            step_logits.append(logits_BV)
+        sampled_B = sample_next(logits_BV, sampler, temperature=temperature, top_k=top_k, top_p=top_p)
+        next_B = torch.where(position < forced_len, forced_BS[:, position], sampled_B)
+        tokens_BS = torch.cat([tokens_BS, next_B[:, None]], dim=1)
+        generated_B = position >= forced_len[:n_real]
         if eos_id is not None:
-            done_R |= generated_R & (next_R[:n_real] == eos_id)
-        done_R |= position + 1 >= limit_R
-        if bool(done_R.all()) or position + 1 == total:
+            done_B |= generated_B & (next_B[:n_real] == eos_id)
+        done_B |= position + 1 >= limit_B
+        if bool(done_B.all()) or position + 1 == total:
             break
-        logits_RV = model(next_R[:, None], cache=cache).logits[:, -1]
+        logits_BV = model(next_B[:, None], cache=cache).logits[:, -1]
 
     new_tokens = []
     for r, prompt in enumerate(prompts):
-        produced = tokens_RT[r, len(prompt) : int(limit_R[r])].tolist()
+        produced = tokens_BS[r, len(prompt) : int(limit_B[r])].tolist()
         if eos_id is not None and eos_id in produced:
             produced = produced[: produced.index(eos_id)]
         new_tokens.append(produced)
-    return Generation(new_tokens, tokens_RT, n_rows - n_real, step_logits)
+    return Generation(new_tokens, tokens_BS, n_rows - n_real, step_logits)
 
 
 def generate_text(model: Transformer, tokenizer, prompts: list[str], **options) -> list[str]:

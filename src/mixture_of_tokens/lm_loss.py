@@ -46,26 +46,26 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_weight_VD = torch.zeros(weight_VD.shape, dtype=accumulate_dtype, device=weight_VD.device)
             for start in range(0, hidden_ND.shape[0], chunk_tokens):
                 rows = slice(start, start + chunk_tokens)
-                hidden_CD = hidden_ND[rows].to(matmul_dtype)
-                logits_CV = (hidden_CD @ weight_VD_c.T).to(accumulate_dtype)
-                scored_C = targets_N[rows] != IGNORE_INDEX
-                target_C1 = torch.where(scored_C, targets_N[rows], 0)[:, None]
-                target_logit_C = logits_CV.gather(1, target_C1)[:, 0]
-                max_C = logits_CV.amax(dim=1)
-                probs_CV = logits_CV.sub_(max_C[:, None]).exp_()  # in place: one float32 [C, V] buffer
-                total_C = probs_CV.sum(dim=1)
-                loss_C = total_C.log() + max_C - target_logit_C
-                loss_sum = loss_sum + torch.where(scored_C, loss_C, 0).sum()
-                if needs_grad:  # d loss_C / d logits = softmax - one-hot at the target; zero where nothing is scored
-                    probs_CV.div_(total_C[:, None]).scatter_add_(1, target_C1, torch.full_like(max_C, -1)[:, None])
-                    grad_logits_CV = probs_CV.masked_fill_(~scored_C[:, None], 0).to(matmul_dtype)
-                    grad_hidden_ND[rows] = grad_logits_CV @ weight_VD_c
+                chunk_ND = hidden_ND[rows].to(matmul_dtype)  # from here on N counts this chunk's tokens
+                logits_NV = (chunk_ND @ weight_VD_c.T).to(accumulate_dtype)
+                scored_N = targets_N[rows] != IGNORE_INDEX
+                target_N1 = torch.where(scored_N, targets_N[rows], 0)[:, None]
+                target_logit_N = logits_NV.gather(1, target_N1)[:, 0]
+                max_N = logits_NV.amax(dim=1)
+                probs_NV = logits_NV.sub_(max_N[:, None]).exp_()  # in place: one float32 [N, V] buffer
+                total_N = probs_NV.sum(dim=1)
+                loss_N = total_N.log() + max_N - target_logit_N
+                loss_sum = loss_sum + torch.where(scored_N, loss_N, 0).sum()
+                if needs_grad:  # d loss_N / d logits = softmax - one-hot at the target; zero where nothing is scored
+                    probs_NV.div_(total_N[:, None]).scatter_add_(1, target_N1, torch.full_like(max_N, -1)[:, None])
+                    grad_logits_NV = probs_NV.masked_fill_(~scored_N[:, None], 0).to(matmul_dtype)
+                    grad_hidden_ND[rows] = grad_logits_NV @ weight_VD_c
                     if grad_weight_VD.dtype == matmul_dtype:
-                        grad_weight_VD.addmm_(grad_logits_CV.T, hidden_CD)
+                        grad_weight_VD.addmm_(grad_logits_NV.T, chunk_ND)
                     else:
-                        grad_weight_VD += grad_logits_CV.T @ hidden_CD
-                    del grad_logits_CV
-                del logits_CV, probs_CV  # free this chunk's [C, V] buffers before the next chunk's matmul
+                        grad_weight_VD += grad_logits_NV.T @ chunk_ND
+                    del grad_logits_NV
+                del logits_NV, probs_NV  # free this chunk's [N, V] buffers before the next chunk's matmul
         if needs_grad:
             ctx.save_for_backward(grad_hidden_ND, grad_weight_VD)
             ctx.dtypes = hidden_ND.dtype, weight_VD.dtype

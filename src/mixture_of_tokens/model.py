@@ -32,16 +32,16 @@ from .lm_loss import LOSS_CHUNK_TOKENS, chunked_lm_loss_sum
 class LayerKVCache:
     """Keys and values [B, kv heads, L, D/heads] one attention layer has seen so far (keys after RoPE)."""
 
-    keys_BHLK: torch.Tensor | None = None
-    values_BHLK: torch.Tensor | None = None
+    keys_BMLW: torch.Tensor | None = None
+    values_BMLW: torch.Tensor | None = None
 
-    def append(self, k_BHSK: torch.Tensor, v_BHSK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys_BHLK is None or self.values_BHLK is None:
-            self.keys_BHLK, self.values_BHLK = k_BHSK, v_BHSK
+    def append(self, k_BMSW: torch.Tensor, v_BMSW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys_BMLW is None or self.values_BMLW is None:
+            self.keys_BMLW, self.values_BMLW = k_BMSW, v_BMSW
         else:
-            self.keys_BHLK = torch.cat([self.keys_BHLK, k_BHSK], dim=2)
-            self.values_BHLK = torch.cat([self.values_BHLK, v_BHSK], dim=2)
-        return self.keys_BHLK, self.values_BHLK
+            self.keys_BMLW = torch.cat([self.keys_BMLW, k_BMSW], dim=2)
+            self.values_BMLW = torch.cat([self.values_BMLW, v_BMSW], dim=2)
+        return self.keys_BMLW, self.values_BMLW
 
 
 class KVCache:
@@ -65,7 +65,8 @@ class CausalSelfAttention(nn.Module):
 
     With `n_kv_heads` < n_heads (grouped-query attention) query head h reads key/value head h // (n_heads /
     n_kv_heads), as transformers' repeat_kv; the KV cache holds the kv heads only. `rotary` (cos, sin) rotates
-    queries and keys; `qk_norm` RMS-normalises each head's queries and keys first (Qwen3)."""
+    queries and keys; `qk_norm` RMS-normalises each head's queries and keys first (Qwen3). Tensor names: M heads,
+    W head width, L key/value positions, F the fused q, k, v width (the legend: `layers/__init__.py`)."""
 
     def __init__(
         self,
@@ -96,31 +97,31 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, seq_len, dim = x_BSD.shape
         heads, kv_heads_, width = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv_BSX = self.qkv(x_BSD)
+        qkv_BSF = self.qkv(x_BSD)
         if kv_heads_ == heads and self.q_norm is None and rotary is None:  # the paper's block: one permuted view
-            q_BHSK, k_BHSK, v_BHSK = qkv_BSX.view(batch, seq_len, 3, heads, width).permute(2, 0, 3, 1, 4)
+            q_BMSW, k_BMSW, v_BMSW = qkv_BSF.view(batch, seq_len, 3, heads, width).permute(2, 0, 3, 1, 4)
         else:
             # [B, S, D + 2 * kv heads * width] -> [B, heads, S, width], 2 x [B, kv heads, S, width]
-            q_BSHK, k_BSHK, v_BSHK = qkv_BSX.view(batch, seq_len, heads + 2 * kv_heads_, width).split(
+            q_BSMW, k_BSMW, v_BSMW = qkv_BSF.view(batch, seq_len, heads + 2 * kv_heads_, width).split(
                 [heads, kv_heads_, kv_heads_], dim=2
             )
             if self.q_norm is not None:
-                q_BSHK, k_BSHK = self.q_norm(q_BSHK), self.k_norm(k_BSHK)
-            q_BHSK, k_BHSK, v_BHSK = (t.transpose(1, 2) for t in (q_BSHK, k_BSHK, v_BSHK))
+                q_BSMW, k_BSMW = self.q_norm(q_BSMW), self.k_norm(k_BSMW)
+            q_BMSW, k_BMSW, v_BMSW = (t.transpose(1, 2) for t in (q_BSMW, k_BSMW, v_BSMW))
             if rotary is not None:
-                q_BHSK, k_BHSK = apply_rotary(q_BHSK, *rotary), apply_rotary(k_BHSK, *rotary)
+                q_BMSW, k_BMSW = apply_rotary(q_BMSW, *rotary), apply_rotary(k_BMSW, *rotary)
         gqa = {"enable_gqa": True} if kv_heads_ != heads else {}
         if cache is None:
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHSK, v_BHSK, is_causal=self.causal, **gqa)
+            y_BMSW = F.scaled_dot_product_attention(q_BMSW, k_BMSW, v_BMSW, is_causal=self.causal, **gqa)
         else:
-            k_BHLK, v_BHLK = cache.append(k_BHSK, v_BHSK)
+            k_BMLW, v_BMLW = cache.append(k_BMSW, v_BMSW)
             # the S new queries sit at the last S of L positions: query i sees keys 0 .. L-S+i
-            total = k_BHLK.shape[2]
+            total = k_BMLW.shape[2]
             mask_SL = None
             if seq_len > 1:
                 mask_SL = torch.ones(seq_len, total, dtype=torch.bool, device=x_BSD.device).tril(total - seq_len)
-            y_BHSK = F.scaled_dot_product_attention(q_BHSK, k_BHLK, v_BHLK, attn_mask=mask_SL, **gqa)
-        return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
+            y_BMSW = F.scaled_dot_product_attention(q_BMSW, k_BMLW, v_BMLW, attn_mask=mask_SL, **gqa)
+        return self.out(y_BMSW.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
 class Block(nn.Module):

@@ -140,14 +140,14 @@ class Scorer:
         return [r for r in results if r is not None]
 
     def _score_isolated(self, whole: list[int], n_scored: int, identity: tuple[object, ...]) -> ContinuationScore:
-        ids_RS, row = isolated_batch(whole[:-1], self.filler_tokens, self.policy, identity)
+        ids_BS, row = isolated_batch(whole[:-1], self.filler_tokens, self.policy, identity)
         if self.compute_group_only:
             group = self.policy.multiple or 1
             first = row // group * group
-            ids_RS, row = ids_RS[first : first + group], row - first
-        ids_RS = ids_RS.to(self.device)
+            ids_BS, row = ids_BS[first : first + group], row - first
+        ids_BS = ids_BS.to(self.device)
         with _only_rows(self.model, torch.tensor([row], device=self.device)):
-            logits_SV = self.model(ids_RS).logits[0]
+            logits_SV = self.model(ids_BS).logits[0]
         return _continuation_score(logits_SV, whole, n_scored)
 
     def _score_plain(self, windows: list[tuple[list[int], int]]) -> list[ContinuationScore]:

@@ -175,14 +175,14 @@ class ExpertChoice(FeedForwardLayer):
             sum_ND = grouped_expert_update(x_ND, sorted_A, gate_A, count_E, self.w1, self.w2)
             sum_RGD = sum_ND.view(n_rows, group_size, dim)
         else:
-            index_RXD = token_REK.reshape(n_rows, n_experts * k, 1).expand(-1, -1, dim)
-            picked_RXD = x_RGD.gather(1, index_RXD)  # [R, E*K, D]
-            x_EXD = picked_RXD.view(n_rows, n_experts, k, dim).transpose(0, 1).reshape(n_experts, n_rows * k, dim)
-            out_EXD = expert_mlp(x_EXD, self.w1, self.w2)
-            gate_REKD = gate_REK[..., None].to(out_EXD.dtype)
-            y_REKD = out_EXD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REKD
-            y_RXD = y_REKD.reshape(n_rows, -1, dim)  # the experts' dtype (autocast's, under autocast)
-            sum_RGD = y_RXD.new_zeros(x_RGD.shape).scatter_add(1, index_RXD, y_RXD)
+            index_RAD = token_REK.reshape(n_rows, n_experts * k, 1).expand(-1, -1, dim)
+            picked_RAD = x_RGD.gather(1, index_RAD)  # [R, E*K, D]
+            x_ECD = picked_RAD.view(n_rows, n_experts, k, dim).transpose(0, 1).reshape(n_experts, n_rows * k, dim)
+            out_ECD = expert_mlp(x_ECD, self.w1, self.w2)
+            gate_REKD = gate_REK[..., None].to(out_ECD.dtype)
+            y_REKD = out_ECD.view(n_experts, n_rows, k, dim).transpose(0, 1) * gate_REKD
+            y_RAD = y_REKD.reshape(n_rows, -1, dim)  # the experts' dtype (autocast's, under autocast)
+            sum_RGD = y_RAD.new_zeros(x_RGD.shape).scatter_add(1, index_RAD, y_RAD)
         picked_RG = torch.zeros(n_rows, group_size, dtype=torch.bool, device=x_BSD.device)
         picked_RG.scatter_(1, token_REK.reshape(n_rows, -1), True)
         dx_RGD = self.norm(sum_RGD) * picked_RG[..., None].to(sum_RGD.dtype)

@@ -6,7 +6,7 @@ with `ffn_activation` "swiglu" it is (silu(x @ W1g[e]) * (x @ W1u[e])) @ W2[e], 
 into one W1 [E, D, 2H] (columns 0..H-1 the gate, H..2H-1 the up projection: transformers' `gate_up_proj` [E, 2H, D]
 transposed). The form is read off the shapes (W1 holds H or 2H columns for W2's H rows), so the two can never
 disagree. There is no Python loop over experts:
-    padded: two batched matmuls over a slot axis T that the routing fills ([E, T, D]; MoT's mixed tokens, Token
+    padded: two batched matmuls over the capacity slots C the routing fills ([E, C, D]; MoT's mixed tokens, Token
         Choice's capacity-padded slots, Expert Choice's picked tokens).
     grouped: the A token-expert assignments sorted by expert as one [A, D] tensor and two grouped GEMMs
         (`torch._grouped_mm`) whose groups are the experts' row counts: no padding rows, nothing dropped is
@@ -31,9 +31,9 @@ GROUPED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.
 """The dtypes torch._grouped_mm multiplies."""
 
 
-def expert_activation(w1_EDX: torch.Tensor, w2_EHD: torch.Tensor) -> str:
+def expert_activation(w1_EDF: torch.Tensor, w2_EHD: torch.Tensor) -> str:
     """The experts' form: "relu" when W1 has H columns for W2's H rows, "swiglu" when it has 2H (gate, up)."""
-    first, hidden = w1_EDX.shape[-1], w2_EHD.shape[-2]
+    first, hidden = w1_EDF.shape[-1], w2_EHD.shape[-2]
     if first == hidden:
         return "relu"
     if first == 2 * hidden:
@@ -43,13 +43,13 @@ def expert_activation(w1_EDX: torch.Tensor, w2_EHD: torch.Tensor) -> str:
     )
 
 
-def activate(hidden_TX: torch.Tensor, activation: str) -> torch.Tensor:
+def activate(hidden_F: torch.Tensor, activation: str) -> torch.Tensor:
     """The expert's (or dense layer's) nonlinearity on the first projection's output: relu (in place: the next
-    matmul's backward needs its input, not relu's), or silu(gate) * up for the [.., 2H] SwiGLU projection."""
+    matmul's backward needs its input, not relu's), or silu(gate) * up for the [.., F = 2H] SwiGLU projection."""
     if activation == "relu":
-        return hidden_TX.relu_()
-    gate_TH, up_TH = hidden_TX.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate_TH) * up_TH
+        return hidden_F.relu_()
+    gate_H, up_H = hidden_F.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate_H) * up_H
 
 
 def expert_matrices(activation: str) -> int:
@@ -63,15 +63,15 @@ def kept_hidden_values(activation: str, expert_size: int) -> int:
     return 4 * expert_size if activation == "swiglu" else expert_size
 
 
-def expert_mlp(x_ETD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
-    """relu(x[e] @ W1[e]) @ W2[e] for every expert e (SwiGLU when W1 is [E, D, 2H]): [E, T, D] -> [E, T, D].
+def expert_mlp(x_ECD: torch.Tensor, w1_EDH: torch.Tensor, w2_EHD: torch.Tensor) -> torch.Tensor:
+    """relu(x[e] @ W1[e]) @ W2[e] for every expert e (SwiGLU when W1 is [E, D, 2H]): [E, C, D] -> [E, C, D].
 
-    `x_ETD` may be a strided view (e.g. [T, E, D] transposed): bmm reads it without a copy. The weights are cast
+    `x_ECD` may be a strided view (e.g. [C, E, D] transposed): bmm reads it without a copy. The weights are cast
     to the input's dtype. ReLU runs in place: bmm's backward needs its inputs, not its output.
     """
     activation = expert_activation(w1_EDH, w2_EHD)
-    hidden_ETH = activate(torch.bmm(x_ETD, w1_EDH.to(x_ETD.dtype)), activation)
-    return torch.bmm(hidden_ETH, w2_EHD.to(hidden_ETH.dtype))
+    hidden_ECH = activate(torch.bmm(x_ECD, w1_EDH.to(x_ECD.dtype)), activation)
+    return torch.bmm(hidden_ECH, w2_EHD.to(hidden_ECH.dtype))
 
 
 class _ContiguousGrad(torch.autograd.Function):

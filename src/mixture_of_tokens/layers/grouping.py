@@ -43,9 +43,9 @@ def position_groups(x_BSD: torch.Tensor, group_size: int) -> torch.Tensor:
     The row axis is what grouped layers batch over (merge/emit matmuls, per-group top-k, per-group capacity).
     This is a copy (the layer's one input copy); undo it with `from_position_groups`.
     """
-    x_NGSD = group_by_position(x_BSD, group_size)
-    n_groups, _, seq_len, dim = x_NGSD.shape
-    return x_NGSD.transpose(1, 2).reshape(n_groups * seq_len, group_size, dim)
+    x_PGSD = group_by_position(x_BSD, group_size)
+    n_groups, _, seq_len, dim = x_PGSD.shape
+    return x_PGSD.transpose(1, 2).reshape(n_groups * seq_len, group_size, dim)
 
 
 def from_position_groups(x_RGD: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -56,13 +56,13 @@ def recomputing_mix(
         return _BlockedMix.apply(*inputs)
 
 
-def _activation_backward(kept_ERX: torch.Tensor, grad_hidden_ERH: torch.Tensor, activation: str) -> torch.Tensor:
+def _activation_backward(kept_ERF: torch.Tensor, grad_hidden_ERH: torch.Tensor, activation: str) -> torch.Tensor:
     """The gradient of the first expert matmul's output from that of the activation's output. ReLU: `kept` is
     relu's output (relu(0) passes no gradient); SwiGLU: `kept` is the [2H] projection (gate, up), and
     d silu(g) / dg = s (1 + g (1 - s)) with s = sigmoid(g)."""
     if activation == "relu":
-        return grad_hidden_ERH.masked_fill_(kept_ERX <= 0, 0)
-    gate_ERH, up_ERH = kept_ERX.chunk(2, dim=-1)
+        return grad_hidden_ERH.masked_fill_(kept_ERF <= 0, 0)
+    gate_ERH, up_ERH = kept_ERF.chunk(2, dim=-1)
     sigmoid_ERH = torch.sigmoid(gate_ERH)
     silu_grad_ERH = sigmoid_ERH * (1 + gate_ERH * (1 - sigmoid_ERH))
     return torch.cat([grad_hidden_ERH * up_ERH * silu_grad_ERH, grad_hidden_ERH * gate_ERH * sigmoid_ERH], dim=-1)
@@ -90,12 +90,12 @@ class _BlockedMix(torch.autograd.Function):
         hidden, outputs = [], []
         for block in blocks:
             mixed_ERD = _mixed(x_RGD, merge_RGE, block)
-            projected_ERX = torch.bmm(mixed_ERD, w1_EDH[block])
+            projected_ERF = torch.bmm(mixed_ERD, w1_EDH[block])
             # ReLU keeps its in-place output; SwiGLU keeps the projection and recomputes its product when needed
-            hidden_ERH = activate(projected_ERX, activation)
+            hidden_ERH = activate(projected_ERF, activation)
             out_ERD = torch.bmm(hidden_ERH, w2_EHD[block])
             dx_RGD += torch.bmm(emit_RGE[:, :, block], out_ERD.transpose(0, 1))
-            hidden.append(hidden_ERH if activation == "relu" else projected_ERX)
+            hidden.append(hidden_ERH if activation == "relu" else projected_ERF)
             outputs.append(out_ERD)
         ctx.blocks, ctx.activation = blocks, activation
         ctx.save_for_backward(x_RGD, merge_RGE, emit_RGE, w1_EDH, w2_EHD, *hidden, *outputs)
@@ -113,20 +113,20 @@ class _BlockedMix(torch.autograd.Function):
         grad_emit = torch.empty_like(emit_RGE) if need_emit else None
         grad_w1 = torch.empty_like(w1_EDH) if need_w1 else None
         grad_w2 = torch.empty_like(w2_EHD) if need_w2 else None
-        for block, kept_ERX, out_ERD in zip(blocks, hidden, outputs):
-            hidden_ERH = kept_ERX if ctx.activation == "relu" else activate(kept_ERX, ctx.activation)
+        for block, kept_ERF, out_ERD in zip(blocks, hidden, outputs):
+            hidden_ERH = kept_ERF if ctx.activation == "relu" else activate(kept_ERF, ctx.activation)
             if need_emit:  # d emit[r, g, e] = <grad[r, g], y[r, e]>
                 grad_emit[:, :, block] = torch.bmm(grad_RGD, out_ERD.permute(1, 2, 0))
             grad_out_ERD = torch.bmm(emit_RGE[:, :, block].transpose(1, 2), grad_RGD).transpose(0, 1)
             if need_w2:
                 grad_w2[block] = torch.bmm(hidden_ERH.transpose(1, 2), grad_out_ERD)
             grad_hidden_ERH = torch.bmm(grad_out_ERD, w2_EHD[block].transpose(1, 2))
-            grad_projected_ERX = _activation_backward(kept_ERX, grad_hidden_ERH, ctx.activation)
+            grad_projected_ERF = _activation_backward(kept_ERF, grad_hidden_ERH, ctx.activation)
             if need_w1:
                 mixed_ERD = _mixed(x_RGD, merge_RGE, block)  # recomputed, never stored
-                grad_w1[block] = torch.bmm(mixed_ERD.transpose(1, 2), grad_projected_ERX)
+                grad_w1[block] = torch.bmm(mixed_ERD.transpose(1, 2), grad_projected_ERF)
             if need_x or need_merge:
-                grad_mixed_RED = torch.bmm(grad_projected_ERX, w1_EDH[block].transpose(1, 2)).transpose(0, 1)
+                grad_mixed_RED = torch.bmm(grad_projected_ERF, w1_EDH[block].transpose(1, 2)).transpose(0, 1)
                 if need_x:
                     grad_x += torch.bmm(merge_RGE[:, :, block], grad_mixed_RED)
                 if need_merge:  # d merge[r, g, e] = <x[r, g], grad m[r, e]>

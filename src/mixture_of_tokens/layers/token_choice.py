@@ -1,7 +1,7 @@
 """Token Choice sparse MoE (Switch Transformer, top-k; docs/method.md §2).
 
 Tensor names carry their axes (the legend is in `layers/__init__.py`); here R indexes routing groups, T the tokens
-of one routing group, K the choices per token (top_k), A = R*T*K token-expert assignments and C the capacity.
+of one routing group, K the choices (top_k), A = R*T*K token-expert assignments (or the kept ones), C capacity.
 
 Each token picks its top-k experts by router probability p = softmax_e(x @ W_g) (float32; ties: lower expert
 index). Every expert takes at most C = min(floor(capacity_factor * T * k / E), T) assignments per routing group;
@@ -99,12 +99,12 @@ def rank_within_expert(
     order_A = torch.argsort(priority_A, descending=True, stable=True)
     bucket_A = expert_A * n_groups + group_A
     order_A = order_A[torch.argsort(bucket_A[order_A], stable=True)]
-    count_X = torch.bincount(bucket_A, minlength=n_experts * n_groups)
-    start_X = torch.cumsum(count_X, 0) - count_X
+    count_U = torch.bincount(bucket_A, minlength=n_experts * n_groups)  # U: the (expert, group) buckets
+    start_U = torch.cumsum(count_U, 0) - count_U
     sorted_bucket_A = bucket_A[order_A]
     rank_A = torch.empty_like(order_A)
-    rank_A[order_A] = torch.arange(order_A.numel(), device=order_A.device) - start_X[sorted_bucket_A]
-    return rank_A, order_A, count_X.view(n_experts, n_groups)
+    rank_A[order_A] = torch.arange(order_A.numel(), device=order_A.device) - start_U[sorted_bucket_A]
+    return rank_A, order_A, count_U.view(n_experts, n_groups)
 
 
 class TokenChoice(FeedForwardLayer):
@@ -335,24 +335,24 @@ class TokenChoice(FeedForwardLayer):
         # fails to replay a chain of views carried across the break
         if grouped:  # the kept assignments in (expert, group, rank) order: one row each, no padding
             if capacity is None:  # dropless: every assignment, with no device sync
-                kept_A, sorted_K, count_E = torch.ones_like(rank_A, dtype=torch.bool), order_A, count_ER.sum(dim=1)
+                kept_A, sorted_A, count_E = torch.ones_like(rank_A, dtype=torch.bool), order_A, count_ER.sum(dim=1)
             else:
                 kept_A = rank_A < capacity
-                sorted_K, count_E = order_A[kept_A[order_A]], count_ER.clamp(max=capacity).sum(dim=1)
+                sorted_A, count_E = order_A[kept_A[order_A]], count_ER.clamp(max=capacity).sum(dim=1)
             x_ND, gate_A = x_RTD.reshape(n_groups * n_tokens, dim), gate_RTK.reshape(-1)
-            dx_ND = grouped_expert_update(x_ND, token_A[sorted_K], gate_A[sorted_K], count_E, self.w1, self.w2)
+            dx_ND = grouped_expert_update(x_ND, token_A[sorted_A], gate_A[sorted_A], count_E, self.w1, self.w2)
         else:
             if capacity is None:  # dropless: as many slots as the busiest expert needs (one device sync)
                 capacity = max(int(count_ER.max()), 1)
             kept_A = rank_A < capacity
             kept = kept_A.nonzero().squeeze(-1)
             x_ND, gate_A = x_RTD.reshape(n_groups * n_tokens, dim), gate_RTK.reshape(-1)
-            slot_K = ((expert_A[kept] * n_groups + group_A[kept]) * capacity + rank_A[kept]).contiguous()
-            token_K = token_A[kept]
-            slots_XD = x_ND.new_zeros(n_experts * n_groups * capacity, dim).index_copy(0, slot_K, x_ND[token_K])
-            out_ECD = expert_mlp(slots_XD.view(n_experts, n_groups * capacity, dim), self.w1, self.w2)
-            y_KD = out_ECD.reshape(-1, dim)[slot_K] * gate_A[kept].to(out_ECD.dtype)[:, None]
-            dx_ND = x_ND.new_zeros(x_ND.shape).index_add(0, token_K, y_KD.to(x_ND.dtype))
+            slot_A = ((expert_A[kept] * n_groups + group_A[kept]) * capacity + rank_A[kept]).contiguous()
+            kept_token_A = token_A[kept]
+            slots_CD = x_ND.new_zeros(n_experts * n_groups * capacity, dim).index_copy(0, slot_A, x_ND[kept_token_A])
+            out_ECD = expert_mlp(slots_CD.view(n_experts, n_groups * capacity, dim), self.w1, self.w2)
+            y_AD = out_ECD.reshape(-1, dim)[slot_A] * gate_A[kept].to(out_ECD.dtype)[:, None]
+            dx_ND = x_ND.new_zeros(x_ND.shape).index_add(0, kept_token_A, y_AD.to(x_ND.dtype))
 
         probs_NE = probs_RTE.reshape(-1, n_experts)
         self.aux_losses = self._aux_losses(probs_NE, logits_RTE.reshape(-1, n_experts), expert_A)

@@ -21,6 +21,8 @@ Batch rule with MoT blocks: the batch must be a multiple of `config.group_size` 
 and the rows of a group change each other's outputs (same position only: nothing leaks from later positions).
 Padded tokens (attention_mask 0) take no part in the mix. To score or generate one sequence, put it in a batch with
 G - 1 filler rows of ordinary text and read its row; the README of the exported directory says more.
+Axes in names: B batch, S position, D d_model, V vocab, M heads, W head width, N tokens flattened, G group size,
+R (group, position) rows, E experts, H expert width, F W1's width (H or 2H), K top-k, A assignments, C slots, 1 size 1.
 """
 
 from __future__ import annotations
@@ -90,19 +92,19 @@ class Norm(nn.Module):
 
 
 def rotary_cos_sin(position_ids_BS: Tensor, config: MoTConfig, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """RoPE's cos and sin [B, 1, S, K] (K: head width) at `position_ids_BS`: frequency i = rope_base^(-2i / K) for
-    i < K/2, repeated for the two halves (transformers' default rope), computed in float32 (float64 for float64)."""
+    """RoPE's cos and sin [B, 1, S, W] (W: head width) at `position_ids_BS`: frequency i = rope_base^(-2i / W) for
+    i < W/2, repeated for the two halves (transformers' default rope), computed in float32 (float64 for float64)."""
     width, exact = config.d_model // config.n_heads, torch.promote_types(dtype, torch.float32)
-    exponents_K = torch.arange(0, width, 2, dtype=exact, device=position_ids_BS.device) / width
-    freqs_BSK = position_ids_BS.to(exact)[..., None] * (1.0 / config.rope_base**exponents_K)
-    angles_B1SK = torch.cat((freqs_BSK, freqs_BSK), dim=-1)[:, None]
-    return angles_B1SK.cos().to(dtype), angles_B1SK.sin().to(dtype)
+    exponents_W = torch.arange(0, width, 2, dtype=exact, device=position_ids_BS.device) / width
+    freqs_BSW = position_ids_BS.to(exact)[..., None] * (1.0 / config.rope_base**exponents_W)
+    angles_B1SW = torch.cat((freqs_BSW, freqs_BSW), dim=-1)[:, None]
+    return angles_B1SW.cos().to(dtype), angles_B1SW.sin().to(dtype)
 
 
-def apply_rotary(x_BHSK: Tensor, cos_B1SK: Tensor, sin_B1SK: Tensor) -> Tensor:
+def apply_rotary(x_BMSW: Tensor, cos_B1SW: Tensor, sin_B1SW: Tensor) -> Tensor:
     """x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1) for the halves x1, x2 of each head."""
-    half = x_BHSK.shape[-1] // 2
-    return x_BHSK * cos_B1SK + torch.cat((-x_BHSK[..., half:], x_BHSK[..., :half]), dim=-1) * sin_B1SK
+    half = x_BMSW.shape[-1] // 2
+    return x_BMSW * cos_B1SW + torch.cat((-x_BMSW[..., half:], x_BMSW[..., :half]), dim=-1) * sin_B1SW
 
 
 class CausalSelfAttention(nn.Module):
@@ -115,7 +117,6 @@ class CausalSelfAttention(nn.Module):
         self.config = config
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads or config.n_heads
         self.head_dim = config.d_model // config.n_heads
-        # rows: queries [D], keys [kv heads x K], values [kv heads x K]
         self.qkv = nn.Linear(config.d_model, config.d_model + 2 * self.n_kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.q_norm = Norm(config, self.head_dim, rms=True) if config.qk_norm else None  # RMSNorm in either block
@@ -126,34 +127,34 @@ class CausalSelfAttention(nn.Module):
         (cos, sin) from `rotary_cos_sin`, applied to queries and keys after their norms."""
         batch, seq_len, dim = x_BSD.shape
         heads, kv_heads = self.n_heads, self.n_kv_heads
-        # [B, S, D + 2 * kv heads * K] -> [B, S, heads, K], 2 x [B, S, kv heads, K]
-        qkv_BSXK = self.qkv(x_BSD).view(batch, seq_len, heads + 2 * kv_heads, self.head_dim)
-        q_BSHK, k_BSHK, v_BSHK = qkv_BSXK.split([heads, kv_heads, kv_heads], dim=2)
+        # rows: queries, keys, values; [B, S, D + 2 * kv heads * W] -> [B, S, heads, W], 2 x [B, S, kv heads, W]
+        qkv_BSMW = self.qkv(x_BSD).view(batch, seq_len, heads + 2 * kv_heads, self.head_dim)
+        q_BSMW, k_BSMW, v_BSMW = qkv_BSMW.split([heads, kv_heads, kv_heads], dim=2)
         if self.q_norm is not None:
-            q_BSHK, k_BSHK = self.q_norm(q_BSHK), self.k_norm(k_BSHK)
-        q_BHSK, k_BHSK, v_BHSK = (t.transpose(1, 2) for t in (q_BSHK, k_BSHK, v_BSHK))
+            q_BSMW, k_BSMW = self.q_norm(q_BSMW), self.k_norm(k_BSMW)
+        q_BMSW, k_BMSW, v_BMSW = (t.transpose(1, 2) for t in (q_BSMW, k_BSMW, v_BSMW))
         if rotary is not None:
-            q_BHSK, k_BHSK = apply_rotary(q_BHSK, *rotary), apply_rotary(k_BHSK, *rotary)
+            q_BMSW, k_BMSW = apply_rotary(q_BMSW, *rotary), apply_rotary(k_BMSW, *rotary)
         if self.config._attn_implementation == "eager":
-            y_BHSK = eager_attention(q_BHSK, k_BHSK, v_BHSK, allowed_B1SS)
+            y_BMSW = eager_attention(q_BMSW, k_BMSW, v_BMSW, allowed_B1SS)
         else:  # causal alone, or the causal-and-padding mask
             gqa = {"enable_gqa": True} if kv_heads != heads else {}
-            y_BHSK = F.scaled_dot_product_attention(
-                q_BHSK, k_BHSK, v_BHSK, attn_mask=allowed_B1SS, is_causal=allowed_B1SS is None, **gqa
+            y_BMSW = F.scaled_dot_product_attention(
+                q_BMSW, k_BMSW, v_BMSW, attn_mask=allowed_B1SS, is_causal=allowed_B1SS is None, **gqa
             )
-        return self.out(y_BHSK.transpose(1, 2).reshape(batch, seq_len, dim))
+        return self.out(y_BMSW.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
-def eager_attention(q_BHSK: Tensor, k_BHSK: Tensor, v_BHSK: Tensor, allowed_B1SS: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(K), masked) v in plain ops; the causal mask when `allowed_B1SS` is None. Each key/value
+def eager_attention(q_BMSW: Tensor, k_BMSW: Tensor, v_BMSW: Tensor, allowed_B1SS: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(W), masked) v in plain ops; the causal mask when `allowed_B1SS` is None. Each key/value
     head serves n_heads / n_kv_heads consecutive query heads."""
-    seq_len, repeats = q_BHSK.shape[2], q_BHSK.shape[1] // k_BHSK.shape[1]
-    k_BHSK, v_BHSK = k_BHSK.repeat_interleave(repeats, dim=1), v_BHSK.repeat_interleave(repeats, dim=1)
+    seq_len, repeats = q_BMSW.shape[2], q_BMSW.shape[1] // k_BMSW.shape[1]
+    k_BMSW, v_BMSW = k_BMSW.repeat_interleave(repeats, dim=1), v_BMSW.repeat_interleave(repeats, dim=1)
     if allowed_B1SS is None:
-        allowed_B1SS = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q_BHSK.device).tril()
-    scores_BHSS = (q_BHSK @ k_BHSK.transpose(-2, -1)) * q_BHSK.shape[-1] ** -0.5
-    scores_BHSS = scores_BHSS.masked_fill(~allowed_B1SS, float("-inf"))
-    return torch.softmax(scores_BHSS, dim=-1) @ v_BHSK
+        allowed_B1SS = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q_BMSW.device).tril()
+    scores_BMSS = (q_BMSW @ k_BMSW.transpose(-2, -1)) * q_BMSW.shape[-1] ** -0.5
+    scores_BMSS = scores_BMSS.masked_fill(~allowed_B1SS, float("-inf"))
+    return torch.softmax(scores_BMSS, dim=-1) @ v_BMSW
 
 
 def attention_allowed(keep_BS: Tensor) -> Tensor:
@@ -186,18 +187,18 @@ class FeedForward(nn.Module):
 def expert_weights(config: MoTConfig) -> tuple[nn.Parameter, nn.Parameter]:
     """W1 [E, D, H] (SwiGLU: [E, D, 2H], gate then up) and W2 [E, H, D], filled from model.safetensors."""
     first = (2 if config.ffn_activation == "swiglu" else 1) * config.expert_size
-    w1_EDX = torch.empty(config.n_experts, config.d_model, first)
-    return nn.Parameter(w1_EDX), nn.Parameter(torch.empty(config.n_experts, config.expert_size, config.d_model))
+    w1_EDF = torch.empty(config.n_experts, config.d_model, first)
+    return nn.Parameter(w1_EDF), nn.Parameter(torch.empty(config.n_experts, config.expert_size, config.d_model))
 
 
-def expert_mlp(x_ETD: Tensor, w1_EDX: Tensor, w2_EHD: Tensor) -> Tensor:
-    """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, T, D] -> [E, T, D]; SwiGLU when W1 holds 2H columns:
+def expert_mlp(x_ECD: Tensor, w1_EDF: Tensor, w2_EHD: Tensor) -> Tensor:
+    """relu(x[e] @ W1[e]) @ W2[e] for every expert e: [E, C, D] -> [E, C, D]; SwiGLU when W1 holds 2H columns:
     (silu(x @ W1_gate[e]) * (x @ W1_up[e])) @ W2[e]."""
-    hidden_ETX = torch.bmm(x_ETD, w1_EDX.to(x_ETD.dtype))
-    if hidden_ETX.shape[-1] == w2_EHD.shape[1]:
-        return torch.bmm(hidden_ETX.relu_(), w2_EHD.to(hidden_ETX.dtype))
-    gate_ETH, up_ETH = hidden_ETX.chunk(2, dim=-1)
-    return torch.bmm(F.silu(gate_ETH) * up_ETH, w2_EHD.to(hidden_ETX.dtype))
+    hidden_ECF = torch.bmm(x_ECD, w1_EDF.to(x_ECD.dtype))
+    if hidden_ECF.shape[-1] == w2_EHD.shape[1]:
+        return torch.bmm(hidden_ECF.relu_(), w2_EHD.to(hidden_ECF.dtype))
+    gate_ECH, up_ECH = hidden_ECF.chunk(2, dim=-1)
+    return torch.bmm(F.silu(gate_ECH) * up_ECH, w2_EHD.to(hidden_ECF.dtype))
 
 
 def ties_at_max(weights: Tensor, *, dim: int) -> Tensor:
@@ -299,8 +300,8 @@ class TokenChoice(nn.Module):
         start_E, rank_A = count_E.cumsum(0) - count_E, torch.empty_like(order_A)
         rank_A[order_A] = torch.arange(order_A.numel(), device=x_ND.device) - start_E[expert_A[order_A]]
         slot_A = expert_A * capacity + rank_A
-        slots_XD = x_ND.new_zeros(n_experts * capacity, dim).index_copy(0, slot_A, x_ND[token_A])
-        out_ECD = expert_mlp(slots_XD.view(n_experts, capacity, dim), self.w1, self.w2)
+        slots_CD = x_ND.new_zeros(n_experts * capacity, dim).index_copy(0, slot_A, x_ND[token_A])
+        out_ECD = expert_mlp(slots_CD.view(n_experts, capacity, dim), self.w1, self.w2)
         gate_NK = gate_NE[:, :top_k]
         if self.norm_topk_prob:  # combine weights summing to 1 per token
             gate_NK = gate_NK / gate_NK.sum(dim=-1, keepdim=True)
