@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..files import write_text_atomic
 
@@ -20,6 +20,12 @@ __all__ = ["Tokenizer", "BPETokenizer", "train_bpe", "EOS_TOKEN"]
 
 EOS_TOKEN = "<|endoftext|>"
 _MIN_VOCAB = 257  # 256 byte symbols + eos
+
+MAX_PRETOKEN_BYTES = 256
+"""The longest pre-token (a word, a number, a run of punctuation or of whitespace) the BPE trainer sees, in bytes; a
+longer one is cut into pieces of this length for training only. HF's trainer merges within a word in time quadratic
+in its length, so text without whitespace (1 MB of one letter is one pre-token) trained for many minutes; the words
+of ordinary text are far shorter, so the tokenizer trained on it is the same as without the cut."""
 
 
 @runtime_checkable
@@ -81,20 +87,36 @@ class BPETokenizer:
         return self._fingerprint
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> BPETokenizer:
-    """Train a byte-level BPE with `<|endoftext|>` as eos and save it as `path` (tokenizer.json)."""
-    if not isinstance(vocab_size, int) or vocab_size < _MIN_VOCAB or vocab_size > 2**31 - 1:
-        raise ValueError(f"vocab_size must be an integer >= {_MIN_VOCAB} (256 bytes + eos), got {vocab_size!r}.")
+def byte_level_bpe() -> HFTokenizer:
+    """An untrained byte-level BPE: what `train_bpe` trains and saves (its settings are part of the fingerprint)."""
     tokenizer = HFTokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def training_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The byte-level pre-tokenizer with every pre-token cut into pieces of at most MAX_PRETOKEN_BYTES bytes: what
+    the BPE trainer splits its text with (the saved tokenizer keeps the plain byte-level one)."""
+    pieces = pre_tokenizers.Split(Regex(f".{{1,{MAX_PRETOKEN_BYTES}}}"), behavior="isolated")
+    return pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False), pieces])
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> BPETokenizer:
+    """Train a byte-level BPE with `<|endoftext|>` as eos and save it as `path` (tokenizer.json). The trainer sees
+    pre-tokens of at most MAX_PRETOKEN_BYTES bytes, so its time stays linear in the text."""
+    if not isinstance(vocab_size, int) or vocab_size < _MIN_VOCAB or vocab_size > 2**31 - 1:
+        raise ValueError(f"vocab_size must be an integer >= {_MIN_VOCAB} (256 bytes + eos), got {vocab_size!r}.")
+    tokenizer = byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    tokenizer.pre_tokenizer = training_pre_tokenizer()
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.pre_tokenizer = byte_level_bpe().pre_tokenizer
     result = BPETokenizer(tokenizer)
     result.save(path)
     return result
