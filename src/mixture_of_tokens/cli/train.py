@@ -95,8 +95,10 @@ def plan_from_args(args: argparse.Namespace):
 
 def file_run_name(args: argparse.Namespace) -> str:
     """A run configured by a file alone is named after it; after its run directory for a run's config.json."""
+    from ..checkpoint import CONFIG_FILE
+
     path = Path(args.config)
-    return f"{path.parent.name}-rerun" if path.name == "config.json" and path.parent.name else path.stem
+    return f"{path.parent.name}-rerun" if path.name == CONFIG_FILE and path.parent.name else path.stem
 
 
 def run(args: argparse.Namespace) -> None:
@@ -119,11 +121,14 @@ def run(args: argparse.Namespace) -> None:
 def next_steps(run_dir: Path, *, generates: bool = True) -> str:
     """Where a finished run's files are and the commands that use it (printed at the end of `mot train`); a masked
     LM (`generates=False`) is not offered `mot generate`, which refuses it."""
+    from ..checkpoint import WEIGHTS_FILE
+    from ..training.run_files import METRICS_FILE, SUMMARY_FILE
+
     quoted = shlex.quote(str(run_dir))
     lines = [
-        f"  summary: {run_dir / 'summary.json'}",
-        f"  metrics: {run_dir / 'metrics.jsonl'}",
-        f"  weights: {run_dir / 'model.safetensors'}",
+        f"  summary: {run_dir / SUMMARY_FILE}",
+        f"  metrics: {run_dir / METRICS_FILE}",
+        f"  weights: {run_dir / WEIGHTS_FILE}",
         "next:",
         f"  mot eval --checkpoint {quoted}",
     ]

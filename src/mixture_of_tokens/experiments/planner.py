@@ -15,12 +15,11 @@ Per arm (in the suite's order; an arm depends only on arms listed before it):
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..training.run_files import final_loss, read_summary
 from .suites import Arm, Size, Suite
 
 RUNS_DIR = "runs"
@@ -46,11 +45,8 @@ def disk_outcome(run_dir: Path) -> Outcome:
     """Whether the run in `run_dir` is done (summary.json, or recorded as diverged) and its final eval loss."""
     if run_dir.with_name(run_dir.name + DIVERGED_SUFFIX).exists():
         return True, None
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        return False, None
-    loss = json.loads(summary.read_text()).get("final_eval_loss")
-    return True, (float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None)
+    summary = read_summary(run_dir)
+    return (False, None) if summary is None else (True, final_loss(summary))
 
 
 @dataclass(frozen=True)

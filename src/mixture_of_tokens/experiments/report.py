@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..training.metrics import read_metrics
+from ..training.run_files import SUMMARY_FILE, read_run_metrics, read_summary
 from .plots import Panel, Series, plot_panels
 
 
@@ -27,11 +26,10 @@ class RunSummary:
 
 def load_run(out_dir: Path) -> RunSummary:
     out_dir = Path(out_dir)
-    summary_path = out_dir / "summary.json"
-    if not summary_path.exists():
-        raise ValueError(f"{out_dir} is not a finished run directory (no summary.json); pass a run's out_dir.")
-    summary = json.loads(summary_path.read_text())
-    records = read_metrics(out_dir / "metrics.jsonl")
+    summary = read_summary(out_dir)
+    if summary is None:
+        raise ValueError(f"{out_dir} is not a finished run directory (no {SUMMARY_FILE}); pass a run's out_dir.")
+    records = read_run_metrics(out_dir)
     return RunSummary(
         name=summary["run"],
         out_dir=out_dir,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.metrics import read_metrics
+from ..training.run_files import final_loss, read_run_metrics, read_summary
 from .planner import DIVERGED_SUFFIX, RUNS_DIR, run_name
 from .runner import current_plan
 from .suites import Arm, Size, Suite
@@ -60,26 +60,22 @@ def read_run(run_dir: Path, lr: float = math.nan, seed: int = 0) -> RunRecord:
     diverged = run_dir.with_name(run_dir.name + DIVERGED_SUFFIX)
     if diverged.exists():
         record.diverged = json.loads(diverged.read_text()).get("message", "diverged")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        for row in read_metrics(metrics):
-            step = row.get("step")
-            if step is None:
-                continue
-            if isinstance(row.get("eval_loss"), (int, float)):
-                record.eval_curve.append((step, float(row["eval_loss"])))
-            for key, value in row.items():
-                match = ENTROPY_KEY.match(key)
-                if match and isinstance(value, (int, float)):
-                    record.entropy.setdefault(int(match.group(1)), []).append((step, float(value)))
-                match = TEMPERATURE_KEY.match(key)
-                if match and isinstance(value, (int, float)):
-                    record.temperature[int(match.group(1))] = float(value)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        summary: dict[str, Any] = json.loads(summary_path.read_text())
-        loss = summary.get("final_eval_loss")
-        record.final_eval_loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+    for row in read_run_metrics(run_dir):
+        step = row.get("step")
+        if step is None:
+            continue
+        if isinstance(row.get("eval_loss"), (int, float)):
+            record.eval_curve.append((step, float(row["eval_loss"])))
+        for key, value in row.items():
+            match = ENTROPY_KEY.match(key)
+            if match and isinstance(value, (int, float)):
+                record.entropy.setdefault(int(match.group(1)), []).append((step, float(value)))
+            match = TEMPERATURE_KEY.match(key)
+            if match and isinstance(value, (int, float)):
+                record.temperature[int(match.group(1))] = float(value)
+    summary = read_summary(run_dir)
+    if summary is not None:
+        record.final_eval_loss = final_loss(summary)
         record.counts = summary.get("counts", {})
         record.tokens_per_s = summary.get("tokens_per_s")
         record.seconds = summary.get("seconds")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data import PreparedData, prepare_data
 from ..training.errors import TrainingStopped
 from ..training.loop import train
+from ..training.run_files import final_loss, is_finished, read_summary
 from ..training.state import resolve_resume_checkpoint
 from .planner import DIVERGED_SUFFIX, RUNS_DIR, SuitePlan, disk_outcome, plan_suite, run_name
 from .suites import Arm, Size, Suite
@@ -107,7 +107,7 @@ def run_state(spec: RunSpec, *, remedy: str = SUITE_REMEDY) -> tuple[str, str]:
         difference = config_difference(spec, read_config(directory))
         if difference is not None:
             raise ValueError(f"{directory} holds a run of other settings ({difference}); {remedy}")
-    if (directory / "summary.json").exists():
+    if is_finished(directory):
         return "finished", ""
     try:
         checkpoint, _ = resolve_resume_checkpoint(directory)
@@ -120,7 +120,7 @@ def execute(spec: RunSpec, *, data: PreparedData | None = None, progress: bool =
     """Skip, resume, restart or start one run; a run stopped by a non-finite loss is recorded as diverged."""
     state, detail = run_state(spec)
     if state in ("finished", "diverged"):
-        loss = _summary_loss(spec.run_dir) if state == "finished" else None
+        loss = final_loss(read_summary(spec.run_dir)) if state == "finished" else None
         return RunOutcome(spec, "skipped" if state == "finished" else "diverged", loss, message=detail)
     started = time.perf_counter()
     kwargs: dict[str, Any] = {"run_name": spec.name, "data": data, "progress": progress}
@@ -137,11 +137,6 @@ def execute(spec: RunSpec, *, data: PreparedData | None = None, progress: bool =
         raise KeyboardInterrupt
     action = {"resume": "resumed", "restart": "restarted"}.get(state, "trained")
     return RunOutcome(spec, action, result.final_eval_loss, time.perf_counter() - started, detail)
-
-
-def _summary_loss(run_dir: Path) -> float | None:
-    loss = json.loads((run_dir / "summary.json").read_text()).get("final_eval_loss")
-    return None if loss is None or not math.isfinite(loss) else float(loss)
 
 
 _WORKER_DATA: dict[tuple[str, int, str], PreparedData] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data import PreparedData, prepare_data
 from ..presets import get_preset
 from ..training.loop import train
-from ..training.metrics import read_metrics
+from ..training.run_files import read_run_metrics
 from .plots import Panel, Series, plot_panels
 
 TARGET = "token-choice"
@@ -72,7 +72,7 @@ def run_transition_experiment(
         return train(model_config, config, run_name=name, data=data, progress=progress, force=force).final_eval_loss
 
     recovered = run("transition", mot_preset.model, switch_to=TARGET, switch_at=mot_steps, eval_also=TARGET)
-    switch = next(r for r in read_metrics(out / "transition" / "metrics.jsonl") if r.get("event") == "switch")
+    switch = next(r for r in read_run_metrics(out / "transition") if r.get("event") == "switch")
     scratch = run("token-choice-scratch", get_preset("tiny-token-choice").model)
     dense = run("dense", get_preset("tiny-dense").model)
     report = TransitionReport(
@@ -84,7 +84,7 @@ def run_transition_experiment(
 
 
 def _eval_curve(run_dir: Path, key: str = "eval_loss") -> tuple[list[int], list[float]]:
-    points = [(r["step"], r[key]) for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+    points = [(r["step"], r[key]) for r in read_run_metrics(run_dir) if key in r]
     return [step for step, _ in points], [loss for _, loss in points]
 
 

@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import read_config
+from ..checkpoint import CONFIG_FILE, read_config
 from ..config import ModelConfig
 from ..layers import layer_class
+from ..training.run_files import SUMMARY_FILE, is_finished, read_summary
 
 REQUIRED_COLUMNS = ("N", "D", "granularity", "loss")
 KINDS = ("fine-grained", "dense")
@@ -109,7 +110,9 @@ def run_from_directory(directory: Path) -> Run:
     """A finished run directory of `mot train` as a Run (see the module docstring for the mapping)."""
     directory = Path(directory)
     try:
-        summary = json.loads((directory / "summary.json").read_text())
+        summary = read_summary(directory)
+        if summary is None:
+            raise FileNotFoundError(f"no {SUMMARY_FILE}")
         config = read_config(directory)
         model, train = config["model"], config["train"]
         loss = float(summary["final_eval_loss"])
@@ -117,8 +120,8 @@ def run_from_directory(directory: Path) -> Run:
         tokens = float(train["steps"]) * float(train["batch_size"]) * float(model["max_seq_len"])
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
         raise ValueError(
-            f"{directory} is not a finished run directory (summary.json with final_eval_loss and counts, "
-            f"config.json with model and train): {error!r}."
+            f"{directory} is not a finished run directory ({SUMMARY_FILE} with final_eval_loss and counts, "
+            f"{CONFIG_FILE} with model and train): {error!r}."
         ) from None
     model_config = ModelConfig(**model)
     shape = layer_class(model_config.ffn).scaling_shape(model_config)  # None: not a fine-grained layer
@@ -140,10 +143,12 @@ def load_runs(source: str | Path) -> list[Run]:
     """
     source = Path(source)
     if source.is_dir():
-        candidates = [source] if (source / "summary.json").exists() else []
-        candidates += sorted(p.parent for p in source.glob("*/summary.json"))
+        candidates = [source] if is_finished(source) else []
+        candidates += sorted(p for p in source.iterdir() if is_finished(p))
         if not candidates:
-            raise ValueError(f"--runs {source} holds no run directories (folders with summary.json and config.json).")
+            raise ValueError(
+                f"--runs {source} holds no run directories (folders with {SUMMARY_FILE} and {CONFIG_FILE})."
+            )
         return [run_from_directory(d) for d in candidates]
     if not source.is_file():
         raise ValueError(f"--runs {source} does not exist; pass a .csv or .json table or a folder of run directories.")

@@ -27,8 +27,8 @@ from ..spelling import setting
 from .errors import CheckpointWriteError
 from .metrics import jsonable
 from .plan import RunPlan
-from .run_directory import SUMMARY_FILE
-from .state import CHECKPOINTS_DIR, TrainingState, capture_rng_state, list_checkpoints, save_training_checkpoint
+from .run_files import CHECKPOINTS_DIR, SUMMARY_FILE
+from .state import TrainingState, capture_rng_state, list_checkpoints, save_training_checkpoint
 
 
 @dataclass

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import CONFIG_FILE
 from ..progress import progress_bar
 from ..runtime import distributed as dist_utils
 from .metrics import MetricsWriter
+from .run_files import METRICS_FILE
 from .step import StepResult
 
 
@@ -42,7 +44,7 @@ class RunLog:
         self.tokens_per_step, self.peak_flops = tokens_per_step, peak_flops
         self.train_flops_per_token = train_flops_per_token
         self.progress = progress and context.is_main
-        self.metrics = MetricsWriter(out_dir / "metrics.jsonl", append=start_step > 0) if context.is_main else None
+        self.metrics = MetricsWriter(out_dir / METRICS_FILE, append=start_step > 0) if context.is_main else None
         self.tensorboard = _tensorboard_writer(out_dir) if tensorboard and context.is_main else None
         self.bar = progress_bar(total_steps, name, initial=start_step, disable=not self.progress, dynamic_ncols=True)
         self._window_start, self._window_steps = time.perf_counter(), 0
@@ -150,7 +152,7 @@ def _tensorboard_writer(out_dir: Path):
     directory = out_dir / "tensorboard"
     first = not any(directory.glob("events.out.tfevents.*"))
     writer = SummaryWriter(str(directory))
-    config_file = out_dir / "config.json"
+    config_file = out_dir / CONFIG_FILE
     if first and config_file.is_file():
         payload = json.loads(config_file.read_text(encoding="utf-8"))
         metrics = {"eval/loss": float("nan"), "train/loss": float("nan")}  # names only: the values are the scalars

@@ -37,8 +37,9 @@ from .log import RunLog
 from .metrics import read_metrics
 from .plan import RunPlan, check_resumed_tokenizer, check_run_settings, plan_run
 from .run_directory import claim_run_directory, lock_run_directory
+from .run_files import METRICS_FILE
 from .run_lock import RunLock
-from .state import METRICS_FILE, TrainingState, load_training_state, restore_rng_state
+from .state import TrainingState, load_training_state, restore_rng_state
 from .step import OptimizerStep, StepResult, build_optimizer, with_implementation_of
 from .switch import switch_in_place, switched_copy
 

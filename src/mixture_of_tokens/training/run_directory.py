@@ -28,13 +28,13 @@ from ..model import Transformer
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_precision
 from ..spelling import setting
+from .run_files import CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE
 from .run_lock import LOCK_FILE, RunLock, check_not_in_use
-from .state import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_run_id, checkpoint_step, list_checkpoints
+from .state import checkpoint_run_id, checkpoint_step, list_checkpoints
 
 if TYPE_CHECKING:
     from .plan import RunPlan
 
-SUMMARY_FILE = "summary.json"
 SUPERSEDED_DIR = "superseded"
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, SUMMARY_FILE, WEIGHTS_FILE)
 FINAL_FILES = (WEIGHTS_FILE, TOKENIZER_FILE, MANIFEST_FILE, SUMMARY_FILE)

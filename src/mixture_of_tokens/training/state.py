@@ -32,10 +32,9 @@ from ..checkpoint import (
 )
 from ..data import Tokenizer
 from ..files import os_errors
+from .run_files import CHECKPOINTS_DIR, METRICS_FILE
 
-CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
 _STEP_PREFIX = "step-"
 
 
