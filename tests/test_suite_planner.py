@@ -124,6 +124,22 @@ def test_stages_follow_the_rates_and_settings_they_depend_on() -> None:
     assert len(set(names(plan))) == len(plan.runs)
 
 
+def test_a_recheck_whose_best_rate_is_at_its_edge_is_widened_before_the_second_seed() -> None:
+    suite, disk = _staged(), Disk()
+    size = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3, 2e-3, 4e-3), seeds=2, widen=1)
+    disk.finish(plan_suite(suite, size, disk), {"mot-lr0.001-s0": 3.0, "mot-lr0.002-s0": 2.8, "mot-lr0.004-s0": 2.9})
+    disk.finish(plan_suite(suite, size, disk), {"mot-t0.1-lr0.002-s0": 2.6, "mot-t0.3-lr0.002-s0": 2.7})
+    disk.finish(plan_suite(suite, size, disk), {"mot-4e-lr0.002-s0": 2.65, "ec-lr0.002-s0": 2.9})
+    disk.finish(plan_suite(suite, size, disk), {"mot-t0.1-lr0.001-s0": 2.7, "mot-t0.1-lr0.004-s0": 2.5})
+    plan = plan_suite(suite, size, disk)  # best at twice the winner's rate: the edge of the re-check
+    assert names(plan)[-1] == "mot-t0.1-lr0.008-s0" and not plan.arms["best"].resolved
+    assert "mot-t0.1-lr0.004-s1" not in names(plan)  # the second seed waits for the widened rate
+    disk.finish(plan, {"mot-t0.1-lr0.008-s0": 2.55})
+    plan = plan_suite(suite, size, disk)
+    assert plan.arms["best"].resolved and plan.arms["best"].chosen == 4e-3
+    assert names(plan)[-1] == "mot-t0.1-lr0.004-s1" and plan.complete
+
+
 def test_an_arm_whose_sources_all_diverged_trains_nothing() -> None:
     suite, disk = _staged(), Disk()
     size = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3,), seeds=1)

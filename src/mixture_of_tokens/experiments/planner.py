@@ -7,7 +7,7 @@ Per arm (in the suite's order; an arm depends only on arms listed before it):
 - an arm with `lr_from` trains at that arm's chosen rate; one with `settings_from` at the best of those arms
   (its rate, and its overrides when of the same kind);
 - an alias (`best_of`) trains nothing of its own: it resolves to the best of its arms, whose runs it reads, and
-  with `recheck` that winner also trains at half and twice its rate;
+  with `recheck` that winner also trains at half and twice its rate (widened past an edge like a sweep);
 - once an arm's seed-0 runs are done, its chosen rate is the one with the lowest final eval loss (a diverged run
   is passed over), and its further seeds train at that rate.
 """
@@ -169,9 +169,15 @@ def _plan_alias(arm: Arm, size: Size, plans: dict[str, ArmPlan], outcome: Callab
         rates = (best.chosen / RATE_STEP, best.chosen, best.chosen * RATE_STEP)
     plan = ArmPlan(best.arm, rates, seeds=seeds, winner=best.arm.name)
     plan.losses.update(best.losses)  # the winner's own seed-0 runs count
-    _read(plan, outcome)
-    plan.resolved = len([lr for lr in plan.rates if lr in plan.losses]) == len(plan.rates)
-    return plan
+    while True:
+        _read(plan, outcome)
+        if any(lr not in plan.losses for lr in plan.rates):
+            return plan
+        beyond = _beyond_edge(plan, size, swept=rates) if arm.recheck else None
+        if beyond is None:
+            plan.resolved = True
+            return plan
+        plan.rates = (*plan.rates, beyond)
 
 
 def _read(plan: ArmPlan, outcome: Callable) -> None:
@@ -181,15 +187,16 @@ def _read(plan: ArmPlan, outcome: Callable) -> None:
             plan.losses[lr] = loss
 
 
-def _beyond_edge(plan: ArmPlan, size: Size) -> float | None:
-    """The next rate past the edge the best rate sits at, while fewer than size.widen have been added there."""
-    best = plan.chosen
+def _beyond_edge(plan: ArmPlan, size: Size, swept: tuple[float, ...] = ()) -> float | None:
+    """The next rate past the edge the best rate sits at, while fewer than size.widen have been added beyond the
+    rates first `swept` (the size's sweep, or an alias's re-check rates)."""
+    best, swept = plan.chosen, swept or tuple(size.lrs)
     if best is None or size.widen <= 0 or len(plan.rates) < 2:
         return None
     low, high = min(plan.rates), max(plan.rates)
-    if best == high and sum(lr > max(size.lrs) for lr in plan.rates) < size.widen:
+    if best == high and sum(lr > max(swept) for lr in plan.rates) < size.widen:
         return high * RATE_STEP
-    if best == low and sum(lr < min(size.lrs) for lr in plan.rates) < size.widen:
+    if best == low and sum(lr < min(swept) for lr in plan.rates) < size.widen:
         return low / RATE_STEP
     return None
 
