@@ -42,11 +42,6 @@ def test_usual_file_mode_gives_a_safetensors_file_the_mode_of_a_new_file(tmp_pat
     assert os.umask(0o022) == 0o027  # reading the umask left it as it was
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.save_weights does not yet call files.usual_file_mode(temp) after safetensors' save_file "
-    "(checkpoint.py is another engineer's file; the one-line edit is described in issue 23, item 6)",
-)
 def test_a_training_run_directory_and_its_checkpoints_have_the_usual_modes(trainer_factory, umask_022) -> None:
     trainer = trainer_factory(steps=2, checkpoint_every=1)
     trainer.run()

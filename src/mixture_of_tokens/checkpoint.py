@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
-from .files import atomic_path, os_errors, sha256_file, temporary_path, write_json_atomic
+from .files import atomic_path, os_errors, sha256_file, temporary_path, usual_file_mode, write_json_atomic
 from .model import Transformer
 from .spelling import setting, uses_flags
 
@@ -44,6 +44,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, *, tied_names:
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items() if name not in tied_names}
     with atomic_path(path) as temp, os_errors(path):
         save_file(tensors, str(temp))
+        usual_file_mode(temp)  # safetensors creates its file 0600
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
