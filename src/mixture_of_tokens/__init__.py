@@ -3,7 +3,9 @@ baselines, a trainer and a command line (`mot`)."""
 
 from .config import ModelConfig, TrainConfig
 from .counting import ModelCounts, count_model
+from .evaluation import EvalResults, evaluate_checkpoint
 from .inference import Predictor, load_model, load_tokenizer
+from .inference_config import EvalConfig
 from .layers import (
     CollapseMonitor,
     ExpertChoice,
@@ -23,6 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "CollapseMonitor",
+    "EvalConfig",
+    "EvalResults",
     "ExpertChoice",
     "FeedForward",
     "MixtureOfTokens",
@@ -36,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "Transformer",
     "count_model",
+    "evaluate_checkpoint",
     "get_preset",
     "group_by_position",
     "load_model",

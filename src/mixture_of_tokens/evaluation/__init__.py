@@ -9,6 +9,7 @@ from .batch_policy import (
     query_seed,
     resolve_policy,
 )
+from .checkpoint_eval import EvalResults, evaluate_checkpoint
 from .loss import evaluate_loss
 from .perplexity import EvalMode, LossResult, eval_modes, evaluate_modes
 from .runner import LoadedCheckpoint, check_results_destination, load_checkpoint, load_texts, write_results
@@ -23,6 +24,7 @@ __all__ = [
     "ContinuationScore",
     "Doc",
     "EvalMode",
+    "EvalResults",
     "LoadedCheckpoint",
     "LossResult",
     "Request",
@@ -32,6 +34,7 @@ __all__ = [
     "default_protocol_rows",
     "doc_from_row",
     "eval_modes",
+    "evaluate_checkpoint",
     "evaluate_docs",
     "evaluate_loss",
     "evaluate_modes",

@@ -18,6 +18,7 @@ from ..data import Tokenizer, prepare_data
 from ..files import write_json_atomic
 from ..model import Transformer, set_inference_routing
 from ..runtime.devices import resolve_device
+from ..spelling import setting
 
 __all__ = ["LoadedCheckpoint", "check_results_destination", "load_checkpoint", "load_texts", "write_results"]
 
@@ -81,7 +82,7 @@ def check_results_destination(directory: Path, out: Path | None = None) -> None:
     """Fail with one sentence, before any scoring, when the results file could not be written there."""
     path = results_path(directory, out)
     if path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give the path of a .json file to write.")
+        raise ValueError(f"{setting('out', path)} is a directory; give the path of a .json file to write.")
     ancestor = path.parent.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -92,7 +93,8 @@ def check_results_destination(directory: Path, out: Path | None = None) -> None:
             pass
     except OSError as error:
         raise ValueError(
-            f"--out {path} cannot be written ({ancestor}: {error.strerror or error}); choose another --out."
+            f"{setting('out', path)} cannot be written ({ancestor}: {error.strerror or error}); choose another "
+            f"{setting('out')}."
         ) from None
 
 
