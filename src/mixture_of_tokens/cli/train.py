@@ -145,14 +145,21 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     from ..model import Transformer
     from ..runtime.devices import resolve_device
     from ..runtime.precision import resolve_precision
-    from ..training.memory import estimate_training_memory
+    from ..training.memory import estimate_run_memory
 
     with torch.device("meta"):
         counts = count_model(Transformer(model_config))
     device = resolve_device(train_config.device)
     precision = resolve_precision(train_config.precision, device)
     micro_batch = train_config.batch_size // train_config.grad_accum_steps
-    memory = estimate_training_memory(counts, model_config, micro_batch, precision, device)
+    memory = estimate_run_memory(
+        counts,
+        model_config,
+        micro_batch=micro_batch,
+        eval_batch=train_config.batch_size,  # held-out batches are evaluated whole
+        precision=precision,
+        device=device,
+    )
     print(f"{name}: {counts.summary()}")
     print(f"blocks: {', '.join(model_config.block_ffn_kinds())}")
     tokens_per_step = train_config.batch_size * model_config.max_seq_len
@@ -160,4 +167,4 @@ def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> 
     print(f"tokens per step: {tokens_per_step:,}; training FLOPs per step: {human(flops_per_step)}")
     print(describe_data_plan(train_config.data, train_config.tokenizer, model_config.vocab_size))
     print(f"the run reads {tokens_per_step * train_config.steps:,} training tokens ({train_config.steps:,} steps)")
-    print(memory.describe(micro_batch))
+    print(memory.describe())

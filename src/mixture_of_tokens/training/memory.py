@@ -1,6 +1,9 @@
-"""The training-memory estimate of `mot train --dry-run`: one process at the peak of a training step.
+"""The memory estimate of `mot train --dry-run`: one process at the larger of two peaks, a training step's and the
+held-out evaluation's (`RunMemoryEstimate`).
 
-The peak is reached at the end of the forward pass, in the loss, when every activation kept for backward is alive:
+The peak of a training step is reached at the end of the forward pass, in the loss, when every activation kept for
+backward is alive:
+
   states       weights, gradients and AdamW's two moments (4 copies of the parameters, float32 unless bf16-pure)
   activations  per token and block: the residual stream, both LayerNorm outputs, q/k/v, the attention output
                and its copy into the output projection (7*d values), fused attention's log-sum-exp per head and
@@ -16,6 +19,15 @@ The peak is reached at the end of the forward pass, in the loss, when every acti
                and about 98 MB more when Triton is installed (torch._dynamo then imports it too); measured as the
                peak RSS of two training steps of a model too small to count (d = 16, V = 64) minus a process that
                has everything but a model and its training; on CUDA, the CUDA context is not counted.
+The evaluation (every eval step and the final one) runs the model without gradients on the full batch (not the
+micro-batch) and asks for its full logits; its peak is in the loss:
+  states       weights and AdamW's two moments (the gradients are freed after every step)
+  logits       per token V logits in the activation dtype, their float32 copy under bf16, and the cross-entropy's
+               float32 log-softmax; besides them the residual stream and the final norm's output (2*d values) and
+               the batch's int64 inputs and targets
+  runtime      as in training (already mapped in by then)
+At a large batch the logits dominate: tiny-mot at batch 512 needs 2.04 GB for a training step and 4.52 GB for the
+evaluation (4.72 GB peak RSS measured).
 Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/test_memory.py).
 """
 
@@ -48,6 +60,9 @@ FLOAT32_BYTES = 4
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """One peak: the states (weights, their gradients and optimizer moments as far as they are alive then), the
+    activations (and the loss's buffers), and PyTorch's own runtime."""
+
     device: str
     precision: str
     states_bytes: int
@@ -58,13 +73,46 @@ class MemoryEstimate:
     def total_bytes(self) -> int:
         return self.states_bytes + self.activation_bytes + self.runtime_bytes
 
-    def describe(self, micro_batch: int) -> str:
+    def parts(self, states: str, activations: str) -> str:
+        """`STATES 0.08 GB, ACTIVATIONS 1.86 GB, PyTorch runtime 0.10 GB, total 2.04 GB`."""
         gb = 1e9
         return (
-            f"memory estimate for one process on {self.device} in {self.precision} (micro-batch {micro_batch}): "
-            f"weights+grads+AdamW {self.states_bytes / gb:.2f} GB, activations and loss "
-            f"{self.activation_bytes / gb:.2f} GB, PyTorch runtime {self.runtime_bytes / gb:.2f} GB, "
-            f"total {self.total_bytes / gb:.2f} GB"
+            f"{states} {self.states_bytes / gb:.2f} GB, {activations} {self.activation_bytes / gb:.2f} GB, PyTorch "
+            f"runtime {self.runtime_bytes / gb:.2f} GB, total {self.total_bytes / gb:.2f} GB"
+        )
+
+
+@dataclass(frozen=True)
+class RunMemoryEstimate:
+    """The two peaks of a run, a training step's at `micro_batch` and the evaluation's at `eval_batch`; the run
+    needs the larger."""
+
+    training: MemoryEstimate
+    evaluation: MemoryEstimate
+    micro_batch: int
+    eval_batch: int
+
+    @property
+    def dominated_by_evaluation(self) -> bool:
+        return self.evaluation.total_bytes > self.training.total_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return max(self.training.total_bytes, self.evaluation.total_bytes)
+
+    def describe(self) -> str:
+        """Three lines: the peak and which part of the run reaches it, then each part."""
+        training, evaluation = self.training, self.evaluation
+        if self.dominated_by_evaluation:
+            where = "the held-out evaluation (full logits of the whole batch), above the training step"
+        else:
+            where = "the training step, above the held-out evaluation"
+        return (
+            f"memory estimate for one process on {training.device} in {training.precision}: peak "
+            f"{self.total_bytes / 1e9:.2f} GB, in {where}\n"
+            f"  training step (micro-batch {self.micro_batch}): "
+            f"{training.parts('weights+grads+AdamW', 'activations and loss')}\n"
+            f"  evaluation (batch {self.eval_batch}): {evaluation.parts('weights+AdamW', 'logits and loss')}"
         )
 
 
@@ -118,4 +166,49 @@ def estimate_training_memory(
         states_bytes=counts.total_params * precision.state_bytes * 4,
         activation_bytes=int(activations) + loss_bytes(config, tokens, value_bytes),
         runtime_bytes=cpu_runtime_bytes() if device.type == "cpu" else 0,
+    )
+
+
+INT64_BYTES = 8
+
+
+def evaluation_bytes(config: ModelConfig, tokens: int, activation_bytes: int) -> int:
+    """The evaluation's loss at its peak: the logits in the activation dtype, their float32 copy when that is not
+    float32, and the cross-entropy's float32 log-softmax (V values each per token); the residual stream and the final
+    norm's output (d values each); the batch's inputs and targets (int64)."""
+    copy_bytes = FLOAT32_BYTES if activation_bytes != FLOAT32_BYTES else 0
+    logits = config.model_vocab_size * (activation_bytes + copy_bytes + FLOAT32_BYTES)
+    return tokens * (logits + 2 * config.d_model * activation_bytes + 2 * INT64_BYTES)
+
+
+def estimate_evaluation_memory(
+    counts: ModelCounts, config: ModelConfig, eval_batch: int, precision: Precision, device: torch.device
+) -> MemoryEstimate:
+    """The held-out evaluation's peak: weights and AdamW's moments (no gradients), the full-logits loss of
+    `eval_batch` sequences (`evaluation_bytes`), PyTorch's runtime."""
+    return MemoryEstimate(
+        device=device.type,
+        precision=str(precision),
+        states_bytes=counts.total_params * precision.state_bytes * 3,
+        activation_bytes=evaluation_bytes(config, eval_batch * config.max_seq_len, precision.activation_bytes),
+        runtime_bytes=cpu_runtime_bytes() if device.type == "cpu" else 0,
+    )
+
+
+def estimate_run_memory(
+    counts: ModelCounts,
+    config: ModelConfig,
+    *,
+    micro_batch: int,
+    eval_batch: int,
+    precision: Precision,
+    device: torch.device,
+) -> RunMemoryEstimate:
+    """Both peaks of a run: a training step at `micro_batch` sequences and the evaluation at `eval_batch` (the
+    trainer evaluates the whole batch_size at once)."""
+    return RunMemoryEstimate(
+        training=estimate_training_memory(counts, config, micro_batch, precision, device),
+        evaluation=estimate_evaluation_memory(counts, config, eval_batch, precision, device),
+        micro_batch=micro_batch,
+        eval_batch=eval_batch,
     )
