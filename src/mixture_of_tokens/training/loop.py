@@ -28,8 +28,6 @@ from ..layers.conversion import has_convertible_layers
 from ..layers.routing_stats import CollapseMonitor
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
-from ..runtime.devices import resolve_device
-from ..runtime.precision import resolve_precision
 from .checkpointing import Checkpointer, TrainedModel
 from .errors import NonFiniteError, non_finite_message
 from .guards import InterruptFlag, peak_flops_per_second
@@ -86,14 +84,14 @@ class Trainer:
 
     def _set_up_runtime(self, plan: RunPlan, *, progress: bool) -> None:
         """Device, process group, precision and torch's global settings."""
-        self.device = resolve_device(plan.train_config.device)
+        self.device = plan.device
         self.context = dist_utils.init_distributed(self.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.context.local_rank)
         self.is_main = self.context.is_main
         self.progress = progress and self.is_main
         self.run_name = plan.name
-        self.precision = resolve_precision(plan.train_config.precision, self.device)
+        self.precision = plan.precision
         if plan.train_config.threads:
             torch.set_num_threads(plan.train_config.threads)
         if plan.train_config.deterministic:

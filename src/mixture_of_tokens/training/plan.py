@@ -1,5 +1,6 @@
 """A training run resolved once, before any data or compute: its configs (fresh, resumed, or started from a
-checkpoint's weights), its name, its run directory and run id, and every check of its settings.
+checkpoint's weights), its name, its run directory and run id, its device and precision, and every check of its
+settings.
 
 `plan_run` is the only place that reads a checkpoint's config to decide what a run is; the trainer takes the
 plan as it is. A run writes only into `plan.run_dir`: the directory given to `--resume`, `--out-dir`, or
@@ -13,6 +14,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from ..layers import check_training_batch
 from ..model import Transformer
 from ..runtime import distributed as dist_utils
 from ..runtime.devices import resolve_device
+from ..runtime.precision import Precision, resolve_precision
 from ..spelling import setting, uses_flags
 from .run_directory import check_run_directory
 from .state import (
@@ -73,6 +76,17 @@ class RunPlan:
     @property
     def start_step(self) -> int:
         return self.resume.step if self.resume else 0
+
+    @cached_property
+    def device(self) -> torch.device:
+        """The run's device, resolved once from `train_config.device` (auto: CUDA when present); under torchrun each
+        process trains on its own rank's device of this type."""
+        return resolve_device(self.train_config.device)
+
+    @cached_property
+    def precision(self) -> Precision:
+        """The run's precision, resolved once (auto: bf16-mixed on CUDA, fp32 elsewhere)."""
+        return resolve_precision(self.train_config.precision, self.device)
 
 
 def new_run_id() -> str:

@@ -25,8 +25,6 @@ from ..checkpoint import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, WEIGHTS_FIL
 from ..counting import count_model
 from ..files import existing_ancestor, free_space, human_bytes, write_failed
 from ..model import Transformer
-from ..runtime.devices import resolve_device
-from ..runtime.precision import resolve_precision
 from ..spelling import setting
 from .run_files import CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE
 from .run_lock import LOCK_FILE, RunLock, check_not_in_use
@@ -145,8 +143,7 @@ def bytes_needed(plan: RunPlan) -> int:
     metrics.jsonl), the final weights and the run's own metrics.jsonl."""
     with torch.device("meta"):
         parameters = count_model(Transformer(plan.model_config)).total_params
-    precision = resolve_precision(plan.train_config.precision, resolve_device(plan.train_config.device))
-    weights = parameters * precision.state_bytes
+    weights = parameters * plan.precision.state_bytes
     config = plan.train_config
     written = checkpoints_written(config.steps, plan.start_step, config.checkpoint_every)
     at_once = min(config.keep_checkpoints + 1, written)
