@@ -1,6 +1,7 @@
-"""A run's device and precision are resolved once, by its plan (`RunPlan.device`, `RunPlan.precision`): the trainer
-and the run directory's disk check read the plan's values, and no other module of `training/` resolves them again
-(a syntax-tree walk fails on a call of resolve_device or resolve_precision outside plan.py)."""
+"""A run's device and precision are resolved once, by its plan (`RunPlan.device`, `RunPlan.precision`): the trainer,
+the run directory's disk check and `mot train --dry-run` read the plan's values, and no other module of `training/`
+(nor `mot train`) resolves them again: a syntax-tree walk fails on a call of resolve_device or resolve_precision
+there outside plan.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import mixture_of_tokens
 from mixture_of_tokens.training.loop import Trainer
 from mixture_of_tokens.training.plan import plan_run
 
-TRAINING = Path(mixture_of_tokens.__file__).parent / "training"
+PACKAGE = Path(mixture_of_tokens.__file__).parent
+RUN_MODULES = [*sorted((PACKAGE / "training").glob("*.py")), PACKAGE / "cli" / "train.py"]
 RESOLVERS = ("resolve_device", "resolve_precision")
 
 
@@ -26,10 +28,10 @@ def resolver_calls(source: str) -> list[str]:
     return [name for name in names if name in RESOLVERS]
 
 
-def test_only_the_plan_resolves_device_and_precision_in_training() -> None:
+def test_only_the_plan_resolves_a_runs_device_and_precision() -> None:
     found = {
-        path.name: calls
-        for path in sorted(TRAINING.glob("*.py"))
+        str(path.relative_to(PACKAGE)): calls
+        for path in RUN_MODULES
         if path.name != "plan.py" and (calls := resolver_calls(path.read_text()))
     }
     assert found == {}, "read plan.device / plan.precision instead"

@@ -7,11 +7,15 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ModelConfig, TrainConfig
 from .config_args import add_preset_and_overrides, configs_from_args, overrides
 from .config_file import add_config_file_argument
 from .help_text import examples
+
+if TYPE_CHECKING:
+    from ..training.plan import RunPlan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
 
     plan = plan_from_args(args)
     if args.dry_run:
-        dry_run(plan.name, plan.model_config, plan.train_config)
+        dry_run(plan)
         return
     result = train_plan(plan)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -137,30 +141,29 @@ def next_steps(run_dir: Path, *, generates: bool = True) -> str:
     return "\n".join(lines)
 
 
-def dry_run(name: str, model_config: ModelConfig, train_config: TrainConfig) -> None:
+def dry_run(plan: RunPlan) -> None:
+    """`mot train --dry-run`: sizes, FLOPs, the data it reads and the memory estimate of a planned run, on the
+    plan's device and precision."""
     import torch
 
     from ..counting import count_model, human
     from ..data.prepare import describe_data_plan
     from ..model import Transformer
-    from ..runtime.devices import resolve_device
-    from ..runtime.precision import resolve_precision
     from ..training.memory import estimate_run_memory
 
+    model_config, train_config = plan.model_config, plan.train_config
     with torch.device("meta"):
         counts = count_model(Transformer(model_config))
-    device = resolve_device(train_config.device)
-    precision = resolve_precision(train_config.precision, device)
     micro_batch = train_config.batch_size // train_config.grad_accum_steps
     memory = estimate_run_memory(
         counts,
         model_config,
         micro_batch=micro_batch,
         eval_batch=train_config.batch_size,  # held-out batches are evaluated whole
-        precision=precision,
-        device=device,
+        precision=plan.precision,
+        device=plan.device,
     )
-    print(f"{name}: {counts.summary()}")
+    print(f"{plan.name}: {counts.summary()}")
     print(f"blocks: {', '.join(model_config.block_ffn_kinds())}")
     tokens_per_step = train_config.batch_size * model_config.max_seq_len
     flops_per_step = counts.train_flops_per_token * tokens_per_step
