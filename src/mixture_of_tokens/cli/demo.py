@@ -131,9 +131,9 @@ def train_side_by_side(specs: Sequence, *, data, parallel: int) -> list:
 
 def steps_done(specs: Sequence) -> int:
     """Training steps logged so far by every run of `specs` (its metrics file's last record)."""
-    from ..training.metrics import read_metrics
+    from ..training.run_files import read_run_metrics
 
-    return sum(next((r["step"] for r in reversed(read_metrics(spec.run_dir / "metrics.jsonl")) if "step" in r), 0)
+    return sum(next((r["step"] for r in reversed(read_run_metrics(spec.run_dir)) if "step" in r), 0)
                for spec in specs)  # fmt: skip
 
 
