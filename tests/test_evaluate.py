@@ -195,10 +195,68 @@ def test_eval_modes_and_losses_per_mode():
     results = evaluate_modes(model, batches, eval_modes(config, 16))
     for result in results:
         with torch.no_grad(), mot_mode(model, group_size=result.mode.group_size, routing=result.mode.routing):
-            expected = sum(float(model(x, y).lm_loss) for x, y in batches) / 2
+            expected = sum(float(model(x, y, return_logits=False).lm_loss) for x, y in batches) / 2  # float64
         assert result.loss == pytest.approx(expected, abs=1e-12)
         assert result.perplexity == pytest.approx(np.exp(expected))
     assert len({round(r.loss, 9) for r in results}) == len(results)  # the modes really differ
+
+
+MICRO_BATCH_CASES = {  # model overrides, inference routing, mode (MoT group size), expected rows per forward
+    "dense": ("dense", {}, False, None, 4),
+    "mot": ("mot", {}, False, None, 4),
+    "mot at G=8 (rounded up to a group)": ("mot", {}, False, 8, 8),
+    "token choice, dropless (inference)": ("token_choice", {}, True, None, 4),
+    "token choice, capacity over the batch": ("token_choice", {"capacity_factor": 0.5}, False, None, 16),
+    "token choice, capacity per group": ("token_choice", {"capacity_factor": 2.0, "tc_scope": "group"}, False, None, 4),
+    "expert choice": ("expert_choice", {}, False, None, 4),
+    "masked, mot": ("mot", {"objective": "masked"}, False, None, 4),
+    "masked, mot within sequences": (
+        "mot",
+        {"objective": "masked", "mot_group_axis": "within_sequence"},
+        False,
+        None,
+        4,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MICRO_BATCH_CASES)
+def test_micro_batches_with_the_chunked_loss_equal_whole_batches_with_full_logits(case):
+    """The held-out loss run 4 rows at a time (rounded up to the rows the layers couple) with the chunked loss equals
+    the whole batch's full-logits cross-entropy (float64); a masked LM's accuracy too."""
+    from mixture_of_tokens.data.masking import IGNORE_INDEX, mask_tokens
+    from mixture_of_tokens.evaluation import evaluate_loss
+    from mixture_of_tokens.evaluation.loss import evaluate_masked_lm
+    from mixture_of_tokens.layers import set_inference_routing
+
+    ffn, overrides, inference, group_size, rows = MICRO_BATCH_CASES[case]
+    model = set_inference_routing(eval_model(ffn, seed=3, **overrides), inference)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, EVAL_VOCAB, (16, 12), generator=generator),) * 2 for _ in range(2)]
+    if model.config.objective == "masked":
+        rng = np.random.default_rng(0)
+        batches = [mask_tokens(x, mask_token_id=model.config.mask_token_id, rng=rng) for x, _ in batches]
+    forwards: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    with torch.no_grad(), mot_mode(model, group_size=group_size):
+        logits = [model(x).logits for x, _ in batches]  # the old evaluation: whole batches, full logits
+        losses = [torch.nn.functional.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none") for z, (_, y) in
+                  zip(logits, batches)]  # fmt: skip
+        forwards.clear()
+        loss = evaluate_loss(model, batches, torch.device("cpu"), micro_batch=4)
+    assert forwards == [rows] * (2 * 16 // rows)
+    scored = [y != IGNORE_INDEX for _, y in batches]
+    if model.config.objective == "causal":
+        assert loss == pytest.approx(float(sum(each.mean() for each in losses) / 2), abs=1e-9)
+        return
+    n_scored = int(sum(map(torch.sum, scored)))
+    expected = float(sum(each[keep.flatten()].sum() for each, keep in zip(losses, scored)) / n_scored)
+    assert loss == pytest.approx(expected, abs=1e-9)
+    with mot_mode(model, group_size=group_size):
+        masked_loss, accuracy, n_masked = evaluate_masked_lm(model, batches, torch.device("cpu"), micro_batch=4)
+    correct = sum(int((z.argmax(-1) == y)[keep].sum()) for z, (_, y), keep in zip(logits, batches, scored))
+    assert masked_loss == pytest.approx(expected, abs=1e-9) and n_masked == n_scored
+    assert accuracy == correct / n_scored
 
 
 # ------------------------------------------------------------------------------------------------ command line

@@ -1,8 +1,8 @@
 """The memory estimate of `mot train --dry-run`: each feed-forward kind states exactly what it keeps for backward,
 the model's total matches saved-tensor hooks, the estimate is within 15% of the peak RSS of real training steps on
 the CPU for the tiny preset (and the runtime constant within 15% of what training a negligible model adds), the
-held-out evaluation's peak (full logits of the whole batch) is counted and named when it is the larger one, and
-the dry run says which device and precision it assumes."""
+held-out evaluation's peak (micro-batches without gradients, the chunked loss) is counted and named when it is the
+larger one, and the dry run says which device and precision it assumes."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from mixture_of_tokens.training.memory import (
     cpu_runtime_bytes,
     estimate_run_memory,
     estimate_training_memory,
+    evaluation_values_per_token,
 )
 
 TINY_MOT = get_preset("tiny-mot").model
@@ -113,8 +114,8 @@ preset = get_preset("tiny-mot")
 config = preset.model
 if sys.argv[1] == "negligible":  # a model too small to count: what remains is PyTorch's runtime
     config = dataclasses.replace(config, vocab_size=64, d_model=16, d_ff=64, expert_size=64, max_seq_len=16)
-evaluates = sys.argv[1] == "eval"  # one small step (AdamW's moments exist), then the held-out loss of 64 rows
-rows = 2 * preset.train.batch_size if evaluates else preset.train.batch_size
+evaluates = sys.argv[1] == "eval"  # one small step (AdamW's moments exist), then the held-out loss of 128 rows
+rows = 4 * preset.train.batch_size if evaluates else preset.train.batch_size
 torch.manual_seed(0)
 ids = torch.randint(config.vocab_size, (rows, config.max_seq_len + 1))
 inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -126,8 +127,8 @@ if sys.argv[1] != "baseline":
         model(inputs[:train_rows], targets[:train_rows], return_logits=False).loss.backward()  # the chunked loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if evaluates:  # the trainer's held-out loss: the whole batch at once, full logits
-        evaluate_loss(model, [(inputs, targets)], torch.device("cpu"))
+    if evaluates:  # the held-out loss of 128 rows in one forward (as when a layer couples them), chunked loss
+        evaluate_loss(model, [(inputs, targets)], torch.device("cpu"), micro_batch=rows)
 status = open("/proc/self/status").read()
 print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024)
 """
@@ -163,57 +164,78 @@ def test_the_cpu_runtime_is_what_training_a_negligible_model_adds() -> None:
     assert cpu_runtime_bytes() == pytest.approx(measured, rel=0.15), measured
 
 
-def _run_estimate(preset_name: str = "tiny-mot", precision: str = "fp32", **overrides):
-    """The dry run's estimate for the PEAK_RSS "eval" run: a training step of 8 rows, the evaluation of 64."""
+def _run_estimate(preset_name: str = "tiny-mot", precision: str = "fp32", eval_batch: int = 128, **overrides):
+    """The dry run's estimate for the PEAK_RSS "eval" run: a training step of 8 rows, the evaluation of 128 rows in
+    one forward."""
     preset = get_preset(preset_name)
     config = dataclasses.replace(preset.model, **overrides)
     with torch.device("meta"):
         counts = count_model(Transformer(config))
     cpu = torch.device("cpu")
     estimate = estimate_run_memory(
-        counts,
-        config,
-        micro_batch=8,
-        eval_batch=2 * preset.train.batch_size,
-        precision=resolve_precision(precision, cpu),
-        device=cpu,
+        counts, config, micro_batch=8, eval_batch=eval_batch, precision=resolve_precision(precision, cpu), device=cpu
     )
     return estimate, counts, config
 
 
-def test_the_evaluation_peak_is_its_full_logits_and_the_larger_peak_names_itself() -> None:
-    for precision, value_bytes, logit_bytes in (("fp32", 4, 4 + 4), ("bf16-mixed", 2, 2 + 4 + 4)):
-        estimate, counts, config = _run_estimate(precision=precision)
-        tokens = estimate.eval_batch * config.max_seq_len
-        evaluation = estimate.evaluation
-        assert evaluation.states_bytes == counts.total_params * 4 * 3  # weights and AdamW's moments, no gradients
-        # per token: the logits (float32 copy under bf16) and the log-softmax, the residual and the final norm's
-        # output, the int64 inputs and targets
-        per_token = config.model_vocab_size * logit_bytes + 2 * config.d_model * value_bytes + 2 * 8
-        assert evaluation.activation_bytes == tokens * per_token
-        assert evaluation.runtime_bytes == estimate.training.runtime_bytes == cpu_runtime_bytes()
-        assert estimate.dominated_by_evaluation and estimate.total_bytes == evaluation.total_bytes
-        assert estimate.total_bytes > estimate.training.total_bytes
-        assert "peak" in estimate.describe() and "in the held-out evaluation" in estimate.describe()
-    small_vocabulary, _, _ = _run_estimate(vocab_size=64)  # the logits no longer dominate
-    assert not small_vocabulary.dominated_by_evaluation
-    assert small_vocabulary.total_bytes == small_vocabulary.training.total_bytes
-    assert "in the training step, above the held-out evaluation" in small_vocabulary.describe()
+def _evaluation_loss_bytes(config, tokens: int, value_bytes: int) -> int:
+    """The residual and final norm output, one chunk's float32 logits (and their copy and the head's under bf16)."""
+    vocab, width, chunk = config.model_vocab_size, config.d_model, min(tokens, 1024)
+    copies = (value_bytes * chunk * vocab + vocab * width * value_bytes) if value_bytes == 2 else 0
+    return 2 * width * value_bytes * tokens + chunk * vocab * 4 + copies
+
+
+def test_the_evaluation_peak_is_a_block_or_the_chunked_loss_and_the_larger_peak_names_itself() -> None:
+    for precision, value_bytes in (("fp32", 4), ("bf16-mixed", 2)):
+        for eval_batch in (1, 128):
+            estimate, counts, config = _run_estimate(precision=precision, eval_batch=eval_batch)
+            tokens = eval_batch * config.max_seq_len
+            evaluation = estimate.evaluation
+            assert evaluation.states_bytes == counts.total_params * 4 * 3  # weights and AdamW's moments, no grads
+            # per token: the larger of the largest block's values and the chunked loss; the int64 inputs and targets
+            block = int(tokens * evaluation_values_per_token(config) * value_bytes)
+            loss = _evaluation_loss_bytes(config, tokens, value_bytes)
+            assert evaluation.activation_bytes == max(block, loss) + tokens * 2 * 8
+            assert (block > loss) == (eval_batch == 128 and precision == "fp32")  # one chunk's logits at one row
+            assert evaluation.runtime_bytes == estimate.training.runtime_bytes == cpu_runtime_bytes()
+    fp32, _, _ = _run_estimate()  # 128 rows per forward against a training step of 8: the evaluation's peak
+    assert fp32.dominated_by_evaluation and fp32.total_bytes == fp32.evaluation.total_bytes
+    assert "peak" in fp32.describe() and "in the held-out evaluation" in fp32.describe()
+    at_micro_batch, _, _ = _run_estimate(eval_batch=8)  # the trainer's evaluation at the training micro-batch
+    assert not at_micro_batch.dominated_by_evaluation
+    assert at_micro_batch.total_bytes == at_micro_batch.training.total_bytes
+    assert "in the training step, above the held-out evaluation" in at_micro_batch.describe()
 
 
 def test_the_evaluation_estimate_is_within_15_percent_of_the_measured_peak_rss_on_cpu() -> None:
-    """A training step of tiny-mot, then the held-out loss of 64 sequences at once, as the trainer evaluates its
-    whole batch (0.70 GB estimated, 0.71 GB measured)."""
+    """A training step of tiny-mot on 8 rows, then the held-out loss of 128 sequences in one forward with the
+    chunked loss (0.27 GB estimated, 0.26 GB measured)."""
     estimate, _, _ = _run_estimate()
     measured = _peak_rss("eval") - _peak_rss("baseline")
     assert estimate.dominated_by_evaluation
     assert estimate.total_bytes == pytest.approx(measured, rel=0.15), (estimate, measured)
 
 
+def test_evaluation_in_micro_batches_shrinks_the_dry_runs_peak(capsys: pytest.CaptureFixture) -> None:
+    """tiny-mot at batch 512 and 4 accumulation steps: the evaluation runs 128 rows per forward with the chunked
+    loss, below the training step (it needed 4.52 GB with the whole batch's full logits)."""
+    args = ["train", "--preset", "tiny-mot", "--device", "cpu", "--dry-run", "--batch-size", "512"]
+    assert main([*args, "--grad-accum-steps", "4"]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("memory estimate") :].splitlines()
+    assert "in the training step, above the held-out evaluation" in lines[0]
+    assert lines[1].startswith("  training step (micro-batch 128): ")
+    assert lines[2].startswith("  evaluation (128 rows per forward, chunked loss): weights+AdamW ")
+    estimate, _, _ = _run_estimate(eval_batch=128)
+    assert f"total {estimate.evaluation.total_bytes / 1e9:.2f} GB" in lines[2]
+    assert estimate.evaluation.total_bytes < 1e9 < 4.52e9
+
+
 def test_the_dry_run_says_which_device_and_precision_it_assumes(capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--preset", "tiny-mot", "--device", "cpu", "--dry-run", "--batch-size", "512"]) == 0
     out = capsys.readouterr().out
     lines = out[out.index("memory estimate") :].splitlines()
-    assert "on cpu in fp32: peak " in lines[0] and "GB, in the held-out evaluation" in lines[0]
+    assert "on cpu in fp32: peak " in lines[0] and "GB, in the training step" in lines[0]
     assert lines[1].startswith("  training step (micro-batch 512): weights+grads+AdamW ")
-    assert lines[2].startswith("  evaluation (batch 512): weights+AdamW ") and "PyTorch runtime" in lines[2]
+    assert lines[2].startswith("  evaluation (512 rows per forward, chunked loss): weights+AdamW ")
+    assert "PyTorch runtime" in lines[2]

@@ -166,3 +166,25 @@ def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_hparams(traine
     assert logged["model/ffn"].string_value == "mot" and logged["model/group_size"].number_value == 4
     assert logged["train/steps"].number_value == 4 and logged["train/tensorboard"].number_value == 1
     assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_evaluation_runs_in_the_training_micro_batches(trainer_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grad_accum_steps=4 at batch 16: the held-out loss runs 4 rows per forward (MoT's group size 4 keeps its groups),
+    with the chunked loss (no full logits), and equals the whole batches' loss."""
+    forwards: list[tuple[int, bool, bool]] = []  # rows, gradients enabled, logits asked for
+    original = Transformer.forward
+
+    def spy(self, ids, targets=None, **kwargs):
+        forwards.append((ids.shape[0], torch.is_grad_enabled(), kwargs.get("return_logits", True)))
+        return original(self, ids, targets, **kwargs)
+
+    monkeypatch.setattr(Transformer, "forward", spy)
+    trainer = trainer_factory({"ffn_blocks": "all"}, steps=4, batch_size=16, grad_accum_steps=4, eval_every=4)
+    result = trainer.run()
+    evaluation = [call for call in forwards if not call[1]]
+    assert [call[0] for call in forwards if call[1]] == [4] * 4 * 4  # 4 steps of 4 micro-batches
+    assert evaluation == [(4, False, False)] * 2 * 4  # 2 held-out batches of 16 rows, 4 rows at a time
+    forwards.clear()
+    whole = evaluate_loss(trainer.raw_model, trainer.checkpointer.held_out, torch.device("cpu"))
+    assert forwards == [(16, False, False)] * 2
+    assert result.final_eval_loss == pytest.approx(whole, abs=1e-5)

@@ -148,18 +148,20 @@ def dry_run(plan: RunPlan) -> None:
 
     from ..counting import count_model, human
     from ..data.prepare import describe_data_plan
+    from ..evaluation.loss import evaluation_rows
     from ..model import Transformer
     from ..training.memory import estimate_run_memory
 
     model_config, train_config = plan.model_config, plan.train_config
     with torch.device("meta"):
-        counts = count_model(Transformer(model_config))
+        model = Transformer(model_config)
+        counts = count_model(model)
     micro_batch = train_config.batch_size // train_config.grad_accum_steps
     memory = estimate_run_memory(
         counts,
         model_config,
         micro_batch=micro_batch,
-        eval_batch=train_config.batch_size,  # held-out batches are evaluated whole
+        eval_batch=evaluation_rows(model, train_config.batch_size, micro_batch),  # as the trainer evaluates
         precision=plan.precision,
         device=plan.device,
     )

@@ -146,16 +146,19 @@ def check_tc_capacity(model_config: ModelConfig, *, perplexity: bool) -> None:
 def held_out_losses(
     loaded: LoadedCheckpoint, eval_tokens: np.ndarray, config: EvalConfig, say: Callable[[str], None]
 ) -> list[LossResult]:
-    """The loss on the run's fixed held-out batches in every evaluation mode (and with the trained capacity)."""
+    """The loss on the run's fixed held-out batches in every evaluation mode (and with the trained capacity), each
+    batch run in the run's training micro-batches (batch_size / grad_accum_steps rows, a multiple of the batch
+    multiple), rounded up in each mode to the rows its layers couple."""
     train_config, model_config = loaded.train_config, loaded.model_config
     seq_len, mask_token_id = model_config.max_seq_len, model_config.mask_token_id
     n_batches = config.eval_batches or train_config.eval_batches
     batches = eval_batches(eval_tokens, train_config.batch_size, seq_len, n_batches, mask_token_id=mask_token_id)
-    results = evaluate_modes(loaded.model, batches, eval_modes(model_config, train_config.batch_size), loaded.device)
+    modes, micro_batch = eval_modes(model_config, train_config.batch_size), training_micro_batch(loaded)
+    results = evaluate_modes(loaded.model, batches, modes, loaded.device, micro_batch=micro_batch)
     if config.tc_capacity:  # the trained capacity instead of dropless routing
         mode = EvalMode(f"with capacity (capacity_factor {model_config.capacity_factor:g})")
         with capacity_routing(loaded.model):
-            results += evaluate_modes(loaded.model, batches, [mode], loaded.device)
+            results += evaluate_modes(loaded.model, batches, [mode], loaded.device, micro_batch=micro_batch)
     say(f"held-out text: {len(batches)} batches x {train_config.batch_size} x {seq_len} tokens")
     if mask_token_id is not None:
         say(f"masked LM: {results[0].n_tokens} masked positions (fixed BERT masks)")
@@ -165,6 +168,11 @@ def held_out_losses(
         accuracy = f" {result.accuracy:>9.4f}" if result.accuracy is not None else ""
         say(f"{result.mode.name:<28} {result.loss:>8.4f} {result.perplexity:>11.2f}{accuracy}")
     return results
+
+
+def training_micro_batch(loaded: LoadedCheckpoint) -> int:
+    """The run's micro-batch on one process: batch_size / grad_accum_steps sequences."""
+    return max(1, loaded.train_config.batch_size // loaded.train_config.grad_accum_steps)
 
 
 def zero_shot(

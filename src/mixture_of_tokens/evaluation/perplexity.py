@@ -58,17 +58,23 @@ def evaluate_modes(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     modes: list[EvalMode],
     device: torch.device | str = "cpu",
+    *,
+    micro_batch: int | None = None,
 ) -> list[LossResult]:
-    """Mean LM loss over the same fixed batches in each mode (token-weighted; the batches have equal sizes). A masked
-    LM (batches of inputs and labels): loss and accuracy over the masked positions."""
+    """Mean LM loss over the same fixed batches in each mode (token-weighted; the batches have equal sizes), run
+    `micro_batch` rows at a time, rounded up in each mode to the rows it couples (`loss.evaluation_rows`; None: whole
+    batches). A masked LM (batches of inputs and labels): loss and accuracy over the masked positions."""
     model.eval()
     results = []
     n_tokens = sum(targets.numel() for _, targets in batches)
     for mode in modes:
         with mot_mode(model, **mode.settings()):
             if model.config.objective == "masked":
-                loss, accuracy, n_masked = evaluate_masked_lm(model, batches, torch.device(device))
+                loss, accuracy, n_masked = evaluate_masked_lm(
+                    model, batches, torch.device(device), micro_batch=micro_batch
+                )
                 results.append(LossResult(mode, loss, n_masked, accuracy))
             else:
-                results.append(LossResult(mode, evaluate_loss(model, batches, torch.device(device)), n_tokens))
+                loss = evaluate_loss(model, batches, torch.device(device), micro_batch=micro_batch)
+                results.append(LossResult(mode, loss, n_tokens))
     return results

@@ -31,7 +31,7 @@ from .dense import FeedForward
 from .expert_choice import ExpertChoice
 from .experts import expert_mlp
 from .grouping import check_group_size, from_position_groups, group_by_position, position_groups
-from .modes import capacity_routing, inference_routing, mot_mode, set_inference_routing
+from .modes import capacity_routing, coupled_rows, inference_routing, mot_mode, set_inference_routing
 from .mot import MixtureOfTokens
 from .registry import (
     FFN_REGISTRY,
@@ -67,6 +67,7 @@ __all__ = [
     "check_group_size",
     "check_settings",
     "check_training_batch",
+    "coupled_rows",
     "expert_mlp",
     "ffn_kinds",
     "from_position_groups",

@@ -19,7 +19,9 @@ A feed-forward layer maps x[B, S, D] to a tensor of the same shape. Besides `for
     router_parameter                      the [D, E] parameter whose logits route tokens to experts, if any (the
                                           audit biases it)
     scaling_shape(config)                 (granularity, expansion rate) for the fine-grained scaling law, if any
-and per instance `is_causal()`, `active_params_per_token()` and `flops_per_token()`, plus two training hooks:
+and per instance `is_causal()`, `coupled_rows(batch)` (in the layer's present mode: the blocks of consecutive rows
+whose outputs depend on one another, so evaluation may split a batch into parts that are multiples of it),
+`active_params_per_token()` and `flops_per_token()`, plus two training hooks:
 `on_train_step(step, steps)` (called before every optimizer step of a `steps`-step run, e.g. to end a parameter
 freeze or set a scheduled temperature) and
 `may_leave_parameters_unused()` (a data-parallel wrapper must then look for parameters without gradient).
@@ -127,6 +129,12 @@ class FeedForwardLayer(nn.Module):
     def is_causal(self) -> bool:
         """True when no output at position s can depend on a token at a later position."""
         return True
+
+    def coupled_rows(self, batch: int) -> int:
+        """In a batch of `batch` sequences, in the layer's present mode (group size, routing, train or eval): how
+        many consecutive rows depend on one another (1: every row on its own; `batch`: the whole batch). A batch split
+        into parts that are multiples of this gives every row the same output."""
+        return 1
 
     def active_params_per_token(self) -> int:
         raise NotImplementedError

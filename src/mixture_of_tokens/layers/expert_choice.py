@@ -204,6 +204,10 @@ class ExpertChoice(FeedForwardLayer):
         """[E] share of the last forward's assignments per expert (uniform by construction)."""
         return expert_load(self._last_routing)
 
+    def coupled_rows(self, batch: int) -> int:
+        """The G consecutive examples of a group (at every position)."""
+        return self.group_size
+
     def active_params_per_token(self) -> int:
         """K * E / G experts' worth of weights per token plus the router (the output LayerNorm is ignored); an
         expert is 2 D x H matrices (ReLU) or 3 (SwiGLU)."""

@@ -1,10 +1,11 @@
 """Evaluation-time switches that layers implement for themselves: another group size or routing (`mot_mode`), and
 inference routing (`set_inference_routing`: e.g. Token Choice runs dropless so it needs no batch) and back
-(`capacity_routing`)."""
+(`capacity_routing`); and what the present modes couple (`coupled_rows`: how finely evaluation may split a batch)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 from torch import nn
@@ -65,3 +66,10 @@ def inference_routing(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, was_enabled in zip(layers, before):
             layer.set_inference(was_enabled)
+
+
+def coupled_rows(model: nn.Module, batch: int) -> int:
+    """The blocks of consecutive rows of a `batch`-row batch that some layer of `model` couples in its present mode
+    (the least common multiple of every layer's `coupled_rows`; 1 when every row is on its own)."""
+    layers = [m for m in model.modules() if isinstance(m, FeedForwardLayer)]
+    return math.lcm(1, *(layer.coupled_rows(batch) for layer in layers))

@@ -284,6 +284,12 @@ class MixtureOfTokens(FeedForwardLayer):
         """Across-batch groups stay at one position; within-sequence groups mix later positions in."""
         return self.group_axis == "across_batch"
 
+    def coupled_rows(self, batch: int) -> int:
+        """A group's G consecutive examples; random grouping in training: the whole batch; within-sequence: none."""
+        if self.group_axis == "within_sequence":
+            return 1
+        return batch if self.training and self.grouping != "consecutive" else self.group_size
+
     def may_leave_parameters_unused(self) -> bool:
         """Uniform and discrete routing give the controllers no gradient; a frozen temperature gets none."""
         return self.routing != "softmax" or (self.log_temperature is not None and self.temperature_freeze_steps > 0)

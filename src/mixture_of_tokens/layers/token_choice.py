@@ -163,10 +163,7 @@ class TokenChoice(FeedForwardLayer):
             raise ValueError(f"capacity_factor must be >= 0 (0 or None: dropless), got {capacity_factor}.")
         check_non_negative(load_balance_weight=load_balance_weight, z_loss_weight=z_loss_weight)
         check_positive("init_scale", init_scale)
-        self.d_model = d_model
-        self.n_experts = n_experts
-        self.expert_size = expert_size
-        self.top_k = top_k
+        self.d_model, self.n_experts, self.expert_size, self.top_k = d_model, n_experts, expert_size, top_k
         self.capacity_factor = capacity_factor or None
         self.scope = scope
         self.group_size = group_size
@@ -174,9 +171,7 @@ class TokenChoice(FeedForwardLayer):
         self.z_loss_weight = z_loss_weight
         self.init_scale = init_scale
         self.expert_dispatch = expert_dispatch
-        self.activation = activation
-        self.norm_topk_prob = norm_topk_prob
-        self.drop_rule = drop_rule
+        self.activation, self.norm_topk_prob, self.drop_rule = activation, norm_topk_prob, drop_rule
 
         self.router = nn.Parameter(torch.empty(d_model, n_experts))  # W_g [D, E], no bias
         # [E, D, H] (SwiGLU: [E, D, 2H]), [E, H, D]
@@ -272,6 +267,10 @@ class TokenChoice(FeedForwardLayer):
     def is_causal(self) -> bool:
         """A batch-wide capacity lets a token's drop depend on tokens at later positions."""
         return not (self.scope == "batch" and self.capacity_factor is not None)
+
+    def coupled_rows(self, batch: int) -> int:
+        """Dropless: none; with a capacity, a routing group's rows (group scope: G examples; batch scope: all)."""
+        return 1 if self.capacity_factor is None else self.group_size if self.scope == "group" else batch
 
     def set_inference(self, enabled: bool) -> bool:
         """Route dropless (no capacity) while enabled: each token's output then depends on that token alone, so

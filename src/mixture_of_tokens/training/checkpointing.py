@@ -86,8 +86,13 @@ class Checkpointer:
         return loss
 
     def held_out_loss(self, model: nn.Module) -> float:
-        """The held-out loss of any model on this run's fixed eval batches (nothing recorded)."""
-        return evaluate_loss(model, self.held_out, self.device, precision=self.precision, context=self.context)
+        """The held-out loss of any model on this run's fixed eval batches (nothing recorded), run in the training
+        step's micro-batches (this rank's rows / grad_accum_steps), rounded up to the rows the layers couple."""
+        config = self.plan.train_config
+        micro_batch = dist_utils.micro_batch_size(config.batch_size, self.context, config.grad_accum_steps)
+        return evaluate_loss(
+            model, self.held_out, self.device, precision=self.precision, context=self.context, micro_batch=micro_batch
+        )
 
     def save(self, step: int) -> Path | None:
         """A resumable checkpoint of `step` (collective; rank 0 writes and returns its path)."""

@@ -19,15 +19,17 @@ backward is alive:
                and about 98 MB more when Triton is installed (torch._dynamo then imports it too); measured as the
                peak RSS of two training steps of a model too small to count (d = 16, V = 64) minus a process that
                has everything but a model and its training; on CUDA, the CUDA context is not counted.
-The evaluation (every eval step and the final one) runs the model without gradients on the full batch (not the
-micro-batch) and asks for its full logits; its peak is in the loss:
+The evaluation (every eval step and the final one) runs the model without gradients on `eval_batch` rows at a time:
+the training micro-batch, rounded up to the rows the layers couple (`evaluation.loss.evaluation_rows`), with the
+training step's chunked loss. Its peak is the larger of two moments:
   states       weights and AdamW's two moments (the gradients are freed after every step)
-  logits       per token V logits in the activation dtype, their float32 copy under bf16, and the cross-entropy's
-               float32 log-softmax; besides them the residual stream and the final norm's output (2*d values) and
-               the batch's int64 inputs and targets
-  runtime      as in training (already mapped in by then)
-At a large batch the logits dominate: tiny-mot at batch 512 needs 2.04 GB for a training step and 4.52 GB for the
-evaluation (4.72 GB peak RSS measured).
+  a block      one block's forward: at most what a training step keeps of that block (its attention, norms and
+               feed-forward layer: an upper bound, as nothing is kept after a block without gradients)
+  the loss     the residual stream and the final norm's output (2*d values per token), one chunk's float32 logits
+               (plus their copy in the activation dtype, and the head weight's copy in that dtype under bf16-mixed)
+  besides both the micro-batch's int64 inputs and targets, and the runtime as in training (already mapped in by then).
+Before, the evaluation ran the whole batch with full logits: tiny-mot at batch 512 needed 4.52 GB for it against 2.04
+GB for a training step; in micro-batches with the chunked loss it needs less than the training step.
 Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/test_memory.py).
 """
 
@@ -84,8 +86,8 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class RunMemoryEstimate:
-    """The two peaks of a run, a training step's at `micro_batch` and the evaluation's at `eval_batch`; the run
-    needs the larger."""
+    """The two peaks of a run, a training step's at `micro_batch` and the evaluation's at `eval_batch` rows per
+    forward; the run needs the larger."""
 
     training: MemoryEstimate
     evaluation: MemoryEstimate
@@ -104,7 +106,7 @@ class RunMemoryEstimate:
         """Three lines: the peak and which part of the run reaches it, then each part."""
         training, evaluation = self.training, self.evaluation
         if self.dominated_by_evaluation:
-            where = "the held-out evaluation (full logits of the whole batch), above the training step"
+            where = "the held-out evaluation, above the training step"
         else:
             where = "the training step, above the held-out evaluation"
         return (
@@ -112,7 +114,8 @@ class RunMemoryEstimate:
             f"{self.total_bytes / 1e9:.2f} GB, in {where}\n"
             f"  training step (micro-batch {self.micro_batch}): "
             f"{training.parts('weights+grads+AdamW', 'activations and loss')}\n"
-            f"  evaluation (batch {self.eval_batch}): {evaluation.parts('weights+AdamW', 'logits and loss')}"
+            f"  evaluation ({self.eval_batch} rows per forward, chunked loss): "
+            f"{evaluation.parts('weights+AdamW', 'activations and loss')}"
         )
 
 
@@ -172,25 +175,37 @@ def estimate_training_memory(
 INT64_BYTES = 8
 
 
-def evaluation_bytes(config: ModelConfig, tokens: int, activation_bytes: int) -> int:
-    """The evaluation's loss at its peak: the logits in the activation dtype, their float32 copy when that is not
-    float32, and the cross-entropy's float32 log-softmax (V values each per token); the residual stream and the final
-    norm's output (d values each); the batch's inputs and targets (int64)."""
-    copy_bytes = FLOAT32_BYTES if activation_bytes != FLOAT32_BYTES else 0
-    logits = config.model_vocab_size * (activation_bytes + copy_bytes + FLOAT32_BYTES)
-    return tokens * (logits + 2 * config.d_model * activation_bytes + 2 * INT64_BYTES)
+def evaluation_values_per_token(config: ModelConfig) -> float:
+    """Values alive per token in the largest block's forward without gradients: at most what a training step keeps
+    of that block (`attention_and_norm_values_per_token` and the feed-forward layer's)."""
+    attention = attention_and_norm_values_per_token(config)
+    return attention + max(cls.activation_values_per_token(config) for cls in block_classes(config))
+
+
+def evaluation_bytes(config: ModelConfig, tokens: int, precision: Precision) -> int:
+    """The evaluation's activations at their peak for `tokens` tokens per forward: the larger of one block's
+    (`evaluation_values_per_token`) and the loss's (the residual stream and final norm output, one chunk's float32
+    logits and their copy in the activation dtype, the head weight's copy in that dtype when the weights are
+    float32); besides either, the micro-batch's int64 inputs and targets."""
+    value_bytes, vocab = precision.activation_bytes, config.model_vocab_size
+    block = evaluation_values_per_token(config) * value_bytes * tokens
+    copy_bytes = value_bytes if value_bytes != FLOAT32_BYTES else 0
+    head_copy = vocab * config.d_model * value_bytes if value_bytes != precision.state_bytes else 0
+    chunk = min(tokens, LOSS_CHUNK_TOKENS) * vocab * (FLOAT32_BYTES + copy_bytes)
+    loss = 2 * config.d_model * value_bytes * tokens + chunk + head_copy
+    return int(max(block, loss)) + 2 * INT64_BYTES * tokens
 
 
 def estimate_evaluation_memory(
     counts: ModelCounts, config: ModelConfig, eval_batch: int, precision: Precision, device: torch.device
 ) -> MemoryEstimate:
-    """The held-out evaluation's peak: weights and AdamW's moments (no gradients), the full-logits loss of
-    `eval_batch` sequences (`evaluation_bytes`), PyTorch's runtime."""
+    """The held-out evaluation's peak at `eval_batch` rows per forward: weights and AdamW's moments (no gradients),
+    the activations and chunked loss (`evaluation_bytes`), PyTorch's runtime."""
     return MemoryEstimate(
         device=device.type,
         precision=str(precision),
         states_bytes=counts.total_params * precision.state_bytes * 3,
-        activation_bytes=evaluation_bytes(config, eval_batch * config.max_seq_len, precision.activation_bytes),
+        activation_bytes=evaluation_bytes(config, eval_batch * config.max_seq_len, precision),
         runtime_bytes=cpu_runtime_bytes() if device.type == "cpu" else 0,
     )
 
@@ -204,8 +219,8 @@ def estimate_run_memory(
     precision: Precision,
     device: torch.device,
 ) -> RunMemoryEstimate:
-    """Both peaks of a run: a training step at `micro_batch` sequences and the evaluation at `eval_batch` (the
-    trainer evaluates the whole batch_size at once)."""
+    """Both peaks of a run: a training step at `micro_batch` sequences and the evaluation at `eval_batch` rows per
+    forward (the trainer's: `evaluation.loss.evaluation_rows` of the micro-batch)."""
     return RunMemoryEstimate(
         training=estimate_training_memory(counts, config, micro_batch, precision, device),
         evaluation=estimate_evaluation_memory(counts, config, eval_batch, precision, device),
