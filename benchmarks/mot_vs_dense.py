@@ -4,7 +4,8 @@
 
 Shapes (issue 2): B=32, S=128, d=256, d_ff=1024; MoT /16E (G=E=16, h=1024) and /16E/8 (G=16, E=128, h=128).
 Layers are timed in interleaved rounds (dense, MoT, dense, ...) so drift in machine speed hits both alike;
-the printed ratio is the median MoT time over the median dense time.
+the printed ratio is the median MoT time over the median dense time, checked against issue 18's CPU targets
+(/16E at most 1.10x dense, /16E/8 at most 1.5x).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from timing import fwd_bwd_seconds, interleaved_medians
 from mixture_of_tokens import FeedForward, MixtureOfTokens, mot_sizing
 
 BATCH, SEQ_LEN, D_MODEL, D_FF = 32, 128, 256, 1024
+TARGETS = {"/16E": 1.10, "/16E/8": 1.5}
+"""MoT over dense, at most (issue 18's CPU targets; README.md and docs/benchmarks.md quote them)."""
 
 
 def compare(name: str, mot: MixtureOfTokens, dense: FeedForward, repeats: int, device: str) -> float:
@@ -32,7 +35,11 @@ def compare(name: str, mot: MixtureOfTokens, dense: FeedForward, repeats: int, d
     )
     dense_s, mot_s = medians["dense"], medians["mot"]
     ratio = mot_s / dense_s
-    print(f"{name:<10} dense {dense_s * 1e3:7.2f} ms   MoT {mot_s * 1e3:7.2f} ms   ratio {ratio:.3f}")
+    verdict = "met" if round(ratio, 3) <= TARGETS[name] else "not met"
+    print(
+        f"{name:<10} dense {dense_s * 1e3:7.2f} ms   MoT {mot_s * 1e3:7.2f} ms   ratio {ratio:.3f}"
+        f"   (target <= {TARGETS[name]:.2f}: {verdict})"
+    )
     return ratio
 
 
