@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option
 from .help_text import examples
 
 
@@ -21,64 +24,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         **examples("mot audit", "mot audit --preset tiny-mot --seq-len 32", "mot audit runs/tiny-mot --json"),
     )
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint or finished run directory (default: layer types)")
-    parser.add_argument("--preset", help="audit a freshly initialised model of this preset instead")
-    parser.add_argument("--batch-size", type=int, help="sequences (default: 8 for layers; 2 groups for models)")
-    parser.add_argument("--seq-len", type=int, default=16, help="sequence length")
-    parser.add_argument("--sequence", type=int, default=0, help="which sequence gets the perturbed token")
-    parser.add_argument("--position", type=int, help="position t of the perturbed token (default: the last)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the layers and inputs")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.set_defaults(handler=run)
+    add_config_fields(parser, AuditConfig)
+    parser.set_defaults(handler=handler(run, AuditConfig))
 
 
-def run(args: argparse.Namespace) -> None:
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """What `mot audit` perturbs: the layer types (no checkpoint, no preset) or one whole model."""
+
+    checkpoint: str | None = option(
+        "checkpoint or finished run directory (default: layer types)", None, positional=True, metavar="checkpoint"
+    )
+    preset: str | None = option("audit a freshly initialised model of this preset instead", None)
+    batch_size: int | None = option("sequences (default: 8 for layers; 2 groups for models)", None)
+    seq_len: int = option("sequence length", 16)
+    sequence: int = option("which sequence gets the perturbed token", 0)
+    position: int | None = option("position t of the perturbed token (default: the last)", None)
+    seed: int = option("seed of the layers and inputs", 0)
+    json: bool = option("print the results as JSON instead of a table", False)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and self.preset:
+            raise ValueError(f"give either a checkpoint directory or {setting('preset')}, not both.")
+        for name in ("seq_len", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{setting(name)} must be a positive integer, got {value}.")
+
+
+def run(config: AuditConfig) -> None:
     from ..audit import audit_layer_types, audit_model, default_batch, format_table
 
-    if args.checkpoint and args.preset:
-        raise ValueError("give either a checkpoint directory or --preset, not both.")
-    if args.seq_len < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise ValueError("--seq-len and --batch-size must be positive integers.")
-    if args.checkpoint or args.preset:
-        model, name = _load(args)
-        batch = args.batch_size or default_batch(model.config)
+    if config.checkpoint or config.preset:
+        model, name = _load(config)
+        batch = config.batch_size or default_batch(model.config)
         results = [
             audit_model(
                 model,
                 name=name,
                 batch=batch,
-                seq_len=args.seq_len,
-                sequence=args.sequence,
-                position=args.position,
-                seed=args.seed,
+                seq_len=config.seq_len,
+                sequence=config.sequence,
+                position=config.position,
+                seed=config.seed,
             )
         ]
     else:
         results = audit_layer_types(
-            batch=args.batch_size or 8,
-            seq_len=args.seq_len,
-            sequence=args.sequence,
-            position=args.position,
-            seed=args.seed,
+            batch=config.batch_size or 8,
+            seq_len=config.seq_len,
+            sequence=config.sequence,
+            position=config.position,
+            seed=config.seed,
         )
-    if args.json:
+    if config.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         print(format_table(results))
 
 
-def _load(args: argparse.Namespace):
+def _load(config: AuditConfig):
     import torch
 
     from ..model import Transformer
 
-    if args.preset:
+    if config.preset:
         from ..presets import get_preset
 
-        preset = get_preset(args.preset)
-        torch.manual_seed(args.seed)
+        preset = get_preset(config.preset)
+        torch.manual_seed(config.seed)
         return Transformer(preset.model).eval(), f"preset {preset.name}"
     from ..checkpoint import load_model
 
-    model, _, _ = load_model(args.checkpoint)
-    return model, str(args.checkpoint)
+    model, _, _ = load_model(config.checkpoint)
+    return model, str(config.checkpoint)

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..experiments.catalog import SUITES
 from ..runtime.devices import DEVICES
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option
 from .config_file import add_config_file_argument
 from .help_text import examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..experiments.catalog import SUITES
-
     parser = subparsers.add_parser(
         "compare",
         help="run a comparison suite with computed verdicts (--suite), or tabulate finished runs",
@@ -23,58 +25,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot compare runs/tiny-dense runs/tiny-mot --plot runs/tiny.png    # finished runs: table and plot",
         ),
     )
-    parser.add_argument("runs", nargs="*", help="finished run directories to tabulate (without --suite)")
-    parser.add_argument("--plot", default="runs/compare.png", help="where to write the plot of RUN_DIR ...")
-    parser.add_argument("--suite", help=f"the suite to run: {', '.join(SUITES)} (`--list` describes them)")
-    parser.add_argument("--out", help="the suite's directory: its runs, report.md and plots (default runs/NAME)")
-    parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)} (default auto)")
-    parser.add_argument(
-        "--parallel", type=int, default=1, help="trainings at once, each in its own process with cores/N threads"
-    )
-    parser.add_argument("--size", help="cpu | gpu (default: gpu on a CUDA device, else cpu; smoke has one size)")
-    parser.add_argument("--data", help="text source replacing the suite's (e.g. text:PATH, packaged+brown)")
+    add_config_fields(parser, CompareConfig)
     add_config_file_argument(parser)
-    parser.add_argument("--list", action="store_true", help="list the suites: models, claims, runs and budgets")
-    parser.add_argument(
-        "--report-only", action="store_true", help="with --suite: rebuild the report from the runs on disk, train none"
+    parser.set_defaults(handler=handler(run, CompareConfig))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """`mot compare`: a suite to run (`suite`), finished runs to tabulate (`runs`), or the list of suites."""
+
+    runs: tuple[str, ...] = option(
+        "finished run directories to tabulate (without --suite)", (), positional=True, metavar="runs"
     )
-    parser.set_defaults(handler=run)
+    plot: str = option("where to write the plot of RUN_DIR ...", "runs/compare.png")
+    suite: str | None = option(f"the suite to run: {', '.join(SUITES)} (`--list` describes them)", None)
+    out: str | None = option("the suite's directory: its runs, report.md and plots (default runs/NAME)", None)
+    device: str = option(f"{' | '.join(DEVICES)} (default auto)", "auto")
+    parallel: int = option("trainings at once, each in its own process with cores/N threads", 1)
+    size: str | None = option("cpu | gpu (default: gpu on a CUDA device, else cpu; smoke has one size)", None)
+    data: str | None = option("text source replacing the suite's (e.g. text:PATH, packaged+brown)", None)
+    list: bool = option("list the suites: models, claims, runs and budgets", False)
+    report_only: bool = option("with --suite: rebuild the report from the runs on disk, train none", False)
+
+    def __post_init__(self) -> None:
+        if self.list:
+            return
+        if self.report_only and not self.suite:
+            raise ValueError(
+                f"{setting('report_only')} goes with {setting('suite')} NAME (it rebuilds that suite's report)."
+            )
+        if self.suite and self.runs:
+            raise ValueError(f"pass either {setting('suite')} NAME or run directories, not both.")
+        if self.device not in DEVICES:
+            raise ValueError(
+                f"{setting('device')} {self.device!r} is not supported; allowed values: {', '.join(DEVICES)}."
+            )
+        if self.parallel < 1:
+            raise ValueError(f"{setting('parallel')} must be a positive integer, got {self.parallel}.")
+        if self.suite:
+            from ..experiments.catalog import get_suite
+
+            get_suite(self.suite)
 
 
-def run(args: argparse.Namespace) -> None:
-    if args.list:
+def run(config: CompareConfig) -> None:
+    if config.list:
         print(list_suites())
         return
-    if args.report_only and not args.suite:
-        raise ValueError("--report-only goes with --suite NAME (it rebuilds that suite's report).")
-    if args.suite:
-        if args.runs:
-            raise ValueError("pass either --suite NAME or run directories, not both.")
-        run_suite_command(args)
+    if config.suite:
+        run_suite_command(config)
         return
-    if not args.runs:
+    if not config.runs:
         raise ValueError("pass run directories to tabulate, or --suite NAME to run a suite (see --list).")
     from ..experiments.report import comparison_table, load_run, plot_runs
 
-    runs = [load_run(Path(d)) for d in args.runs]
+    runs = [load_run(Path(d)) for d in config.runs]
     print(comparison_table(runs))
-    print(f"plot: {plot_runs(runs, Path(args.plot))}")
+    print(f"plot: {plot_runs(runs, Path(config.plot))}")
 
 
-def run_suite_command(args: argparse.Namespace) -> None:
-    from ..experiments.catalog import get_suite
+def run_suite_command(config: CompareConfig) -> None:
     from ..experiments.compare_suite import compare_suite
     from ..experiments.suite_report import verdict_sentence
 
-    if args.device not in DEVICES:
-        raise ValueError(f"--device {args.device!r} is not supported; allowed values: {', '.join(DEVICES)}.")
-    if args.parallel < 1:
-        raise ValueError(f"--parallel must be a positive integer, got {args.parallel}.")
-    get_suite(args.suite)
-    out = Path(args.out or f"runs/{args.suite}")
+    out = Path(config.out or f"runs/{config.suite}")
     report, verdicts = compare_suite(
-        args.suite, out, device=args.device, parallel=args.parallel, size=args.size, data=args.data,
-        progress=args.parallel == 1, train=not args.report_only,
+        config.suite, out, device=config.device, parallel=config.parallel, size=config.size, data=config.data,
+        progress=config.parallel == 1, train=not config.report_only,
     )  # fmt: skip
     print()
     print(verdict_sentence(verdicts))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelConfig
 from ..layers.conversion import ROUTING_FIELDS, TARGETS
-from .config_args import add_config_fields, overrides
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option, overrides_of
 from .help_text import examples
 
 
@@ -24,24 +27,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot convert --checkpoint runs/tiny-mot --to expert-choice --out runs/tiny-mot-ec --capacity-factor 2.0",
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="an MoT checkpoint or finished run directory")
-    parser.add_argument("--to", required=True, dest="target", help=f"one of: {', '.join(TARGETS)}")
-    parser.add_argument("--out", required=True, help="directory for the converted checkpoint (must be new)")
-    parser.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
-    add_config_fields(parser, ModelConfig, "token choice routing (default: the paper's)", only=ROUTING_FIELDS)
-    parser.set_defaults(handler=run)
+    add_config_fields(parser, ConvertConfig)
+    parser.set_defaults(handler=handler(run, ConvertConfig))
 
 
-def run(args: argparse.Namespace) -> None:
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """Which MoT checkpoint `mot convert` converts, into what, where, and the converted layers' routing."""
+
+    checkpoint: str = option("an MoT checkpoint or finished run directory")
+    target: str = option(f"one of: {', '.join(TARGETS)}", flag="--to")
+    out: str = option("directory for the converted checkpoint (must be new)")
+    force: bool = option("overwrite a non-empty --out", False)
+    routing: dict[str, Any] = overrides_of(
+        ModelConfig, "token choice routing (default: the paper's)", only=ROUTING_FIELDS
+    )
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            allowed = ", ".join(TARGETS)
+            raise ValueError(f"{setting('target', self.target)} is not a conversion target; allowed values: {allowed}.")
+
+
+def run(config: ConvertConfig) -> None:
     from ..checkpoint import read_config, saved_configs
     from ..training.plan import check_default_name
     from ..transition import convert_checkpoint
 
-    routing = overrides(args, ModelConfig)
-    out = convert_checkpoint(Path(args.checkpoint), Path(args.out), args.target, force=args.force, **routing)
+    out = convert_checkpoint(
+        Path(config.checkpoint), Path(config.out), config.target, force=config.force, **config.routing
+    )
     saved = read_config(out)
     kinds = saved_configs(saved)[0].block_ffn_kinds()
-    print(f"converted {args.checkpoint} -> {out} ({args.target}; blocks: {', '.join(kinds)})")
+    print(f"converted {config.checkpoint} -> {out} ({config.target}; blocks: {', '.join(kinds)})")
     # a new run of its own: never the source run's directory (init-from never reuses a saved out_dir)
     name = check_default_name(f"{out.resolve().name}-continued")
     offset = saved.get("converted_from", {}).get("source_steps")

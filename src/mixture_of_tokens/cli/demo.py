@@ -9,9 +9,12 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..presets import get_preset
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option
 from .help_text import examples
 
 DEMO_PRESETS = ("narrow-dense", "narrow-mot")
@@ -25,31 +28,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train narrow-dense and narrow-mot side by side and compare (about 15-25 minutes on 2 CPU cores)",
         **examples("mot demo", "mot demo --steps 500 --out runs/demo-short --force"),
     )
-    parser.add_argument("--out", default="runs/demo", help="directory for the two runs and the plot")
-    parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the presets' own)")
-    parser.add_argument(
-        "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
+    add_config_fields(parser, DemoConfig)
+    parser.set_defaults(handler=handler(run, DemoConfig))
+
+
+def _default_parallel() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """Where `mot demo` writes its two runs, how long they train and how many train at once."""
+
+    out: str = option("directory for the two runs and the plot", "runs/demo")
+    steps: int = option("steps per run (default: the presets' own)", 0)
+    force: bool = option("move runs already under --out aside (NAME.old-<timestamp>) and rerun", False)
+    data: str = option("text source replacing the presets' (e.g. text:PATH)", "")
+    parallel: int = option(
+        "trainings at once, one process each with cores / N threads (default: 2 where there are 2 cores)",
+        default_factory=_default_parallel,
     )
-    parser.add_argument("--data", default="", help="text source replacing the presets' (e.g. text:PATH)")
-    parser.add_argument(
-        "--parallel", type=int, default=min(2, os.cpu_count() or 1),
-        help="trainings at once, one process each with cores / N threads (default: 2 where there are 2 cores)",
-    )  # fmt: skip
-    parser.set_defaults(handler=run)
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise ValueError(f"{setting('parallel')} must be a positive integer, got {self.parallel}.")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(config: DemoConfig) -> None:
     from ..data import prepare_data
     from ..experiments.report import comparison_table, load_run, plot_runs
     from ..experiments.runner import run_state
     from ..training.run_directory import move_aside
 
-    if args.parallel < 1:
-        raise ValueError(f"--parallel must be a positive integer, got {args.parallel}.")
-    out_root = Path(args.out)
-    specs = [demo_spec(name, out_root, steps=args.steps, data=args.data, parallel=args.parallel)
+    out_root = Path(config.out)
+    specs = [demo_spec(name, out_root, steps=config.steps, data=config.data, parallel=config.parallel)
              for name in DEMO_PRESETS]  # fmt: skip
-    if args.force:
+    if config.force:
         for spec in specs:
             if spec.run_dir.is_dir() and any(spec.run_dir.iterdir()):
                 print(f"[{spec.arm}] moved the old run aside to {move_aside(spec.run_dir)}")
@@ -57,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     for spec in specs:  # every conflict is found before any training
         run_state(spec, remedy=remedy)
     data = prepare_data(specs[0].train.data, vocab_size=specs[0].model.vocab_size)
-    for outcome in train_side_by_side(specs, data=data, parallel=args.parallel):
+    for outcome in train_side_by_side(specs, data=data, parallel=config.parallel):
         print(f"[{outcome.spec.arm}] {describe(outcome)}")
     runs = [load_run(spec.run_dir) for spec in specs]
     print()

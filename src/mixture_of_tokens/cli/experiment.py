@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option
 from .help_text import examples
 
 
@@ -24,24 +27,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot experiment transition --mot-steps 100 --continue-steps 20 --out runs/transition-short --force",
         ),
     )
-    transition.add_argument("--out", default="runs/transition", help="directory for every run, report and plot")
-    transition.add_argument("--mot-steps", type=int, default=400, help="MoT training steps before the switch")
-    transition.add_argument("--continue-steps", type=int, default=40, help="Token Choice steps after the switch")
-    transition.add_argument(
-        "--force", action="store_true", help="move runs already under --out aside (NAME.old-<timestamp>) and rerun"
-    )
-    transition.set_defaults(handler=run)
+    add_config_fields(transition, TransitionExperimentConfig)
+    transition.set_defaults(handler=handler(run, TransitionExperimentConfig))
 
 
-def run(args: argparse.Namespace) -> None:
+@dataclass(frozen=True, kw_only=True)
+class TransitionExperimentConfig:
+    """`mot experiment transition`: how long tiny-mot trains before the switch and after it, and where."""
+
+    out: str = option("directory for every run, report and plot", "runs/transition")
+    mot_steps: int = option("MoT training steps before the switch", 400)
+    continue_steps: int = option("Token Choice steps after the switch", 40)
+    force: bool = option("move runs already under --out aside (NAME.old-<timestamp>) and rerun", False)
+
+    def __post_init__(self) -> None:
+        for name in ("mot_steps", "continue_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{setting(name)} must be a positive integer, got {getattr(self, name)}.")
+
+
+def run(config: TransitionExperimentConfig) -> None:
     from ..experiments.transition import run_transition_experiment
 
     report = run_transition_experiment(
-        Path(args.out),
-        mot_steps=args.mot_steps,
-        continue_steps=args.continue_steps,
-        force=args.force,
+        Path(config.out),
+        mot_steps=config.mot_steps,
+        continue_steps=config.continue_steps,
+        force=config.force,
     )
     print()
     print(report.table())
-    print(f"plot: {Path(args.out) / 'transition.png'}")
+    print(f"plot: {Path(config.out) / 'transition.png'}")

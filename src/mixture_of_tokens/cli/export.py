@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from .config_args import add_config_fields, handler, option
 from .help_text import examples
 
 EXAMPLES = examples(
@@ -32,28 +34,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         **EXAMPLES,
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="format: hf (Hugging Face transformers)")
-    parser.add_argument("--out", required=True, help="directory to write (must not exist unless --force)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="when --out exists, move it aside to a sibling OUT.old-<timestamp> (never the checkpoint itself)",
+    add_config_fields(parser, ExportConfig)
+    parser.set_defaults(handler=handler(run, ExportConfig))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """Which checkpoint `mot export` writes, in which format, where."""
+
+    checkpoint: str = option("checkpoint or finished run directory")
+    target: str = option("format: hf (Hugging Face transformers)", flag="--to", choices=TARGETS)
+    out: str = option("directory to write (must not exist unless --force)")
+    force: bool = option(
+        "when --out exists, move it aside to a sibling OUT.old-<timestamp> (never the checkpoint itself)", False
     )
-    parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(config: ExportConfig) -> None:
     from ..extras import require
 
     require("transformers", "hf", purpose="mot export --to hf")  # before anything is read
     from ..export import export_hf
     from ..training.run_directory import new_output_directory
 
-    with new_output_directory(Path(args.out), Path(args.checkpoint), force=args.force) as moved:
-        result = export_hf(args.checkpoint, args.out, force=args.force)
+    with new_output_directory(Path(config.out), Path(config.checkpoint), force=config.force) as moved:
+        result = export_hf(config.checkpoint, config.out, force=config.force)
     if moved is not None:
-        print(f"moved what was in {args.out} aside to {moved}")
+        print(f"moved what was in {config.out} aside to {moved}")
     if result.native:
         print(f"wrote {result.directory} as transformers' native {result.architecture} (no remote code)")
     else:

@@ -1,0 +1,128 @@
+"""One configuration road (issue 24 item 2): a converted command's flags are generated from its config dataclass,
+one flag per field with the field's docstring as help; the handler gets the dataclass, which checks itself, so a
+bad value is one line naming the flag (exit status 2) and the same dataclass runs the command from Python."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+from cli_runs import error_lines, run_mot
+
+from mixture_of_tokens.cli import build_parser
+from mixture_of_tokens.cli.audit import AuditConfig
+from mixture_of_tokens.cli.compare import CompareConfig
+from mixture_of_tokens.cli.config_args import config_from_args, flag_of, help_text
+from mixture_of_tokens.cli.convert import ConvertConfig
+from mixture_of_tokens.cli.demo import DemoConfig
+from mixture_of_tokens.cli.experiment import TransitionExperimentConfig
+from mixture_of_tokens.cli.export import ExportConfig
+from mixture_of_tokens.config import field_help
+
+COMMANDS = {
+    ("audit",): AuditConfig,
+    ("demo",): DemoConfig,
+    ("compare",): CompareConfig,
+    ("convert",): ConvertConfig,
+    ("export",): ExportConfig,
+    ("experiment", "transition"): TransitionExperimentConfig,
+}
+NOT_FIELDS = {"-h", "--config"}
+"""Flags of no field: help, and `--config FILE` (a file of the fields' values, `mot compare`)."""
+
+
+def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def _expected_help(cls: type) -> dict[str, str]:
+    """{flag (or positional name): help} as the dataclass declares them; fields of another config held as
+    overrides (`mot convert`'s routing) are that config's fields, with their own help and default."""
+    expected = {}
+    for f in dataclasses.fields(cls):
+        if "overrides" in f.metadata:
+            fields_of, names = f.metadata["overrides"]
+            helps = field_help(fields_of)
+            for inner in dataclasses.fields(fields_of):
+                if inner.name in names:
+                    default = inner.default if inner.type == "bool" else repr(inner.default)
+                    expected["--" + inner.name.replace("_", "-")] = f"{helps[inner.name]} (default {default})"
+            continue
+        assert f.metadata["help"], f"{cls.__name__}.{f.name} has no docstring"
+        text = help_text(f)
+        assert text == f.metadata["help"] or text.startswith(f.metadata["help"] + " (default ")
+        expected[flag_of(f)] = text
+    return expected
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: tuple[str, ...]) -> None:
+    parser = _subparser(path)
+    shown = {}
+    for action in parser._actions:
+        names = action.option_strings or [action.dest]
+        if NOT_FIELDS & set(names):
+            continue
+        (name,) = [n for n in names if not n.startswith("--no-")]  # --x / --no-x is one field
+        shown[name] = action.help
+    assert shown == _expected_help(COMMANDS[path])
+    printed = "".join(parser.format_help().split())  # --help wraps lines (also at hyphens)
+    for text in shown.values():
+        assert "".join(text.split()) in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["audit", "--seq-len", "0"], "--seq-len"),
+        (["audit", "--seed", "one"], "--seed"),
+        (["demo", "--parallel", "0"], "--parallel"),
+        (["compare", "--suite", "smoke", "--device", "tpu"], "--device"),
+        (["compare", "runs/a", "--report-only"], "--report-only"),
+        (["convert", "--checkpoint", "a", "--to", "switch", "--out", "b"], "--to"),
+        (["convert", "--checkpoint", "a", "--to", "token-choice", "--out", "b", "--top-k", "two"], "--top-k"),
+        (["export", "--checkpoint", "a", "--to", "onnx", "--out", "b"], "--to"),
+        (["experiment", "transition", "--continue-steps", "0"], "--continue-steps"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_flag(argv, flag, capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, stdout, stderr = run_mot(argv, capsys)
+    (line,) = error_lines(stderr)
+    assert status == 2 and flag in line and "Traceback" not in stderr and not stdout
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["compare", "runs/a", "runs/b", "--plot", "p.png"])
+    assert config_from_args(args, CompareConfig) == CompareConfig(runs=("runs/a", "runs/b"), plot="p.png")
+    args = parser.parse_args(["convert", "--checkpoint", "a", "--to", "expert-choice", "--out", "b", "--top-k", "2"])
+    assert config_from_args(args, ConvertConfig) == ConvertConfig(
+        checkpoint="a", target="expert-choice", out="b", routing={"top_k": 2}
+    )
+    args = parser.parse_args(["audit", "runs/x", "--json", "--position", "3"])
+    assert config_from_args(args, AuditConfig) == AuditConfig(checkpoint="runs/x", json=True, position=3)
+    assert config_from_args(parser.parse_args(["demo"]), DemoConfig) == DemoConfig()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DemoConfig(parallel=0), "parallel must be a positive integer, got 0."),
+        (lambda: AuditConfig(checkpoint="runs/x", preset="tiny-mot"), "or preset, not both."),
+        (lambda: CompareConfig(suite="smoke", device="tpu"), "device 'tpu' is not supported"),
+        (lambda: ConvertConfig(checkpoint="a", target="switch", out="b"), "target='switch' is not a conversion"),
+        (lambda: TransitionExperimentConfig(mot_steps=0), "mot_steps must be a positive integer"),
+    ],
+)
+def test_from_python_the_dataclass_checks_itself_in_python_spelling(make, message) -> None:
+    with pytest.raises(ValueError) as error:
+        make()
+    assert message in str(error.value) and "--" not in str(error.value)
