@@ -16,9 +16,11 @@ from mixture_of_tokens.cli.audit import AuditConfig
 from mixture_of_tokens.cli.compare import CompareConfig
 from mixture_of_tokens.cli.config_args import config_from_args, flag_of, help_text
 from mixture_of_tokens.cli.convert import ConvertConfig
+from mixture_of_tokens.cli.data import DataInfoConfig, DataPrepareConfig
 from mixture_of_tokens.cli.demo import DemoConfig
 from mixture_of_tokens.cli.experiment import TransitionExperimentConfig
 from mixture_of_tokens.cli.export import ExportConfig
+from mixture_of_tokens.cli.scaling import ScalingFitConfig, ScalingPlanConfig, ScalingPredictConfig
 from mixture_of_tokens.config import field_help
 
 COMMANDS = {
@@ -28,9 +30,15 @@ COMMANDS = {
     ("convert",): ConvertConfig,
     ("export",): ExportConfig,
     ("experiment", "transition"): TransitionExperimentConfig,
+    ("data", "prepare"): DataPrepareConfig,
+    ("data", "info"): DataInfoConfig,
+    ("scaling", "plan"): ScalingPlanConfig,
+    ("scaling", "predict"): ScalingPredictConfig,
+    ("scaling", "fit"): ScalingFitConfig,
 }
-NOT_FIELDS = {"-h", "--config"}
-"""Flags of no field: help, and `--config FILE` (a file of the fields' values, `mot compare`)."""
+NOT_FIELDS = {"-h", "--config", "--G"}
+"""Flags of no field: help, `--config FILE` (a file of the fields' values, `mot compare`) and `mot scaling
+predict`'s hidden legacy alias `--G` of `--granularity`."""
 
 
 def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -70,7 +78,7 @@ def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: t
         if NOT_FIELDS & set(names):
             continue
         (name,) = [n for n in names if not n.startswith("--no-")]  # --x / --no-x is one field
-        shown[name] = action.help
+        shown[name] = action.help.replace("%%", "%")  # argparse formats help: a literal % is written %%
     assert shown == _expected_help(COMMANDS[path])
     printed = "".join(parser.format_help().split())  # --help wraps lines (also at hyphens)
     for text in shown.values():
@@ -89,6 +97,13 @@ def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: t
         (["convert", "--checkpoint", "a", "--to", "token-choice", "--out", "b", "--top-k", "two"], "--top-k"),
         (["export", "--checkpoint", "a", "--to", "onnx", "--out", "b"], "--to"),
         (["experiment", "transition", "--continue-steps", "0"], "--continue-steps"),
+        (["data", "prepare", "--source", "c5"], "--source"),
+        (["data", "prepare", "--vocab-size", "big"], "--vocab-size"),
+        (["scaling", "plan", "--flops", "1e20", "--granularities", "0,8"], "--granularities"),
+        (["scaling", "predict", "--N", "1e9", "--D", "0"], "--D"),
+        (["scaling", "predict", "--N", "1e9", "--D", "1e10", "--granularity", "-1"], "--granularity"),
+        (["scaling", "fit", "--runs", "runs.csv", "--holdout", "1"], "--holdout"),
+        (["scaling", "fit", "--runs", "runs.csv", "--kind", "moe"], "--kind"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag(argv, flag, capsys, tmp_path: Path, monkeypatch) -> None:
@@ -110,6 +125,19 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
     args = parser.parse_args(["audit", "runs/x", "--json", "--position", "3"])
     assert config_from_args(args, AuditConfig) == AuditConfig(checkpoint="runs/x", json=True, position=3)
     assert config_from_args(parser.parse_args(["demo"]), DemoConfig) == DemoConfig()
+    args = parser.parse_args(["data", "prepare", "--source", "text:corpus/", "--vocab-size", "4096"])
+    assert config_from_args(args, DataPrepareConfig) == DataPrepareConfig(source="text:corpus/", vocab_size=4096)
+    assert config_from_args(parser.parse_args(["data", "info"]), DataInfoConfig) == DataInfoConfig()
+    args = parser.parse_args(["scaling", "predict", "--N", "1e9", "--D", "2e10", "--G", "8", "--json"])
+    assert config_from_args(args, ScalingPredictConfig) == ScalingPredictConfig(
+        params=1e9, tokens=2e10, granularity=8.0, json=True
+    )
+    args = parser.parse_args(["scaling", "plan", "--flops", "1e18:1e25", "--granularities", "1,8,32"])
+    config = config_from_args(args, ScalingPlanConfig)
+    assert config == ScalingPlanConfig(flops="1e18:1e25", granularities="1,8,32")
+    assert config.granularity_choices == (1, 8, 32)
+    args = parser.parse_args(["scaling", "fit", "--runs", "runs/", "--kind", "dense", "--bootstrap", "0"])
+    assert config_from_args(args, ScalingFitConfig) == ScalingFitConfig(runs="runs/", kind="dense", bootstrap=0)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +148,11 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
         (lambda: CompareConfig(suite="smoke", device="tpu"), "device 'tpu' is not supported"),
         (lambda: ConvertConfig(checkpoint="a", target="switch", out="b"), "target='switch' is not a conversion"),
         (lambda: TransitionExperimentConfig(mot_steps=0), "mot_steps must be a positive integer"),
+        (lambda: DataPrepareConfig(source="c5"), "source: Unknown data source 'c5'"),
+        (lambda: ScalingPlanConfig(flops="1e20", granularities="0"), "granularities '0' must be comma-separated"),
+        (lambda: ScalingPredictConfig(params=0, tokens=1e9), "params must be a positive number, got 0."),
+        (lambda: ScalingFitConfig(runs="r.csv", holdout=1.0), "bootstrap must be >= 0 and holdout in [0, 1)."),
+        (lambda: ScalingFitConfig(runs="r.csv", kind="moe"), "kind='moe' is not a law; allowed values:"),
     ],
 )
 def test_from_python_the_dataclass_checks_itself_in_python_spelling(make, message) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from ..config import ModelConfig, TrainConfig, field_help
 from ..presets import PRESETS, get_preset
+from ..spelling import uses_flags
 
 _CASTS = {"int": int, "float": float, "str": str}
 Config = TypeVar("Config")
@@ -49,6 +50,12 @@ def flag_of(f: dataclasses.Field) -> str:
     return cli.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def field_setting(cls: type, name: str) -> str:
+    """A command config's field as the caller writes it: its flag under `mot` (`--N` for `params` of `mot scaling
+    predict`), its name from Python; `spelling.setting` for fields whose flag is not their name with dashes."""
+    return flag_of(next(f for f in dataclasses.fields(cls) if f.name == name)) if uses_flags() else name
+
+
 def help_text(f: dataclasses.Field) -> str:
     """The --help line of a command's config field: its docstring, and its default when that is a number or a
     non-empty text the docstring does not describe (a switch, a required flag, an empty or machine-dependent
@@ -68,15 +75,15 @@ def _cast(type_name: str) -> Callable[[str], Any]:
 
 def _add_command_field(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     """One argument for a field declared with `option`; its default stays None so a `--config FILE` value or the
-    dataclass's own default applies (`config_from_args`)."""
+    dataclass's own default applies (`config_from_args`). A % in the help is literal (argparse formats help)."""
     cli = f.metadata["cli"]
     is_tuple = f.type.startswith("tuple[")
     if cli["positional"]:
         nargs = "*" if is_tuple else "?"
         group.add_argument(f.name, nargs=nargs, type=_cast(f.type), default=None, metavar=cli["metavar"],
-                           help=help_text(f))  # fmt: skip
+                           help=help_text(f).replace("%", "%%"))  # fmt: skip
         return
-    kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text(f)}
+    kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text(f).replace("%", "%%")}
     if f.type == "bool":
         kwargs["action"] = "store_true"
     else:

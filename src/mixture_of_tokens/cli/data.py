@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.sources import resolve_source, source_forms
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option
 from .help_text import examples
 
-
-def known_source(value: str) -> str:
-    """An argparse type: the source string when the registry knows its form, else one sentence naming them."""
-    from ..data.sources import resolve_source
-
-    try:
-        resolve_source(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return value
+CACHE_DIR_HELP = "cache root (default: $MOT_CACHE_DIR or ~/.cache/...)"
 
 
 def sources_note() -> str:
@@ -29,8 +24,6 @@ def sources_note() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..data.sources import source_forms
-
     parser = subparsers.add_parser(
         "data",
         help="prepare token files and show what is cached",
@@ -48,34 +41,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             note=sources_note(),
         ),
     )
-    prepare.add_argument(
-        "--source",
-        default="packaged",
-        type=known_source,
-        help=f"{source_forms(' | ', quote=False)} (each described under sources: below)",
-    )
-    prepare.add_argument("--tokenizer", default="bpe", help="bpe (trained on the source) | gpt2 (50,257 tokens)")
-    prepare.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (ignored for gpt2)")
-    prepare.add_argument(
-        "--max-tokens", type=int, default=None, help="streaming sources: train tokens to take (eval gets 1/20)"
-    )
-    prepare.add_argument(
-        "--max-documents", type=int, default=None, help="streaming sources: train documents to take (eval gets 1/20)"
-    )
-    prepare.add_argument("--seed", type=int, default=0, help="streaming sources: seed of the shuffle buffer")
-    prepare.add_argument("--shuffle-buffer", type=int, default=10_000, help="streaming sources: shuffle buffer size")
-    prepare.add_argument("--text-column", default="text", help="hf: sources: the dataset column that holds the text")
-    prepare.add_argument("--cache-dir", default=None, help="cache root (default: $MOT_CACHE_DIR or ~/.cache/...)")
-    prepare.set_defaults(handler=run_prepare)
+    add_config_fields(prepare, DataPrepareConfig)
+    prepare.set_defaults(handler=handler(run_prepare, DataPrepareConfig))
 
     info = commands.add_parser(
         "info",
         help="print the manifests of prepared token files",
         **examples("mot data info", "mot data info --source packaged --cache-dir /tmp/mot-cache"),
     )
-    info.add_argument("--source", default=None, help="only this source (default: everything in the cache)")
-    info.add_argument("--cache-dir", default=None, help="cache root (default: $MOT_CACHE_DIR or ~/.cache/...)")
-    info.set_defaults(handler=run_info)
+    add_config_fields(info, DataInfoConfig)
+    info.set_defaults(handler=handler(run_info, DataInfoConfig))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataPrepareConfig:
+    """`mot data prepare`: which source to tokenise, with which tokenizer, how much of a stream, and where to."""
+
+    source: str = option(f"{source_forms(' | ', quote=False)} (each described under sources: below)", "packaged")
+    tokenizer: str = option("bpe (trained on the source) | gpt2 (50,257 tokens)", "bpe")
+    vocab_size: int = option("BPE vocabulary size (ignored for gpt2)", 8192)
+    max_tokens: int | None = option("streaming sources: train tokens to take (eval gets 1/20)", None)
+    max_documents: int | None = option("streaming sources: train documents to take (eval gets 1/20)", None)
+    seed: int = option("streaming sources: seed of the shuffle buffer", 0)
+    shuffle_buffer: int = option("streaming sources: shuffle buffer size", 10_000)
+    text_column: str = option("hf: sources: the dataset column that holds the text", "text")
+    cache_dir: str | None = option(CACHE_DIR_HELP, None)
+
+    def __post_init__(self) -> None:
+        try:
+            resolve_source(self.source)  # an unknown source is one sentence naming the registered forms
+        except ValueError as error:
+            raise ValueError(f"{setting('source')}: {error}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataInfoConfig:
+    """`mot data info`: the cache to read, and one source of it or everything."""
+
+    source: str | None = option("only this source (default: everything in the cache)", None)
+    cache_dir: str | None = option(CACHE_DIR_HELP, None)
 
 
 def _cache_dir(value: str | None) -> Path:
@@ -84,21 +88,21 @@ def _cache_dir(value: str | None) -> Path:
     return Path(value).expanduser() if value else default_cache_dir()
 
 
-def run_prepare(args: argparse.Namespace) -> None:
+def run_prepare(config: DataPrepareConfig) -> None:
     from ..data import prepare_data
     from . import UserError
 
     try:
         data = prepare_data(
-            args.source,
-            vocab_size=args.vocab_size,
-            cache_dir=_cache_dir(args.cache_dir),
-            tokenizer=args.tokenizer,
-            max_tokens=args.max_tokens,
-            max_documents=args.max_documents,
-            seed=args.seed,
-            shuffle_buffer=args.shuffle_buffer,
-            text_column=args.text_column,
+            config.source,
+            vocab_size=config.vocab_size,
+            cache_dir=_cache_dir(config.cache_dir),
+            tokenizer=config.tokenizer,
+            max_tokens=config.max_tokens,
+            max_documents=config.max_documents,
+            seed=config.seed,
+            shuffle_buffer=config.shuffle_buffer,
+            text_column=config.text_column,
         )
     except RuntimeError as error:  # npm, hub or tokenizer unavailable: say what to do, no traceback
         raise UserError(str(error)) from None
@@ -139,15 +143,15 @@ def describe(directory: Path) -> str:
     return "\n".join(lines)
 
 
-def run_info(args: argparse.Namespace) -> None:
+def run_info(config: DataInfoConfig) -> None:
     from ..data.sources import source_slug
 
-    cache = _cache_dir(args.cache_dir)
-    pattern = f"{source_slug(args.source)}/*/train.json" if args.source else "*/*/train.json"
+    cache = _cache_dir(config.cache_dir)
+    pattern = f"{source_slug(config.source)}/*/train.json" if config.source else "*/*/train.json"
     directories = sorted(path.parent for path in cache.glob(pattern))
     if not directories:
-        what = f"for source {args.source!r}" if args.source else "at all"
-        hint = args.source or "SOURCE"
+        what = f"for source {config.source!r}" if config.source else "at all"
+        hint = config.source or "SOURCE"
         raise ValueError(f"Nothing is prepared {what} under {cache}; run `mot data prepare --source {hint}` first.")
     print(f"cache: {cache}")
     print("\n\n".join(describe(directory) for directory in directories))

@@ -7,8 +7,11 @@ import dataclasses
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..spelling import setting
+from .config_args import add_config_fields, field_setting, handler, option
 from .help_text import examples
 
 
@@ -23,6 +26,9 @@ class _DeprecatedAlias(argparse.Action):
         print(f"mot scaling: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
+
+FIT_KINDS = ("fine-grained", "dense")
+"""The laws `mot scaling fit` fits (run kinds are the law kinds)."""
 
 PLAN_PRESET = "mot-medium-32e"
 """The preset `mot scaling plan` builds its `mot train` command on (C4, GPT-2 tokens, 256 x 256 a step)."""
@@ -49,23 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot scaling plan --flops 1e18 --preset tiny-mot --granularities 1,8,32",
         ),
     )
-    plan.add_argument(
-        "--flops", required=True, help="training FLOPs: one budget (1e21) or a range LOW:HIGH[:COUNT] (1e18:1e25)"
-    )
-    plan.add_argument(
-        "--granularities", default="1,2,4,8,16,32,64,128,256", help="comma-separated granularities to choose from"
-    )
-    plan.add_argument("--expansion", type=float, default=64.0, help="expansion rate = MoT group size (law fit: 64)")
-    plan.add_argument("--law", default="", help="coefficients JSON from `mot scaling fit --out` (default: paper's)")
-    plan.add_argument(
-        "--preset",
-        default=PLAN_PRESET,
-        help="preset the printed `mot train` command starts from: its vocabulary, context, data and training "
-        f"settings, the planned shape (default {PLAN_PRESET})",
-    )
-    plan.add_argument("--plot", default="runs/scaling_plan.png", help="plot path for a range of budgets")
-    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
-    plan.set_defaults(handler=run_plan)
+    add_config_fields(plan, ScalingPlanConfig)
+    plan.set_defaults(handler=handler(run_plan, ScalingPlanConfig))
 
     predict = commands.add_parser(
         "predict",
@@ -75,18 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot scaling predict --N 1e9 --D 2e10 --dense",
         ),
     )
-    predict.add_argument("--N", dest="params", type=float, required=True, help="non-embedding parameters")
-    predict.add_argument("--D", dest="tokens", type=float, required=True, help="training tokens")
-    predict.add_argument("--granularity", type=float, default=1.0, help="granularity k = d_ff / expert width")
+    add_config_fields(predict, ScalingPredictConfig)
     # legacy alias of --granularity (G now means group size): same dest, hidden from --help, warns when used
     predict.add_argument(
         "--G", dest="granularity", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS,  # legacy alias
         action=_DeprecatedAlias, replacement="--granularity",
     )  # fmt: skip
-    predict.add_argument("--dense", action="store_true", help="use the dense law (ignores --granularity)")
-    predict.add_argument("--law", default="", help="coefficients JSON from `mot scaling fit --out`")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
-    predict.set_defaults(handler=run_predict)
+    predict.set_defaults(handler=handler(run_predict, ScalingPredictConfig))
 
     fit = commands.add_parser(
         "fit",
@@ -97,19 +83,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot scaling plan --flops 1e20 --law runs/law.json    # plan with the fitted coefficients",
         ),
     )
-    fit.add_argument(
-        "--runs", required=True, help="a .csv/.json table (N, D, granularity, loss[, name, kind]) or a folder"
+    add_config_fields(fit, ScalingFitConfig)
+    fit.set_defaults(handler=handler(run_fit, ScalingFitConfig))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingPlanConfig:
+    """`mot scaling plan`: the FLOP budget(s), the granularities and law to plan with, and how to print the plan."""
+
+    flops: str = option("training FLOPs: one budget (1e21) or a range LOW:HIGH[:COUNT] (1e18:1e25)")
+    granularities: str = option("comma-separated granularities to choose from", "1,2,4,8,16,32,64,128,256")
+    expansion: float = option("expansion rate = MoT group size (law fit: 64)", 64.0)
+    law: str = option("coefficients JSON from `mot scaling fit --out` (default: paper's)", "")
+    preset: str = option(
+        "preset the printed `mot train` command starts from: its vocabulary, context, data and training "
+        f"settings, the planned shape (default {PLAN_PRESET})",
+        PLAN_PRESET,
     )
-    fit.add_argument(
-        "--kind", choices=("fine-grained", "dense"), default="fine-grained", help="which law (dense: dense runs only)"
-    )
-    fit.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for 95%% intervals (0: none)")
-    fit.add_argument("--holdout", type=float, default=0.2, help="fraction of runs held out to measure RMSE")
-    fit.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the held-out split")
-    fit.add_argument("--plot", default="runs/scaling_fit.png", help="predicted-vs-observed plot path")
-    fit.add_argument("--out", default="", help="write the coefficients as JSON here (for plan/predict --law)")
-    fit.add_argument("--json", action="store_true", help="print JSON instead of text")
-    fit.set_defaults(handler=run_fit)
+    plot: str = option("plot path for a range of budgets", "runs/scaling_plan.png")
+    json: bool = option("print JSON instead of text", False)
+
+    def __post_init__(self) -> None:
+        from ..presets import get_preset
+        from ..scaling import parse_budgets
+
+        parse_budgets(self.flops)
+        _granularities(self.granularities)
+        get_preset(self.preset)  # an unknown name is an error before anything is planned or printed
+
+    @property
+    def granularity_choices(self) -> tuple[int, ...]:
+        """The granularities to choose from, as integers."""
+        return _granularities(self.granularities)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingPredictConfig:
+    """`mot scaling predict`: one model (N, D, granularity) and the law that predicts its loss."""
+
+    params: float = option("non-embedding parameters", flag="--N", metavar="PARAMS")
+    tokens: float = option("training tokens", flag="--D", metavar="TOKENS")
+    granularity: float = option("granularity k = d_ff / expert width", 1.0)
+    dense: bool = option("use the dense law (ignores --granularity)", False)
+    law: str = option("coefficients JSON from `mot scaling fit --out`", "")
+    json: bool = option("print JSON instead of text", False)
+
+    def __post_init__(self) -> None:
+        for name in ("params", "tokens", "granularity"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{field_setting(type(self), name)} must be a positive number, got {value}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingFitConfig:
+    """`mot scaling fit`: the runs to fit, which law, the bootstrap and held-out split, and where to write."""
+
+    runs: str = option("a .csv/.json table (N, D, granularity, loss[, name, kind]) or a folder")
+    kind: str = option("which law (dense: dense runs only)", "fine-grained", choices=FIT_KINDS)
+    bootstrap: int = option("bootstrap resamples for 95% intervals (0: none)", 200)
+    holdout: float = option("fraction of runs held out to measure RMSE", 0.2)
+    seed: int = option("seed for the bootstrap and the held-out split", 0)
+    plot: str = option("predicted-vs-observed plot path", "runs/scaling_fit.png")
+    out: str = option("write the coefficients as JSON here (for plan/predict --law)", "")
+    json: bool = option("print JSON instead of text", False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIT_KINDS:
+            raise ValueError(f"{setting('kind', self.kind)} is not a law; allowed values: {', '.join(FIT_KINDS)}.")
+        if self.bootstrap < 0 or not 0 <= self.holdout < 1:
+            raise ValueError(f"{setting('bootstrap')} must be >= 0 and {setting('holdout')} in [0, 1).")
 
 
 def _laws(path: str):
@@ -124,7 +167,9 @@ def _granularities(text: str) -> tuple[int, ...]:
     except ValueError:
         values = []
     if not values or any(v < 1 for v in values):
-        raise ValueError(f"--granularities {text!r} must be comma-separated positive integers (e.g. 1,2,4,8).")
+        raise ValueError(
+            f"{setting('granularities')} {text!r} must be comma-separated positive integers (e.g. 1,2,4,8)."
+        )
     return tuple(values)
 
 
@@ -220,89 +265,85 @@ def _table(plans) -> str:
     return "\n".join(lines)
 
 
-def run_plan(args: argparse.Namespace) -> None:
-    from ..presets import get_preset
+def run_plan(config: ScalingPlanConfig) -> None:
     from ..scaling import parse_budgets, plan
     from ..scaling.plots import plot_plans
 
-    budgets = parse_budgets(args.flops)
-    granularities = _granularities(args.granularities)
-    law, dense_law = _laws(args.law)
+    budgets = parse_budgets(config.flops)
+    granularities = config.granularity_choices
+    law, dense_law = _laws(config.law)
     plans = [
-        plan(f, law=law, dense_law=dense_law, granularities=granularities, expansion=args.expansion) for f in budgets
+        plan(f, law=law, dense_law=dense_law, granularities=granularities, expansion=config.expansion) for f in budgets
     ]
-    get_preset(args.preset)  # an unknown name is an error before anything is printed
-    if args.json:
-        data = [{**p.as_dict(), "train_command": train_command(p, args.preset)[0]} for p in plans]
+    if config.json:
+        data = [{**p.as_dict(), "train_command": train_command(p, config.preset)[0]} for p in plans]
         print(json.dumps(data[0] if len(plans) == 1 else data, indent=2))
         return
     if len(plans) == 1:
-        print(_describe(plans[0], args.preset))
+        print(_describe(plans[0], config.preset))
         return
     print(_table(plans))
     print(
         "loss columns are the continuous optima (k=1: at granularity 1); n_blocks, d_model, N, D are the rounded shape"
     )
-    print(f"plot: {plot_plans(plans, Path(args.plot))}")
+    print(f"plot: {plot_plans(plans, Path(config.plot))}")
 
 
-def run_predict(args: argparse.Namespace) -> None:
-    for name in ("params", "tokens", "granularity"):
-        value = getattr(args, name)
-        if not value > 0:
-            flag = {"params": "--N", "tokens": "--D", "granularity": "--granularity"}[name]
-            raise ValueError(f"{flag} must be a positive number, got {value}.")
-    law, dense_law = _laws(args.law)
-    chosen = dense_law if args.dense else law
-    loss = float(chosen.loss(args.params, args.tokens, args.granularity))
-    kind = "dense" if args.dense else "fine-grained"
-    if args.json:
+def run_predict(config: ScalingPredictConfig) -> None:
+    law, dense_law = _laws(config.law)
+    chosen = dense_law if config.dense else law
+    loss = float(chosen.loss(config.params, config.tokens, config.granularity))
+    kind = "dense" if config.dense else "fine-grained"
+    if config.json:
         print(
-            json.dumps({"N": args.params, "D": args.tokens, "granularity": args.granularity, "law": kind, "loss": loss})
+            json.dumps(
+                {"N": config.params, "D": config.tokens, "granularity": config.granularity, "law": kind, "loss": loss}
+            )
         )
     else:
-        where = "" if args.dense else f", granularity {args.granularity:g}"
-        print(f"{kind} law: N = {args.params:.3g}, D = {args.tokens:.3g}{where}: predicted loss {loss:.4f}")
+        where = "" if config.dense else f", granularity {config.granularity:g}"
+        print(f"{kind} law: N = {config.params:.3g}, D = {config.tokens:.3g}{where}: predicted loss {loss:.4f}")
 
 
-def run_fit(args: argparse.Namespace) -> None:
+def run_fit(config: ScalingFitConfig) -> None:
     from ..scaling import fit_law, load_runs
     from ..scaling.fit import check_runs
     from ..scaling.plots import plot_fit
 
-    if args.bootstrap < 0 or not 0 <= args.holdout < 1:
-        raise ValueError("--bootstrap must be >= 0 and --holdout in [0, 1).")
-    runs = load_runs(args.runs)
-    other = "fine-grained" if args.kind == "dense" else "dense"  # run kinds are the law kinds
-    chosen = [r for r in runs if r.kind == args.kind]
+    runs = load_runs(config.runs)
+    other = "fine-grained" if config.kind == "dense" else "dense"  # run kinds are the law kinds
+    chosen = [r for r in runs if r.kind == config.kind]
     if len(chosen) < len(runs) and not chosen:
         raise ValueError(
-            f"--runs {args.runs} holds no {args.kind} runs for a {args.kind} fit (all {len(runs)} are {other}; "
+            f"{setting('runs', config.runs)} holds no {config.kind} runs for a {config.kind} fit "
+            f"(all {len(runs)} are {other}; "
             "a table marks dense runs with a kind column)."
         )
-    check_runs(chosen, args.kind)
+    check_runs(chosen, config.kind)
     result = fit_law(
         chosen,
-        kind=args.kind,
-        n_bootstrap=args.bootstrap,
-        holdout_fraction=args.holdout,
-        seed=args.seed,
-        progress=not args.json,
+        kind=config.kind,
+        n_bootstrap=config.bootstrap,
+        holdout_fraction=config.holdout,
+        seed=config.seed,
+        progress=not config.json,
     )
-    key = "fine_grained" if args.kind == "fine-grained" else "dense"
-    if args.out:
-        out = Path(args.out)
+    key = "fine_grained" if config.kind == "fine-grained" else "dense"
+    if config.out:
+        out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         # keep the other law already in the file, so one file can hold a fine-grained and a dense fit
         saved = json.loads(out.read_text()) if out.is_file() else {}
         saved = saved if isinstance(saved, dict) else {}
         out.write_text(json.dumps({**saved, key: result.as_dict()}, indent=2))
-    plot = plot_fit(result, chosen, Path(args.plot)) if args.plot else None
-    if args.json:
+    plot = plot_fit(result, chosen, Path(config.plot)) if config.plot else None
+    if config.json:
         print(json.dumps({key: result.as_dict()}, indent=2))
         return
     skipped = len(runs) - len(chosen)
-    print(f"{args.kind} law fitted to {len(chosen)} runs" + (f" ({skipped} {other} runs left out)" if skipped else ""))
+    print(
+        f"{config.kind} law fitted to {len(chosen)} runs" + (f" ({skipped} {other} runs left out)" if skipped else "")
+    )
     print(f"{'coef':>6} {'value':>10} {'95% interval':>24}")
     for name, value in result.law.as_dict().items():
         low, high = result.intervals.get(name, (float("nan"), float("nan")))
@@ -312,7 +353,7 @@ def run_fit(args: argparse.Namespace) -> None:
         print(f"; held-out RMSE {result.heldout_rmse:.4f} nats on {result.n_heldout} runs (separate fit)")
     else:
         print("; too few runs to hold any out")
-    if args.out:
-        print(f"coefficients: {args.out}")
+    if config.out:
+        print(f"coefficients: {config.out}")
     if plot:
         print(f"plot: {plot}")
