@@ -208,12 +208,19 @@ def test_the_narrow_presets_are_the_capacity_suites_models(preset: str, arm: str
 
 
 def test_each_narrow_preset_trains_at_the_rate_the_capacity_suite_found_best() -> None:
-    """The committed claims-capacity results name each model's best rate; a preset pair compares tuned models."""
+    """The committed claims-capacity results name each model's best rate; a preset pair compares tuned models.
+    narrow-mot's model is the suite's best MoT, re-checked at neighbouring rates under `mot-best`; a model whose
+    sweep is still under way (a rate without a loss) is not checked yet."""
     measured = json.loads(CAPACITY_RESULTS.read_text())["models"]
-    checked = {preset: arm for preset, arm in NARROW_PRESET_ARMS.items() if arm in measured}
+    sources = {**NARROW_PRESET_ARMS, "narrow-mot": "mot-best"}
+    checked = {
+        preset: model
+        for preset, model in sources.items()
+        if model in measured and None not in measured[model]["sweep"].values()
+    }
     assert {"narrow-dense", "narrow-mot", "narrow-mot-8e", "narrow-token-choice"} <= set(checked)
-    for preset, arm in checked.items():
-        assert get_preset(preset).train.lr == measured[arm]["lr"], preset
+    for preset, model in checked.items():
+        assert get_preset(preset).train.lr == measured[model]["lr"], preset
 
 
 def test_expected_runs_counts_what_the_plan_trains() -> None:
