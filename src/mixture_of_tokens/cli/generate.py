@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference_config import GenerateConfig
-from .config_args import add_config_fields, overrides
+from ..spelling import setting
+from .config_args import add_config_fields, handler, option, overrides_of
 from .help_text import examples
 
 
@@ -20,30 +22,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot generate --checkpoint runs/tiny-mot --prompts-file prompts.txt --max-new-tokens 64",
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or finished run directory")
-    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    add_config_fields(parser, GenerateConfig, "decoding")
-    parser.set_defaults(handler=run)
+    add_config_fields(parser, GenerateRunOptions)
+    parser.set_defaults(handler=handler(run, GenerateRunOptions))
 
 
-def run(args: argparse.Namespace) -> None:
+def _no_prompt() -> ValueError:
+    return ValueError(f"no prompt given; pass {setting('prompt')} TEXT (repeatable) or {setting('prompts_file')} FILE.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateRunOptions:
+    """`mot generate`: the checkpoint, its prompts, and the decoding settings given (GenerateConfig fields)."""
+
+    checkpoint: str = option("checkpoint or finished run directory")
+    prompt: tuple[str, ...] = option("a prompt (repeatable)", (), repeatable=True)
+    prompts_file: str | None = option("a text file with one prompt per line", None)
+    decoding: dict = overrides_of(GenerateConfig, "decoding")
+
+    def __post_init__(self) -> None:
+        if not self.prompt and not self.prompts_file:
+            raise _no_prompt()
+        GenerateConfig(**self.decoding)  # a bad decoding setting is refused before the checkpoint is read
+
+
+def run(options: GenerateRunOptions) -> None:
     import torch
 
     from ..evaluation import is_batch_dependent, load_checkpoint, load_texts
     from ..generate import generate_text
     from ..layers import batch_multiple
 
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        path = Path(args.prompts_file)
+    prompts = list(options.prompt)
+    if options.prompts_file:
+        path = Path(options.prompts_file)
         if not path.is_file():
-            raise FileNotFoundError(f"--prompts-file {path} does not exist.")
+            raise FileNotFoundError(f"{setting('prompts_file', path)} does not exist.")
         prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("no prompt given; pass --prompt TEXT (repeatable) or --prompts-file FILE.")
-    config = GenerateConfig(**overrides(args, GenerateConfig))
-    loaded = load_checkpoint(args.checkpoint, config.device)
+        raise _no_prompt()
+    config = GenerateConfig(**options.decoding)
+    loaded = load_checkpoint(options.checkpoint, config.device)
     loaded.model_config.check_causal("`mot generate`")
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -6,11 +6,19 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ModelConfig, TrainConfig
-from .config_args import add_preset_and_overrides, configs_from_args, overrides
+from .config_args import (
+    add_config_fields,
+    add_preset_and_overrides,
+    config_from_args,
+    configs_from_args,
+    option,
+    overrides,
+)
 from .config_file import add_config_file_argument
 from .help_text import examples
 
@@ -34,56 +42,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_preset_and_overrides(parser)
     add_config_file_argument(parser)
-    parser.add_argument("--name", default="", help="run name (default: the preset name); the run goes to runs/NAME")
-    parser.add_argument("--dry-run", action="store_true", help="print sizes, FLOPs and memory; do not train")
-    parser.add_argument(
-        "--resume",
-        default=None,
-        metavar="DIR",
-        help="continue a run in DIR: its newest good checkpoint, or one checkpoint directory (an older one starts "
+    add_config_fields(parser, TrainRunOptions, "run")
+    parser.set_defaults(handler=run)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRunOptions:
+    """`mot train`'s run: its name, a dry run, where it starts (a fresh model, --resume, --init-from), --force; the
+    model and training settings are the preset's with the ModelConfig / TrainConfig flags over them."""
+
+    name: str = option("run name (default: the preset name); the run goes to runs/NAME", "")
+    dry_run: bool = option("print sizes, FLOPs and memory; do not train", False)
+    resume: str | None = option(
+        "continue a run in DIR: its newest good checkpoint, or one checkpoint directory (an older one starts "
         "a new branch; the later files are moved aside, never deleted); training settings may be overridden (e.g. "
         "a larger --steps), model, data and tokenizer settings may not",
-    )
-    parser.add_argument(
-        "--init-from",
-        default=None,
+        None,
         metavar="DIR",
-        help="start a new run from a checkpoint's weights and model config with a fresh optimizer and LR schedule",
     )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="when the run directory already holds a run, move that run aside to a sibling NAME.old-<timestamp>",
+    init_from: str | None = option(
+        "start a new run from a checkpoint's weights and model config with a fresh optimizer and LR schedule",
+        None,
+        metavar="DIR",
     )
-    parser.set_defaults(handler=run)
+    force: bool = option(
+        "when the run directory already holds a run, move that run aside to a sibling NAME.old-<timestamp>", False
+    )
 
 
 def plan_from_args(args: argparse.Namespace):
     """The run the command line asks for, resolved once (`training.plan.plan_run`)."""
     from ..training.plan import plan_run
 
+    options = config_from_args(args, TrainRunOptions)
     model_overrides, train_overrides = overrides(args, ModelConfig), overrides(args, TrainConfig)
-    common = {"name": args.name or None, "force": args.force, "check_directory": not args.dry_run}
-    if args.resume:
+    common = {"name": options.name or None, "force": options.force, "check_directory": not options.dry_run}
+    if options.resume:
         if args.preset:
             raise ValueError(
                 f"--preset does not apply to --resume: the run continues with its own saved config; drop --preset "
                 f"{args.preset} (training settings may be changed with their flags, e.g. --steps)."
             )
-        init_from = Path(args.init_from) if args.init_from else None  # refused together with resume_from
+        init_from = Path(options.init_from) if options.init_from else None  # refused together with resume_from
         return plan_run(
-            resume_from=Path(args.resume),
+            resume_from=Path(options.resume),
             init_from=init_from,
             model_overrides=model_overrides,
             train_overrides=train_overrides,
             **common,
         )
-    if args.init_from:
+    if options.init_from:
         train_config = configs_from_args(args)[1] if args.preset else None
         return plan_run(
             None,
             train_config,
-            init_from=Path(args.init_from),
+            init_from=Path(options.init_from),
             model_overrides=model_overrides,
             train_overrides=train_overrides,
             **common,
@@ -94,7 +107,8 @@ def plan_from_args(args: argparse.Namespace):
         model_config, train_config = configs_from_args(args)
     else:  # every setting from the file (and flags) over the dataclasses' defaults
         model_config, train_config = ModelConfig(**model_overrides), TrainConfig(**train_overrides)
-    return plan_run(model_config, train_config, **{**common, "name": args.name or args.preset or file_run_name(args)})
+    name = options.name or args.preset or file_run_name(args)
+    return plan_run(model_config, train_config, **{**common, "name": name})
 
 
 def file_run_name(args: argparse.Namespace) -> str:
@@ -109,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     from ..training.loop import train_plan
 
     plan = plan_from_args(args)
-    if args.dry_run:
+    if config_from_args(args, TrainRunOptions).dry_run:
         dry_run(plan)
         return
     result = train_plan(plan)
