@@ -30,7 +30,7 @@ SCALING_LAW_KINDS = (
     "the scaling law's run kinds (fine-grained | dense), a vocabulary of its own that shares the word 'dense'"
 )
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("cli/scaling.py", "kind-comparison", "args.kind == 'dense'"): SCALING_LAW_KINDS,
+    ("cli/scaling.py", "kind-comparison", "config.kind == 'dense'"): SCALING_LAW_KINDS,
     ("scaling/runs.py", "kind-comparison", "kind == 'dense'"): SCALING_LAW_KINDS,
     ("cli/scaling.py", "group-size-read", "mot.group_size"): (
         "the scaling plan's MoT preset (a plan record, not a layer config) printed for the user"
