@@ -69,9 +69,12 @@ _NARROW_LLAMA = dataclasses.replace(
 _NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
                             log_every=50, data="packaged+brown")  # fmt: skip
 # Each narrow preset trains at the best rate claims-capacity measured for its model (docs/results/claims-capacity-cpu:
-# dense and MoT /8E/4 at tau = 0.1 4e-3; MoT /8E at tau = 1, Token Choice and Expert Choice 2e-3), so a preset pair
-# compares tuned models.
-_NARROW_RATES = {"dense": 4e-3, "mot": 4e-3, "mot-8e": 2e-3, "token-choice": 2e-3, "expert-choice": 2e-3}
+# dense and MoT /8E/4 at tau = 0.1 4e-3; MoT /8E at tau = 1, Token Choice and Expert Choice 2e-3; in the Llama-style
+# block dense 8e-3, MoT and Token Choice 4e-3), so a preset pair compares tuned models.
+_NARROW_RATES = {
+    "dense": 4e-3, "mot": 4e-3, "mot-8e": 2e-3, "token-choice": 2e-3, "expert-choice": 2e-3,
+    "llama-dense": 8e-3, "llama-mot": 4e-3, "llama-token-choice": 4e-3,
+}  # fmt: skip
 
 
 def _narrow_train(model: str) -> TrainConfig:
@@ -181,21 +184,21 @@ def _presets() -> list[Preset]:
             "narrow-llama-dense",
             "narrow-dense in the Llama-style block (rotary positions, RMSNorm, SwiGLU, one key/value head)",
             _NARROW_LLAMA,
-            _NARROW_TRAIN,
+            _narrow_train("llama-dense"),
             CPU_CAPACITY,
         ),
         Preset(
             "narrow-llama-mot",
             "narrow-llama-dense with MoT /8E/4 (32 SwiGLU experts of width d_ff / 4) at tau = 0.1 in every block",
             _mot(_NARROW_LLAMA, "/8E/4", ffn_blocks="all", mot_temperature=0.1),
-            _NARROW_TRAIN,
+            _narrow_train("llama-mot"),
             CPU_CAPACITY,
         ),
         Preset(
             "narrow-llama-token-choice",
             "narrow-llama-dense with Token Choice top-1 over 8 SwiGLU experts of width d_ff in every block",
             _sparse(_NARROW_LLAMA, "token_choice", 8, ffn_blocks="all"),
-            _NARROW_TRAIN,
+            _narrow_train("llama-token-choice"),
             CPU_CAPACITY,
         ),
         Preset(
