@@ -67,7 +67,7 @@ def run(config: DemoConfig) -> None:
         for spec in specs:
             if spec.run_dir.is_dir() and any(spec.run_dir.iterdir()):
                 print(f"[{spec.arm}] moved the old run aside to {move_aside(spec.run_dir)}")
-    remedy = "pass --force to move it aside and train anew, or another --out."
+    remedy = f"pass {setting('force', True)} to move it aside and train anew, or another {setting('out')}."
     for spec in specs:  # every conflict is found before any training
         run_state(spec, remedy=remedy)
     data = prepare_data(specs[0].train.data, vocab_size=specs[0].model.vocab_size)
@@ -89,10 +89,10 @@ def run(config: DemoConfig) -> None:
 
 def demo_spec(name: str, out_root: Path, *, steps: int, data: str, parallel: int):
     """One demo run as a suite run: the preset's model and training, written to out_root/NAME."""
-    from ..experiments.runner import RunSpec
+    from ..experiments.runner import RunSpec, threads_per_run
 
     preset = get_preset(name)
-    threads = max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0
+    threads = threads_per_run(parallel)
     train_config = dataclasses.replace(preset.train, out_dir=str(out_root / name), threads=threads)
     if steps:
         warmup = min(train_config.warmup_steps, steps // 10)

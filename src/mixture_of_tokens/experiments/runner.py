@@ -190,6 +190,12 @@ def suite_specs(suite: Suite, size: Size, out: Path, device: str, threads: int) 
     return [arm_spec(r.arm, size, r.lr, r.seed, out, device=device, threads=threads) for r in plan.runs]
 
 
+def threads_per_run(parallel: int) -> int:
+    """Torch threads for each of `parallel` runs training at once: the cores shared out (at least one); 0 (torch's
+    own default) for a single run."""
+    return max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0
+
+
 def run_suite(
     suite: Suite,
     size: Size,
@@ -206,7 +212,7 @@ def run_suite(
     if parallel < 1:
         raise ValueError(f"--parallel must be a positive integer, got {parallel}.")
     out = Path(out)
-    threads = size.threads or (max((os.cpu_count() or 1) // parallel, 1) if parallel > 1 else 0)
+    threads = size.threads or threads_per_run(parallel)
     for spec in suite_specs(suite, size, out, device, threads):  # every conflict is found before any training
         run_state(spec)
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
