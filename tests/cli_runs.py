@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mixture_of_tokens.cli import main
+from mixture_of_tokens.cli import build_parser, main, with_config_file
 
 TINY_TRAIN_FLAGS = [
     "--preset", "tiny-mot", "--vocab-size", "300", "--max-seq-len", "32", "--d-model", "32", "--n-blocks", "2",
@@ -44,3 +44,17 @@ def tree_digest(directory: Path) -> dict[str, str]:
         for path in sorted(Path(directory).rglob("*"))
         if path.is_file()
     }
+
+
+def parsed(argv: list[str]):
+    """`mot ARGV` parsed as the command line does, a `--config FILE` read under the flags."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return with_config_file(parser, argv, args) if args.config else args
+
+
+def planned_train(argv: list[str]):
+    """The run `mot train ARGV[1:]` resolves to (`argv[0]` is "train"), without training."""
+    from mixture_of_tokens.cli.train import plan_from_args
+
+    return plan_from_args(parsed(argv))

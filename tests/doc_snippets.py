@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpus import OBJECTS, SUBJECTS, VERBS
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -17,7 +17,10 @@ from mixture_of_tokens.data import prepare_data
 from mixture_of_tokens.layers import MixtureOfTokens
 from mixture_of_tokens.model import Transformer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository's root: the test modules live in folders mirroring the package's, so none counts its parents."""
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 TASK_FIXTURES = FIXTURES / "tasks"
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

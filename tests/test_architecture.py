@@ -1,12 +1,14 @@
 """The package's structure: no import cycles between its rooms (top-level modules and subpackages), counting the
-imports a module makes when it is loaded (imports inside functions and under TYPE_CHECKING are deferred), and no
-module over 400 lines."""
+imports a module makes when it is loaded (imports inside functions and under TYPE_CHECKING are deferred), no
+module over 400 lines, and test folders mirroring the package's."""
 
 from __future__ import annotations
 
 import ast
 from collections import defaultdict
 from pathlib import Path
+
+from helpers import REPO_ROOT
 
 import mixture_of_tokens
 
@@ -104,8 +106,27 @@ def documented_modules(text: str) -> set[str]:
 
 def test_the_architecture_page_names_every_module() -> None:
     modules = {str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")}
-    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
     documented = documented_modules(text)
     assert modules - documented == set(), "modules missing from docs/architecture.md"
     assert documented - modules == set(), "docs/architecture.md names modules that do not exist"
     assert documented_modules(text.replace("        run_lock.py", "        gone.py")) != modules  # the check can fail
+
+
+def unmirrored_test_folders(tests: Path) -> tuple[set[str], set[str]]:
+    """(subpackages without a test folder of their name, test folders naming no subpackage): tests/layers/ holds
+    the tests of layers/, and so on; the tests of top-level modules and of the whole package stay in tests/."""
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    return subpackages - folders, folders - subpackages
+
+
+def test_the_tests_mirror_the_package_folders() -> None:
+    assert unmirrored_test_folders(REPO_ROOT / "tests") == (set(), set())
+
+
+def test_the_mirror_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "layer").mkdir()
+    (tmp_path / "layer" / "test_mot.py").touch()
+    missing, stray = unmirrored_test_folders(tmp_path)
+    assert "layers" in missing and stray == {"layer"}

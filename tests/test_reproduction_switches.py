@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from mixture_of_tokens.checkpoint import CONFIG_FILE, MANIFEST_FILE, load_model, save_checkpoint
+from mixture_of_tokens.cli import build_parser
 from mixture_of_tokens.cli import eval as eval_cli
-from mixture_of_tokens.cli.config_args import add_preset_and_overrides, configs_from_args, overrides
+from mixture_of_tokens.cli.config_args import configs_from_args, overrides
 from mixture_of_tokens.config import ModelConfig, TrainConfig
 from mixture_of_tokens.evaluation import BatchPolicy, Request, Scorer, default_protocol_rows, resolve_policy
 from mixture_of_tokens.inference_config import EvalConfig, ScoringConfig, config_from_strings
@@ -96,14 +97,14 @@ def test_invalid_embedding_init():
 
 
 def test_switches_are_command_line_flags():
-    parser = argparse.ArgumentParser()
-    add_preset_and_overrides(parser)
+    parser = build_parser()
     args = parser.parse_args(
-        ["--preset", "tiny-dense", "--no-final-norm", "--embedding-init", "authors", "--load-balance-reduce", "mean"]
-    )
+        ["train", "--preset", "tiny-dense", "--no-final-norm", "--embedding-init", "authors", "--load-balance-reduce",
+         "mean"]
+    )  # fmt: skip
     model, _ = configs_from_args(args)
     assert (model.final_norm, model.embedding_init, model.load_balance_reduce) == (False, "authors", "mean")
-    defaults, _ = configs_from_args(parser.parse_args(["--preset", "tiny-dense"]))
+    defaults, _ = configs_from_args(parser.parse_args(["train", "--preset", "tiny-dense"]))
     assert (defaults.final_norm, defaults.embedding_init, defaults.load_balance_reduce) == (True, "fan_in_d", "sum")
 
 

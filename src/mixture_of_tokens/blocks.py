@@ -78,7 +78,7 @@ class LayerNorm(nn.LayerNorm):
 class RMSNorm(nn.RMSNorm):
     """RMSNorm (x / sqrt(mean(x^2) + eps) * weight, no bias, no mean subtraction) computed in float32 for
     lower-precision inputs, as transformers' LlamaRMSNorm, and in float64 for float64 ones (the float64 references
-    of tests/test_block_options.py hold it to 1e-10)."""
+    of tests/layers/test_block_options.py hold it to 1e-10)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else _at_least_fp32(self.weight)

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TrainConfig
+from .config_renames import renamed_settings
 from .data import BPETokenizer, GPT2Tokenizer, Tokenizer, load_gpt2
 from .files import atomic_path, os_errors, sha256_file, temporary_path, usual_file_mode, write_json_atomic
 from .model import Transformer
@@ -132,20 +133,6 @@ def read_config(directory: Path) -> SavedConfig:
     config = SavedConfig(payload)
     config.path = path
     return config
-
-
-RENAMED_SETTINGS = {"mot_recompute": ("mot_compute", {True: "recompute", False: "plain"})}
-"""Settings an older version recorded under another name: old name -> (new name, old value -> new value)."""
-
-
-def renamed_settings(fields: dict[str, Any]) -> dict[str, Any]:
-    """`fields` with the settings of older versions under their current names (a checkpoint never goes stale)."""
-    renamed = dict(fields)
-    for old, (new, values) in RENAMED_SETTINGS.items():
-        if old in renamed and new not in renamed:
-            renamed[new] = values.get(renamed.pop(old), renamed.get(old))
-        renamed.pop(old, None)
-    return renamed
 
 
 def saved_configs(payload: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .blocks import check_block_options
+from .config_renames import accept_old_names
 from .layers.conversion import SWITCH_TARGETS
 from .layers.init import EMBEDDING_INITS
 from .layers.registry import check_settings, ffn_kinds
@@ -100,12 +101,12 @@ class ModelConfig:
         "them a block of experts at a time: E/G x d_model fewer activation values per token, a little more compute)",
         default="plain",
     )
-    temperature_freeze_steps: int = _help(
+    mot_temperature_freeze_steps: int = _help(
         "MoT: hold a learnable temperature fixed (no gradient, no AdamW update) for the first N optimizer steps",
         default=0,
     )
-    top_k: int = _help("Token Choice: experts per token k (1..n_experts; 1 = Switch)", default=1)
-    capacity_factor: float = _help(
+    tc_top_k: int = _help("Token Choice: experts per token k (1..n_experts; 1 = Switch)", default=1)
+    tc_capacity_factor: float = _help(
         "Token Choice capacity factor cf: C = min(floor(cf*T*k/E), T) slots per expert per routing group; 0: dropless",
         default=1.25,
     )
@@ -119,8 +120,8 @@ class ModelConfig:
         "group (same-position groups of group_size: causal-safe)",
         default="batch",
     )
-    load_balance_weight: float = _help("Token Choice load-balancing loss weight alpha (0: off)", default=0.01)
-    z_loss_weight: float = _help("Token Choice router z-loss weight (0: off)", default=0.0)
+    tc_load_balance_weight: float = _help("Token Choice load-balancing loss weight alpha (0: off)", default=0.01)
+    tc_z_loss_weight: float = _help("Token Choice router z-loss weight (0: off)", default=0.0)
     load_balance_reduce: str = _help(
         "how the layers' auxiliary losses (load balancing, z-loss) combine: sum (over layers) | mean (each loss "
         "averaged over the layers that report it, as the authors' paper-era code did)",
@@ -235,6 +236,9 @@ class ModelConfig:
                 f"(objective={self.objective!r}) does not define; evaluate it with `mot eval` (masked-token loss and "
                 "accuracy)."
             )
+
+
+accept_old_names(ModelConfig)
 
 
 @dataclass

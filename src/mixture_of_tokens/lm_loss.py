@@ -2,7 +2,7 @@
 tokens at a time, the gradients of the hidden states and of the head weight computed chunk by chunk.
 
 `chunked_lm_loss_sum` equals `F.cross_entropy(hidden @ weight.T, targets, reduction="sum", ignore_index=-100)`
-on the full logits (tests/test_throughput.py checks the loss and both gradients in float64 and float32); the
+on the full logits (tests/training/test_throughput.py checks the loss and both gradients in float64 and float32); the
 model uses it when the trainer asks for the loss only (`Transformer(..., return_logits=False)`).
 """
 

@@ -131,7 +131,7 @@ def _presets() -> list[Preset]:
             "tiny-token-choice",
             "tiny-mot's layout with Token Choice (Switch top-1, E = 8 experts of width d_ff, capacity 1.25, "
             "batch-wide routing, load balancing 0.01): the FLOPs of tiny-dense",
-            dataclasses.replace(tiny_second_half, ffn="token_choice", top_k=1),
+            dataclasses.replace(tiny_second_half, ffn="token_choice", tc_top_k=1),
             _TINY_TRAIN,
         ),
         Preset(
@@ -244,7 +244,7 @@ def _presets() -> list[Preset]:
             "llama-tiny-token-choice",
             "llama-tiny-mot's layout with Token Choice (Switch top-1 over 8 SwiGLU experts of width d_ff, capacity "
             "1.25, load balancing 0.01): the FLOPs of llama-tiny-dense; exports natively as Qwen2MoeForCausalLM",
-            dataclasses.replace(llama_second_half, ffn="token_choice", top_k=1),
+            dataclasses.replace(llama_second_half, ffn="token_choice", tc_top_k=1),
             _TINY_TRAIN,
             CPU_LLAMA,
         ),
@@ -275,7 +275,7 @@ def _presets() -> list[Preset]:
         Preset(
             "token-choice-medium",
             "Token Choice Medium: top-1 over 32 experts of width d_ff, capacity 1.25, load balancing 0.01",
-            _sparse(_MEDIUM, "token_choice", 32, top_k=1, capacity_factor=1.25, load_balance_weight=0.01),
+            _sparse(_MEDIUM, "token_choice", 32, tc_top_k=1, tc_capacity_factor=1.25, tc_load_balance_weight=0.01),
             sparse_steps,
             FIG_SPARSE,
         ),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..config import ModelConfig, TrainConfig, field_help
+from ..config_renames import old_names
 from ..presets import PRESETS, get_preset
 from ..spelling import uses_flags
 
@@ -117,10 +118,10 @@ def add_config_fields(
         if "cli" in f.metadata:
             _add_command_field(group, f)
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-") for name in (f.name, *old_names(f.name))]  # the old names too
         if f.type in ("bool", "bool | None"):
             group.add_argument(
-                flag,
+                *flags,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
@@ -128,7 +129,7 @@ def add_config_fields(
             )
         else:
             group.add_argument(
-                flag,
+                *flags,
                 dest=f.name,
                 type=_CASTS[f.type],
                 default=None,
@@ -159,7 +160,8 @@ def _run_with_config(run: Callable[[Any], None], cls: type, args: argparse.Names
 
 
 def add_preset_and_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)}")
+    """One flag per ModelConfig and TrainConfig field, each over the preset's value (the `--preset` flag is a field
+    of the command's own config, e.g. `TrainRunOptions.preset`)."""
     add_config_fields(parser, ModelConfig, "model (overrides the preset)")
     add_config_fields(parser, TrainConfig, "training (overrides the preset)")
 
@@ -192,3 +194,10 @@ def config_flags(config: object, base: object | None = None) -> str:
         else:
             flags.append(f"{flag} {value}")
     return " ".join(flags)
+
+
+def preset_option() -> Any:
+    """A command config's `preset` field: the named preset whose model and training configs the ModelConfig and
+    TrainConfig flags override."""
+    return option(f"the preset the settings start from (`mot presets` lists them): {', '.join(PRESETS)}", None,
+                  metavar="NAME")  # fmt: skip

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config_renames import renamed_settings
 from ..extras import require
 
 SECTIONS = ("model", "train")
@@ -71,6 +72,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def set_config_file_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Make the settings of `args.config` the defaults of the command's parser `parser` (checked first)."""
     settings = {key.replace("-", "_"): value for key, value in read_config_file(Path(args.config)).items()}
+    settings = renamed_settings(settings)  # a setting's old name (`top_k`) reads as its current one
     destinations = {action.dest for action in parser._actions if action.dest not in ("help", "config")}
     unknown = sorted(key for key in settings if key not in destinations)
     if unknown:

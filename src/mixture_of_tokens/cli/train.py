@@ -18,6 +18,7 @@ from .config_args import (
     configs_from_args,
     option,
     overrides,
+    preset_option,
 )
 from .config_file import add_config_file_argument
 from .help_text import examples
@@ -40,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mot train --resume runs/tiny-mot --steps 1000    # continue a finished run for more steps",
         ),
     )
-    add_preset_and_overrides(parser)
-    add_config_file_argument(parser)
     add_config_fields(parser, TrainRunOptions, "run")
+    add_config_file_argument(parser)
+    add_preset_and_overrides(parser)
     parser.set_defaults(handler=run)
 
 
@@ -51,6 +52,7 @@ class TrainRunOptions:
     """`mot train`'s run: its name, a dry run, where it starts (a fresh model, --resume, --init-from), --force; the
     model and training settings are the preset's with the ModelConfig / TrainConfig flags over them."""
 
+    preset: str | None = preset_option()
     name: str = option("run name (default: the preset name); the run goes to runs/NAME", "")
     dry_run: bool = option("print sizes, FLOPs and memory; do not train", False)
     resume: str | None = option(

@@ -14,7 +14,7 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,3 +172,13 @@ def data_progress(total: int, what: str, *, unit: str, enabled: bool, **options:
     """The progress of one data step on stderr (`tokenising NAME`, ...): a bar on a terminal, about 25 plain lines
     elsewhere (see ..progress); `options` go to tqdm."""
     return progress_bar(total, what, unit=unit, disable=not enabled, **options)
+
+
+def counted_texts(texts: Iterable[str], bar: Any, total: int) -> Iterator[str]:
+    """`texts`, each counted on `bar` as it is read, up to `total` characters (a stream's last text may pass it)."""
+    counted = 0
+    for text in texts:
+        step = min(len(text), max(total - counted, 0))
+        counted += step
+        bar.update(step)
+        yield text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..files import WriteFailed, is_disk_full, write_failed, write_text_atomic
-from .documents import SkipCounts, SplitDocuments, data_progress, default_cache_dir
+from .documents import SkipCounts, SplitDocuments, counted_texts, data_progress, default_cache_dir
 from .gpt2 import GPT2_VOCAB_SIZE, load_gpt2
 from .source_kinds import source_prefix
 from .sources import SOURCES, load_splits, resolve_source, source_fingerprint, source_slug, stream_source
@@ -68,8 +69,17 @@ def tokenizer_directory(tokenizer: str, vocab_size: int) -> str:
     return "gpt2" if tokenizer == "gpt2" else f"bpe-{vocab_size}"
 
 
-def _load_or_train_bpe(directory: Path, fingerprint: str, vocab_size: int, texts: Iterable[str]) -> BPETokenizer:
-    """Reuse the BPE trained on the same source and vocab; `texts` is only consumed when training."""
+def _load_or_train_bpe(
+    directory: Path,
+    fingerprint: str,
+    vocab_size: int,
+    texts: Iterable[str],
+    *,
+    total_chars: Callable[[], int],
+    progress: bool,
+) -> BPETokenizer:
+    """Reuse the BPE trained on the same source and vocab; `texts` is only consumed when training, under a progress
+    bar of the characters read (of `total_chars()`, asked only then: the trainer reads all text before it merges)."""
     tokenizer_path = directory / "tokenizer.json"
     stamp_path = directory / "tokenizer.source.json"
     stamp = {"source_fingerprint": fingerprint, "vocab_size": vocab_size}
@@ -78,7 +88,12 @@ def _load_or_train_bpe(directory: Path, fingerprint: str, vocab_size: int, texts
             return BPETokenizer.load(tokenizer_path)
     except (OSError, ValueError):
         pass
-    tokenizer = train_bpe(texts, vocab_size, tokenizer_path)
+    total = total_chars()
+    bar = data_progress(total, f"training BPE-{vocab_size}", unit="char", enabled=progress, unit_scale=True)
+    try:
+        tokenizer = train_bpe(counted_texts(texts, bar, total), vocab_size, tokenizer_path)
+    finally:
+        bar.close()
     write_text_atomic(stamp_path, json.dumps(stamp) + "\n")
     return tokenizer
 
@@ -173,8 +188,10 @@ def _write_routed(
     writers: dict[str, TokenFileWriter],
     full: Callable[[str], bool],
     bar: Any,
+    caps: dict[str, float],
 ) -> None:
-    """Encode a chunk of (split, text) in one batch; write each whole document while its split has room."""
+    """Encode a chunk of (split, text) in one batch; write each whole document while its split has room. The bar
+    counts each split's tokens up to its cap (its token budget): the last whole document may run past it."""
     encoded, ends = encode_documents(tokenizer, [text for _, text in pending])
     owners = iter(split for split, _ in pending)
     start = 0
@@ -183,9 +200,9 @@ def _write_routed(
             continue
         split = next(owners)  # pieces start..index are one whole document
         if not full(split):
-            before = writers[split].n_tokens
+            before = min(writers[split].n_tokens, caps[split])
             writers[split].write_pieces(encoded[start : index + 1], ends[start : index + 1])
-            bar.update(writers[split].n_tokens - before)
+            bar.update(min(writers[split].n_tokens, caps[split]) - before)
         start = index + 1
 
 
@@ -215,6 +232,7 @@ def _build_streamed(
         )
 
     total = sum(b["max_tokens"] or 0 for b in budgets.values())
+    caps = {split: budget["max_tokens"] or math.inf for split, budget in budgets.items()}
     bar = data_progress(total, f"tokenising {source}", unit="tok", enabled=progress, unit_scale=True)
     try:
         pending: list[tuple[str, str]] = []
@@ -227,7 +245,7 @@ def _build_streamed(
                 pending_chars += len(item[1].text)
                 if pending_chars < _STREAM_CHUNK_CHARS:
                     continue
-            _write_routed(pending, tokenizer, writers, full, bar)
+            _write_routed(pending, tokenizer, writers, full, bar, caps)
             pending, pending_chars = [], 0
             if item is None or (full("train") and full("eval")):
                 break
@@ -296,9 +314,15 @@ def prepare_data(
         loaded_tokenizer: Tokenizer = load_gpt2()
     else:
         texts = _stream_texts(source, seed, shuffle_buffer, text_column) if streaming else splits.train_texts()
+
+        def total_chars() -> int:  # a stream's BPE sample is capped; a file source's train text is known
+            return BPE_SAMPLE_CHARS if streaming else sum(len(document.text) for document in splits.get().train)
+
         trained_on = fingerprint if text_column == "text" else f"{fingerprint}|text_column={text_column}"
         with _cache_writes(directory):
-            loaded_tokenizer = _load_or_train_bpe(directory, trained_on, vocab_size, texts)
+            loaded_tokenizer = _load_or_train_bpe(
+                directory, trained_on, vocab_size, texts, total_chars=total_chars, progress=progress
+            )
 
     extra: dict[str, Any] = {"source": source, "source_fingerprint": fingerprint}
     if text_column != "text":  # recorded only when set, so token files prepared before the setting stay current

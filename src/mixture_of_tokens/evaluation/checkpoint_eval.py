@@ -156,7 +156,7 @@ def held_out_losses(
     modes, micro_batch = eval_modes(model_config, train_config.batch_size), training_micro_batch(loaded)
     results = evaluate_modes(loaded.model, batches, modes, loaded.device, micro_batch=micro_batch)
     if config.tc_capacity:  # the trained capacity instead of dropless routing
-        mode = EvalMode(f"with capacity (capacity_factor {model_config.capacity_factor:g})")
+        mode = EvalMode(f"with capacity (capacity_factor {model_config.tc_capacity_factor:g})")
         with capacity_routing(loaded.model):
             results += evaluate_modes(loaded.model, batches, [mode], loaded.device, micro_batch=micro_batch)
     say(f"held-out text: {len(batches)} batches x {train_config.batch_size} x {seq_len} tokens")

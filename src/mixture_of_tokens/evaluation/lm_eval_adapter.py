@@ -20,7 +20,7 @@ harness did), threads; any other key is refused in one sentence. lm-eval's own -
 without a GPU) runs on the CPU when CUDA is absent; its --batch_size sets the plain policy's batches ("auto": 32).
 The request -> score logic lives in `MoTBackend`, which needs no lm_eval; the lm_eval class only unpacks
 `request.args`. Loglikelihood requests are seeded by their text, as in `mot eval`, so both give the same scores
-(tests/test_lm_eval.py runs lm-eval's command line on a local task and checks it).
+(tests/evaluation/test_lm_eval.py runs lm-eval's command line on a local task and checks it).
 """
 
 from __future__ import annotations

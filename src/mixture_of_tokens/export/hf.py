@@ -135,7 +135,7 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer, dtype: torch.dtype) -> 
             "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.MoTForCausalLM",
         },
         **exported,
-        "experts_per_token": config.top_k,  # top_k would name a generation setting in transformers
+        "experts_per_token": config.tc_top_k,  # top_k would name a generation setting in transformers
         "block_ffn_kinds": config.block_ffn_kinds(),
         "bos_token_id": tokenizer.eos_id,
         "eos_token_id": tokenizer.eos_id,
@@ -173,11 +173,11 @@ def _export_remote(loaded: Any, partial: Path, out: Path) -> ExportResult:
     model, config = loaded.model, loaded.model_config
     try:
         dtype = next(model.parameters()).dtype
-        write_text_atomic(partial / "config.json", json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))
+        write_text_atomic(partial / CONFIG_FILE, json.dumps(hf_config(config, loaded.tokenizer, dtype), indent=2))
         write_text_atomic(partial / MODELING_FILE, _template())
         weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}  # tied head: own copy
         save_weights(weights, partial / WEIGHTS_FILE)
-        files = ["config.json", MODELING_FILE, WEIGHTS_FILE]
+        files = [CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE]
         files += write_tokenizer_files(loaded.tokenizer, partial, max_length=config.max_seq_len)
         write_text_atomic(partial / "README.md", model_card(config, loaded.tokenizer, loaded.directory))
         files.append("README.md")

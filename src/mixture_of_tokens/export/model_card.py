@@ -136,7 +136,7 @@ def native_model_card(config: ModelConfig, tokenizer: Tokenizer, source: Path, t
         lines += [
             "",
             f"Blocks {', '.join(map(str, sparse))} are Token Choice MoE blocks ({config.n_experts} SwiGLU experts of "
-            f"width {config.expert_size}, top-{config.top_k},",
+            f"width {config.expert_size}, top-{config.tc_top_k},",
             "probabilities "
             + ("renormalised over the top-k" if config.tc_norm_topk_prob else "not renormalised")
             + "); the others are dense (`mlp_only_layers`). The package trained them with an expert capacity; at",

@@ -137,12 +137,12 @@ def native_config(config: ModelConfig, tokenizer: Tokenizer, target: NativeTarge
     else:
         settings |= {
             "num_experts": config.n_experts,
-            "num_experts_per_tok": config.top_k,
+            "num_experts_per_tok": config.tc_top_k,
             "moe_intermediate_size": config.expert_size,
             "norm_topk_prob": config.tc_norm_topk_prob,
             "decoder_sparse_step": 1,
             "mlp_only_layers": [index for index, role in enumerate(_roles(config)) if role == GATED_MLP],
-            "router_aux_loss_coef": config.load_balance_weight,
+            "router_aux_loss_coef": config.tc_load_balance_weight,
             "use_sliding_window": False,
         }
         if target.model_type == "qwen2_moe":

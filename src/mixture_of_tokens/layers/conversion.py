@@ -34,7 +34,7 @@ SWITCH_TARGETS: tuple[str, ...] = tuple(name for name, kind in TARGETS.items() i
 
 
 ROUTING_FIELDS: tuple[str, ...] = (
-    "top_k", "capacity_factor", "load_balance_weight", "z_loss_weight", "tc_scope", "tc_norm_topk_prob",
+    "tc_top_k", "tc_capacity_factor", "tc_load_balance_weight", "tc_z_loss_weight", "tc_scope", "tc_norm_topk_prob",
 )  # fmt: skip
 """ModelConfig fields of the converted Token Choice layers; unless overridden they take ModelConfig's defaults,
 which are the paper's (top-1, capacity factor 1.25, load-balancing weight 0.01, batch scope, top-k probabilities
@@ -55,6 +55,9 @@ def convert_config(config: ModelConfig, target: str, **routing: object) -> Model
         raise ValueError(
             f"{setting('target', target)} is not a conversion target; allowed values: {', '.join(TARGETS)}."
         )
+    from ..config_renames import renamed_settings  # an old name (top_k) is its field's; imported here, as above
+
+    routing = renamed_settings(routing)
     unknown = sorted(set(routing) - set(ROUTING_FIELDS))
     if unknown:
         raise ValueError(f"{unknown} cannot be set by a conversion; allowed settings: {', '.join(ROUTING_FIELDS)}.")

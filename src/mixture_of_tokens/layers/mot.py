@@ -174,7 +174,7 @@ class MixtureOfTokens(FeedForwardLayer):
             separate_emit_controller=config.mot_separate_emit_controller,
             grouping=config.mot_grouping,
             group_axis=config.mot_group_axis,
-            temperature_freeze_steps=config.temperature_freeze_steps,
+            temperature_freeze_steps=config.mot_temperature_freeze_steps,
             temperature_schedule=config.mot_temperature_schedule,
             final_temperature=config.mot_temperature_final,
             anneal_steps=config.mot_temperature_anneal_steps,

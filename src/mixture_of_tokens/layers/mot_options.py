@@ -38,14 +38,16 @@ _SCHEDULE_NAMES = {
 """How ModelConfig and the layer name the settings of a temperature schedule, for the refusals."""
 
 
-def check_temperature_freeze(steps: int, learnable_temperature: str) -> None:
-    """A non-negative step count, and a learnable temperature to freeze when it is positive."""
+def check_temperature_freeze(steps: int, learnable_temperature: str, *, prefix: str = "") -> None:
+    """A non-negative step count, and a learnable temperature to freeze when it is positive; `prefix` is the
+    settings' prefix in the message (`mot_` for ModelConfig's, none for the layer's)."""
+    freeze, learnable = f"{prefix}temperature_freeze_steps", f"{prefix}learnable_temperature"
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"temperature_freeze_steps must be a non-negative integer, got {steps!r}.")
+        raise ValueError(f"{freeze} must be a non-negative integer, got {steps!r}.")
     if steps > 0 and learnable_temperature == "none":
         raise ValueError(
-            f"temperature_freeze_steps={steps} needs a learnable temperature (learnable_temperature scalar or "
-            "per_expert); with learnable_temperature='none' the allowed value is 0."
+            f"{freeze}={steps} needs a learnable temperature ({learnable} scalar or per_expert); with "
+            f"{learnable}='none' the allowed value is 0."
         )
 
 
@@ -167,7 +169,7 @@ def check_config(config: ModelConfig) -> None:
         ("mot_group_axis", GROUP_AXES), ("mot_compute", COMPUTES),
     ):  # fmt: skip
         check_choice(name, getattr(config, name), allowed)
-    check_temperature_freeze(config.temperature_freeze_steps, config.mot_learnable_temperature)
+    check_temperature_freeze(config.mot_temperature_freeze_steps, config.mot_learnable_temperature, prefix="mot_")
     check_temperature_schedule(
         config.mot_temperature_schedule, final=config.mot_temperature_final, routing=config.mot_routing,
         anneal_steps=config.mot_temperature_anneal_steps, learnable_temperature=config.mot_learnable_temperature,

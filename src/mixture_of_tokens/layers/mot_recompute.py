@@ -18,7 +18,7 @@ silu(gate) * up from it in the backward pass (2H values per mixed token instead 
 Activation memory falls by E/G x d values per token (`activation_values_per_token`); FLOPs rise by the recomputed
 merge. Gradients accumulate over blocks in float32 when the compute dtype is lower. It is a memory option, not a
 speed-up: on the 2-core CPU of docs/benchmarks.md it is slower than the plain path. Tests hold it to the plain
-path, forward and gradients (`tests/test_mot_recompute.py`).
+path, forward and gradients (`tests/layers/test_mot_recompute.py`).
 """
 
 from __future__ import annotations

@@ -33,13 +33,13 @@ there is no dense tokens x experts x capacity tensor and no loop over experts.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from .base import FeedForwardLayer
+from .capacity import check_top_k, expert_capacity
 from .checks import at_least_fp32, check_choice, check_non_negative, check_positive, check_positive_ints
 from .experts import (
     EXPERT_DISPATCHES,
@@ -62,30 +62,6 @@ DROP_RULES: tuple[str, ...] = ("probability", "authors")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
-
-
-def check_top_k(top_k: int, n_experts: int) -> None:
-    if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-        raise ValueError(f"top_k must be an integer in 1..n_experts={n_experts}, got {top_k!r}.")
-
-
-def expert_capacity(
-    capacity_factor: float | None, n_tokens: int, top_k: int, n_experts: int, drop_rule: str = "probability"
-) -> int | None:
-    """The assignments an expert keeps per routing group: C = min(floor(cf * T * k / E), T), or C - 1 under the
-    authors' drop rule; None when dropless (cf None or 0)."""
-    if not capacity_factor:
-        return None
-    lost = 1 if drop_rule == "authors" else 0
-    capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens) - lost
-    if capacity < 1:
-        rule = " with drop_rule='authors', which keeps C - 1" if lost else ""
-        raise ValueError(
-            f"capacity_factor={capacity_factor} gives every expert 0 slots for {n_tokens} tokens per routing group "
-            f"(top_k={top_k}, n_experts={n_experts}{rule}); use capacity_factor >= "
-            f"{(1 + lost) * n_experts / (n_tokens * top_k):.3g} or 0 (dropless)."
-        )
-    return capacity
 
 
 def rank_within_expert(
@@ -187,12 +163,12 @@ class TokenChoice(FeedForwardLayer):
             config.d_model,
             n_experts=config.n_experts,
             expert_size=config.expert_size,
-            top_k=config.top_k,
-            capacity_factor=config.capacity_factor,
+            top_k=config.tc_top_k,
+            capacity_factor=config.tc_capacity_factor,
             scope=config.tc_scope,
             group_size=config.group_size,
-            load_balance_weight=config.load_balance_weight,
-            z_loss_weight=config.z_loss_weight,
+            load_balance_weight=config.tc_load_balance_weight,
+            z_loss_weight=config.tc_z_loss_weight,
             init_scale=config.init_scale,
             expert_dispatch=config.expert_dispatch,
             activation=config.ffn_activation,
@@ -202,24 +178,29 @@ class TokenChoice(FeedForwardLayer):
 
     @classmethod
     def check_settings(cls, config: ModelConfig) -> None:
-        check_top_k(config.top_k, config.n_experts)
+        check_top_k(config.tc_top_k, config.n_experts, prefix="tc_")
         check_choice("tc_drop_rule", config.tc_drop_rule, DROP_RULES)
         check_choice("tc_scope", config.tc_scope, SCOPES)
         check_choice("expert_dispatch", config.expert_dispatch, EXPERT_DISPATCHES)
-        check_non_negative(capacity_factor=config.capacity_factor, load_balance_weight=config.load_balance_weight,
-                           z_loss_weight=config.z_loss_weight)  # fmt: skip
+        check_non_negative(
+            tc_capacity_factor=config.tc_capacity_factor,
+            tc_load_balance_weight=config.tc_load_balance_weight,
+            tc_z_loss_weight=config.tc_z_loss_weight,
+        )
 
     @classmethod
     def batch_multiple(cls, config: ModelConfig) -> int:
         """Group scope with a capacity routes within same-position groups; otherwise any batch will do."""
-        return config.group_size if config.tc_scope == "group" and config.capacity_factor else 1
+        return config.group_size if config.tc_scope == "group" and config.tc_capacity_factor else 1
 
     @classmethod
     def check_training_batch(cls, config: ModelConfig, micro_batch: int) -> None:
         """Every expert must get at least one capacity slot per routing group of the micro-batch."""
-        grouped = config.tc_scope == "group" and config.capacity_factor
+        grouped = config.tc_scope == "group" and config.tc_capacity_factor
         n_tokens = config.group_size if grouped else micro_batch * config.max_seq_len
-        expert_capacity(config.capacity_factor, n_tokens, config.top_k, config.n_experts, config.tc_drop_rule)
+        expert_capacity(
+            config.tc_capacity_factor, n_tokens, config.tc_top_k, config.n_experts, config.tc_drop_rule, prefix="tc_"
+        )
 
     @classmethod
     def rows_couple_at_inference(cls, config: ModelConfig) -> bool:
@@ -228,7 +209,7 @@ class TokenChoice(FeedForwardLayer):
 
     @classmethod
     def trained_capacity_factor(cls, config: ModelConfig) -> float | None:
-        return config.capacity_factor  # inference routes dropless (`set_inference`)
+        return config.tc_capacity_factor  # inference routes dropless (`set_inference`)
 
     @classmethod
     def activation_values_per_token(cls, config: ModelConfig) -> float:
@@ -237,16 +218,16 @@ class TokenChoice(FeedForwardLayer):
         its gated copy (3k*d, an upper bound: dropped assignments keep nothing), and per capacity slot the
         dispatched token and the expert hidden layer (slots per token: k*capacity_factor, E*C/G in group scope;
         dropless: as many as the busiest expert needs, taken as 1.25*k). SwiGLU experts keep 4H per slot for H."""
-        d_model, k = config.d_model, config.top_k
+        d_model, k = config.d_model, config.tc_top_k
         hidden = kept_hidden_values(config.ffn_activation, config.expert_size)
-        if config.tc_scope == "group" and config.capacity_factor:
+        if config.tc_scope == "group" and config.tc_capacity_factor:
             capacity = expert_capacity(
-                config.capacity_factor, config.group_size, k, config.n_experts, config.tc_drop_rule
+                config.tc_capacity_factor, config.group_size, k, config.n_experts, config.tc_drop_rule
             )
             slots = config.n_experts * capacity / config.group_size
         else:
-            slots = k * (config.capacity_factor or 1.25)
-        router = config.n_experts * (3 + (config.z_loss_weight > 0))
+            slots = k * (config.tc_capacity_factor or 1.25)
+        router = config.n_experts * (3 + (config.tc_z_loss_weight > 0))
         kept = min(k, slots)
         renormalised = config.n_experts + 1 if config.tc_norm_topk_prob else 0  # sorted p and the top-k sum
         return d_model + router + 7 * k + renormalised + 3 * kept * d_model + slots * (d_model + hidden)

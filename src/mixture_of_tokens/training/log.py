@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CONFIG_FILE
+from ..checkpoint import CONFIG_FILE, read_config
 from ..progress import progress_bar
 from ..runtime import distributed as dist_utils
 from .metrics import MetricsWriter
@@ -152,9 +152,8 @@ def _tensorboard_writer(out_dir: Path):
     directory = out_dir / "tensorboard"
     first = not any(directory.glob("events.out.tfevents.*"))
     writer = SummaryWriter(str(directory))
-    config_file = out_dir / CONFIG_FILE
-    if first and config_file.is_file():
-        payload = json.loads(config_file.read_text(encoding="utf-8"))
+    if first and (out_dir / CONFIG_FILE).is_file():
+        payload = read_config(out_dir)  # the one reader of config.json
         metrics = {"eval/loss": float("nan"), "train/loss": float("nan")}  # names only: the values are the scalars
         for summary in hparams(config_hparams(payload), metrics):
             writer.file_writer.add_summary(summary)

@@ -30,7 +30,7 @@ training step's chunked loss. Its peak is the larger of two moments:
   besides both the micro-batch's int64 inputs and targets, and the runtime as in training (already mapped in by then).
 Before, the evaluation ran the whole batch with full logits: tiny-mot at batch 512 needed 4.52 GB for it against 2.04
 GB for a training step; in micro-batches with the chunked loss it needs less than the training step.
-Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/test_memory.py).
+Checked against saved-tensor hooks (exact for the tiny presets) and against peak RSS (tests/training/test_memory.py).
 """
 
 from __future__ import annotations

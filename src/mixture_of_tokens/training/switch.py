@@ -2,8 +2,8 @@
 becomes a Token Choice (or Expert Choice) layer made of the same parameter objects, so AdamW keeps their moments,
 the LR schedule runs on over all steps, and only parameters without an MoT counterpart start with fresh state.
 
-The routing settings after the switch are the run's own ModelConfig fields (top_k, capacity_factor,
-load_balance_weight, z_loss_weight, tc_scope), whose defaults are the paper's.
+The routing settings after the switch are the run's own ModelConfig fields (tc_top_k, tc_capacity_factor,
+tc_load_balance_weight, tc_z_loss_weight, tc_scope), whose defaults are the paper's.
 """
 
 from __future__ import annotations

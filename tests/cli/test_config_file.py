@@ -9,10 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runs import run_mot
+from cli_runs import parsed, planned_train, run_mot
 
-from mixture_of_tokens.cli import build_parser, with_config_file
-from mixture_of_tokens.cli.train import plan_from_args
 from mixture_of_tokens.presets import get_preset
 
 TOML = """preset = "tiny-mot"
@@ -28,16 +26,6 @@ data = "packaged"
 """
 
 
-def resolved(argv: list[str]):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return with_config_file(parser, argv, args) if args.config else args
-
-
-def plan(argv: list[str]):
-    return plan_from_args(resolved(argv))
-
-
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -46,9 +34,10 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_toml_file_gives_the_settings_and_flags_win(in_tmp: Path) -> None:
     (in_tmp / "run.toml").write_text(TOML)
-    from_file = plan(["train", "--config", "run.toml", "--lr", "0.002", "--dry-run"])
-    from_flags = plan(["train", "--preset", "tiny-mot", "--steps", "12", "--group-size", "4", "--mot-temperature",
-                       "0.5", "--lr", "0.002", "--data", "packaged", "--dry-run"])  # fmt: skip
+    from_file = planned_train(["train", "--config", "run.toml", "--lr", "0.002", "--dry-run"])
+    flags = ["--preset", "tiny-mot", "--steps", "12", "--group-size", "4", "--mot-temperature", "0.5", "--lr", "0.002",
+             "--data", "packaged", "--dry-run"]  # fmt: skip
+    from_flags = planned_train(["train", *flags])
     assert from_file.model_config == from_flags.model_config and from_file.model_config.group_size == 4
     assert from_file.train_config == from_flags.train_config and from_file.train_config.lr == 0.002  # the flag won
     assert from_file.name == "tiny-mot"
@@ -58,8 +47,8 @@ def test_yaml_and_json_files_read_the_same(in_tmp: Path) -> None:
     settings = {"preset": "tiny-mot", "steps": 12, "model": {"group_size": 4}, "train": {"lr": 0.001}}
     (in_tmp / "run.yaml").write_text("preset: tiny-mot\nsteps: 12\nmodel:\n  group_size: 4\ntrain:\n  lr: 0.001\n")
     (in_tmp / "run.json").write_text(json.dumps(settings))
-    yaml_plan, json_plan = plan(["train", "--config", "run.yaml", "--dry-run"]), plan(["train", "--config", "run.json",
-                                                                                         "--dry-run"])  # fmt: skip
+    yaml_plan = planned_train(["train", "--config", "run.yaml", "--dry-run"])
+    json_plan = planned_train(["train", "--config", "run.json", "--dry-run"])
     assert yaml_plan.model_config == json_plan.model_config and yaml_plan.train_config == json_plan.train_config
     assert (json_plan.model_config.group_size, json_plan.train_config.lr, json_plan.train_config.steps) == (4, 1e-3, 12)
 
@@ -72,7 +61,7 @@ def test_a_runs_config_json_starts_a_new_run_with_its_settings(in_tmp: Path) -> 
     record = {"model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(train), "run": "old",
               "run_id": "abc", "data_fingerprint": "f", "tokenizer": {"kind": "bpe"}}  # fmt: skip
     (old / "config.json").write_text(json.dumps(record))
-    again = plan(["train", "--config", str(old / "config.json"), "--dry-run"])
+    again = planned_train(["train", "--config", str(old / "config.json"), "--dry-run"])
     assert again.model_config == preset.model
     assert again.train_config.steps == 7 and again.train_config.out_dir != str(old)  # never the old run's directory
     assert again.name == "old-rerun"
@@ -80,7 +69,7 @@ def test_a_runs_config_json_starts_a_new_run_with_its_settings(in_tmp: Path) -> 
 
 def test_compare_takes_its_settings_from_a_file(in_tmp: Path) -> None:
     (in_tmp / "suite.toml").write_text('suite = "smoke"\nparallel = 2\nout = "somewhere"\n')
-    args = resolved(["compare", "--config", "suite.toml", "--parallel", "1"])
+    args = parsed(["compare", "--config", "suite.toml", "--parallel", "1"])
     assert (args.suite, args.out, args.parallel) == ("smoke", "somewhere", 1)
 
 

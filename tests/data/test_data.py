@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -520,7 +521,17 @@ def test_data_preparation_progress_outside_a_terminal_is_plain_lines(
     assert "\r" not in err
     lines = err.splitlines()
     assert any(line.startswith("tokenising train.bin: 11/11 (100%)") for line in lines)
+    chars = sum(len(text) for text in _corpus(12)[1:])  # the BPE trains on the train split (all but one document)
+    assert any(line.startswith(f"training BPE-300: {chars}/{chars} (100%)") for line in lines), lines
     assert any(line.startswith(f"tokenising c4:{C4_SAMPLE}: ") for line in lines)
+
+
+def test_streamed_progress_stops_at_the_token_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The last whole document of a split runs past its budget; the bar counts up to the budget, never past 100%."""
+    data = prepare_data(f"c4:{C4_SAMPLE}", cache_dir=tmp_path, tokenizer="gpt2", max_tokens=600, progress=True)
+    assert data.manifest["train"]["n_tokens"] > 600  # the overshoot the bar must not show
+    percents = [int(p) for p in re.findall(r"\((\d+)%\)", capsys.readouterr().err)]
+    assert percents and max(percents) == 100 and percents[-1] == 100
 
 
 def test_hf_source_reads_the_text_column_it_is_given(tmp_path: Path) -> None:

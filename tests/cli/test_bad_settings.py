@@ -41,13 +41,13 @@ BAD_VALUES: dict[str, list[str]] = {
     "mot_separate_emit_controller": ["--mot-separate-emit-controller=maybe"],
     "mot_grouping": ["--mot-grouping", "alphabetical"],
     "mot_group_axis": ["--mot-group-axis", "diagonal"],
-    "temperature_freeze_steps": ["--temperature-freeze-steps", "-1"],
-    "top_k": ["--top-k", "9"],  # more than the 4 experts
-    "capacity_factor": ["--ffn", "token_choice", "--capacity-factor", "0.001"],  # 0 slots for 256 tokens
+    "mot_temperature_freeze_steps": ["--mot-temperature-freeze-steps", "-1"],
+    "tc_top_k": ["--tc-top-k", "9"],  # more than the 4 experts
+    "tc_capacity_factor": ["--ffn", "token_choice", "--tc-capacity-factor", "0.001"],  # 0 slots for 256 tokens
     "tc_drop_rule": ["--tc-drop-rule", "random"],
     "tc_scope": ["--tc-scope", "sequence"],
-    "load_balance_weight": ["--load-balance-weight", "-1"],
-    "z_loss_weight": ["--z-loss-weight", "-0.5"],
+    "tc_load_balance_weight": ["--tc-load-balance-weight", "-1"],
+    "tc_z_loss_weight": ["--tc-z-loss-weight", "-0.5"],
     "load_balance_reduce": ["--load-balance-reduce", "max"],
     "ec_tokens_per_expert": ["--ec-tokens-per-expert", "0"],
     "expert_dispatch": ["--expert-dispatch", "scatter"],

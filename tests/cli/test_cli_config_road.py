@@ -25,6 +25,7 @@ from mixture_of_tokens.cli.generate import GenerateRunOptions
 from mixture_of_tokens.cli.scaling import ScalingFitConfig, ScalingPlanConfig, ScalingPredictConfig
 from mixture_of_tokens.cli.train import TrainRunOptions
 from mixture_of_tokens.config import ModelConfig, TrainConfig, field_help
+from mixture_of_tokens.config_renames import old_names
 
 COMMANDS = {
     ("audit",): AuditConfig,
@@ -47,8 +48,6 @@ run options beside the ModelConfig and TrainConfig fields over the preset)."""
 NOT_FIELDS = {"-h", "--config", "--G"}
 """Flags of no field: help, `--config FILE` (a file of the fields' values: `mot compare`, `mot train`) and `mot
 scaling predict`'s hidden legacy alias `--G` of `--granularity`."""
-NOT_FIELDS_OF = {("train",): {"--preset"}}
-"""A command's own flags of no field: `mot train`'s `--preset`, the base its config fields override."""
 
 
 def _subparser(path: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -95,9 +94,10 @@ def test_every_flag_is_a_field_and_every_field_a_flag_with_its_docstring(path: t
     shown = {}
     for action in parser._actions:
         names = action.option_strings or [action.dest]
-        if (NOT_FIELDS | NOT_FIELDS_OF.get(path, set())) & set(names):
+        if NOT_FIELDS & set(names):
             continue
-        (name,) = [n for n in names if not n.startswith("--no-")]  # --x / --no-x is one field
+        name, *aliases = [n for n in names if not n.startswith("--no-")]  # --x / --no-x is one field
+        assert aliases == ["--" + old.replace("_", "-") for old in old_names(action.dest)]  # --top-k: --tc-top-k
         shown[name] = action.help.replace("%%", "%")  # argparse formats help: a literal % is written %%
     assert shown == _expected_help(COMMANDS[path])
     printed = "".join(parser.format_help().split())  # --help wraps lines (also at hyphens)
@@ -144,7 +144,7 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
     assert config_from_args(args, CompareConfig) == CompareConfig(runs=("runs/a", "runs/b"), plot="p.png")
     args = parser.parse_args(["convert", "--checkpoint", "a", "--to", "expert-choice", "--out", "b", "--top-k", "2"])
     assert config_from_args(args, ConvertConfig) == ConvertConfig(
-        checkpoint="a", target="expert-choice", out="b", routing={"top_k": 2}
+        checkpoint="a", target="expert-choice", out="b", routing={"tc_top_k": 2}
     )
     args = parser.parse_args(["audit", "runs/x", "--json", "--position", "3"])
     assert config_from_args(args, AuditConfig) == AuditConfig(checkpoint="runs/x", json=True, position=3)
@@ -171,7 +171,7 @@ def test_the_handler_gets_the_dataclass_built_from_the_flags() -> None:
     assert options == EvalRunOptions(checkpoint="a", task_file=("piqa=p.jsonl",), evaluation={"perplexity": False})
     assert options.task_files() == {"piqa": Path("p.jsonl")}
     args = parser.parse_args(["train", "--preset", "tiny-mot", "--steps", "3", "--dry-run", "--name", "x"])
-    assert config_from_args(args, TrainRunOptions) == TrainRunOptions(name="x", dry_run=True)
+    assert config_from_args(args, TrainRunOptions) == TrainRunOptions(preset="tiny-mot", name="x", dry_run=True)
     args = parser.parse_args(["train", "--resume", "runs/x", "--force"])
     assert config_from_args(args, TrainRunOptions) == TrainRunOptions(resume="runs/x", force=True)
 

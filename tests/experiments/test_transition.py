@@ -56,8 +56,8 @@ def test_conversion_preserves_every_tensor_bit_for_bit(trained: dict, tmp_path: 
         assert torch.equal(tensor, converted[name]), name
     config = read_config(out)
     assert config["model"]["ffn"] == "token_choice" and config["model"]["ffn_blocks"] == "second-half"
-    assert config["model"]["top_k"] == 1 and config["model"]["capacity_factor"] == 1.25
-    assert config["model"]["load_balance_weight"] == 0.01
+    assert config["model"]["tc_top_k"] == 1 and config["model"]["tc_capacity_factor"] == 1.25
+    assert config["model"]["tc_load_balance_weight"] == 0.01
     assert config["converted_from"]["target"] == "token-choice"
     assert config["converted_from"]["source_model"]["ffn"] == "mot"
     model, model_config, _ = load_model(out)  # loads strictly into the Token Choice architecture

@@ -110,7 +110,7 @@ def test_token_choice_grouped_matches_padded_anywhere(scope, n_groups, seq_len, 
     x = torch.randn(4 * n_groups, seq_len, d)
     tokens_per_group = 4 if scope == "group" else x.shape[0] * seq_len
     if capacity_factor and int(capacity_factor * tokens_per_group * top_k / e) < 1:
-        return  # refused before any compute (tests/test_token_choice.py)
+        return  # refused before any compute (tests/layers/test_token_choice.py)
     assert_dispatches_agree(layer, x)
 
 

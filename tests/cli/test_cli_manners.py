@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cli_runs import run_mot, train_argv
 from corpus import write_corpus
+from helpers import FIXTURES
 
 from mixture_of_tokens.cli import build_parser
 from mixture_of_tokens.cli.config_args import configs_from_args
@@ -139,7 +140,7 @@ def test_data_preparation_into_a_log_file_is_plain_progress_lines(tmp_path: Path
     """`mot data prepare 2> FILE` (a file, as a batch job's log is) for a text: corpus (BPE training, tokenising)
     and a local C4 stream: one plain line per update, no carriage-return redraws."""
     corpus = write_corpus(tmp_path / "corpus", n_documents=30)
-    c4_sample = Path(__file__).parent / "fixtures" / "c4_sample.jsonl"
+    c4_sample = FIXTURES / "c4_sample.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MOT_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TQDM_POSITION", None)
     for source, progress_prefix in (

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TASK_FIXTURES, make_checkpoint
+from helpers import REPO_ROOT, TASK_FIXTURES, make_checkpoint
 
 from mixture_of_tokens.cli import main
 from mixture_of_tokens.evaluation import (
@@ -306,5 +306,5 @@ def test_help_and_a_wrong_model_name_say_lm_eval_model_mot_cannot_find_it(worksp
     assert exit_.value.code == 2 and err.startswith(f"{command}: error: lm-eval has no model 'mot_lm'")
     assert f"`lm_eval --model mot` cannot find a third-party model): {command} --model mot" in err
 
-    docs = " ".join((Path(__file__).parents[1] / "docs" / "evaluation.md").read_text().split())
+    docs = " ".join((REPO_ROOT / "docs" / "evaluation.md").read_text().split())
     assert f"`lm_eval --model mot` cannot find a third-party model: `{command}` is the command" in docs

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from mixture_of_tokens.experiments.catalog import get_suite
 from mixture_of_tokens.experiments.planner import expected_runs, plan_suite, run_name
@@ -186,7 +187,7 @@ NARROW_PRESET_ARMS = {
     "narrow-expert-choice": "expert-choice", "narrow-llama-dense": "llama-dense", "narrow-llama-mot": "llama-mot-8e-4",
     "narrow-llama-token-choice": "llama-token-choice",
 }  # fmt: skip
-CAPACITY_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "claims-capacity-cpu" / "results.json"
+CAPACITY_RESULTS = REPO_ROOT / "docs" / "results" / "claims-capacity-cpu" / "results.json"
 
 
 @pytest.mark.parametrize(("preset", "arm"), NARROW_PRESET_ARMS.items())

@@ -1,6 +1,6 @@
 """Token Choice against the plain-loop float64 reference (docs/method.md §2), hand-computed cases, edge cases,
 gradients, the routing statistics and the collapse monitor. The routing-rule tests marked with `dispatch` run under
-both expert dispatches (grouped in float32); tests/test_grouped_dispatch.py compares the two directly."""
+both expert dispatches (grouped in float32); tests/layers/test_grouped_dispatch.py compares the two directly."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from reference_sparse import DISPATCHES, reference_token_choice, tolerance, with
 
 from mixture_of_tokens.config import ModelConfig
 from mixture_of_tokens.layers import CollapseMonitor, TokenChoice
-from mixture_of_tokens.layers.token_choice import expert_capacity
+from mixture_of_tokens.layers.capacity import expert_capacity
 
 
 def make_layer(d, e, h, *, seed=0, router_std=2.0, dispatch="padded", **kwargs) -> TokenChoice:
@@ -242,7 +242,7 @@ def test_single_expert_is_a_dense_feed_forward(capacity_factor):
 @pytest.mark.parametrize("scope", ["batch", "group"])
 def test_all_tokens_to_one_expert(scope):
     """Every token prefers expert 0: exactly C per routing group are kept, the most probable ones. (float64 only:
-    in float32 these probabilities all round to 1; tests/test_grouped_dispatch.py covers empty experts.)"""
+    in float32 these probabilities all round to 1; tests/layers/test_grouped_dispatch.py covers empty experts.)"""
     d, e = 4, 4
     layer = make_layer(d, e, 6, seed=5, capacity_factor=1.25, scope=scope, group_size=4)
     with torch.no_grad():
