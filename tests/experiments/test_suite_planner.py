@@ -163,13 +163,24 @@ def test_a_suite_that_depends_on_a_later_arm_is_refused(arm: Arm, message: str) 
         check_suite(Suite("s", "", (Arm("dense", "dense"), arm), ()))
 
 
-def test_claims_capacity_starts_with_its_six_sweeps() -> None:
-    """Stage (a)'s three sweeps and stage (e)'s (the Llama-style block), which wait for nothing."""
+def test_claims_capacity_starts_with_its_eight_sweeps() -> None:
+    """Stage (a)'s three sweeps, stage (e)'s (the Llama-style block) and stage (f)'s (more and finer experts), which
+    wait for nothing."""
     suite = get_suite("claims-capacity")
     plan = plan_suite(suite, suite.size("capacity"), Disk())
-    first = ["dense", "token-choice", "mot-8e", "llama-dense", "llama-mot-8e-4", "llama-token-choice"]
+    first = ["dense", "token-choice", "mot-8e", "llama-dense", "llama-mot-8e-4", "llama-token-choice", "mot-16e-4",
+             "mot-32e-4"]  # fmt: skip
     assert list(dict.fromkeys(r.arm.name for r in plan.runs)) == first
-    assert len(plan.runs) == 18 and not plan.complete
+    assert len(plan.runs) == 24 and not plan.complete
+
+
+def test_stage_f_sizes_more_and_finer_experts_at_tau_one_tenth() -> None:
+    suite = get_suite("claims-capacity")
+    size = suite.size("capacity")
+    for name, experts, group in (("mot-16e-4", 64, 16), ("mot-32e-4", 128, 32)):
+        model = arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model
+        assert (model.n_experts, model.group_size, model.expert_size) == (experts, group, size.base_model().d_ff // 4)
+        assert model.mot_temperature == 0.1 and model.ffn_blocks == "all"
 
 
 def test_an_arms_own_feed_forward_width_sizes_its_experts() -> None:
@@ -229,8 +240,8 @@ def test_expected_runs_counts_what_the_plan_trains() -> None:
     assert expected_runs(smoke, smoke.size("smoke")) == 42  # 14 models: 2 rates, then a second seed
     suite = get_suite("claims-capacity")
     # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed;
-    # the Llama-style block's 3 swept arms x 3 rates
-    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9
+    # the Llama-style block's 3 swept arms x 3 rates; stage (f)'s 2 swept arms x 3 rates and a seed
+    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9 + 6 + 1
 
 
 def test_claims_capacity_widens_a_sweep_whose_best_rate_is_at_an_edge() -> None:

@@ -10,7 +10,9 @@ Staged (docs/compare.md): (a) dense, the control and MoT /8E at tau = 1, each sw
 other group sizes and granularity, and Expert Choice; the winner re-checked at its neighbouring rates; (d) a
 second seed for dense, the control, MoT at tau = 1 and the best MoT; (e) the Llama-style block (rotary positions,
 RMSNorm, SwiGLU of the ReLU layer's FLOPs, one key/value head for the two query heads, no biases): dense, MoT at the
-best setting of stages (b) and (c) (/8E/4, tau = 0.1, fixed when they had finished) and the control, each swept.
+best setting of stages (b) and (c) (/8E/4, tau = 0.1, fixed when they had finished) and the control, each swept;
+(f) more and finer experts together, /16E/4 and /32E/4 at tau = 0.1, each swept (added after (a)-(e) had finished,
+to ask whether MoT closes its gap to Token Choice).
 """
 
 from __future__ import annotations
@@ -100,6 +102,14 @@ LLAMA_ARMS = (
         stage="e"),
 )  # fmt: skip
 
+MORE_AND_FINER = tuple(
+    mot_arm(f"mot-{experts}e-4", f"/{experts}E/4", f"MoT /{experts}E/4 ({4 * experts} experts of width d_ff / 4) "
+            "at tau = 0.1", blocks=EVERY_BLOCK, model=(("mot_temperature", 0.1),), seeds=1, stage="f")
+    for experts in (16, 32)
+)  # fmt: skip
+"""Stage (f): more experts and finer ones together, the two changes that each helped in stage (c), at the best
+setting's tau (0.1), each sweeping the rate like stage (a)."""
+
 CLAIMS_CAPACITY_ARMS = (
     dataclasses.replace(CAPACITY_DENSE, seeds=2, stage="a"),
     dataclasses.replace(CAPACITY_CONTROL, seeds=2, stage="a"),
@@ -116,6 +126,9 @@ CLAIMS_CAPACITY_ARMS = (
     Arm("mot-best", "the best MoT of every stage, re-checked at half and twice its rate", "mot",
         best_of=(*MOT_SETTINGS, *(arm.name for arm in AT_BEST_SETTING)), recheck=True, seeds=2, stage="d"),
     *LLAMA_ARMS,
+    *MORE_AND_FINER,
+    Arm("mot-more-finer", "the better of MoT /16E/4 and /32E/4 at tau = 0.1", "mot",
+        best_of=tuple(arm.name for arm in MORE_AND_FINER), seeds=2, stage="f"),
 )  # fmt: skip
 
 PAPER_MAIN = 150_000 * PAPER_TOKENS_PER_STEP
@@ -149,6 +162,11 @@ CLAIMS_CAPACITY_CLAIMS = (
           "there too).", "better", ("llama-token-choice", "llama-dense"), "no figure: the paper's block is GPT-2-like"),
     Claim("llama-mot-beats-dense", "In the Llama-style block, MoT /8E/4 at tau = 0.1 beats dense.", "better",
           ("llama-mot-8e-4", "llama-dense"), "no figure: the paper's block is GPT-2-like"),
+    Claim("more-and-finer-beats-best", "More and finer experts together (the better of /16E/4 and /32E/4, each at its "
+          "best rate) beat the best MoT of stages (b)-(d) (/8E/4).", "better", ("mot-more-finer", "mot-best"),
+          'Figs. "more experts" and "mixtures per expert" (150K steps)', PAPER_MAIN),
+    Claim("more-and-finer-matches-token-choice", "More and finer experts together are not worse than Token Choice.",
+          "matches", ("mot-more-finer", "token-choice"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
 )  # fmt: skip
 
 CLAIMS_CAPACITY = Suite(
@@ -168,6 +186,8 @@ CLAIMS_CAPACITY = Suite(
         "dense, Token Choice, MoT /8E at tau = 1 and the best MoT get a second seed. Stage (b) and (c) models have "
         "one seed: their verdicts use the seed noise pooled over the models with two. Choosing the best of many "
         "arms by one seed favours it slightly; its second seed is unselected. (e) The Llama-style block: dense, "
-        "MoT /8E/4 at tau = 0.1 and Token Choice, each sweeping the rate like stage (a), one seed."
+        "MoT /8E/4 at tau = 0.1 and Token Choice, each sweeping the rate like stage (a), one seed. (f) MoT /16E/4 "
+        "and /32E/4 at tau = 0.1, each sweeping the rate like stage (a); the better of the two gets a second seed at "
+        "its best rate and is compared."
     ),
 )
