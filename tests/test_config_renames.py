@@ -12,8 +12,9 @@ import pytest
 from cli_runs import planned_train
 
 from mixture_of_tokens.checkpoint import saved_configs
-from mixture_of_tokens.config import ModelConfig, field_help
+from mixture_of_tokens.config import ModelConfig, TrainConfig, field_help
 from mixture_of_tokens.config_renames import RENAMED_SETTINGS, old_names, renamed_settings
+from mixture_of_tokens.experiments.runner import RunSpec, config_difference
 
 KIND_PREFIXES = {"MoT": "mot_", "Token Choice": "tc_", "Expert Choice": "ec_"}
 """How a field's help names the one kind that reads it -> the prefix its name carries."""
@@ -86,3 +87,15 @@ def test_a_config_file_with_old_names_gives_the_same_run(tmp_path: Path, monkeyp
     old = planned_train(["train", "--config", "old.toml", "--dry-run"])
     new = planned_train(["train", "--config", "new.toml", "--dry-run"])
     assert old.model_config == new.model_config and new.model_config.tc_top_k == 2
+
+
+def test_a_suite_run_saved_under_old_names_is_compared_setting_by_setting() -> None:
+    """The suite runner reuses a finished run only when its config.json holds the run's settings; one saved before
+    the rename is read under the current names, so a different k is still caught."""
+    model = ModelConfig(ffn="token_choice", tc_top_k=1)
+    spec = RunSpec("token-choice", 1e-3, 0, model, TrainConfig(lr=1e-3))
+    saved = {"model": {**dataclasses.asdict(model), "top_k": 2}, "train": dataclasses.asdict(spec.train)}
+    del saved["model"]["tc_top_k"]
+    assert config_difference(spec, saved) == "model.tc_top_k = 2 there, 1 in the suite"
+    saved["model"]["top_k"] = 1
+    assert config_difference(spec, saved) is None

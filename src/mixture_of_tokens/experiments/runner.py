@@ -22,6 +22,7 @@ from typing import Any
 
 from ..checkpoint import CONFIG_FILE, read_config
 from ..config import ModelConfig, TrainConfig
+from ..config_renames import renamed_settings
 from ..data import PreparedData, prepare_data
 from ..training.errors import TrainingStopped
 from ..training.loop import train
@@ -79,7 +80,7 @@ def config_difference(spec: RunSpec, saved: dict[str, Any]) -> str | None:
         ("model", dataclasses.asdict(spec.model), IGNORED_MODEL_FIELDS | switched_model_fields(spec)),
         ("train", dataclasses.asdict(spec.train), IGNORED_TRAIN_FIELDS),
     ):
-        recorded = saved.get(section, {})
+        recorded = renamed_settings(saved.get(section, {}))  # a setting saved under its old name is compared too
         for key, value in wanted.items():
             if key not in ignored and key in recorded and recorded[key] != value:
                 return f"{section}.{key} = {recorded[key]!r} there, {value!r} in the suite"
