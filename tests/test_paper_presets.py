@@ -32,7 +32,7 @@ def test_sparse_and_precision_presets(name):
     assert (train.steps, train.lr, train.precision, train.batch_size) == (steps, lr, precision, 256)
     assert (train.data, train.tokenizer) == ("c4", "gpt2")
     if kind == "token_choice":  # top-1 over experts of width d_ff: dense FLOPs
-        assert (model.top_k, model.capacity_factor, model.load_balance_weight) == (1, 1.25, 0.01)
+        assert (model.tc_top_k, model.tc_capacity_factor, model.tc_load_balance_weight) == (1, 1.25, 0.01)
     assert model.load_balance_reduce == "mean"  # the paper-era authors' code averages it over layers
     assert model.tc_drop_rule == "authors"  # ... and drops first come, first served, keeping C - 1
     if kind == "expert_choice":  # one token per expert per group of E: dense FLOPs
@@ -45,7 +45,8 @@ def test_every_preset_belongs_to_one_figure_and_cpu_presets_stay_offline():
     cpu = [p for figure, ps in groups.items() if figure.startswith("CPU") for p in ps]
     assert {p.name for p in cpu} == {
         "tiny-dense", "tiny-mot", "tiny-token-choice", "tiny-expert-choice",
-        "narrow-dense", "narrow-mot", "narrow-mot-8e", "narrow-token-choice", "narrow-expert-choice",
+        "narrow-dense", "narrow-mot", "narrow-mot-32e-4", "narrow-mot-8e", "narrow-token-choice",
+        "narrow-expert-choice",
         "narrow-llama-dense", "narrow-llama-mot", "narrow-llama-token-choice",
         "tiny-bert-dense", "tiny-bert-mot", "tiny-bert-mot-seq",
         "llama-tiny-dense", "llama-tiny-mot", "llama-tiny-token-choice",

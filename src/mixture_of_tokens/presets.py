@@ -69,10 +69,10 @@ _NARROW_LLAMA = dataclasses.replace(
 _NARROW_TRAIN = TrainConfig(steps=5000, batch_size=64, lr=4e-3, warmup_steps=500, eval_every=500, eval_batches=32,
                             log_every=50, data="packaged+brown")  # fmt: skip
 # Each narrow preset trains at the best rate claims-capacity measured for its model (docs/results/claims-capacity-cpu:
-# dense and MoT /8E/4 at tau = 0.1 4e-3; MoT /8E at tau = 1, Token Choice and Expert Choice 2e-3; in the Llama-style
-# block dense 8e-3, MoT and Token Choice 4e-3), so a preset pair compares tuned models.
+# dense, MoT /8E/4 and /32E/4 at tau = 0.1 4e-3; MoT /8E at tau = 1, Token Choice and Expert Choice 2e-3; in the
+# Llama-style block dense 8e-3, MoT and Token Choice 4e-3), so a preset pair compares tuned models.
 _NARROW_RATES = {
-    "dense": 4e-3, "mot": 4e-3, "mot-8e": 2e-3, "token-choice": 2e-3, "expert-choice": 2e-3,
+    "dense": 4e-3, "mot": 4e-3, "mot-32e-4": 4e-3, "mot-8e": 2e-3, "token-choice": 2e-3, "expert-choice": 2e-3,
     "llama-dense": 8e-3, "llama-mot": 4e-3, "llama-token-choice": 4e-3,
 }  # fmt: skip
 
@@ -154,6 +154,14 @@ def _presets() -> list[Preset]:
             "best MoT of claims-capacity, ahead of narrow-dense",
             _mot(_NARROW, "/8E/4", ffn_blocks="all", mot_temperature=0.1),
             _narrow_train("mot"),
+            CPU_CAPACITY,
+        ),
+        Preset(
+            "narrow-mot-32e-4",
+            "narrow-dense with MoT /32E/4 (128 experts of width d_ff / 4, groups of 32) at tau = 0.1 in every block: "
+            "more and finer experts together (stage f of claims-capacity)",
+            _mot(_NARROW, "/32E/4", ffn_blocks="all", mot_temperature=0.1),
+            _narrow_train("mot-32e-4"),
             CPU_CAPACITY,
         ),
         Preset(

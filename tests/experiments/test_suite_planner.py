@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT
 
+from mixture_of_tokens.counting import count_model
 from mixture_of_tokens.experiments.catalog import get_suite
 from mixture_of_tokens.experiments.planner import expected_runs, plan_suite, run_name
 from mixture_of_tokens.experiments.runner import IGNORED_TRAIN_FIELDS, arm_spec
 from mixture_of_tokens.experiments.suites import Arm, Size, Suite, check_suite, mot_arm
+from mixture_of_tokens.model import Transformer
 from mixture_of_tokens.presets import get_preset
 
 SIZE = Size("t", 32, 2, 2, 32, 8, 8, lrs=(1e-3, 2e-3, 4e-3), seeds=2, widen=2)
@@ -163,15 +165,15 @@ def test_a_suite_that_depends_on_a_later_arm_is_refused(arm: Arm, message: str) 
         check_suite(Suite("s", "", (Arm("dense", "dense"), arm), ()))
 
 
-def test_claims_capacity_starts_with_its_eight_sweeps() -> None:
-    """Stage (a)'s three sweeps, stage (e)'s (the Llama-style block) and stage (f)'s (more and finer experts), which
-    wait for nothing."""
+def test_claims_capacity_starts_with_its_nine_sweeps() -> None:
+    """Stage (a)'s three sweeps, stage (e)'s (the Llama-style block) and stage (f)'s (more and finer experts, and
+    dense of their FLOPs), which wait for nothing."""
     suite = get_suite("claims-capacity")
     plan = plan_suite(suite, suite.size("capacity"), Disk())
     first = ["dense", "token-choice", "mot-8e", "llama-dense", "llama-mot-8e-4", "llama-token-choice", "mot-16e-4",
-             "mot-32e-4"]  # fmt: skip
+             "mot-32e-4", "dense-448"]  # fmt: skip
     assert list(dict.fromkeys(r.arm.name for r in plan.runs)) == first
-    assert len(plan.runs) == 24 and not plan.complete
+    assert len(plan.runs) == 27 and not plan.complete
 
 
 def test_stage_f_sizes_more_and_finer_experts_at_tau_one_tenth() -> None:
@@ -181,6 +183,10 @@ def test_stage_f_sizes_more_and_finer_experts_at_tau_one_tenth() -> None:
         model = arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model
         assert (model.n_experts, model.group_size, model.expert_size) == (experts, group, size.base_model().d_ff // 4)
         assert model.mot_temperature == 0.1 and model.ffn_blocks == "all"
+    mot, wide = (arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model for name in ("mot-32e-4", "dense-448"))
+    assert (
+        count_model(Transformer(wide)).forward_flops_per_token == count_model(Transformer(mot)).forward_flops_per_token
+    )
 
 
 def test_an_arms_own_feed_forward_width_sizes_its_experts() -> None:
@@ -194,7 +200,8 @@ def test_an_arms_own_feed_forward_width_sizes_its_experts() -> None:
 
 
 NARROW_PRESET_ARMS = {
-    "narrow-dense": "dense", "narrow-mot": "mot-8e-4", "narrow-mot-8e": "mot-8e", "narrow-token-choice": "token-choice",
+    "narrow-dense": "dense", "narrow-mot": "mot-8e-4", "narrow-mot-32e-4": "mot-32e-4", "narrow-mot-8e": "mot-8e",
+    "narrow-token-choice": "token-choice",
     "narrow-expert-choice": "expert-choice", "narrow-llama-dense": "llama-dense", "narrow-llama-mot": "llama-mot-8e-4",
     "narrow-llama-token-choice": "llama-token-choice",
 }  # fmt: skip
@@ -230,7 +237,7 @@ def test_each_narrow_preset_trains_at_the_rate_the_capacity_suite_found_best() -
         for preset, model in sources.items()
         if model in measured and None not in measured[model]["sweep"].values()
     }
-    assert {"narrow-dense", "narrow-mot", "narrow-mot-8e", "narrow-token-choice"} <= set(checked)
+    assert {"narrow-dense", "narrow-mot", "narrow-mot-32e-4", "narrow-mot-8e", "narrow-token-choice"} <= set(checked)
     for preset, model in checked.items():
         assert get_preset(preset).train.lr == measured[model]["lr"], preset
 
@@ -240,8 +247,8 @@ def test_expected_runs_counts_what_the_plan_trains() -> None:
     assert expected_runs(smoke, smoke.size("smoke")) == 42  # 14 models: 2 rates, then a second seed
     suite = get_suite("claims-capacity")
     # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed;
-    # the Llama-style block's 3 swept arms x 3 rates; stage (f)'s 2 swept arms x 3 rates and a seed
-    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9 + 6 + 1
+    # the Llama-style block's 3 swept arms x 3 rates; stage (f)'s 3 swept arms x 3 rates and a seed
+    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9 + 9 + 1
 
 
 def test_claims_capacity_widens_a_sweep_whose_best_rate_is_at_an_edge() -> None:
