@@ -135,10 +135,11 @@ def test_a_claim_without_finished_runs_is_not_judged() -> None:
 @pytest.mark.parametrize("name", list(SUITES))
 def test_every_suite_builds_valid_runs_at_equal_active_flops(name: str) -> None:
     """Each arm at each size is a valid run, and every model spends the dense model's FLOPs per token (within the
-    routers' few percent, once MoT's controller, merge and emit are taken out)."""
+    routers' few percent, once MoT's controller, merge and emit are taken out), or is a control at one MoT model's
+    whole FLOPs (claims-capacity's dense-448 and token-choice-448, at /32E/4's)."""
     suite = SUITES[name]
     for size in suite.sizes.values():
-        flops = {}
+        flops, whole, mot_whole = {}, {}, []
         for arm in (a for a in suite.arms if not a.is_alias):  # an alias trains its winner's runs
             spec = arm_spec(arm, size, size.lrs[0], 0, Path("unused"), device="cpu")
             check_run_settings(spec.model, dataclasses.replace(spec.train, data="packaged"))
@@ -147,10 +148,18 @@ def test_every_suite_builds_valid_runs_at_equal_active_flops(name: str) -> None:
             # MoT's controller, merge and emit (3 d E multiply-adds per token) are not FLOP-matched: 19% of the FF
             # for /32E at d_model 64 (docs/method.md); the rest must match dense
             unmatched = sum(6 * m.d_model * m.n_experts for m in model.modules() if getattr(m, "kind", "") == "mot")
-            flops[arm.name] = count_model(model).forward_flops_per_token - unmatched
+            whole[arm.name] = count_model(model).forward_flops_per_token
+            flops[arm.name] = whole[arm.name] - unmatched
+            if unmatched:
+                mot_whole.append(whole[arm.name])
         with torch.device("meta"):
             dense = count_model(Transformer(size.base_model())).forward_flops_per_token
-        assert all(abs(f / dense - 1) < 0.06 for f in flops.values()), flops
+        unmatched_arms = {
+            name: f
+            for name, f in flops.items()
+            if abs(f / dense - 1) >= 0.06 and not any(abs(whole[name] / m - 1) < 0.01 for m in mot_whole)
+        }
+        assert unmatched_arms == {}, flops
 
 
 # ------------------------------------------------------------------------------------------ end to end

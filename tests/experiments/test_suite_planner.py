@@ -165,15 +165,15 @@ def test_a_suite_that_depends_on_a_later_arm_is_refused(arm: Arm, message: str) 
         check_suite(Suite("s", "", (Arm("dense", "dense"), arm), ()))
 
 
-def test_claims_capacity_starts_with_its_nine_sweeps() -> None:
+def test_claims_capacity_starts_with_its_ten_sweeps() -> None:
     """Stage (a)'s three sweeps, stage (e)'s (the Llama-style block) and stage (f)'s (more and finer experts, and
-    dense of their FLOPs), which wait for nothing."""
+    dense and Token Choice of their FLOPs), which wait for nothing."""
     suite = get_suite("claims-capacity")
     plan = plan_suite(suite, suite.size("capacity"), Disk())
     first = ["dense", "token-choice", "mot-8e", "llama-dense", "llama-mot-8e-4", "llama-token-choice", "mot-16e-4",
-             "mot-32e-4", "dense-448"]  # fmt: skip
+             "mot-32e-4", "dense-448", "token-choice-448"]  # fmt: skip
     assert list(dict.fromkeys(r.arm.name for r in plan.runs)) == first
-    assert len(plan.runs) == 27 and not plan.complete
+    assert len(plan.runs) == 30 and not plan.complete
 
 
 def test_stage_f_sizes_more_and_finer_experts_at_tau_one_tenth() -> None:
@@ -183,10 +183,13 @@ def test_stage_f_sizes_more_and_finer_experts_at_tau_one_tenth() -> None:
         model = arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model
         assert (model.n_experts, model.group_size, model.expert_size) == (experts, group, size.base_model().d_ff // 4)
         assert model.mot_temperature == 0.1 and model.ffn_blocks == "all"
-    mot, wide = (arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model for name in ("mot-32e-4", "dense-448"))
-    assert (
-        count_model(Transformer(wide)).forward_flops_per_token == count_model(Transformer(mot)).forward_flops_per_token
-    )
+    mot, wide, control = (arm_spec(suite.arm(name), size, 4e-3, 0, Path("unused")).model
+                          for name in ("mot-32e-4", "dense-448", "token-choice-448"))  # fmt: skip
+    flops = {name: count_model(Transformer(model)).forward_flops_per_token
+             for name, model in (("mot", mot), ("dense", wide), ("token-choice", control))}  # fmt: skip
+    assert flops["dense"] == flops["mot"]  # FLOP-matched exactly
+    assert abs(flops["token-choice"] / flops["mot"] - 1) < 0.005  # within its router's d x E per block
+    assert (control.n_experts, control.expert_size) == (8, 448)
 
 
 def test_an_arms_own_feed_forward_width_sizes_its_experts() -> None:
@@ -247,8 +250,8 @@ def test_expected_runs_counts_what_the_plan_trains() -> None:
     assert expected_runs(smoke, smoke.size("smoke")) == 42  # 14 models: 2 rates, then a second seed
     suite = get_suite("claims-capacity")
     # 3 swept arms x 3 rates + 3 second seeds; 7 sharper arms; 4 at the best setting; a re-check at 2 rates; a seed;
-    # the Llama-style block's 3 swept arms x 3 rates; stage (f)'s 3 swept arms x 3 rates and a seed
-    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9 + 9 + 1
+    # the Llama-style block's 3 swept arms x 3 rates; stage (f)'s 4 swept arms x 3 rates and a seed
+    assert expected_runs(suite, suite.size("capacity")) == 9 + 3 + 7 + 4 + 2 + 1 + 9 + 12 + 1
 
 
 def test_claims_capacity_widens_a_sweep_whose_best_rate_is_at_an_edge() -> None:

@@ -11,8 +11,8 @@ other group sizes and granularity, and Expert Choice; the winner re-checked at i
 second seed for dense, the control, MoT at tau = 1 and the best MoT; (e) the Llama-style block (rotary positions,
 RMSNorm, SwiGLU of the ReLU layer's FLOPs, one key/value head for the two query heads, no biases): dense, MoT at the
 best setting of stages (b) and (c) (/8E/4, tau = 0.1, fixed when they had finished) and the control, each swept;
-(f) more and finer experts together, /16E/4 and /32E/4 at tau = 0.1, and dense at /32E/4's FLOPs per token, each
-swept (added after (a)-(e) had finished, to ask whether MoT closes its gap to Token Choice).
+(f) more and finer experts together, /16E/4 and /32E/4 at tau = 0.1, and dense and Token Choice at /32E/4's FLOPs
+per token, each swept (added after (a)-(e) had finished, to ask whether MoT closes its gap to Token Choice).
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ WIDE_DENSE_WIDTH = 448
 with the number of experts, so /32E/4 computes 27% more per token than dense at d_ff 256 or Token Choice."""
 WIDE_DENSE = Arm("dense-448", "dense Transformer at d_ff 448: the FLOPs per token of MoT /32E/4",
                  model=(("d_ff", WIDE_DENSE_WIDTH),), seeds=1, stage="f")  # fmt: skip
+WIDE_CONTROL = Arm("token-choice-448", "Token Choice top-1 over 8 experts of width 448: about the FLOPs per token of "
+                   "MoT /32E/4", "token_choice", experts=8, blocks=EVERY_BLOCK, model=(("d_ff", WIDE_DENSE_WIDTH),),
+                   seeds=1, stage="f")  # fmt: skip
 
 CLAIMS_CAPACITY_ARMS = (
     dataclasses.replace(CAPACITY_DENSE, seeds=2, stage="a"),
@@ -133,6 +136,7 @@ CLAIMS_CAPACITY_ARMS = (
     *LLAMA_ARMS,
     *MORE_AND_FINER,
     WIDE_DENSE,
+    WIDE_CONTROL,
     Arm("mot-more-finer", "the better of MoT /16E/4 and /32E/4 at tau = 0.1", "mot",
         best_of=tuple(arm.name for arm in MORE_AND_FINER), seeds=2, stage="f"),
 )  # fmt: skip
@@ -176,6 +180,9 @@ CLAIMS_CAPACITY_CLAIMS = (
     Claim("more-and-finer-beats-wide-dense", "More and finer experts together beat dense of the same FLOPs per token "
           "(d_ff 448: /32E/4's mixing costs compute that grows with the number of experts).", "better",
           ("mot-more-finer", "dense-448"), "no figure: the paper compares at the dense model's FLOPs"),
+    Claim("more-and-finer-matches-wide-token-choice", "More and finer experts together are not worse than Token "
+          "Choice of about the same FLOPs per token (8 experts of width 448).", "matches",
+          ("mot-more-finer", "token-choice-448"), _PAPER_SPARSE, 100_000 * PAPER_TOKENS_PER_STEP),
 )  # fmt: skip
 
 CLAIMS_CAPACITY = Suite(
@@ -196,7 +203,7 @@ CLAIMS_CAPACITY = Suite(
         "one seed: their verdicts use the seed noise pooled over the models with two. Choosing the best of many "
         "arms by one seed favours it slightly; its second seed is unselected. (e) The Llama-style block: dense, "
         "MoT /8E/4 at tau = 0.1 and Token Choice, each sweeping the rate like stage (a), one seed. (f) MoT /16E/4 "
-        "and /32E/4 at tau = 0.1 and dense at d_ff 448 (/32E/4's FLOPs), each sweeping the rate like stage (a); the "
-        "better MoT gets a second seed at its best rate and is compared."
+        "and /32E/4 at tau = 0.1, and dense and Token Choice at d_ff 448 (/32E/4's FLOPs), each sweeping the rate like "
+        "stage (a); the better MoT gets a second seed at its best rate and is compared."
     ),
 )
