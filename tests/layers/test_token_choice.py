@@ -219,6 +219,9 @@ def test_capacity_formula():
     assert expert_capacity(None, 64, 1, 8) is None and expert_capacity(0.0, 64, 1, 8) is None
     with pytest.raises(ValueError, match="capacity_factor=0.1 gives every expert 0 slots"):
         expert_capacity(0.1, 8, 1, 8)
+    # ModelConfig's checks name its settings, the drop rule too
+    with pytest.raises(ValueError, match=r"^tc_capacity_factor=0.25 .*\(tc_top_k=1, .*tc_drop_rule='authors'"):
+        expert_capacity(0.25, 5, 1, 4, "authors", prefix="tc_")
 
 
 def test_capacity_larger_than_tokens_equals_dropless():

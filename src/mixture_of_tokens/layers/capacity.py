@@ -29,7 +29,7 @@ def expert_capacity(
     lost = 1 if drop_rule == "authors" else 0
     capacity = min(math.floor(capacity_factor * n_tokens * top_k / n_experts), n_tokens) - lost
     if capacity < 1:
-        rule = " with drop_rule='authors', which keeps C - 1" if lost else ""
+        rule = f" with {prefix}drop_rule='authors', which keeps C - 1" if lost else ""
         raise ValueError(
             f"{prefix}capacity_factor={capacity_factor} gives every expert 0 slots for {n_tokens} tokens per routing "
             f"group ({prefix}top_k={top_k}, n_experts={n_experts}{rule}); use {prefix}capacity_factor >= "
